@@ -1,0 +1,298 @@
+package awsapi_test
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
+
+	"github.com/moatlb/moat/internal/cloud"
+)
+
+func TestCreateListener(t *testing.T) {
+	e := newEnv(t)
+	lb := e.createLB(t, "web")
+	lbARN := aws.ToString(lb.LoadBalancerArn)
+	tg := e.createTG(t, "web")
+	tgARN := aws.ToString(tg.TargetGroupArn)
+	l := e.createListener(t, lbARN, tgARN, 80, types.ProtocolEnumTcp)
+
+	lbID := lbARN[strings.LastIndex(lbARN, "/")+1:]
+	m := regexp.MustCompile(`^arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/net/web/` + lbID + `/([0-9a-f]{16})$`).FindStringSubmatch(aws.ToString(l.ListenerArn))
+	if m == nil {
+		t.Fatalf("listener ARN %q does not have AWS's format", aws.ToString(l.ListenerArn))
+	}
+	if aws.ToString(l.LoadBalancerArn) != lbARN || aws.ToInt32(l.Port) != 80 || l.Protocol != types.ProtocolEnumTcp {
+		t.Errorf("listener %+v", l)
+	}
+	checkForward := func(what string, actions []types.Action) {
+		t.Helper()
+		if len(actions) != 1 {
+			t.Fatalf("%s: %d actions", what, len(actions))
+		}
+		a := actions[0]
+		if a.Type != types.ActionTypeEnumForward || aws.ToString(a.TargetGroupArn) != tgARN || a.ForwardConfig == nil ||
+			len(a.ForwardConfig.TargetGroups) != 1 || aws.ToString(a.ForwardConfig.TargetGroups[0].TargetGroupArn) != tgARN ||
+			aws.ToInt32(a.ForwardConfig.TargetGroups[0].Weight) != 1 || a.ForwardConfig.TargetGroupStickinessConfig == nil ||
+			aws.ToBool(a.ForwardConfig.TargetGroupStickinessConfig.Enabled) {
+			t.Errorf("%s: action %+v", what, a)
+		}
+	}
+	checkForward("create", l.DefaultActions)
+	if got := e.describeTG(t, tgARN).LoadBalancerArns; !slices.Equal(got, []string{lbARN}) {
+		t.Errorf("target group lists load balancers %v", got)
+	}
+	described := must[*elbv2.DescribeListenersOutput](t)(e.ELB.DescribeListeners(e.ctx, &elbv2.DescribeListenersInput{LoadBalancerArn: lb.LoadBalancerArn}))
+	if len(described.Listeners) != 1 || aws.ToString(described.Listeners[0].ListenerArn) != aws.ToString(l.ListenerArn) {
+		t.Fatalf("describe by load balancer: %+v", described.Listeners)
+	}
+	checkForward("describe", described.Listeners[0].DefaultActions)
+
+	// Creating the same listener again returns it.
+	again := e.createListener(t, lbARN, tgARN, 80, types.ProtocolEnumTcp)
+	if aws.ToString(again.ListenerArn) != aws.ToString(l.ListenerArn) {
+		t.Errorf("an identical create made listener %s", aws.ToString(again.ListenerArn))
+	}
+
+	// A ForwardConfig with one group is the same forward.
+	tg2 := e.createTG(t, "other", func(in *elbv2.CreateTargetGroupInput) { in.Protocol = types.ProtocolEnumTcpUdp })
+	out := must[*elbv2.CreateListenerOutput](t)(e.ELB.CreateListener(e.ctx, &elbv2.CreateListenerInput{
+		LoadBalancerArn: lb.LoadBalancerArn, Protocol: types.ProtocolEnumTcpUdp, Port: aws.Int32(53),
+		DefaultActions: []types.Action{{Type: types.ActionTypeEnumForward, ForwardConfig: &types.ForwardActionConfig{
+			TargetGroups: []types.TargetGroupTuple{{TargetGroupArn: tg2.TargetGroupArn, Weight: aws.Int32(1)}},
+		}}},
+	}))
+	if got := out.Listeners[0].DefaultActions[0]; aws.ToString(got.TargetGroupArn) != aws.ToString(tg2.TargetGroupArn) {
+		t.Errorf("forward config listener forwards to %s", aws.ToString(got.TargetGroupArn))
+	}
+
+	// The default rule.
+	rules := must[*elbv2.DescribeRulesOutput](t)(e.ELB.DescribeRules(e.ctx, &elbv2.DescribeRulesInput{ListenerArn: l.ListenerArn}))
+	if len(rules.Rules) != 1 {
+		t.Fatalf("rules: %+v", rules.Rules)
+	}
+	r := rules.Rules[0]
+	ruleARN := aws.ToString(r.RuleArn)
+	if !regexp.MustCompile(`^arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/net/web/` + lbID + `/` + m[1] + `/[0-9a-f]{16}$`).MatchString(ruleARN) {
+		t.Errorf("rule ARN %q does not have AWS's format", ruleARN)
+	}
+	if aws.ToString(r.Priority) != "default" || !aws.ToBool(r.IsDefault) || r.Conditions == nil || len(r.Conditions) != 0 {
+		t.Errorf("rule %+v", r)
+	}
+	checkForward("rule", r.Actions)
+	byARN := must[*elbv2.DescribeRulesOutput](t)(e.ELB.DescribeRules(e.ctx, &elbv2.DescribeRulesInput{RuleArns: []string{ruleARN}}))
+	if len(byARN.Rules) != 1 || aws.ToString(byARN.Rules[0].RuleArn) != ruleARN {
+		t.Errorf("rule by ARN %+v (the rule ARN must be stable)", byARN.Rules)
+	}
+	_, err := e.ELB.DescribeRules(e.ctx, &elbv2.DescribeRulesInput{RuleArns: []string{ruleARN[:len(ruleARN)-1] + "x"}})
+	wantCode(t, err, "RuleNotFound")
+	_, err = e.ELB.DescribeRules(e.ctx, &elbv2.DescribeRulesInput{})
+	wantCode(t, err, "ValidationError")
+	_, err = e.ELB.DescribeRules(e.ctx, &elbv2.DescribeRulesInput{ListenerArn: aws.String(strings.Replace(aws.ToString(l.ListenerArn), m[1], "0000000000000000", 1))})
+	wantCode(t, err, "ListenerNotFound")
+}
+
+func TestCreateListenerErrors(t *testing.T) {
+	e := newEnv(t)
+	lb := e.createLB(t, "web")
+	other := e.createLB(t, "other")
+	tcp := e.createTG(t, "tcp")
+	udp := e.createTG(t, "udp", func(in *elbv2.CreateTargetGroupInput) { in.Protocol = types.ProtocolEnumUdp })
+	tcp2 := e.createTG(t, "tcp2")
+	taken := e.createTG(t, "taken")
+	e.createListener(t, aws.ToString(other.LoadBalancerArn), aws.ToString(taken.TargetGroupArn), 80, types.ProtocolEnumTcp)
+	e.createListener(t, aws.ToString(lb.LoadBalancerArn), aws.ToString(tcp.TargetGroupArn), 80, types.ProtocolEnumTcp)
+	missingTG := strings.Replace(aws.ToString(tcp.TargetGroupArn), "/tcp/", "/gone/", 1)
+
+	cases := []struct {
+		name string
+		edit func(*elbv2.CreateListenerInput)
+		code string
+	}{
+		{"TLS", func(in *elbv2.CreateListenerInput) { in.Protocol = types.ProtocolEnumTls }, "UnsupportedProtocol"},
+		{"HTTP", func(in *elbv2.CreateListenerInput) { in.Protocol = types.ProtocolEnumHttp }, "UnsupportedProtocol"},
+		{"unknown protocol", func(in *elbv2.CreateListenerInput) { in.Protocol = "SCTP" }, "ValidationError"},
+		{"no protocol", func(in *elbv2.CreateListenerInput) { in.Protocol = "" }, "ValidationError"},
+		{"port 0", func(in *elbv2.CreateListenerInput) { in.Port = aws.Int32(0) }, "ValidationError"},
+		{"no port", func(in *elbv2.CreateListenerInput) { in.Port = nil }, "ValidationError"},
+		{"port taken by TCP", func(in *elbv2.CreateListenerInput) {
+			in.Port, in.DefaultActions = aws.Int32(80), forward(aws.ToString(tcp2.TargetGroupArn))
+		}, "DuplicateListener"},
+		{"UDP on a TCP port", func(in *elbv2.CreateListenerInput) {
+			in.Port, in.Protocol, in.DefaultActions = aws.Int32(80), types.ProtocolEnumUdp, forward(aws.ToString(udp.TargetGroupArn))
+		}, "DuplicateListener"},
+		{"TCP to a UDP group", func(in *elbv2.CreateListenerInput) { in.DefaultActions = forward(aws.ToString(udp.TargetGroupArn)) }, "IncompatibleProtocols"},
+		{"TCP_UDP to a TCP group", func(in *elbv2.CreateListenerInput) { in.Protocol = types.ProtocolEnumTcpUdp }, "IncompatibleProtocols"},
+		{"group of another load balancer", func(in *elbv2.CreateListenerInput) { in.DefaultActions = forward(aws.ToString(taken.TargetGroupArn)) }, "TargetGroupAssociationLimit"},
+		{"missing group", func(in *elbv2.CreateListenerInput) { in.DefaultActions = forward(missingTG) }, "TargetGroupNotFound"},
+		{"two actions", func(in *elbv2.CreateListenerInput) {
+			in.DefaultActions = append(forward(aws.ToString(tcp.TargetGroupArn)), forward(aws.ToString(tcp.TargetGroupArn))...)
+		}, "InvalidLoadBalancerAction"},
+		{"no actions", func(in *elbv2.CreateListenerInput) { in.DefaultActions = []types.Action{} }, "ValidationError"},
+		{"redirect", func(in *elbv2.CreateListenerInput) {
+			in.DefaultActions = []types.Action{{Type: types.ActionTypeEnumRedirect, RedirectConfig: &types.RedirectActionConfig{StatusCode: types.RedirectActionStatusCodeEnumHttp301}}}
+		}, "InvalidLoadBalancerAction"},
+		{"forward without a group", func(in *elbv2.CreateListenerInput) {
+			in.DefaultActions = []types.Action{{Type: types.ActionTypeEnumForward}}
+		}, "InvalidLoadBalancerAction"},
+		{"weighted forward", func(in *elbv2.CreateListenerInput) {
+			in.DefaultActions = []types.Action{{Type: types.ActionTypeEnumForward, ForwardConfig: &types.ForwardActionConfig{TargetGroups: []types.TargetGroupTuple{
+				{TargetGroupArn: tcp.TargetGroupArn}, {TargetGroupArn: aws.String(missingTG)},
+			}}}}
+		}, "InvalidLoadBalancerAction"},
+		{"certificates on TCP", func(in *elbv2.CreateListenerInput) {
+			in.Certificates = []types.Certificate{{CertificateArn: aws.String("arn:aws:acm:us-east-1:123456789012:certificate/x")}}
+		}, "InvalidConfigurationRequest"},
+		{"missing load balancer", func(in *elbv2.CreateListenerInput) {
+			in.LoadBalancerArn = aws.String(strings.Replace(aws.ToString(lb.LoadBalancerArn), "/web/", "/gone/", 1))
+		}, "LoadBalancerNotFound"},
+		{"bad tag", func(in *elbv2.CreateListenerInput) { in.Tags = []types.Tag{{Key: aws.String("")}} }, "ValidationError"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			in := &elbv2.CreateListenerInput{LoadBalancerArn: lb.LoadBalancerArn, Protocol: types.ProtocolEnumTcp, Port: aws.Int32(8080), DefaultActions: forward(aws.ToString(tcp.TargetGroupArn))}
+			tc.edit(in)
+			_, err := e.ELB.CreateListener(e.ctx, in)
+			wantCode(t, err, tc.code)
+		})
+	}
+	ls := must[*elbv2.DescribeListenersOutput](t)(e.ELB.DescribeListeners(e.ctx, &elbv2.DescribeListenersInput{LoadBalancerArn: lb.LoadBalancerArn}))
+	if len(ls.Listeners) != 1 {
+		t.Errorf("failed creates left listeners behind: %+v", ls.Listeners)
+	}
+	if got := e.describeTG(t, aws.ToString(udp.TargetGroupArn)).LoadBalancerArns; len(got) != 0 {
+		t.Errorf("a failed create associated the UDP group with %v", got)
+	}
+
+	q := newEnv(t, withQuotas(func(q *cloud.Quotas) { q.ListenersPerLoadBalancer = 2 }))
+	qlb := aws.ToString(q.createLB(t, "web").LoadBalancerArn)
+	qtg := aws.ToString(q.createTG(t, "web").TargetGroupArn)
+	q.createListener(t, qlb, qtg, 1, types.ProtocolEnumTcp)
+	q.createListener(t, qlb, qtg, 2, types.ProtocolEnumTcp)
+	_, err := q.ELB.CreateListener(q.ctx, &elbv2.CreateListenerInput{LoadBalancerArn: aws.String(qlb), Protocol: types.ProtocolEnumTcp, Port: aws.Int32(3), DefaultActions: forward(qtg)})
+	wantCode(t, err, "TooManyListeners")
+}
+
+func TestModifyListener(t *testing.T) {
+	e := newEnv(t)
+	lb := e.createLB(t, "web")
+	lbARN := aws.ToString(lb.LoadBalancerArn)
+	tcp := e.createTG(t, "tcp")
+	both := e.createTG(t, "both", func(in *elbv2.CreateTargetGroupInput) { in.Protocol = types.ProtocolEnumTcpUdp })
+	udp := e.createTG(t, "udp", func(in *elbv2.CreateTargetGroupInput) { in.Protocol = types.ProtocolEnumUdp })
+	l := e.createListener(t, lbARN, aws.ToString(tcp.TargetGroupArn), 80, types.ProtocolEnumTcp)
+	e.createListener(t, lbARN, aws.ToString(tcp.TargetGroupArn), 443, types.ProtocolEnumTcp)
+
+	out := must[*elbv2.ModifyListenerOutput](t)(e.ELB.ModifyListener(e.ctx, &elbv2.ModifyListenerInput{ListenerArn: l.ListenerArn, Port: aws.Int32(8080)}))
+	if got := out.Listeners[0]; aws.ToInt32(got.Port) != 8080 || got.Protocol != types.ProtocolEnumTcp || aws.ToString(got.DefaultActions[0].TargetGroupArn) != aws.ToString(tcp.TargetGroupArn) {
+		t.Errorf("port change: %+v", got)
+	}
+	out = must[*elbv2.ModifyListenerOutput](t)(e.ELB.ModifyListener(e.ctx, &elbv2.ModifyListenerInput{ListenerArn: l.ListenerArn, DefaultActions: forward(aws.ToString(both.TargetGroupArn))}))
+	if got := out.Listeners[0]; aws.ToString(got.DefaultActions[0].TargetGroupArn) != aws.ToString(both.TargetGroupArn) || aws.ToInt32(got.Port) != 8080 {
+		t.Errorf("action change: %+v", got)
+	}
+	out = must[*elbv2.ModifyListenerOutput](t)(e.ELB.ModifyListener(e.ctx, &elbv2.ModifyListenerInput{ListenerArn: l.ListenerArn, Protocol: types.ProtocolEnumUdp}))
+	if got := out.Listeners[0]; got.Protocol != types.ProtocolEnumUdp {
+		t.Errorf("protocol change: %+v", got)
+	}
+	// UDP listeners have no TCP idle timeout.
+	if got := attrs(must[*elbv2.DescribeListenerAttributesOutput](t)(e.ELB.DescribeListenerAttributes(e.ctx, &elbv2.DescribeListenerAttributesInput{ListenerArn: l.ListenerArn})).Attributes); len(got) != 0 {
+		t.Errorf("UDP listener attributes %v", got)
+	}
+	if got := e.describeTG(t, aws.ToString(tcp.TargetGroupArn)).LoadBalancerArns; !slices.Equal(got, []string{lbARN}) {
+		t.Errorf("tcp group (still used on 443) lists %v", got)
+	}
+
+	cases := []struct {
+		name string
+		in   elbv2.ModifyListenerInput
+		code string
+	}{
+		{"port taken", elbv2.ModifyListenerInput{Port: aws.Int32(443)}, "DuplicateListener"},
+		{"UDP listener to a TCP group", elbv2.ModifyListenerInput{DefaultActions: forward(aws.ToString(tcp.TargetGroupArn))}, "IncompatibleProtocols"},
+		{"TCP_UDP listener to a UDP group", elbv2.ModifyListenerInput{Protocol: types.ProtocolEnumTcpUdp, DefaultActions: forward(aws.ToString(udp.TargetGroupArn))}, "IncompatibleProtocols"},
+		{"TLS", elbv2.ModifyListenerInput{Protocol: types.ProtocolEnumTls}, "UnsupportedProtocol"},
+		{"port 70000", elbv2.ModifyListenerInput{Port: aws.Int32(70000)}, "ValidationError"},
+		{"redirect", elbv2.ModifyListenerInput{DefaultActions: []types.Action{{Type: types.ActionTypeEnumFixedResponse}}}, "InvalidLoadBalancerAction"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			in := tc.in
+			in.ListenerArn = l.ListenerArn
+			_, err := e.ELB.ModifyListener(e.ctx, &in)
+			wantCode(t, err, tc.code)
+		})
+	}
+	got := must[*elbv2.DescribeListenersOutput](t)(e.ELB.DescribeListeners(e.ctx, &elbv2.DescribeListenersInput{ListenerArns: []string{aws.ToString(l.ListenerArn)}})).Listeners[0]
+	if aws.ToInt32(got.Port) != 8080 || got.Protocol != types.ProtocolEnumUdp || aws.ToString(got.DefaultActions[0].TargetGroupArn) != aws.ToString(both.TargetGroupArn) {
+		t.Errorf("failed modifies changed the listener: %+v", got)
+	}
+	_, err := e.ELB.ModifyListener(e.ctx, &elbv2.ModifyListenerInput{ListenerArn: aws.String(aws.ToString(l.ListenerArn) + "0")})
+	wantCode(t, err, "ListenerNotFound")
+}
+
+func TestDescribeAndDeleteListeners(t *testing.T) {
+	e := newEnv(t)
+	lb := e.createLB(t, "web")
+	lbARN := aws.ToString(lb.LoadBalancerArn)
+	tg := aws.ToString(e.createTG(t, "web").TargetGroupArn)
+	var arns []string
+	for port := range int32(5) {
+		arns = append(arns, aws.ToString(e.createListener(t, lbARN, tg, 1000+port, types.ProtocolEnumTcp).ListenerArn))
+	}
+	var paged []string
+	p := elbv2.NewDescribeListenersPaginator(e.ELB, &elbv2.DescribeListenersInput{LoadBalancerArn: aws.String(lbARN), PageSize: aws.Int32(2)})
+	for p.HasMorePages() {
+		for _, l := range must[*elbv2.DescribeListenersOutput](t)(p.NextPage(e.ctx)).Listeners {
+			paged = append(paged, aws.ToString(l.ListenerArn))
+		}
+	}
+	slices.Sort(arns)
+	if !slices.Equal(paged, arns) {
+		t.Errorf("paginated %v\nwant %v", paged, arns)
+	}
+	_, err := e.ELB.DescribeListeners(e.ctx, &elbv2.DescribeListenersInput{})
+	wantCode(t, err, "ValidationError")
+	_, err = e.ELB.DescribeListeners(e.ctx, &elbv2.DescribeListenersInput{ListenerArns: []string{arns[0], arns[1] + "0"}})
+	wantCode(t, err, "ListenerNotFound")
+	_, err = e.ELB.DescribeListeners(e.ctx, &elbv2.DescribeListenersInput{LoadBalancerArn: aws.String(strings.Replace(lbARN, "/web/", "/gone/", 1))})
+	wantCode(t, err, "LoadBalancerNotFound")
+
+	must[*elbv2.DeleteListenerOutput](t)(e.ELB.DeleteListener(e.ctx, &elbv2.DeleteListenerInput{ListenerArn: aws.String(arns[0])}))
+	_, err = e.ELB.DeleteListener(e.ctx, &elbv2.DeleteListenerInput{ListenerArn: aws.String(arns[0])})
+	wantCode(t, err, "ListenerNotFound")
+	if got := must[*elbv2.DescribeListenersOutput](t)(e.ELB.DescribeListeners(e.ctx, &elbv2.DescribeListenersInput{LoadBalancerArn: aws.String(lbARN)})).Listeners; len(got) != 4 {
+		t.Errorf("%d listeners after a delete, want 4", len(got))
+	}
+}
+
+func TestListenerAttributes(t *testing.T) {
+	e := newEnv(t)
+	lb := aws.ToString(e.createLB(t, "web").LoadBalancerArn)
+	l := e.createListener(t, lb, aws.ToString(e.createTG(t, "web").TargetGroupArn), 80, types.ProtocolEnumTcp)
+	got := attrs(must[*elbv2.DescribeListenerAttributesOutput](t)(e.ELB.DescribeListenerAttributes(e.ctx, &elbv2.DescribeListenerAttributesInput{ListenerArn: l.ListenerArn})).Attributes)
+	if fmt.Sprint(got) != "map[tcp.idle_timeout.seconds:350]" {
+		t.Errorf("defaults %v", got)
+	}
+	modify := func(key, value string) error {
+		_, err := e.ELB.ModifyListenerAttributes(e.ctx, &elbv2.ModifyListenerAttributesInput{ListenerArn: l.ListenerArn, Attributes: []types.ListenerAttribute{{Key: aws.String(key), Value: aws.String(value)}}})
+		return err
+	}
+	if err := modify("tcp.idle_timeout.seconds", "600"); err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range [][2]string{{"tcp.idle_timeout.seconds", "59"}, {"tcp.idle_timeout.seconds", "6001"}, {"routing.http.response.server.enabled", "false"}, {"no.such.key", "1"}} {
+		wantCode(t, modify(kv[0], kv[1]), "InvalidConfigurationRequest")
+	}
+	got = attrs(must[*elbv2.DescribeListenerAttributesOutput](t)(e.ELB.DescribeListenerAttributes(e.ctx, &elbv2.DescribeListenerAttributesInput{ListenerArn: l.ListenerArn})).Attributes)
+	if got["tcp.idle_timeout.seconds"] != "600" {
+		t.Errorf("after modify: %v", got)
+	}
+	_, err := e.ELB.DescribeListenerAttributes(e.ctx, &elbv2.DescribeListenerAttributesInput{ListenerArn: aws.String(aws.ToString(l.ListenerArn) + "0")})
+	wantCode(t, err, "ListenerNotFound")
+}

@@ -1,0 +1,95 @@
+package awsapi_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	"github.com/aws/smithy-go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/moatlb/moat/internal/awsapi"
+	"github.com/moatlb/moat/internal/awsapi/sigv4"
+	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/store"
+)
+
+const (
+	testAccessKey = "AKIAMOATTESTKEY00001"
+	testSecret    = "moat-test-secret-0000000000000000000000"
+)
+
+// env is a running API server on loopback with SDK clients pointed at it.
+type env struct {
+	URL   string
+	Cloud *cloud.Cloud
+	EC2   *ec2.Client
+	ELB   *elbv2.Client
+	ctx   context.Context
+}
+
+// newEnv starts moat's API over real HTTP on 127.0.0.1 with the default inventory and a fresh
+// store, and returns aws-sdk-go-v2 clients configured as a user would: BaseEndpoint and static
+// credentials, no retries so that error tests see the first answer. opts adjust the cloud's
+// configuration (a clock, quotas).
+func newEnv(t testing.TB, opts ...func(*cloud.Config)) *env {
+	t.Helper()
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	cloudCfg := cloud.Config{Region: "us-east-1", AccountID: "123456789012"}
+	for _, opt := range opts {
+		opt(&cloudCfg)
+	}
+	c := cloud.New(st, cloudCfg)
+	if err := c.ApplyInventory(cloud.DefaultInventory()); err != nil {
+		t.Fatal(err)
+	}
+	verifier := &sigv4.Verifier{Credentials: sigv4.Static{testAccessKey: testSecret}}
+	srv := httptest.NewServer(awsapi.New(c, verifier, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry()))
+	t.Cleanup(srv.Close)
+	cfg := aws.Config{
+		Region:           "us-east-1",
+		Credentials:      credentials.NewStaticCredentialsProvider(testAccessKey, testSecret, ""),
+		RetryMaxAttempts: 1,
+	}
+	return &env{
+		URL:   srv.URL,
+		Cloud: c,
+		EC2:   ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(srv.URL) }),
+		ELB:   elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(srv.URL) }),
+		ctx:   context.Background(),
+	}
+}
+
+// wantCode fails the test unless err is an API error with the given code.
+func wantCode(t testing.TB, err error, code string) {
+	t.Helper()
+	var apiErr smithy.APIError
+	if !errors.As(err, &apiErr) {
+		t.Fatalf("want API error %s, got %v", code, err)
+	}
+	if apiErr.ErrorCode() != code {
+		t.Fatalf("want API error %s, got %s: %s", code, apiErr.ErrorCode(), apiErr.ErrorMessage())
+	}
+}
+
+func must[T any](t *testing.T) func(T, error) T {
+	return func(v T, err error) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
