@@ -1,0 +1,219 @@
+// Package lb assembles the moat lb program: the durable store, the inventory, the AWS-compatible
+// API, the DNS server for load balancer names and the metrics and health endpoints.
+package lb
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/moatlb/moat/internal/awsapi"
+	"github.com/moatlb/moat/internal/awsapi/sigv4"
+	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/store"
+)
+
+// Config is how moat lb runs; the flags of `moat lb` fill it.
+type Config struct {
+	APIAddr       string
+	DataDir       string
+	InventoryPath string // empty: the default inventory
+	Region        string
+	AccountID     string
+	DNSAddr       string
+	DNSSuffix     string
+	MetricsAddr   string
+	TLSCertFile   string
+	TLSKeyFile    string
+	Quotas        cloud.Quotas
+	Log           *slog.Logger
+}
+
+// Endpoints are where a running moat lb serves, as bound (ports resolved). moat lb writes them to
+// <data-dir>/endpoints.json once it serves, so scripts and moat up can find ports chosen with :0.
+type Endpoints struct {
+	API             string `json:"api"`     // URL
+	DNS             string `json:"dns"`     // host:port, UDP and TCP
+	Metrics         string `json:"metrics"` // URL
+	CredentialsFile string `json:"credentialsFile"`
+}
+
+// EndpointsFile is the name of the endpoints file in the data dir.
+const EndpointsFile = "endpoints.json"
+
+func writeEndpoints(path string, eps Endpoints) error {
+	data, err := json.MarshalIndent(eps, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// DefaultDataDir is where moat lb keeps its state unless told otherwise.
+func DefaultDataDir() string {
+	if dir := os.Getenv("XDG_STATE_HOME"); dir != "" {
+		return filepath.Join(dir, "moat", "lb")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "moat", "lb")
+	}
+	return filepath.Join(home, ".local", "state", "moat", "lb")
+}
+
+// Run serves until ctx ends. ready, if not nil, is called once every endpoint is bound.
+func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
+	log := cfg.Log
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	// A stale endpoints file from an earlier run would point waiters at dead ports.
+	if err := os.Remove(filepath.Join(cfg.DataDir, EndpointsFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	credsPath := filepath.Join(cfg.DataDir, "credentials")
+	creds, created, err := sigv4.LoadOrCreateFile(credsPath)
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("generated credentials", "file", credsPath)
+	}
+	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, "state.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	c := cloud.New(st, cloud.Config{Region: cfg.Region, AccountID: cfg.AccountID, DNSSuffix: cfg.DNSSuffix, Quotas: cfg.Quotas})
+	if err := applyInventory(c, cfg.InventoryPath); err != nil {
+		return err
+	}
+	go reloadOnHangup(ctx, c, cfg.InventoryPath, log)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	api := awsapi.New(c, &sigv4.Verifier{Credentials: creds}, log, reg)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 4)
+
+	apiURL, err := serveHTTP(ctx, cfg.APIAddr, api, cfg.TLSCertFile, cfg.TLSKeyFile, errs)
+	if err != nil {
+		return fmt.Errorf("api: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := st.View(func(store.Tx) error { return nil }); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	metricsURL, err := serveHTTP(ctx, cfg.MetricsAddr, mux, "", "", errs)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	dnsAddr, err := serveDNS(ctx, c, cfg.DNSAddr, log)
+	if err != nil {
+		return fmt.Errorf("dns: %w", err)
+	}
+	go activate(ctx, c, log)
+
+	eps := Endpoints{API: apiURL, DNS: dnsAddr, Metrics: metricsURL, CredentialsFile: credsPath}
+	if err := writeEndpoints(filepath.Join(cfg.DataDir, EndpointsFile), eps); err != nil {
+		return err
+	}
+	log.Info("moat lb ready", "api", eps.API, "dns", eps.DNS, "metrics", eps.Metrics, "credentials", eps.CredentialsFile, "region", c.Config().Region, "account", c.Config().AccountID, "data_dir", cfg.DataDir)
+	if ready != nil {
+		ready(eps)
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errs:
+		return err
+	}
+}
+
+func applyInventory(c *cloud.Cloud, path string) error {
+	inv := cloud.DefaultInventory()
+	if path != "" {
+		var err error
+		if inv, err = cloud.LoadInventory(path); err != nil {
+			return err
+		}
+	}
+	return c.ApplyInventory(inv)
+}
+
+// reloadOnHangup re-applies the inventory on SIGHUP, so nodes can be added while running.
+func reloadOnHangup(ctx context.Context, c *cloud.Cloud, path string, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := applyInventory(c, path); err != nil {
+				log.Error("inventory reload failed; keeping the previous one", "err", err)
+				continue
+			}
+			log.Info("inventory reloaded", "file", path)
+		}
+	}
+}
+
+// serveHTTP binds addr and serves h until ctx ends; it returns the URL it serves on.
+func serveHTTP(ctx context.Context, addr string, h http.Handler, certFile, keyFile string, errs chan<- error) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	scheme := "http"
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			ln.Close()
+			return "", fmt.Errorf("tls: %w", err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		scheme = "https"
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs <- err
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	return scheme + "://" + ln.Addr().String(), nil
+}
