@@ -1,0 +1,132 @@
+// Package e2e runs moat's programs as processes and drives them the way users do: real binaries,
+// real sockets on loopback, real AWS clients.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+)
+
+var moatBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "moat-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	moatBin = filepath.Join(dir, "moat")
+	build := exec.Command("go", "build", "-race", "-o", moatBin, "github.com/moatlb/moat/cmd/moat")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build moat:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// lbProcess is a running `moat lb` child.
+type lbProcess struct {
+	cmd     *exec.Cmd
+	dataDir string
+	stderr  *syncBuffer
+	done    chan struct{}
+	API     string
+	DNS     string
+	Metrics string
+	Creds   string
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startLB starts moat lb on ephemeral loopback ports with dataDir and waits until it serves.
+func startLB(t *testing.T, dataDir string, args ...string) *lbProcess {
+	t.Helper()
+	// A killed moat lb leaves its endpoints file behind; waiting must not find the old one.
+	if err := os.Remove(filepath.Join(dataDir, "endpoints.json")); err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	args = append([]string{"lb", "--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"}, args...)
+	p := &lbProcess{cmd: exec.Command(moatBin, args...), dataDir: dataDir, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stderr = p.stderr
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { p.kill() })
+
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		data, err := os.ReadFile(filepath.Join(dataDir, "endpoints.json"))
+		if err == nil {
+			var eps struct{ API, DNS, Metrics, CredentialsFile string }
+			if err := json.Unmarshal(data, &eps); err != nil {
+				t.Fatal(err)
+			}
+			p.API, p.DNS, p.Metrics, p.Creds = eps.API, eps.DNS, eps.Metrics, eps.CredentialsFile
+			return p
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("moat lb exited before serving:\n%s", p.stderr)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("moat lb did not serve within 60s:\n%s", p.stderr)
+		}
+	}
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (p *lbProcess) kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// clients returns SDK clients configured from the credentials file moat lb wrote, as a user would.
+func (p *lbProcess) clients(t *testing.T) (*ec2.Client, *elbv2.Client) {
+	t.Helper()
+	cfg, err := config.LoadDefaultConfig(context.Background(),
+		config.WithSharedCredentialsFiles([]string{p.Creds}),
+		config.WithSharedConfigFiles([]string{}),
+		config.WithRegion("us-east-1"),
+		config.WithRetryMaxAttempts(1),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(p.API) }),
+		elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(p.API) })
+}
