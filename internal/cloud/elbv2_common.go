@@ -460,25 +460,30 @@ type ELBSnapshot struct {
 func (c *Cloud) ELBSnapshot() (ELBSnapshot, error) {
 	var snap ELBSnapshot
 	err := c.store.View(func(tx store.Tx) (err error) {
-		if snap.LoadBalancers, err = store.List[LoadBalancer](tx, bucketLoadBalancers); err != nil {
-			return err
-		}
-		if snap.Listeners, err = store.List[Listener](tx, bucketListeners); err != nil {
-			return err
-		}
-		if snap.TargetGroups, err = store.List[TargetGroup](tx, bucketTargetGroups); err != nil {
-			return err
-		}
-		users, err := tgUsers(tx)
-		if err != nil {
-			return err
-		}
-		now := c.cfg.Now()
-		for i, tg := range snap.TargetGroups {
-			tg.Targets = tg.CurrentTargets(now)
-			snap.TargetGroups[i] = withUsers(tg, users)
-		}
-		return nil
+		snap, err = c.elbSnapshot(tx)
+		return err
 	})
 	return snap, err
+}
+
+func (c *Cloud) elbSnapshot(tx store.Tx) (snap ELBSnapshot, err error) {
+	if snap.LoadBalancers, err = store.List[LoadBalancer](tx, bucketLoadBalancers); err != nil {
+		return snap, err
+	}
+	if snap.Listeners, err = store.List[Listener](tx, bucketListeners); err != nil {
+		return snap, err
+	}
+	if snap.TargetGroups, err = store.List[TargetGroup](tx, bucketTargetGroups); err != nil {
+		return snap, err
+	}
+	users, err := tgUsers(tx)
+	if err != nil {
+		return snap, err
+	}
+	now := c.cfg.Now()
+	for i, tg := range snap.TargetGroups {
+		tg.Targets = tg.CurrentTargets(now)
+		snap.TargetGroups[i] = withUsers(tg, users)
+	}
+	return snap, nil
 }

@@ -54,3 +54,40 @@ func (c *Cloud) Provisioning() ([]string, error) {
 	})
 	return arns, err
 }
+
+// State is everything the data plane needs at one instant: the load balancers with their
+// listeners and target groups, and the network that decides who may reach them — security
+// groups, the interfaces and instances carrying them, prefix lists and subnets.
+type State struct {
+	ELBSnapshot
+	SecurityGroups []SecurityGroup
+	Interfaces     []NetworkInterface
+	Instances      []Instance
+	PrefixLists    []PrefixList
+	Subnets        []Subnet
+}
+
+// State reads the data plane's desired state in one transaction.
+func (c *Cloud) State() (State, error) {
+	var st State
+	err := c.store.View(func(tx store.Tx) (err error) {
+		if st.ELBSnapshot, err = c.elbSnapshot(tx); err != nil {
+			return err
+		}
+		if st.SecurityGroups, err = store.List[SecurityGroup](tx, bucketSecurityGroups); err != nil {
+			return err
+		}
+		if st.Interfaces, err = store.List[NetworkInterface](tx, bucketInterfaces); err != nil {
+			return err
+		}
+		if st.Instances, err = store.List[Instance](tx, bucketInstances); err != nil {
+			return err
+		}
+		if st.PrefixLists, err = store.List[PrefixList](tx, bucketPrefixLists); err != nil {
+			return err
+		}
+		st.Subnets, err = store.List[Subnet](tx, bucketSubnets)
+		return err
+	})
+	return st, err
+}

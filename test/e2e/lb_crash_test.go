@@ -11,6 +11,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 )
 
 // TestLBSurvivesKill9 kills moat lb with SIGKILL in the middle of a burst of mutations, restarts
@@ -23,13 +25,56 @@ func TestLBSurvivesKill9(t *testing.T) {
 		rounds = 1
 	}
 	acked := map[string]int{} // group ID -> rules acknowledged
+	var ackedLBs, ackedTGs, ackedListeners []string
 	for round := range rounds {
-		p := startLB(t, dataDir)
-		ec2c, _ := p.clients(t)
+		p := startLB(t, dataDir, "--quota-load-balancers", "1000")
+		ec2c, elbc := p.clients(t)
+		subnets, err := ec2c.DescribeSubnets(context.Background(), &ec2.DescribeSubnetsInput{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var subnetIDs []string
+		for _, sn := range subnets.Subnets {
+			subnetIDs = append(subnetIDs, *sn.SubnetId)
+		}
+		vpc := subnets.Subnets[0].VpcId
 		var mu sync.Mutex
 		acks := make(chan struct{}, 1024)
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
+		// One worker builds load balancer stacks, step by step, while the others change groups.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ack := func(list *[]string, id string) {
+				mu.Lock()
+				*list = append(*list, id)
+				mu.Unlock()
+				select {
+				case acks <- struct{}{}:
+				default:
+				}
+			}
+			for i := 0; ctx.Err() == nil; i++ {
+				name := fmt.Sprintf("r%d-%d", round, i)
+				tg, err := elbc.CreateTargetGroup(ctx, &elbv2.CreateTargetGroupInput{Name: aws.String(name), Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(8080), VpcId: vpc, TargetType: elbtypes.TargetTypeEnumIp})
+				if err != nil {
+					return
+				}
+				ack(&ackedTGs, *tg.TargetGroups[0].TargetGroupArn)
+				lb, err := elbc.CreateLoadBalancer(ctx, &elbv2.CreateLoadBalancerInput{Name: aws.String(name), Type: elbtypes.LoadBalancerTypeEnumNetwork, Scheme: elbtypes.LoadBalancerSchemeEnumInternal, Subnets: subnetIDs})
+				if err != nil {
+					return
+				}
+				ack(&ackedLBs, *lb.LoadBalancers[0].LoadBalancerArn)
+				l, err := elbc.CreateListener(ctx, &elbv2.CreateListenerInput{LoadBalancerArn: lb.LoadBalancers[0].LoadBalancerArn, Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(80),
+					DefaultActions: []elbtypes.Action{{Type: elbtypes.ActionTypeEnumForward, TargetGroupArn: tg.TargetGroups[0].TargetGroupArn}}})
+				if err != nil {
+					return
+				}
+				ack(&ackedListeners, *l.Listeners[0].ListenerArn)
+			}
+		}()
 		for w := range 4 {
 			wg.Add(1)
 			go func() {
@@ -79,7 +124,8 @@ func TestLBSurvivesKill9(t *testing.T) {
 	}
 
 	p := startLB(t, dataDir)
-	ec2c, _ := p.clients(t)
+	ec2c, elbc := p.clients(t)
+	checkStacks(t, elbc, ackedLBs, ackedTGs, ackedListeners)
 	out, err := ec2c.DescribeSecurityGroups(context.Background(), &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{{Name: aws.String("description"), Values: []string{"crash test"}}}})
 	if err != nil {
 		t.Fatal(err)
@@ -110,6 +156,53 @@ func TestLBSurvivesKill9(t *testing.T) {
 		t.Fatal("the burst acknowledged nothing before the kill")
 	}
 	t.Logf("%d acknowledged groups survived %d kills; %d groups present", len(acked), rounds, len(found))
+}
+
+// checkStacks verifies every acknowledged load balancer, target group and listener exists, and
+// that what exists is whole: each load balancer has its two zone addresses, each listener points
+// at an existing load balancer and target group.
+func checkStacks(t *testing.T, elbc *elbv2.Client, lbs, tgs, listeners []string) {
+	t.Helper()
+	ctx := context.Background()
+	lbSet := map[string]bool{}
+	pages := elbv2.NewDescribeLoadBalancersPaginator(elbc, &elbv2.DescribeLoadBalancersInput{})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, lb := range page.LoadBalancers {
+			lbSet[*lb.LoadBalancerArn] = true
+			if len(lb.AvailabilityZones) != 2 || len(lb.AvailabilityZones[0].LoadBalancerAddresses) != 1 {
+				t.Errorf("load balancer %s is not whole: %+v", *lb.LoadBalancerArn, lb.AvailabilityZones)
+			}
+			ls, err := elbc.DescribeListeners(ctx, &elbv2.DescribeListenersInput{LoadBalancerArn: lb.LoadBalancerArn})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range ls.Listeners {
+				if _, err := elbc.DescribeTargetGroups(ctx, &elbv2.DescribeTargetGroupsInput{TargetGroupArns: []string{*l.DefaultActions[0].TargetGroupArn}}); err != nil {
+					t.Errorf("listener %s forwards to a missing target group: %v", *l.ListenerArn, err)
+				}
+			}
+		}
+	}
+	for _, arn := range lbs {
+		if !lbSet[arn] {
+			t.Errorf("acknowledged load balancer %s lost", arn)
+		}
+	}
+	for _, arn := range tgs {
+		if _, err := elbc.DescribeTargetGroups(ctx, &elbv2.DescribeTargetGroupsInput{TargetGroupArns: []string{arn}}); err != nil {
+			t.Errorf("acknowledged target group %s lost: %v", arn, err)
+		}
+	}
+	for _, arn := range listeners {
+		if _, err := elbc.DescribeListeners(ctx, &elbv2.DescribeListenersInput{ListenerArns: []string{arn}}); err != nil {
+			t.Errorf("acknowledged listener %s lost: %v", arn, err)
+		}
+	}
+	t.Logf("%d load balancers, %d target groups, %d listeners acknowledged; %d load balancers present", len(lbs), len(tgs), len(listeners), len(lbSet))
 }
 
 func countRules(perms []types.IpPermission) int {
