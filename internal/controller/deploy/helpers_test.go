@@ -1,0 +1,351 @@
+package deploy_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
+	"github.com/aws/smithy-go/middleware"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/moatlb/moat/internal/controller/deploy"
+	"github.com/moatlb/moat/internal/controller/model"
+	"github.com/moatlb/moat/internal/lbtest"
+)
+
+const cluster = "my-cluster"
+
+// fixture is a moat API with a Deployer for cluster my-cluster in its default VPC.
+type fixture struct {
+	t   *testing.T
+	ctx context.Context
+	env *lbtest.Env
+	cfg model.Config
+	d   *deploy.Deployer
+}
+
+func newFixture(t *testing.T, edit ...func(*model.Config)) *fixture {
+	t.Helper()
+	env := lbtest.Start(t)
+	cfg := model.DefaultConfig(cluster, env.VPCID(t))
+	cfg.Region = lbtest.Region
+	for _, e := range edit {
+		e(&cfg)
+	}
+	f := &fixture{t: t, ctx: context.Background(), env: env, cfg: cfg}
+	f.d = f.deployer(env.Config)
+	return f
+}
+
+// deployer returns a new Deployer (a fresh process: nothing in memory) calling AWS with cfg.
+func (f *fixture) deployer(cfg aws.Config) *deploy.Deployer {
+	f.t.Helper()
+	d, err := deploy.NewFromConfig(cfg, deploy.Options{Model: f.cfg, DeleteRetry: deploy.Backoff{Interval: 10 * time.Millisecond, Timeout: 200 * time.Millisecond}})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return d
+}
+
+// webService is shop/web: two TCP ports (NodePorts 30080 and 30443) and the given source
+// ranges, handed to the controller by its class.
+func webService(ranges ...string) *corev1.Service {
+	class := model.DefaultLoadBalancerClass
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", UID: types.UID("5a6e0b2c-7f0e-4c55-9d0a-3c1f2b4e8a10"), Annotations: map[string]string{}},
+		Spec: corev1.ServiceSpec{
+			Type:              corev1.ServiceTypeLoadBalancer,
+			LoadBalancerClass: &class,
+			Ports: []corev1.ServicePort{
+				{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP, NodePort: 30080},
+				{Name: "https", Port: 443, TargetPort: intstr.FromInt32(8443), Protocol: corev1.ProtocolTCP, NodePort: 30443},
+			},
+			LoadBalancerSourceRanges: ranges,
+		},
+	}
+}
+
+// otherService is shop/api: one TCP port on NodePort 31000.
+func otherService() *corev1.Service {
+	svc := webService()
+	svc.Name, svc.UID = "api", "0c6e2d7a-1111-4c55-9d0a-3c1f2b4e8a10"
+	svc.Spec.Ports = []corev1.ServicePort{{Name: "grpc", Port: 9000, TargetPort: intstr.FromInt32(9000), Protocol: corev1.ProtocolTCP, NodePort: 31000}}
+	return svc
+}
+
+// build resolves and builds a Service's stack.
+func (f *fixture) build(d *deploy.Deployer, svc *corev1.Service) model.Stack {
+	f.t.Helper()
+	stack, err := d.Build(f.ctx, svc)
+	if err != nil {
+		f.t.Fatalf("build %s/%s: %v", svc.Namespace, svc.Name, err)
+	}
+	return stack
+}
+
+// instances returns the inventory's instance IDs.
+func (f *fixture) instances() []string {
+	f.t.Helper()
+	out, err := f.env.EC2.DescribeInstances(f.ctx, &ec2.DescribeInstancesInput{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var ids []string
+	for _, r := range out.Reservations {
+		for _, i := range r.Instances {
+			ids = append(ids, aws.ToString(i.InstanceId))
+		}
+	}
+	sort.Strings(ids)
+	if len(ids) == 0 {
+		f.t.Fatal("no instances in the inventory")
+	}
+	return ids
+}
+
+// nodeTargets registers every instance on each target group's NodePort.
+func (f *fixture) nodeTargets(stack model.Stack) deploy.Targets {
+	targets := deploy.Targets{}
+	for _, tg := range stack.TargetGroups {
+		for _, id := range f.instances() {
+			targets[tg.ResourceID] = append(targets[tg.ResourceID], deploy.Target{ID: id, Port: tg.Port})
+		}
+	}
+	return targets
+}
+
+// deploy builds and deploys a Service with node targets.
+func (f *fixture) deploy(d *deploy.Deployer, svc *corev1.Service) deploy.Result {
+	f.t.Helper()
+	stack := f.build(d, svc)
+	res, err := d.Deploy(f.ctx, stack, f.nodeTargets(stack))
+	if err != nil {
+		f.t.Fatalf("deploy %s: %v", stack.ID, err)
+	}
+	return res
+}
+
+func (f *fixture) loadBalancers() []elbtypes.LoadBalancer {
+	f.t.Helper()
+	out, err := f.env.ELB.DescribeLoadBalancers(f.ctx, &elbv2.DescribeLoadBalancersInput{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return out.LoadBalancers
+}
+
+func (f *fixture) elbTags(arn string) map[string]string {
+	f.t.Helper()
+	out, err := f.env.ELB.DescribeTags(f.ctx, &elbv2.DescribeTagsInput{ResourceArns: []string{arn}})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	tags := map[string]string{}
+	for _, td := range out.TagDescriptions {
+		for _, t := range td.Tags {
+			tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
+		}
+	}
+	return tags
+}
+
+func (f *fixture) targetGroups() []elbtypes.TargetGroup {
+	f.t.Helper()
+	out, err := f.env.ELB.DescribeTargetGroups(f.ctx, &elbv2.DescribeTargetGroupsInput{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return out.TargetGroups
+}
+
+func (f *fixture) listeners(lbARN string) []elbtypes.Listener {
+	f.t.Helper()
+	out, err := f.env.ELB.DescribeListeners(f.ctx, &elbv2.DescribeListenersInput{LoadBalancerArn: aws.String(lbARN)})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return out.Listeners
+}
+
+func (f *fixture) targets(tgARN string) []string {
+	f.t.Helper()
+	out, err := f.env.ELB.DescribeTargetHealth(f.ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(tgARN)})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var ts []string
+	for _, h := range out.TargetHealthDescriptions {
+		ts = append(ts, fmt.Sprintf("%s:%d", aws.ToString(h.Target.Id), aws.ToInt32(h.Target.Port)))
+	}
+	sort.Strings(ts)
+	return ts
+}
+
+func (f *fixture) groups(filters ...ec2types.Filter) []ec2types.SecurityGroup {
+	f.t.Helper()
+	out, err := f.env.EC2.DescribeSecurityGroups(f.ctx, &ec2.DescribeSecurityGroupsInput{Filters: filters})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return out.SecurityGroups
+}
+
+func (f *fixture) group(id string) ec2types.SecurityGroup {
+	f.t.Helper()
+	out, err := f.env.EC2.DescribeSecurityGroups(f.ctx, &ec2.DescribeSecurityGroupsInput{GroupIds: []string{id}})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return out.SecurityGroups[0]
+}
+
+func (f *fixture) groupByName(name string) (ec2types.SecurityGroup, bool) {
+	f.t.Helper()
+	gs := f.groups(tagOrName("group-name", name))
+	if len(gs) > 1 {
+		f.t.Fatalf("%d groups named %s", len(gs), name)
+	}
+	if len(gs) == 0 {
+		return ec2types.SecurityGroup{}, false
+	}
+	return gs[0], true
+}
+
+func (f *fixture) nodeGroup() ec2types.SecurityGroup {
+	f.t.Helper()
+	g, ok := f.groupByName("moat-nodes")
+	if !ok {
+		f.t.Fatal("no group moat-nodes")
+	}
+	return g
+}
+
+func tagOrName(name string, values ...string) ec2types.Filter {
+	return ec2types.Filter{Name: aws.String(name), Values: values}
+}
+
+// inbound lists a group's inbound rules one by one, as "proto from-to peer [description]".
+func inbound(g ec2types.SecurityGroup) []string {
+	var out []string
+	for _, p := range g.IpPermissions {
+		ports := fmt.Sprintf("%s %d-%d", aws.ToString(p.IpProtocol), aws.ToInt32(p.FromPort), aws.ToInt32(p.ToPort))
+		add := func(peer, desc string) {
+			s := ports + " " + peer
+			if desc != "" {
+				s += " [" + desc + "]"
+			}
+			out = append(out, s)
+		}
+		for _, r := range p.IpRanges {
+			add(aws.ToString(r.CidrIp), aws.ToString(r.Description))
+		}
+		for _, r := range p.Ipv6Ranges {
+			add(aws.ToString(r.CidrIpv6), aws.ToString(r.Description))
+		}
+		for _, r := range p.PrefixListIds {
+			add(aws.ToString(r.PrefixListId), aws.ToString(r.Description))
+		}
+		for _, r := range p.UserIdGroupPairs {
+			add(aws.ToString(r.GroupId), aws.ToString(r.Description))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func wantStrings(t *testing.T, what string, got, want []string) {
+	t.Helper()
+	got, want = slices.Clone(got), slices.Clone(want)
+	sort.Strings(got)
+	sort.Strings(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("%s:\n got  %q\n want %q", what, got, want)
+	}
+}
+
+const shared = model.TargetGroupBindingRuleDescription
+
+// backendGroup returns the cluster's backend group, if it exists.
+func (f *fixture) backendGroup() (ec2types.SecurityGroup, bool) {
+	f.t.Helper()
+	gs := f.groups(tagOrName("tag:elbv2.k8s.aws/cluster", cluster), tagOrName("tag:elbv2.k8s.aws/resource", "backend-sg"))
+	if len(gs) > 1 {
+		f.t.Fatalf("%d backend groups", len(gs))
+	}
+	if len(gs) == 0 {
+		return ec2types.SecurityGroup{}, false
+	}
+	return gs[0], true
+}
+
+// leftovers lists everything of the cluster still in AWS: load balancers, target groups,
+// security groups tagged for the cluster, and the bindings' rules on the node group.
+func (f *fixture) leftovers() []string {
+	f.t.Helper()
+	var out []string
+	for _, lb := range f.loadBalancers() {
+		out = append(out, "load balancer "+aws.ToString(lb.LoadBalancerName))
+	}
+	for _, tg := range f.targetGroups() {
+		out = append(out, "target group "+aws.ToString(tg.TargetGroupName))
+	}
+	for _, g := range f.groups(tagOrName("tag:elbv2.k8s.aws/cluster", cluster)) {
+		out = append(out, "security group "+aws.ToString(g.GroupName))
+	}
+	for _, r := range inbound(f.nodeGroup()) {
+		out = append(out, "node rule "+r)
+	}
+	return out
+}
+
+// crasher fails the n-th mutating call of the clients it is added to, before sending it
+// (after=false) or after the server answered (after=true: the change is made, the caller never
+// learns it), as a controller killed at that moment would.
+type crasher struct {
+	mu    sync.Mutex
+	at    int
+	after bool
+	seen  int
+}
+
+var errCrash = errors.New("injected crash")
+
+func (c *crasher) add(stack *middleware.Stack) error {
+	return stack.Initialize.Add(middleware.InitializeMiddlewareFunc("crash", func(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+		if !lbtest.IsMutating(middleware.GetOperationName(ctx)) {
+			return next.HandleInitialize(ctx, in)
+		}
+		c.mu.Lock()
+		c.seen++
+		hit := c.seen == c.at
+		c.mu.Unlock()
+		if hit && !c.after {
+			return middleware.InitializeOutput{}, middleware.Metadata{}, errCrash
+		}
+		out, md, err := next.HandleInitialize(ctx, in)
+		if hit {
+			return out, md, errCrash
+		}
+		return out, md, err
+	}), middleware.After)
+}
+
+// crashingConfig returns the environment's config with c added to its clients.
+func (f *fixture) crashingConfig(c *crasher) aws.Config {
+	cfg := f.env.Config.Copy()
+	cfg.APIOptions = append(slices.Clone(cfg.APIOptions), c.add)
+	return cfg
+}

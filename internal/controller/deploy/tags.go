@@ -1,0 +1,220 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
+
+	"github.com/moatlb/moat/internal/controller/model"
+)
+
+// describeTagsBatch is how many ARNs one DescribeTags call takes.
+const describeTagsBatch = 20
+
+// legacyTagKeys are the AWS controller's old tracking tags; they are never removed.
+var legacyTagKeys = []string{"ingress.k8s.aws/cluster", "ingress.k8s.aws/stack", "ingress.k8s.aws/resource"}
+
+// stackTags are the tags every resource of a stack carries.
+func (d *Deployer) stackTags(stackID string) map[string]string {
+	return map[string]string{model.TagCluster: d.opts.Model.ClusterName, model.TagStack: stackID}
+}
+
+func hasTags(tags, want map[string]string) bool {
+	for k, v := range want {
+		if got, ok := tags[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// tagDiff returns the tags to set (missing or different) and the keys to remove (present but
+// not desired), leaving alone keys the controller does not own: external-managed, legacy and
+// aws: keys.
+func (d *Deployer) tagDiff(current, desired map[string]string) (set map[string]string, remove []string) {
+	set = map[string]string{}
+	for k, v := range desired {
+		if cur, ok := current[k]; !ok || cur != v {
+			set[k] = v
+		}
+	}
+	for k := range current {
+		if _, ok := desired[k]; ok || d.ignoredTagKey(k) {
+			continue
+		}
+		remove = append(remove, k)
+	}
+	slices.Sort(remove)
+	return set, remove
+}
+
+func (d *Deployer) ignoredTagKey(k string) bool {
+	return strings.HasPrefix(strings.ToLower(k), "aws:") || slices.Contains(legacyTagKeys, k) ||
+		slices.Contains(d.opts.Model.ExternalManagedTags, k)
+}
+
+// reconcileELBTags makes an ELBv2 resource's tags the desired ones.
+func (d *Deployer) reconcileELBTags(ctx context.Context, arn string, current, desired map[string]string) error {
+	set, remove := d.tagDiff(current, desired)
+	if len(set) > 0 {
+		if _, err := d.elb.AddTags(ctx, &elbv2.AddTagsInput{ResourceArns: []string{arn}, Tags: elbTags(set)}); err != nil {
+			return fmt.Errorf("add tags: %w", err)
+		}
+	}
+	if len(remove) > 0 {
+		if _, err := d.elb.RemoveTags(ctx, &elbv2.RemoveTagsInput{ResourceArns: []string{arn}, TagKeys: remove}); err != nil {
+			return fmt.Errorf("remove tags: %w", err)
+		}
+	}
+	return nil
+}
+
+// reconcileEC2Tags makes an EC2 resource's tags the desired ones.
+func (d *Deployer) reconcileEC2Tags(ctx context.Context, id string, current, desired map[string]string) error {
+	set, remove := d.tagDiff(current, desired)
+	if len(set) > 0 {
+		if _, err := d.ec2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{id}, Tags: ec2Tags(set)}); err != nil {
+			return fmt.Errorf("create tags: %w", err)
+		}
+	}
+	if len(remove) > 0 {
+		tags := make([]ec2types.Tag, 0, len(remove))
+		for _, k := range remove {
+			tags = append(tags, ec2types.Tag{Key: aws.String(k)})
+		}
+		if _, err := d.ec2.DeleteTags(ctx, &ec2.DeleteTagsInput{Resources: []string{id}, Tags: tags}); err != nil {
+			return fmt.Errorf("delete tags: %w", err)
+		}
+	}
+	return nil
+}
+
+func elbTags(m map[string]string) []elbtypes.Tag {
+	out := make([]elbtypes.Tag, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, elbtypes.Tag{Key: aws.String(k), Value: aws.String(m[k])})
+	}
+	return out
+}
+
+func ec2Tags(m map[string]string) []ec2types.Tag {
+	out := make([]ec2types.Tag, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, ec2types.Tag{Key: aws.String(k), Value: aws.String(m[k])})
+	}
+	return out
+}
+
+func fromEC2Tags(tags []ec2types.Tag) map[string]string {
+	out := make(map[string]string, len(tags))
+	for _, t := range tags {
+		out[aws.ToString(t.Key)] = aws.ToString(t.Value)
+	}
+	return out
+}
+
+// elbTagsOf returns the tags of each ARN, DescribeTags-ing them in batches.
+func (d *Deployer) elbTagsOf(ctx context.Context, arns []string) (map[string]map[string]string, error) {
+	out := make(map[string]map[string]string, len(arns))
+	for start := 0; start < len(arns); start += describeTagsBatch {
+		batch := arns[start:min(start+describeTagsBatch, len(arns))]
+		resp, err := d.elb.DescribeTags(ctx, &elbv2.DescribeTagsInput{ResourceArns: batch})
+		if err != nil {
+			return nil, fmt.Errorf("describe tags: %w", err)
+		}
+		for _, td := range resp.TagDescriptions {
+			tags := map[string]string{}
+			for _, t := range td.Tags {
+				tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
+			}
+			out[aws.ToString(td.ResourceArn)] = tags
+		}
+	}
+	return out, nil
+}
+
+// loadBalancer is a load balancer with its tags.
+type loadBalancer struct {
+	elbtypes.LoadBalancer
+	Tags map[string]string
+}
+
+// listLoadBalancers returns the network load balancers of the VPC that carry all of tags.
+func (d *Deployer) listLoadBalancers(ctx context.Context, tags map[string]string) ([]loadBalancer, error) {
+	var all []elbtypes.LoadBalancer
+	p := elbv2.NewDescribeLoadBalancersPaginator(d.elb, &elbv2.DescribeLoadBalancersInput{})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("describe load balancers: %w", err)
+		}
+		for _, lb := range page.LoadBalancers {
+			if aws.ToString(lb.VpcId) == d.opts.Model.VPCID && lb.Type == elbtypes.LoadBalancerTypeEnumNetwork {
+				all = append(all, lb)
+			}
+		}
+	}
+	arns := make([]string, 0, len(all))
+	for _, lb := range all {
+		arns = append(arns, aws.ToString(lb.LoadBalancerArn))
+	}
+	byARN, err := d.elbTagsOf(ctx, arns)
+	if err != nil {
+		return nil, err
+	}
+	var out []loadBalancer
+	for _, lb := range all {
+		t := byARN[aws.ToString(lb.LoadBalancerArn)]
+		if hasTags(t, tags) {
+			out = append(out, loadBalancer{LoadBalancer: lb, Tags: t})
+		}
+	}
+	return out, nil
+}
+
+// targetGroup is a target group with its tags.
+type targetGroup struct {
+	elbtypes.TargetGroup
+	Tags map[string]string
+}
+
+// listTargetGroups returns the target groups of the VPC that carry all of tags.
+func (d *Deployer) listTargetGroups(ctx context.Context, tags map[string]string) ([]targetGroup, error) {
+	var all []elbtypes.TargetGroup
+	p := elbv2.NewDescribeTargetGroupsPaginator(d.elb, &elbv2.DescribeTargetGroupsInput{})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("describe target groups: %w", err)
+		}
+		for _, tg := range page.TargetGroups {
+			if aws.ToString(tg.VpcId) == d.opts.Model.VPCID {
+				all = append(all, tg)
+			}
+		}
+	}
+	arns := make([]string, 0, len(all))
+	for _, tg := range all {
+		arns = append(arns, aws.ToString(tg.TargetGroupArn))
+	}
+	byARN, err := d.elbTagsOf(ctx, arns)
+	if err != nil {
+		return nil, err
+	}
+	var out []targetGroup
+	for _, tg := range all {
+		t := byARN[aws.ToString(tg.TargetGroupArn)]
+		if hasTags(t, tags) {
+			out = append(out, targetGroup{TargetGroup: tg, Tags: t})
+		}
+	}
+	return out, nil
+}
