@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -15,6 +16,7 @@ import (
 
 func newLBCommand(logger func() (*slog.Logger, error)) *cobra.Command {
 	cfg := lb.Config{Quotas: cloud.DefaultQuotas()}
+	var flowLog string
 	cmd := &cobra.Command{
 		Use:   "lb",
 		Short: "Run the load balancer service: the AWS-compatible ELBv2 and EC2 security-group API",
@@ -36,6 +38,14 @@ Any valid key may do anything: moat lb authenticates requests but does not autho
 			if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
 				return fmt.Errorf("--tls-cert-file and --tls-key-file go together")
 			}
+			if flowLog != "" {
+				w, closeLog, err := openFlowLog(flowLog)
+				if err != nil {
+					return err
+				}
+				defer closeLog()
+				cfg.FlowLog = w
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return lb.Run(ctx, cfg, func(eps lb.Endpoints) {
@@ -55,6 +65,7 @@ Any valid key may do anything: moat lb authenticates requests but does not autho
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:7090", "address of /metrics, /healthz and /readyz")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve the API over HTTPS with this certificate (PEM)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the certificate's private key (PEM)")
+	f.StringVar(&flowLog, "flow-log", "", "write every flow denied by security groups as a JSON line (time, load balancer, listener, client, reason) to this file; - for stderr")
 	q := &cfg.Quotas
 	f.IntVar(&q.SecurityGroupsPerLoadBalancer, "quota-security-groups-per-load-balancer", q.SecurityGroupsPerLoadBalancer, "security groups per load balancer")
 	f.IntVar(&q.SecurityGroupsPerInterface, "quota-security-groups-per-interface", q.SecurityGroupsPerInterface, "security groups per network interface")
@@ -67,4 +78,15 @@ Any valid key may do anything: moat lb authenticates requests but does not autho
 	f.IntVar(&q.TargetsPerTargetGroup, "quota-targets-per-target-group", q.TargetsPerTargetGroup, "targets per target group")
 	f.IntVar(&q.TagsPerResource, "quota-tags-per-resource", q.TagsPerResource, "tags per resource")
 	return cmd
+}
+
+func openFlowLog(path string) (io.Writer, func(), error) {
+	if path == "-" {
+		return os.Stderr, func() {}, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("flow log: %w", err)
+	}
+	return f, func() { f.Close() }, nil
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -24,6 +25,7 @@ import (
 	"github.com/moatlb/moat/internal/awsapi"
 	"github.com/moatlb/moat/internal/awsapi/sigv4"
 	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/dataplane"
 	"github.com/moatlb/moat/internal/store"
 )
 
@@ -39,6 +41,7 @@ type Config struct {
 	MetricsAddr   string
 	TLSCertFile   string
 	TLSKeyFile    string
+	FlowLog       io.Writer // denied flows as JSON lines; nil: not logged
 	Quotas        cloud.Quotas
 	Log           *slog.Logger
 }
@@ -139,7 +142,31 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if err != nil {
 		return fmt.Errorf("dns: %w", err)
 	}
-	go activate(ctx, c, log)
+	kick := make(chan struct{}, 1)
+	engine, err := dataplane.NewUserspace(dataplane.Options{
+		Log: log, Registerer: reg, FlowLog: cfg.FlowLog,
+		OnListenerError: func(*dataplane.ListenerError) {
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("data plane: %w", err)
+	}
+	c.SetHealthReporter(healthReporter{engine})
+	synced := make(chan struct{})
+	go func() {
+		defer close(synced)
+		syncDataPlane(ctx, c, engine, kick, log)
+	}()
+	// Stop in order: no more syncs, then the engine, then (deferred above) the store.
+	defer func() {
+		cancel()
+		<-synced
+		engine.Close()
+	}()
 
 	eps := Endpoints{API: apiURL, DNS: dnsAddr, Metrics: metricsURL, CredentialsFile: credsPath}
 	if err := writeEndpoints(filepath.Join(cfg.DataDir, EndpointsFile), eps); err != nil {

@@ -22,27 +22,3 @@ func serveDNS(ctx context.Context, c *cloud.Cloud, addr string, log *slog.Logger
 	}
 	return bound.String(), nil
 }
-
-// activate marks new load balancers active. It stands in for the data plane, which will mark a
-// load balancer active once it listens on its addresses; until then the API's lifecycle is the
-// same as AWS's, just without traffic.
-func activate(ctx context.Context, c *cloud.Cloud, log *slog.Logger) {
-	changes, stop := c.Store().Changes()
-	defer stop()
-	for {
-		arns, err := c.Provisioning()
-		if err != nil {
-			log.Error("list provisioning load balancers failed", "err", err)
-		}
-		for _, arn := range arns {
-			if err := c.SetLoadBalancerState(arn, "active", ""); err != nil {
-				log.Error("activate load balancer failed", "arn", arn, "err", err)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changes:
-		}
-	}
-}

@@ -27,14 +27,18 @@ func OpenBolt(path string) (*Bolt, error) {
 }
 
 func (b *Bolt) View(fn func(Tx) error) error {
-	return b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	return b.db.View(func(tx *bolt.Tx) error { return fn(&boltTx{tx: tx}) })
 }
 
 func (b *Bolt) Update(fn func(Tx) error) error {
-	if err := b.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) }); err != nil {
+	btx := &boltTx{}
+	if err := b.db.Update(func(tx *bolt.Tx) error { btx.tx = tx; return fn(btx) }); err != nil {
 		return err
 	}
-	b.notify()
+	// Watchers hear of commits that changed something, so a no-op update wakes nobody.
+	if btx.wrote {
+		b.notify()
+	}
 	return nil
 }
 
@@ -63,9 +67,12 @@ func (b *Bolt) notify() {
 
 func (b *Bolt) Close() error { return b.db.Close() }
 
-type boltTx struct{ tx *bolt.Tx }
+type boltTx struct {
+	tx    *bolt.Tx
+	wrote bool
+}
 
-func (t boltTx) Get(bucket, key string) ([]byte, bool) {
+func (t *boltTx) Get(bucket, key string) ([]byte, bool) {
 	bk := t.tx.Bucket([]byte(bucket))
 	if bk == nil {
 		return nil, false
@@ -78,7 +85,8 @@ func (t boltTx) Get(bucket, key string) ([]byte, bool) {
 	return append([]byte(nil), v...), true
 }
 
-func (t boltTx) Put(bucket, key string, value []byte) error {
+func (t *boltTx) Put(bucket, key string, value []byte) error {
+	t.wrote = true
 	bk, err := t.tx.CreateBucketIfNotExists([]byte(bucket))
 	if err != nil {
 		return fmt.Errorf("bucket %s: %w", bucket, err)
@@ -86,7 +94,8 @@ func (t boltTx) Put(bucket, key string, value []byte) error {
 	return bk.Put([]byte(key), value)
 }
 
-func (t boltTx) Delete(bucket, key string) error {
+func (t *boltTx) Delete(bucket, key string) error {
+	t.wrote = true
 	bk := t.tx.Bucket([]byte(bucket))
 	if bk == nil {
 		return nil
@@ -94,7 +103,7 @@ func (t boltTx) Delete(bucket, key string) error {
 	return bk.Delete([]byte(key))
 }
 
-func (t boltTx) ForEach(bucket string, fn func(key string, value []byte) error) error {
+func (t *boltTx) ForEach(bucket string, fn func(key string, value []byte) error) error {
 	bk := t.tx.Bucket([]byte(bucket))
 	if bk == nil {
 		return nil

@@ -19,8 +19,9 @@ type Store interface {
 	// Update runs fn in a read-write transaction. Writes become visible and durable together when
 	// fn returns nil; if fn returns an error nothing is written.
 	Update(fn func(Tx) error) error
-	// Changes returns a channel that receives a value after every committed Update (coalesced: a
-	// slow reader sees at least one signal after the last change), and a function that stops it.
+	// Changes returns a channel that receives a value after every committed Update that wrote
+	// something (coalesced: a slow reader sees at least one signal after the last change), and a
+	// function that stops it.
 	Changes() (<-chan struct{}, func())
 	Close() error
 }

@@ -1,0 +1,225 @@
+package dataplane
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Label values are the IDs of the Config, so the number of series is bounded by
+// the configuration (and series of removed listeners and target groups are
+// deleted on Apply), never by clients or targets.
+const (
+	labelLB          = "load_balancer"
+	labelListener    = "listener"
+	labelProtocol    = "protocol" // tcp or udp
+	labelReason      = "reason"
+	labelDirection   = "direction"
+	labelTargetGroup = "target_group"
+)
+
+// Denial reasons, as the denied-flows counter and the flow log spell them.
+const (
+	DenySecurityGroup = "security_group"
+	DenyNoTarget      = "no_target"
+)
+
+type metrics struct {
+	activeFlows      *prometheus.GaugeVec
+	newFlows         *prometheus.CounterVec
+	deniedFlows      *prometheus.CounterVec
+	bytes            *prometheus.CounterVec
+	connectErrors    *prometheus.CounterVec
+	healthyTargets   *prometheus.GaugeVec
+	unhealthyTargets *prometheus.GaugeVec
+	healthCheck      *prometheus.HistogramVec
+	drops            *dropCollector
+}
+
+func newMetrics(reg prometheus.Registerer, drops *dropCollector) (*metrics, error) {
+	listener := []string{labelLB, labelListener, labelProtocol}
+	m := &metrics{
+		activeFlows: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "moat_dataplane_active_flows",
+			Help: "Flows (TCP connections, UDP flows) currently forwarded, per listener.",
+		}, listener),
+		newFlows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moat_dataplane_new_flows_total",
+			Help: "Flows admitted and forwarded to a target, per listener.",
+		}, listener),
+		deniedFlows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moat_dataplane_denied_flows_total",
+			Help: "Flows the data plane refused after seeing them (reset TCP connections, dropped UDP datagrams), " +
+				"by reason: security_group or no_target. SYNs and datagrams the socket filter drops in the kernel " +
+				"are in moat_dataplane_listener_dropped_packets_total.",
+		}, append(listener, labelReason)),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moat_dataplane_bytes_total",
+			Help: "Payload bytes forwarded, per listener; direction in = client to target, out = target to client.",
+		}, append(listener, labelDirection)),
+		connectErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moat_dataplane_target_connect_errors_total",
+			Help: "Admitted flows whose target could not be reached (the client is reset), per listener.",
+		}, listener),
+		healthyTargets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "moat_dataplane_healthy_targets",
+			Help: "Targets in state healthy, per target group.",
+		}, []string{labelTargetGroup}),
+		unhealthyTargets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "moat_dataplane_unhealthy_targets",
+			Help: "Targets in state unhealthy, per target group.",
+		}, []string{labelTargetGroup}),
+		healthCheck: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "moat_dataplane_health_check_duration_seconds",
+			Help:    "Duration of health checks, successful or not, per target group.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{labelTargetGroup}),
+		drops: drops,
+	}
+	for _, c := range []prometheus.Collector{m.activeFlows, m.newFlows, m.deniedFlows, m.bytes, m.connectErrors,
+		m.healthyTargets, m.unhealthyTargets, m.healthCheck, m.drops} {
+		if err := reg.Register(c); err != nil {
+			for _, done := range []prometheus.Collector{m.activeFlows, m.newFlows, m.deniedFlows, m.bytes,
+				m.connectErrors, m.healthyTargets, m.unhealthyTargets, m.healthCheck, m.drops} {
+				if done == c {
+					break
+				}
+				reg.Unregister(done)
+			}
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// listenerMetrics are one (listener, protocol)'s series, resolved once when a
+// route is built so that the per-flow and per-chunk paths do no label lookups.
+type listenerMetrics struct {
+	active                   prometheus.Gauge
+	newFlows                 prometheus.Counter
+	deniedSG, deniedNoTarget prometheus.Counter
+	bytesIn, bytesOut        prometheus.Counter
+	connectErrors            prometheus.Counter
+}
+
+func (m *metrics) listener(lb, listener, proto string) *listenerMetrics {
+	return &listenerMetrics{
+		active:         m.activeFlows.WithLabelValues(lb, listener, proto),
+		newFlows:       m.newFlows.WithLabelValues(lb, listener, proto),
+		deniedSG:       m.deniedFlows.WithLabelValues(lb, listener, proto, DenySecurityGroup),
+		deniedNoTarget: m.deniedFlows.WithLabelValues(lb, listener, proto, DenyNoTarget),
+		bytesIn:        m.bytes.WithLabelValues(lb, listener, proto, "in"),
+		bytesOut:       m.bytes.WithLabelValues(lb, listener, proto, "out"),
+		connectErrors:  m.connectErrors.WithLabelValues(lb, listener, proto),
+	}
+}
+
+// forgetListener deletes the series of a listener that left the Config.
+func (m *metrics) forgetListener(lb, listener string) {
+	l := prometheus.Labels{labelLB: lb, labelListener: listener}
+	m.activeFlows.DeletePartialMatch(l)
+	m.newFlows.DeletePartialMatch(l)
+	m.deniedFlows.DeletePartialMatch(l)
+	m.bytes.DeletePartialMatch(l)
+	m.connectErrors.DeletePartialMatch(l)
+	m.drops.forget(lb, listener)
+}
+
+func (m *metrics) forgetTargetGroup(id string) {
+	m.healthyTargets.DeleteLabelValues(id)
+	m.unhealthyTargets.DeleteLabelValues(id)
+	m.healthCheck.DeleteLabelValues(id)
+}
+
+// dropCollector exports the kernel's drop counter of every listening socket
+// (SO_MEMINFO's SK_MEMINFO_DROPS), read at scrape time. It counts packets the
+// socket filter rejected — the SYNs and datagrams of denied clients, one per
+// retransmission — and also the rarer overflows of a full accept backlog or
+// receive buffer. The counter lives in the socket, so the collector carries
+// the totals of sockets that were replaced or closed.
+type dropCollector struct {
+	desc *prometheus.Desc
+
+	mu      sync.Mutex
+	sources map[*dropSource]struct{}
+	totals  map[dropKey]uint64
+}
+
+type dropKey struct{ lb, listener, proto string }
+
+// dropSource is one listening socket: read returns its current counter.
+type dropSource struct {
+	read func() (uint32, bool)
+	key  dropKey
+	seen uint32
+}
+
+func newDropCollector() *dropCollector {
+	return &dropCollector{
+		desc: prometheus.NewDesc("moat_dataplane_listener_dropped_packets_total",
+			"Packets the kernel dropped on a listening socket, per listener: SYNs and datagrams of clients the "+
+				"security groups deny (socket filter), plus accept-backlog and receive-buffer overflows.",
+			[]string{labelLB, labelListener, labelProtocol}, nil),
+		sources: map[*dropSource]struct{}{},
+		totals:  map[dropKey]uint64{},
+	}
+}
+
+func (c *dropCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *dropCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for s := range c.sources {
+		c.updateLocked(s)
+	}
+	for k, v := range c.totals {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), k.lb, k.listener, k.proto)
+	}
+}
+
+func (c *dropCollector) updateLocked(s *dropSource) {
+	if n, ok := s.read(); ok {
+		c.totals[s.key] += uint64(n - s.seen) // wraps correctly at 2^32
+		s.seen = n
+	}
+}
+
+func (c *dropCollector) add(s *dropSource) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sources[s] = struct{}{}
+	if _, ok := c.totals[s.key]; !ok {
+		c.totals[s.key] = 0
+	}
+}
+
+// relabel moves a socket to another listener's series (its route changed),
+// crediting what it dropped so far to the old one.
+func (c *dropCollector) relabel(s *dropSource, key dropKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.updateLocked(s)
+	s.key = key
+	if _, ok := c.totals[key]; !ok {
+		c.totals[key] = 0
+	}
+}
+
+// remove takes a final reading of a socket about to close.
+func (c *dropCollector) remove(s *dropSource) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.updateLocked(s)
+	delete(c.sources, s)
+}
+
+func (c *dropCollector) forget(lb, listener string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k := range c.totals {
+		if k.lb == lb && k.listener == listener {
+			delete(c.totals, k)
+		}
+	}
+}

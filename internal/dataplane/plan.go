@@ -1,0 +1,137 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/moatlb/moat/internal/secgroup"
+)
+
+// plan is the pure half of Apply: a Config validated and resolved into the
+// listening sockets and target groups it asks for, with NLB's defaults
+// filled in. What cannot be served for reasons the Config alone shows
+// (conflicting listeners, a bad protocol or address) is in failed; the rest
+// is for the engine to bind and reconcile.
+type plan struct {
+	sockets   []*desiredSocket // in Config order: the first listener to want a socket gets it
+	groups    map[string]*desiredGroup
+	listeners map[string]*listenerState
+	failed    []*ListenerError
+}
+
+// desiredSocket is a listening socket the Config asks for, and its route
+// (whose target group and metrics the engine fills in).
+type desiredSocket struct {
+	key      sockKey
+	route    *route
+	tgID     string
+	listener *listenerState
+}
+
+type desiredGroup struct {
+	set     *tgSettings
+	targets []Target
+}
+
+type listenerState struct {
+	lbID string
+	errs []*ListenerError
+}
+
+func planConfig(cfg Config) *plan {
+	p := &plan{groups: map[string]*desiredGroup{}, listeners: map[string]*listenerState{}}
+	taken := map[sockKey]bool{}
+	for _, lb := range cfg.LoadBalancers {
+		zones := make(map[string]netip.Addr, len(lb.Zones))
+		var zoneOrder, badZones []string
+		for _, z := range lb.Zones {
+			if !z.Addr.IsValid() {
+				badZones = append(badZones, z.Name)
+				continue
+			}
+			if _, dup := zones[z.Name]; !dup {
+				zones[z.Name] = z.Addr.Unmap()
+				zoneOrder = append(zoneOrder, z.Name)
+			}
+		}
+		for _, l := range lb.Listeners {
+			ls := &listenerState{lbID: lb.ID}
+			p.listeners[l.ID] = ls
+			fail := func(network string, addr netip.AddrPort, err error) {
+				e := &ListenerError{LoadBalancerID: lb.ID, ListenerID: l.ID, Network: network, Addr: addr, Err: err}
+				ls.errs = append(ls.errs, e)
+				p.failed = append(p.failed, e)
+			}
+			for _, z := range badZones {
+				fail("", netip.AddrPort{}, fmt.Errorf("zone %q has no valid load balancer address", z))
+			}
+			var networks []string
+			switch l.Protocol {
+			case TCP:
+				networks = []string{"tcp"}
+			case UDP:
+				networks = []string{"udp"}
+			case TCPUDP:
+				networks = []string{"tcp", "udp"}
+			default:
+				fail("", netip.AddrPort{}, fmt.Errorf("unsupported listener protocol %q", l.Protocol))
+				continue
+			}
+			if l.Port == 0 {
+				fail("", netip.AddrPort{}, errors.New("listener port 0"))
+				continue
+			}
+			tg := l.TargetGroup
+			if _, ok := p.groups[tg.ID]; !ok {
+				p.groups[tg.ID] = &desiredGroup{set: newSettings(tg, zones, zoneOrder, l.Port), targets: tg.Targets}
+			}
+			for _, zn := range zoneOrder {
+				for _, network := range networks {
+					key := sockKey{addr: zones[zn], port: l.Port, network: network}
+					if taken[key] {
+						fail(network, key.addrPort(), ErrListenerConflict)
+						continue
+					}
+					taken[key] = true
+					p.sockets = append(p.sockets, &desiredSocket{
+						key: key, route: newRoute(lb, l, zn, network), tgID: tg.ID, listener: ls,
+					})
+				}
+			}
+		}
+	}
+	return p
+}
+
+// newRoute is a listener's route on one of its sockets, with defaults: no
+// policy admits everyone, idle timeouts are NLB's.
+func newRoute(lb LoadBalancer, l Listener, zone, network string) *route {
+	r := &route{
+		lbID: lb.ID, listenerID: l.ID, proto: network, zone: zone, crossZone: lb.CrossZone,
+		policy: l.AdmitTCP, idle: l.TCPIdleTimeout,
+	}
+	if network == "udp" {
+		r.policy, r.idle = l.AdmitUDP, l.UDPIdleTimeout
+	}
+	if r.policy == nil {
+		r.policy = secgroup.AllowAll()
+	}
+	if r.idle <= 0 {
+		r.idle = DefaultTCPIdleTimeout
+		if network == "udp" {
+			r.idle = DefaultUDPIdleTimeout
+		}
+	}
+	return r
+}
+
+// newSettings resolves a target group's settings: the first listener that
+// references the group gives the zones (its load balancer's) and the port
+// for the health check's Host header.
+func newSettings(tg TargetGroup, zones map[string]netip.Addr, zoneOrder []string, port uint16) *tgSettings {
+	set := &tgSettings{TargetGroup: tg, hc: tg.HealthCheck.withDefaults(), zones: zones, zoneOrder: zoneOrder, hostPort: port}
+	set.Targets = nil
+	set.match, set.matchErr = parseMatcher(set.hc.Matcher)
+	return set
+}

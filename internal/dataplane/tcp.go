@@ -1,0 +1,368 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/moatlb/moat/internal/secgroup"
+)
+
+// spliceChunk bounds one (*net.TCPConn).ReadFrom call: between chunks the
+// copy loop updates the byte counters and the idle deadline. The kernel moves
+// the bytes (splice through a pipe); they never enter userspace.
+const spliceChunk = 1 << 20
+
+// tcpSocket is a listening TCP socket on one load balancer address and port.
+type tcpSocket struct {
+	u     *Userspace
+	key   sockKey
+	ln    *net.TCPListener
+	rc    syscall.RawConn
+	r     atomic.Pointer[route]
+	drops *dropSource
+
+	mu     sync.Mutex
+	flows  map[*tcpFlow]struct{}
+	closed bool
+}
+
+func (u *Userspace) listenTCP(key sockKey, r *route) (*tcpSocket, error) {
+	s := &tcpSocket{u: u, key: key, flows: map[*tcpFlow]struct{}{}}
+	s.r.Store(r)
+	// The filter goes on before the socket listens, so no SYN is ever
+	// judged without it. MPTCP sockets refuse socket filters.
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		return u.applyFilter(c, r.policy, key)
+	}}
+	lc.SetMultipathTCP(false)
+	network := "tcp4"
+	if key.addr.Is6() {
+		network = "tcp6"
+	}
+	ln, err := lc.Listen(u.ctx, network, key.addrPort().String())
+	if err != nil {
+		return nil, unwrapListenError(err)
+	}
+	s.ln = ln.(*net.TCPListener)
+	if s.rc, err = s.ln.SyscallConn(); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s.drops = &dropSource{read: func() (uint32, bool) { return socketDrops(s.rc) }, key: dropKey{r.lbID, r.listenerID, "tcp"}}
+	u.metrics.drops.add(s.drops)
+	u.wg.Go(s.acceptLoop)
+	return s, nil
+}
+
+// unwrapListenError keeps the system error (EADDRINUSE, EACCES, …) and drops
+// the *net.OpError wrapping, whose text repeats what ListenerError says.
+func unwrapListenError(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		var se *os.SyscallError
+		if errors.As(oe.Err, &se) {
+			return se.Err
+		}
+		return oe.Err
+	}
+	return err
+}
+
+func (s *tcpSocket) setRoute(r *route) {
+	// The route goes first: from here on new connections are judged by the
+	// new policy. The filter follows; until it does, clients it still drops
+	// retransmit their SYN, and clients it still passes are reset.
+	old := s.r.Swap(r)
+	if old.lbID != r.lbID || old.listenerID != r.listenerID {
+		s.u.metrics.drops.relabel(s.drops, dropKey{r.lbID, r.listenerID, "tcp"})
+	}
+	if !r.policy.Equal(old.policy) {
+		if err := s.u.applyFilter(s.rc, r.policy, s.key); err != nil {
+			s.u.log.Error("attach socket filter failed: denied clients are reset instead of dropped",
+				"address", s.key.addrPort(), "error", err)
+		}
+	}
+}
+
+func (s *tcpSocket) close() {
+	s.mu.Lock()
+	s.closed = true
+	flows := make([]*tcpFlow, 0, len(s.flows))
+	for f := range s.flows {
+		flows = append(flows, f)
+	}
+	s.mu.Unlock()
+	s.u.metrics.drops.remove(s.drops)
+	s.ln.Close()
+	for _, f := range flows {
+		f.terminate()
+	}
+}
+
+func (s *tcpSocket) acceptLoop() {
+	var backoff time.Duration
+	for {
+		c, err := s.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if isTemporaryAcceptError(err) {
+				// Out of file descriptors or buffers: wait and retry, as
+				// net/http does, rather than spin or give up.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.u.log.Warn("accept failed, retrying", "address", s.key.addrPort(), "error", err, "delay", backoff)
+				select {
+				case <-time.After(backoff):
+					continue
+				case <-s.u.ctx.Done():
+					return
+				}
+			}
+			s.u.socketFailed(s.key, s, s.r.Load(), err)
+			return
+		}
+		backoff = 0
+		s.u.wg.Go(func() { s.handle(c) })
+	}
+}
+
+func isTemporaryAcceptError(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
+		syscall.ECONNABORTED, syscall.EINTR, syscall.EPROTO, syscall.EPERM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// reset closes c with an RST instead of a FIN (SO_LINGER 0).
+func reset(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	_ = c.Close()
+}
+
+// handle runs one accepted connection: admission, target choice, connect,
+// then the two splice loops.
+func (s *tcpSocket) handle(c *net.TCPConn) {
+	// The connection inherited the listener's filter: remove it, or a later
+	// rule change would go on judging this established flow's segments.
+	if rc, err := c.SyscallConn(); err == nil {
+		if err := secgroup.DetachFilter(rc); err != nil {
+			s.u.log.Debug("detach socket filter from connection", "error", err)
+		}
+	}
+	r := s.r.Load()
+	client := addrPortOf(c.RemoteAddr())
+	local := addrPortOf(c.LocalAddr())
+	// Denials are counted and logged before the reset, so that whoever sees
+	// the reset can see the record of it.
+	if !r.policy.Allows(client.Addr()) {
+		s.u.flowLog.denied(r, client, DenySecurityGroup)
+		r.m.deniedSG.Inc()
+		reset(c)
+		return
+	}
+	sel := r.tg.sel.Load()
+	cands := sel.scope(r.zone, r.crossZone)
+	t := cands.pick(flowHash(s.u.seed, client, local, syscall.IPPROTO_TCP, sel.set.StickinessSourceIP))
+	if t == nil {
+		s.u.flowLog.denied(r, client, DenyNoTarget)
+		r.m.deniedNoTarget.Inc()
+		reset(c)
+		return
+	}
+
+	f := &tcpFlow{route: r, client: c, tgt: t, idle: r.idle}
+	f.ctx, f.cancel = context.WithCancel(s.u.ctx)
+	defer f.cancel()
+	if !s.addFlow(f) {
+		reset(c)
+		return
+	}
+	defer s.removeFlow(f)
+	t.addFlow(f)
+	defer t.removeFlow(f)
+
+	src := local.Addr()
+	if sel.set.PreserveClientIP && client.Addr().IsLoopback() {
+		src = client.Addr()
+	}
+	d := net.Dialer{Timeout: s.u.connectTimeout, Control: controlBindNoPort}
+	d.SetMultipathTCP(false)
+	if src.Is4() == t.addr.Addr().Unmap().Is4() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+	}
+	uc, err := d.DialContext(f.ctx, "tcp", t.addr.String())
+	if err != nil {
+		if f.ctx.Err() == nil {
+			r.m.connectErrors.Inc()
+			s.u.log.Debug("connect to target failed", "listener", r.listenerID, "target", t.addr, "error", err)
+		}
+		reset(c)
+		return
+	}
+	up := uc.(*net.TCPConn)
+	if !f.setUpstream(up) {
+		return
+	}
+	if sel.set.ProxyProtocolV2 {
+		// Before the first byte of the client's: the target reads it first.
+		if _, err := up.Write(ppv2Header(client, local)); err != nil {
+			f.terminate()
+			return
+		}
+	}
+	r.m.newFlows.Inc()
+	r.m.active.Inc()
+	defer r.m.active.Dec()
+	f.run(s.u)
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+func (s *tcpSocket) addFlow(f *tcpFlow) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.flows[f] = struct{}{}
+	return true
+}
+
+func (s *tcpSocket) removeFlow(f *tcpFlow) {
+	s.mu.Lock()
+	delete(s.flows, f)
+	s.mu.Unlock()
+}
+
+// tcpFlow is one proxied TCP connection.
+type tcpFlow struct {
+	route  *route
+	client *net.TCPConn
+	tgt    *target
+	idle   time.Duration
+	ctx    context.Context // canceled by terminate: aborts a connect in progress
+	cancel context.CancelFunc
+
+	last atomic.Int64 // UnixNano of the last chunk moved either way
+
+	mu         sync.Mutex
+	up         *net.TCPConn
+	terminated bool
+}
+
+func (f *tcpFlow) scope() (string, bool) { return f.route.zone, f.route.crossZone }
+
+// setUpstream installs the target connection, unless the flow was terminated
+// while connecting.
+func (f *tcpFlow) setUpstream(up *net.TCPConn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.terminated {
+		reset(up)
+		return false
+	}
+	f.up = up
+	return true
+}
+
+// terminate resets both sides: the target turned unhealthy, its draining
+// ended, the flow idled out, the listener went away, or one side reset.
+func (f *tcpFlow) terminate() {
+	f.mu.Lock()
+	if f.terminated {
+		f.mu.Unlock()
+		return
+	}
+	f.terminated = true
+	up := f.up
+	f.mu.Unlock()
+	f.cancel()
+	reset(f.client)
+	if up != nil {
+		reset(up)
+	}
+}
+
+// run copies both ways until both sides have finished, then closes.
+func (f *tcpFlow) run(u *Userspace) {
+	f.last.Store(time.Now().UnixNano())
+	m := f.route.m
+	done := make(chan struct{})
+	u.wg.Go(func() {
+		defer close(done)
+		f.pipe(f.up, f.client, m.bytesIn)
+	})
+	f.pipe(f.client, f.up, m.bytesOut)
+	<-done
+	f.mu.Lock()
+	f.terminated = true
+	f.mu.Unlock()
+	f.client.Close()
+	f.up.Close()
+}
+
+// idleTick is how often a copy loop wakes up on a quiet flow to account for
+// bytes and check the idle timeout: a tenth of the timeout, within [50ms, 10s].
+func idleTick(idle time.Duration) time.Duration {
+	return min(max(idle/10, 50*time.Millisecond), 10*time.Second)
+}
+
+// pipe copies src to dst until src ends (then half-closes dst), the flow
+// idles out, or an error ends the flow (then both sides are reset).
+//
+// It calls (*net.TCPConn).ReadFrom with an *io.LimitedReader over the
+// *net.TCPConn src, which the net package serves with splice(2): the payload
+// goes socket → pipe → socket inside the kernel. Nothing may wrap either
+// connection, or net falls back to a userspace copy. Between chunks the loop
+// counts bytes and moves the read deadline; the deadline only ends a splice
+// that is waiting for data, so no byte is lost when it fires.
+func (f *tcpFlow) pipe(dst, src *net.TCPConn, bytes prometheus.Counter) {
+	tick := idleTick(f.idle)
+	lr := &io.LimitedReader{R: src}
+	for {
+		if err := src.SetReadDeadline(time.Now().Add(tick)); err != nil {
+			f.terminate()
+			return
+		}
+		lr.N = spliceChunk
+		n, err := dst.ReadFrom(lr)
+		if n > 0 {
+			bytes.Add(float64(n))
+			f.last.Store(time.Now().UnixNano())
+		}
+		switch {
+		case err == nil && lr.N > 0: // src sent FIN
+			_ = dst.CloseWrite()
+			return
+		case err == nil: // a full chunk
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if time.Since(time.Unix(0, f.last.Load())) >= f.idle {
+				f.terminate() // idle timeout: both sides get an RST, as on AWS
+				return
+			}
+		default: // a reset, a write error, or terminate closed the connections
+			f.terminate()
+			return
+		}
+	}
+}

@@ -1,0 +1,372 @@
+package dataplane
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/moatlb/moat/internal/secgroup"
+)
+
+// group is a target group checked over TCP on hcPort every 30 s (NLB's
+// default interval): tests that are not about health see at most the first
+// check, and the load balancer fails open until targets are healthy.
+func group(id string, hcPort uint16, targets ...Target) TargetGroup {
+	return TargetGroup{
+		ID:      id,
+		Targets: targets,
+		HealthCheck: HealthCheck{Protocol: HealthCheckTCP, Port: hcPort, Interval: 30 * time.Second,
+			Timeout: 5 * time.Second, HealthyThreshold: 2, UnhealthyThreshold: 2},
+		TerminateOnUnhealthy: true,
+	}
+}
+
+func TestTCPAllowDeny(t *testing.T) {
+	t.Parallel()
+	n := newNet()
+	h := newHarness(t)
+	hcPort := freePort(t, n.inA(0))
+	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
+	port := freePort(t, n.lbA())
+	h.apply(LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{{
+		ID: "l", Protocol: TCP, Port: port, AdmitTCP: policy("127.0.0.2/32"),
+		TargetGroup: group("tg", hcPort, a.cfg()),
+	}}})
+	lbAddr := ap(n.lbA(), port)
+
+	c, name := connect(t, client2, lbAddr)
+	if name != "a" {
+		t.Fatalf("landed on %q", name)
+	}
+	if err := c.echo("ping"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The denied client's SYN is dropped: its connect times out.
+	_, err := dialFrom(client3, lbAddr, deniedWait)
+	if !isTimeout(err) {
+		t.Fatalf("denied client: got %v, want a connect timeout", err)
+	}
+	waitFor(t, longWait, "the filter drop to be counted", func() bool {
+		return h.metric("moat_dataplane_listener_dropped_packets_total", "listener", "l", "protocol", "tcp") >= 1
+	})
+	recs := a.echo.records()
+	if len(recs) != 1 {
+		t.Fatalf("backend saw %d connections, want 1 (the admitted one): %v", len(recs), recs)
+	}
+	if recs[0].remote.Addr() != n.lbA() {
+		t.Errorf("backend saw source %v, want the zone address %v", recs[0].remote, n.lbA())
+	}
+	if got := h.metric("moat_dataplane_new_flows_total", "listener", "l"); got != 1 {
+		t.Errorf("new flows = %v, want 1", got)
+	}
+	if got := h.metric("moat_dataplane_active_flows", "listener", "l"); got != 1 {
+		t.Errorf("active flows = %v, want 1", got)
+	}
+	if got := h.metric("moat_dataplane_denied_flows_total", "listener", "l"); got != 0 {
+		t.Errorf("denied flows = %v, want 0: the kernel dropped the denied SYN", got)
+	}
+	c.c.Close()
+	waitFor(t, longWait, "the flow to end", func() bool {
+		return h.metric("moat_dataplane_active_flows", "listener", "l") == 0
+	})
+	// "ping\n" both ways; "a\n" came from the target.
+	if in := h.metric("moat_dataplane_bytes_total", "listener", "l", "direction", "in"); in != 5 {
+		t.Errorf("bytes in = %v, want 5", in)
+	}
+	if out := h.metric("moat_dataplane_bytes_total", "listener", "l", "direction", "out"); out != 7 {
+		t.Errorf("bytes out = %v, want 7", out)
+	}
+}
+
+// bigPolicy admits client2 and 2,500 scattered addresses elsewhere: too many
+// ranges for a socket filter, so the engine must fall back to accept-and-reset.
+func bigPolicy(t *testing.T) *secgroup.Policy {
+	srcs := []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}
+	for i := range 2500 {
+		srcs = append(srcs, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 7), byte(2 * (i & 127)), 1}), 32))
+	}
+	p := secgroup.Compile([]secgroup.Rule{{Protocol: secgroup.ProtocolAll, Sources: srcs}}, secgroup.ProtocolTCP, 1)
+	if _, ok, err := secgroup.SocketFilter(p, unix.AF_INET); ok || err != nil {
+		t.Fatalf("policy fits in a socket filter (ok=%v, err=%v): the test needs one that does not", ok, err)
+	}
+	return p
+}
+
+func TestTCPDenyByResetAndNoTarget(t *testing.T) {
+	t.Parallel()
+	n := newNet()
+	h := newHarness(t)
+	hcPort := freePort(t, n.inA(0))
+	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
+	blocked := a.cfg()
+	blocked.TrafficAllowed = false                                          // the backend groups forbid the load balancer's traffic
+	down := tgTarget("down", ap(n.inA(1), freePort(t, n.inA(1))), "zone-a") // nothing listens
+	ports := map[string]uint16{}
+	for _, l := range []string{"l", "empty", "blocked", "down"} {
+		ports[l] = freePort(t, n.lbA())
+	}
+	h.apply(LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{
+		{ID: "l", Protocol: TCP, Port: ports["l"], AdmitTCP: bigPolicy(t), TargetGroup: group("tg", hcPort, a.cfg())},
+		{ID: "empty", Protocol: TCP, Port: ports["empty"], TargetGroup: group("tg-empty", hcPort)},
+		{ID: "blocked", Protocol: TCP, Port: ports["blocked"], TargetGroup: group("tg-blocked", hcPort, blocked)},
+		{ID: "down", Protocol: TCP, Port: ports["down"], TargetGroup: group("tg-down", hcPort, down)},
+	}})
+
+	c, _ := connect(t, client2, ap(n.lbA(), ports["l"]))
+	if err := c.echo("ping"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Without a filter the handshake completes; the data plane resets.
+	for _, tc := range []struct{ listener, metric, reason string }{
+		{"l", "moat_dataplane_denied_flows_total", DenySecurityGroup},
+		{"empty", "moat_dataplane_denied_flows_total", DenyNoTarget},
+		{"blocked", "moat_dataplane_denied_flows_total", DenyNoTarget},
+		{"down", "moat_dataplane_target_connect_errors_total", ""},
+	} {
+		// The reset can beat the client's connect call to reporting success.
+		conn, err := dialFrom(client3, ap(n.lbA(), ports[tc.listener]), 5*time.Second)
+		if err == nil {
+			conn.SetReadDeadline(time.Now().Add(longWait))
+			_, err = conn.Read(make([]byte, 1))
+			conn.Close()
+		}
+		if !isReset(err) {
+			t.Errorf("%s: got %v, want a reset", tc.listener, err)
+		}
+		labels := []string{"listener", tc.listener}
+		if tc.reason != "" {
+			labels = append(labels, "reason", tc.reason)
+		}
+		if got := h.metric(tc.metric, labels...); got != 1 {
+			t.Errorf("%s: %s%v = %v, want 1", tc.listener, tc.metric, labels, got)
+		}
+	}
+	if recs := a.echo.records(); len(recs) != 1 {
+		t.Errorf("backend saw %d connections, want 1", len(recs))
+	}
+
+	// One JSON line per denial.
+	var entries []flowLogEntry
+	for _, line := range strings.Split(strings.TrimSpace(h.log.String()), "\n") {
+		var e flowLogEntry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("flow log line %q: %v", line, err)
+		}
+		entries = append(entries, e)
+	}
+	want := []struct{ listener, reason string }{{"l", DenySecurityGroup}, {"empty", DenyNoTarget}, {"blocked", DenyNoTarget}}
+	if len(entries) != len(want) {
+		t.Fatalf("flow log has %d entries, want %d:\n%s", len(entries), len(want), h.log.String())
+	}
+	for i, w := range want {
+		e := entries[i]
+		if e.LoadBalancer != "lb" || e.Listener != w.listener || e.Reason != w.reason || e.Protocol != "tcp" ||
+			!strings.HasPrefix(e.Client, "127.0.0.3:") || time.Since(e.Time) > time.Minute {
+			t.Errorf("flow log entry %d = %+v, want listener %s, reason %s, client 127.0.0.3", i, e, w.listener, w.reason)
+		}
+	}
+}
+
+func TestRuleChange(t *testing.T) {
+	t.Parallel()
+	n := newNet()
+	h := newHarness(t)
+	hcPort := freePort(t, n.inA(0))
+	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
+	port := freePort(t, n.lbA())
+	cfg := func(p *secgroup.Policy) LoadBalancer {
+		return LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{{
+			ID: "l", Protocol: TCP, Port: port, AdmitTCP: p, TargetGroup: group("tg", hcPort, a.cfg()),
+		}}}
+	}
+	lbAddr := ap(n.lbA(), port)
+	h.apply(cfg(policy("127.0.0.2/32")))
+	established, _ := connect(t, client2, lbAddr)
+	if err := established.echo("before"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Revoke client2, admit client3: new flows follow as soon as Apply returns.
+	h.apply(cfg(policy("127.0.0.3/32")))
+	if _, err := dialFrom(client2, lbAddr, deniedWait); !isTimeout(err) {
+		t.Fatalf("revoked client: got %v, want a connect timeout", err)
+	}
+	connect(t, client3, lbAddr)
+	// The established flow is not cut.
+	if err := established.echo("after"); err != nil {
+		t.Fatalf("established flow after revoke: %v", err)
+	}
+
+	// An unrelated change (same policy) keeps everything as it is.
+	h.apply(cfg(policy("127.0.0.3/32")))
+	if err := established.echo("again"); err != nil {
+		t.Fatal(err)
+	}
+	connect(t, client3, lbAddr)
+}
+
+func TestTCPUDPListener(t *testing.T) {
+	t.Parallel()
+	n := newNet()
+	h := newHarness(t)
+	hcPort := freePort(t, n.inA(0))
+	hc := acceptServer(t, ap(n.inA(0), hcPort))
+	_ = hc
+	// One backend address serving TCP and UDP on the same port.
+	udp := newUDPEcho(t, n.inA(0), "a")
+	tcp := echoServer(t, ap(n.inA(0), udp.addr.Port()), "a", false)
+	port := freePort(t, n.lbA())
+	cfg := func(tcpP, udpP *secgroup.Policy) LoadBalancer {
+		return LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{{
+			ID: "l", Protocol: TCPUDP, Port: port, AdmitTCP: tcpP, AdmitUDP: udpP,
+			TargetGroup: group("tg", hcPort, tgTarget("a", tcp.addr, "zone-a")),
+		}}}
+	}
+	lbAddr := ap(n.lbA(), port)
+
+	// TCP and UDP are separate endpoints with separate rules.
+	h.apply(cfg(policy("127.0.0.2/32"), policy("127.0.0.3/32")))
+	connect(t, client2, lbAddr)
+	if _, err := dialFrom(client3, lbAddr, deniedWait); !isTimeout(err) {
+		t.Errorf("TCP from client3: got %v, want a timeout", err)
+	}
+	if got, err := newUDPClient(t, client3, lbAddr).ask("x", longWait); err != nil || got != "a:x" {
+		t.Errorf("UDP from client3: got %q, %v", got, err)
+	}
+	if _, err := newUDPClient(t, client2, lbAddr).ask("x", deniedWait); !isTimeout(err) {
+		t.Errorf("UDP from client2: got %v, want no answer", err)
+	}
+
+	// A load balancer without security groups admits everyone.
+	h.apply(cfg(nil, nil))
+	for _, c := range []netip.Addr{client2, client3, client4} {
+		connect(t, c, lbAddr)
+		if got, err := newUDPClient(t, c, lbAddr).ask("y", longWait); err != nil || got != "a:y" {
+			t.Errorf("UDP from %v: got %q, %v", c, got, err)
+		}
+	}
+}
+
+func TestTCPIdleTimeout(t *testing.T) {
+	t.Parallel()
+	n := newNet()
+	h := newHarness(t)
+	hcPort := freePort(t, n.inA(0))
+	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
+	port := freePort(t, n.lbA())
+	const idle = 2 * time.Second
+	h.apply(LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{{
+		ID: "l", Protocol: TCP, Port: port, TCPIdleTimeout: idle, TargetGroup: group("tg", hcPort, a.cfg()),
+	}}})
+	lbAddr := ap(n.lbA(), port)
+	quiet, _ := connect(t, client2, lbAddr)
+	busy, _ := connect(t, client2, lbAddr)
+	start := time.Now()
+
+	// The busy flow talks more often than the idle timeout and survives it.
+	for time.Since(start) < 3*idle {
+		if err := busy.echo("tick"); err != nil {
+			t.Fatalf("busy flow after %v: %v", time.Since(start), err)
+		}
+		time.Sleep(idle / 4) // the traffic pattern under test, not synchronisation
+	}
+	// The quiet one was reset, on both sides.
+	if err := quiet.waitClosed(t, longWait); !isReset(err) {
+		t.Errorf("idle flow ended with %v, want a reset", err)
+	}
+	if time.Since(start) < idle {
+		t.Errorf("idle flow ended after %v, before the idle timeout", time.Since(start))
+	}
+	waitFor(t, longWait, "the backend to lose the idle flow", func() bool { return a.echo.liveConns() == 1 })
+	if err := busy.echo("still"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBindFailure(t *testing.T) {
+	t.Parallel()
+	n := newNet()
+	h := newHarness(t)
+	hcPort := freePort(t, n.inA(0))
+	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
+	busyPort, freeP, otherP := freePort(t, n.lbA()), freePort(t, n.lbA()), freePort(t, n.lbA())
+	occupant, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap(n.lbA(), busyPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer occupant.Close()
+	tg := group("tg", hcPort, a.cfg())
+	lb := LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{
+		{ID: "busy", Protocol: TCP, Port: busyPort, TargetGroup: tg},
+		{ID: "free", Protocol: TCP, Port: freeP, TargetGroup: tg},
+	}}
+	other := LoadBalancer{ID: "other", Zones: n.zoneA(), Listeners: []Listener{
+		{ID: "clash", Protocol: TCP, Port: freeP, TargetGroup: tg}, // same address and port as "free"
+		{ID: "ok", Protocol: TCP, Port: otherP, TargetGroup: tg},
+	}}
+
+	err = h.e.Apply(Config{LoadBalancers: []LoadBalancer{lb, other}})
+	var ae *ApplyError
+	if !errors.As(err, &ae) || len(ae.Listeners) != 2 {
+		t.Fatalf("Apply = %v, want an ApplyError naming two listeners", err)
+	}
+	if !errors.Is(err, syscall.EADDRINUSE) || !errors.Is(err, ErrListenerConflict) {
+		t.Errorf("Apply = %v, want EADDRINUSE and ErrListenerConflict inside", err)
+	}
+	t.Logf("Apply error: %v", err)
+	busyErr := h.e.ListenerStatus("busy")
+	var le *ListenerError
+	if !errors.As(busyErr, &le) || le.ListenerID != "busy" || le.Addr != ap(n.lbA(), busyPort) || le.Network != "tcp" ||
+		!errors.Is(busyErr, syscall.EADDRINUSE) {
+		t.Errorf(`ListenerStatus("busy") = %v`, busyErr)
+	}
+	if !strings.Contains(busyErr.Error(), fmt.Sprint(busyPort)) || !strings.Contains(busyErr.Error(), "address already in use") {
+		t.Errorf("error text %q does not say what failed", busyErr)
+	}
+	if err := h.e.ListenerStatus("clash"); !errors.Is(err, ErrListenerConflict) {
+		t.Errorf(`ListenerStatus("clash") = %v`, err)
+	}
+	for _, id := range []string{"free", "ok"} {
+		if err := h.e.ListenerStatus(id); err != nil {
+			t.Errorf("ListenerStatus(%q) = %v", id, err)
+		}
+	}
+	if err := h.e.ListenerStatus("nope"); !errors.Is(err, ErrUnknownListener) {
+		t.Errorf(`ListenerStatus("nope") = %v`, err)
+	}
+	// The rest serves.
+	connect(t, client2, ap(n.lbA(), freeP))
+	connect(t, client2, ap(n.lbA(), otherP))
+	established, _ := connect(t, client2, ap(n.lbA(), otherP))
+
+	// Freed, the port is taken on the next Apply; the removed load balancer's
+	// listener closes with its flows.
+	occupant.Close()
+	h.apply(lb)
+	if err := h.e.ListenerStatus("busy"); err != nil {
+		t.Errorf(`ListenerStatus("busy") after retry = %v`, err)
+	}
+	connect(t, client2, ap(n.lbA(), busyPort))
+	if err := established.waitClosed(t, longWait); err == nil {
+		t.Error("flow of a removed listener still open")
+	}
+	if err := h.e.ListenerStatus("ok"); !errors.Is(err, ErrUnknownListener) {
+		t.Errorf(`ListenerStatus("ok") after removal = %v`, err)
+	}
+	if _, err := dialFrom(client2, ap(n.lbA(), otherP), 5*time.Second); err == nil {
+		t.Error("removed listener still accepts")
+	}
+	if got := h.metric("moat_dataplane_new_flows_total", "listener", "ok"); got != 0 {
+		t.Errorf("series of the removed listener still exported: %v", got)
+	}
+}

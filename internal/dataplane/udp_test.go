@@ -1,0 +1,110 @@
+package dataplane
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moatlb/moat/internal/secgroup"
+)
+
+func TestUDPAllowDenyAndRuleChange(t *testing.T) {
+	t.Parallel()
+	n := newNet()
+	h := newHarness(t)
+	hcPort := freePort(t, n.inA(0))
+	acceptServer(t, ap(n.inA(0), hcPort))
+	a := newUDPEcho(t, n.inA(0), "a")
+	port := freePort(t, n.lbA())
+	cfg := func(p *secgroup.Policy) LoadBalancer {
+		return LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{{
+			ID: "l", Protocol: UDP, Port: port, AdmitUDP: p,
+			TargetGroup: group("tg", hcPort, tgTarget("a", a.addr, "zone-a")),
+		}}}
+	}
+	lbAddr := ap(n.lbA(), port)
+	h.apply(cfg(policy("127.0.0.2/32")))
+
+	allowed := newUDPClient(t, client2, lbAddr)
+	if got, err := allowed.ask("ping", longWait); err != nil || got != "a:ping" {
+		t.Fatalf("allowed client: got %q, %v", got, err)
+	}
+	// Replies come from the load balancer's address: the client's socket is
+	// connected to it and would not accept them otherwise.
+
+	denied := newUDPClient(t, client3, lbAddr)
+	if _, err := denied.ask("ping", deniedWait); !isTimeout(err) {
+		t.Fatalf("denied client: got %v, want no answer", err)
+	}
+	waitFor(t, longWait, "the filter drop to be counted", func() bool {
+		return h.metric("moat_dataplane_listener_dropped_packets_total", "listener", "l", "protocol", "udp") >= 1
+	})
+	if got := a.received(); len(got) != 1 || got[0].Addr() != n.lbA() {
+		t.Fatalf("backend received %v, want one datagram from %v", got, n.lbA())
+	}
+	if got := h.metric("moat_dataplane_active_flows", "listener", "l"); got != 1 {
+		t.Errorf("active flows = %v, want 1", got)
+	}
+
+	// Revoke client2 and admit client3. The established flow keeps working
+	// (the socket filter keeps its client until the flow ends); a new flow
+	// from client2 is denied, one from client3 admitted.
+	h.apply(cfg(policy("127.0.0.3/32")))
+	if got, err := allowed.ask("still", longWait); err != nil || got != "a:still" {
+		t.Fatalf("established flow after revoke: got %q, %v", got, err)
+	}
+	if _, err := newUDPClient(t, client2, lbAddr).ask("new", deniedWait); !isTimeout(err) {
+		t.Fatalf("new flow of revoked client: got %v, want no answer", err)
+	}
+	if got, err := denied.ask("now", longWait); err != nil || got != "a:now" {
+		t.Fatalf("newly admitted client: got %q, %v", got, err)
+	}
+	// The revoked client's new flow passed the filter (which still admits
+	// client2 for its established flow) and was denied in userspace.
+	waitFor(t, longWait, "the denial to be counted", func() bool {
+		return h.metric("moat_dataplane_denied_flows_total", "listener", "l", "reason", DenySecurityGroup) == 1
+	})
+	if !strings.Contains(h.log.String(), `"client":"127.0.0.2:`) { // logged before counted
+		t.Errorf("flow log does not name the denied client:\n%s", h.log.String())
+	}
+	// Counted after each datagram is sent on, so possibly after the reply.
+	waitFor(t, longWait, "12 bytes in and 18 out", func() bool {
+		return h.metric("moat_dataplane_bytes_total", "listener", "l", "direction", "in") == 12 &&
+			h.metric("moat_dataplane_bytes_total", "listener", "l", "direction", "out") == 18
+	})
+}
+
+func TestUDPIdleTimeout(t *testing.T) {
+	t.Parallel()
+	n := newNet()
+	h := newHarness(t)
+	hcPort := freePort(t, n.inA(0))
+	acceptServer(t, ap(n.inA(0), hcPort))
+	a := newUDPEcho(t, n.inA(0), "a")
+	port := freePort(t, n.lbA())
+	h.apply(LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{{
+		ID: "l", Protocol: UDP, Port: port, AdmitUDP: policy("127.0.0.2/32"), UDPIdleTimeout: time.Second,
+		TargetGroup: group("tg", hcPort, tgTarget("a", a.addr, "zone-a")),
+	}}})
+	c := newUDPClient(t, client2, ap(n.lbA(), port))
+	if _, err := c.ask("one", longWait); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitFor(t, longWait, "the idle flow to end", func() bool {
+		return h.metric("moat_dataplane_active_flows", "listener", "l") == 0
+	})
+	if time.Since(start) < 900*time.Millisecond {
+		t.Errorf("flow ended after %v, before its idle timeout", time.Since(start))
+	}
+	// The next datagram is a new flow.
+	if got, err := c.ask("two", longWait); err != nil || got != "a:two" {
+		t.Fatalf("after idle: got %q, %v", got, err)
+	}
+	if got := h.metric("moat_dataplane_new_flows_total", "listener", "l"); got != 2 {
+		t.Errorf("new flows = %v, want 2", got)
+	}
+	if src := a.received(); len(src) != 2 || src[0] == src[1] {
+		t.Errorf("backend sources %v: want two flows from two upstream sockets", src)
+	}
+}

@@ -1,0 +1,90 @@
+package lb
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/dataplane"
+)
+
+// healthReporter shows the engine's target health to the API (DescribeTargetHealth).
+type healthReporter struct{ engine dataplane.Engine }
+
+func (h healthReporter) TargetHealth(targetGroupARN, id string, port int) (cloud.TargetHealth, bool) {
+	got, ok := h.engine.TargetHealth(targetGroupARN, id, uint16(port))
+	return cloud.TargetHealth{State: got.State, Reason: got.Reason, Description: got.Description}, ok
+}
+
+// syncDataPlane keeps the engine in step with the store. After every committed change, after a
+// listener loses its socket (kick), and when a deregistered target finishes draining, it reads
+// the state, applies it, and reports back: a load balancer whose listeners all serve is active,
+// one with a listener that cannot serve is active_impaired with the reason.
+func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine, kick <-chan struct{}, log *slog.Logger) {
+	changes, stop := c.Store().Changes()
+	defer stop()
+	drained := time.NewTimer(time.Hour)
+	defer drained.Stop()
+	for {
+		next, err := syncOnce(c, engine, log)
+		if err != nil {
+			log.Error("data plane sync failed", "err", err)
+		}
+		drained.Stop()
+		if !next.IsZero() {
+			drained.Reset(time.Until(next) + 10*time.Millisecond)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changes:
+		case <-kick:
+		case <-drained.C:
+		}
+	}
+}
+
+// syncOnce applies the current state and returns when the next deregistered target finishes
+// draining (zero if none is draining).
+func syncOnce(c *cloud.Cloud, engine dataplane.Engine, log *slog.Logger) (time.Time, error) {
+	st, err := c.State()
+	if err != nil {
+		return time.Time{}, err
+	}
+	if err := engine.Apply(desiredConfig(st)); err != nil {
+		var aerr *dataplane.ApplyError
+		if !errors.As(err, &aerr) {
+			return time.Time{}, err
+		}
+		log.Warn("some listeners cannot be served", "err", err)
+	}
+	for _, lb := range st.LoadBalancers {
+		state, reason := cloud.StateActive, ""
+		for _, l := range st.Listeners {
+			if l.LoadBalancerARN != lb.ARN {
+				continue
+			}
+			if err := engine.ListenerStatus(l.ARN); err != nil && !errors.Is(err, dataplane.ErrUnknownListener) {
+				state, reason = cloud.StateActiveImpaired, err.Error()
+				break
+			}
+		}
+		if lb.State != state || lb.StateReason != reason {
+			if err := c.SetLoadBalancerState(lb.ARN, state, reason); err != nil {
+				log.Error("set load balancer state failed", "arn", lb.ARN, "err", err)
+			}
+		}
+	}
+	var next time.Time
+	now := time.Now()
+	for _, tg := range st.TargetGroups {
+		for _, t := range tg.Targets {
+			if t.DrainingUntil.After(now) && (next.IsZero() || t.DrainingUntil.Before(next)) {
+				next = t.DrainingUntil
+			}
+		}
+	}
+	return next, nil
+}

@@ -1,0 +1,239 @@
+package lb
+
+import (
+	"net/netip"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/dataplane"
+	"github.com/moatlb/moat/internal/secgroup"
+)
+
+// desiredConfig turns the control plane's state into the data plane's desired state: addresses,
+// listeners with their compiled admission policies, target groups with their attributes, and for
+// every target whether the load balancer's own traffic and health checks may reach it (the
+// backend security-group decision). It is pure: everything it needs is in st.
+func desiredConfig(st cloud.State) dataplane.Config {
+	n := newNetwork(st)
+	tgs := map[string]cloud.TargetGroup{}
+	for _, tg := range st.TargetGroups {
+		tgs[tg.ARN] = tg
+	}
+	var cfg dataplane.Config
+	for _, lb := range st.LoadBalancers {
+		out := dataplane.LoadBalancer{ID: lb.ARN, CrossZone: lb.Attributes["load_balancing.cross_zone.enabled"] == "true"}
+		var lbAddrs []netip.Addr
+		for _, z := range lb.Zones {
+			if a, err := netip.ParseAddr(z.Address); err == nil {
+				out.Zones = append(out.Zones, dataplane.Zone{Name: z.Zone, Addr: a})
+				lbAddrs = append(lbAddrs, a)
+			}
+		}
+		for _, l := range st.Listeners {
+			if l.LoadBalancerARN != lb.ARN {
+				continue
+			}
+			tg, ok := tgs[l.TargetGroupARN]
+			if !ok {
+				continue
+			}
+			dl := dataplane.Listener{ID: l.ARN, Protocol: dataplane.Protocol(l.Protocol), Port: uint16(l.Port)}
+			if secs, err := strconv.Atoi(l.Attributes["tcp.idle_timeout.seconds"]); err == nil {
+				dl.TCPIdleTimeout = time.Duration(secs) * time.Second
+			}
+			if len(lb.SecurityGroups) > 0 {
+				// A load balancer created without groups admits everyone: the policies stay nil.
+				inbound := n.rules(lb.SecurityGroups, false)
+				if l.Protocol != "UDP" {
+					dl.AdmitTCP = secgroup.Compile(inbound, secgroup.ProtocolTCP, uint16(l.Port))
+				}
+				if l.Protocol != "TCP" {
+					dl.AdmitUDP = secgroup.Compile(inbound, secgroup.ProtocolUDP, uint16(l.Port))
+				}
+			}
+			dl.TargetGroup = n.targetGroup(tg, lb, lbAddrs)
+			out.Listeners = append(out.Listeners, dl)
+		}
+		cfg.LoadBalancers = append(cfg.LoadBalancers, out)
+	}
+	return cfg
+}
+
+// network indexes the state's security groups and the addresses that carry them.
+type network struct {
+	groups      map[string]cloud.SecurityGroup
+	members     map[string][]netip.Prefix // group ID -> addresses of the interfaces and load balancers carrying it
+	prefixLists map[string][]netip.Prefix
+	instances   map[string]cloud.Instance
+	interfaces  map[string]cloud.NetworkInterface
+	byAddr      map[netip.Addr]cloud.NetworkInterface
+	zoneOf      map[string]string // subnet ID -> zone
+}
+
+func newNetwork(st cloud.State) *network {
+	n := &network{
+		groups: map[string]cloud.SecurityGroup{}, members: map[string][]netip.Prefix{}, prefixLists: map[string][]netip.Prefix{},
+		instances: map[string]cloud.Instance{}, interfaces: map[string]cloud.NetworkInterface{}, byAddr: map[netip.Addr]cloud.NetworkInterface{}, zoneOf: map[string]string{},
+	}
+	for _, g := range st.SecurityGroups {
+		n.groups[g.ID] = g
+	}
+	carry := func(groups []string, addr string) {
+		a, err := netip.ParseAddr(addr)
+		if err != nil {
+			return
+		}
+		for _, g := range groups {
+			n.members[g] = append(n.members[g], netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	for _, eni := range st.Interfaces {
+		n.interfaces[eni.ID] = eni
+		for _, ip := range eni.PrivateIPs {
+			carry(eni.Groups, ip)
+			if a, err := netip.ParseAddr(ip); err == nil {
+				n.byAddr[a] = eni
+			}
+		}
+	}
+	// A load balancer's interfaces carry its groups: rules that reference them admit its addresses.
+	for _, lb := range st.LoadBalancers {
+		for _, z := range lb.Zones {
+			carry(lb.SecurityGroups, z.Address)
+		}
+	}
+	for _, pl := range st.PrefixLists {
+		for _, e := range pl.Entries {
+			if p, err := netip.ParsePrefix(e.CIDR); err == nil {
+				n.prefixLists[pl.ID] = append(n.prefixLists[pl.ID], p.Masked())
+			}
+		}
+	}
+	for _, i := range st.Instances {
+		n.instances[i.ID] = i
+	}
+	for _, s := range st.Subnets {
+		n.zoneOf[s.ID] = s.Zone
+	}
+	return n
+}
+
+// rules returns the inbound (or outbound) rules of groups with their peers resolved to prefixes.
+func (n *network) rules(groups []string, egress bool) []secgroup.Rule {
+	var out []secgroup.Rule
+	for _, id := range groups {
+		g := n.groups[id]
+		rules := g.Ingress
+		if egress {
+			rules = g.Egress
+		}
+		for _, r := range rules {
+			proto, err := secgroup.ParseProtocol(r.Protocol)
+			if err != nil {
+				continue
+			}
+			sr := secgroup.Rule{Protocol: proto, FromPort: r.FromPort, ToPort: r.ToPort}
+			switch {
+			case r.CIDRv4 != "":
+				sr.Sources = []netip.Prefix{netip.MustParsePrefix(r.CIDRv4)}
+			case r.CIDRv6 != "":
+				sr.Sources = []netip.Prefix{netip.MustParsePrefix(r.CIDRv6)}
+			case r.GroupID != "":
+				sr.Sources = n.members[r.GroupID]
+			default:
+				sr.Sources = n.prefixLists[r.PrefixListID]
+			}
+			out = append(out, sr)
+		}
+	}
+	return out
+}
+
+// reachable is the backend security-group decision for the load balancer's own traffic to a
+// target: the load balancer's outbound rules must allow the target address and port, and the
+// inbound rules of the target interface's groups must admit one of the load balancer's addresses
+// (a rule referencing the load balancer's group does, as on AWS). A load balancer without groups
+// may send anywhere. A target no interface carries (an ip target outside the inventory) has no
+// groups to enforce.
+func (n *network) reachable(lb cloud.LoadBalancer, lbAddrs []netip.Addr, eni *cloud.NetworkInterface, target netip.Addr, protocol int, port uint16) bool {
+	if len(lb.SecurityGroups) > 0 && !secgroup.Compile(n.rules(lb.SecurityGroups, true), protocol, port).Allows(target) {
+		return false
+	}
+	if eni == nil {
+		return true
+	}
+	in := secgroup.Compile(n.rules(eni.Groups, false), protocol, port)
+	return slices.ContainsFunc(lbAddrs, in.Allows)
+}
+
+// trafficProtocols are the IP protocols a target group's traffic uses: a TCP_UDP group needs
+// both allowed.
+func trafficProtocols(tgProtocol string) []int {
+	switch tgProtocol {
+	case "UDP":
+		return []int{secgroup.ProtocolUDP}
+	case "TCP_UDP":
+		return []int{secgroup.ProtocolTCP, secgroup.ProtocolUDP}
+	}
+	return []int{secgroup.ProtocolTCP}
+}
+
+func (n *network) targetGroup(tg cloud.TargetGroup, lb cloud.LoadBalancer, lbAddrs []netip.Addr) dataplane.TargetGroup {
+	attr := func(k string) bool { return tg.Attributes[k] == "true" }
+	out := dataplane.TargetGroup{
+		ID:                        tg.ARN,
+		ProxyProtocolV2:           attr("proxy_protocol_v2.enabled"),
+		PreserveClientIP:          attr("preserve_client_ip.enabled"),
+		StickinessSourceIP:        attr("stickiness.enabled") && tg.Attributes["stickiness.type"] == "source_ip",
+		TerminateOnDeregistration: attr("deregistration_delay.connection_termination.enabled"),
+		TerminateOnUnhealthy:      attr("target_health_state.unhealthy.connection_termination.enabled"),
+		HealthCheck: dataplane.HealthCheck{
+			Protocol: tg.HealthCheck.Protocol, Path: tg.HealthCheck.Path, Matcher: tg.HealthCheck.Matcher,
+			Interval:           time.Duration(tg.HealthCheck.IntervalSeconds) * time.Second,
+			Timeout:            time.Duration(tg.HealthCheck.TimeoutSeconds) * time.Second,
+			HealthyThreshold:   tg.HealthCheck.HealthyThreshold,
+			UnhealthyThreshold: tg.HealthCheck.UnhealthyThreshold,
+		},
+	}
+	if p, err := strconv.Atoi(tg.HealthCheck.Port); err == nil {
+		out.HealthCheck.Port = uint16(p)
+	}
+	for _, t := range tg.Targets {
+		dt := dataplane.Target{ID: t.ID, Port: uint16(t.Port), Zone: t.AvailabilityZone, DrainingUntil: t.DrainingUntil}
+		var eni *cloud.NetworkInterface
+		if tg.TargetType == "instance" {
+			inst, ok := n.instances[t.ID]
+			if !ok || inst.State != "running" {
+				continue
+			}
+			dt.Addr, _ = netip.ParseAddr(inst.PrivateIP)
+			dt.Zone = n.zoneOf[inst.SubnetID]
+			if e, ok := n.interfaces[inst.InterfaceID]; ok {
+				eni = &e
+			}
+		} else {
+			a, err := netip.ParseAddr(t.ID)
+			if err != nil {
+				continue
+			}
+			dt.Addr = a
+			if e, ok := n.byAddr[a]; ok {
+				eni = &e
+			}
+		}
+		hcPort := dt.Port
+		if out.HealthCheck.Port != 0 {
+			hcPort = out.HealthCheck.Port
+		}
+		dt.TrafficAllowed = true
+		for _, proto := range trafficProtocols(tg.Protocol) {
+			dt.TrafficAllowed = dt.TrafficAllowed && n.reachable(lb, lbAddrs, eni, dt.Addr, proto, dt.Port)
+		}
+		// Health checks are TCP connections, also for HTTP(S) checks and UDP groups.
+		dt.HealthCheckAllowed = n.reachable(lb, lbAddrs, eni, dt.Addr, secgroup.ProtocolTCP, hcPort)
+		out.Targets = append(out.Targets, dt)
+	}
+	return out
+}

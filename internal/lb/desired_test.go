@@ -1,0 +1,127 @@
+package lb
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/dataplane"
+)
+
+// state is a small world: one NLB with a frontend group and a backend group, one listener on 80
+// forwarding to instance targets on two nodes whose group admits the backend group on 30080.
+func state() cloud.State {
+	allOut := cloud.Rule{Protocol: "-1", FromPort: -1, ToPort: -1, CIDRv4: "0.0.0.0/0"}
+	return cloud.State{
+		ELBSnapshot: cloud.ELBSnapshot{
+			LoadBalancers: []cloud.LoadBalancer{{
+				ARN: "lb", SecurityGroups: []string{"sg-front", "sg-back"},
+				Zones:      []cloud.LoadBalancerZone{{SubnetID: "subnet-a", Zone: "us-east-1a", Address: "127.1.0.100"}, {SubnetID: "subnet-b", Zone: "us-east-1b", Address: "127.2.0.100"}},
+				Attributes: map[string]string{"load_balancing.cross_zone.enabled": "false"},
+			}},
+			Listeners: []cloud.Listener{{ARN: "l80", LoadBalancerARN: "lb", Port: 80, Protocol: "TCP", TargetGroupARN: "tg", Attributes: map[string]string{"tcp.idle_timeout.seconds": "400"}}},
+			TargetGroups: []cloud.TargetGroup{{
+				ARN: "tg", Protocol: "TCP", TargetType: "instance", Port: 30080,
+				HealthCheck: cloud.HealthCheck{Protocol: "HTTP", Port: "traffic-port", Path: "/healthz", Matcher: "200", IntervalSeconds: 10, TimeoutSeconds: 6, HealthyThreshold: 3, UnhealthyThreshold: 2},
+				Attributes:  map[string]string{"proxy_protocol_v2.enabled": "true", "preserve_client_ip.enabled": "true", "stickiness.enabled": "true", "stickiness.type": "source_ip", "deregistration_delay.connection_termination.enabled": "false", "target_health_state.unhealthy.connection_termination.enabled": "true"},
+				Targets:     []cloud.Target{{ID: "i-a", Port: 30080}, {ID: "i-b", Port: 30080}, {ID: "i-stopped", Port: 30080}},
+			}},
+		},
+		SecurityGroups: []cloud.SecurityGroup{
+			{ID: "sg-front", Ingress: []cloud.Rule{
+				{Protocol: "tcp", FromPort: 80, ToPort: 80, CIDRv4: "127.0.0.2/32"},
+				{Protocol: "tcp", FromPort: 80, ToPort: 80, PrefixListID: "pl-office"},
+			}, Egress: []cloud.Rule{allOut}},
+			{ID: "sg-back", Egress: []cloud.Rule{allOut}},
+			{ID: "sg-nodes", Ingress: []cloud.Rule{{Protocol: "tcp", FromPort: 30000, ToPort: 32767, GroupID: "sg-back"}}, Egress: []cloud.Rule{allOut}},
+			{ID: "sg-other", Egress: []cloud.Rule{allOut}},
+		},
+		Interfaces: []cloud.NetworkInterface{
+			{ID: "eni-a", PrivateIPs: []string{"127.1.0.10"}, Groups: []string{"sg-nodes"}, InstanceID: "i-a"},
+			{ID: "eni-b", PrivateIPs: []string{"127.2.0.10"}, Groups: []string{"sg-other"}, InstanceID: "i-b"},
+		},
+		Instances: []cloud.Instance{
+			{ID: "i-a", SubnetID: "subnet-a", PrivateIP: "127.1.0.10", InterfaceID: "eni-a", State: "running"},
+			{ID: "i-b", SubnetID: "subnet-b", PrivateIP: "127.2.0.10", InterfaceID: "eni-b", State: "running"},
+			{ID: "i-stopped", SubnetID: "subnet-b", PrivateIP: "127.2.0.11", State: "stopped"},
+		},
+		PrefixLists: []cloud.PrefixList{{ID: "pl-office", Entries: []cloud.PrefixListEntry{{CIDR: "127.0.0.4/31"}}}},
+		Subnets:     []cloud.Subnet{{ID: "subnet-a", Zone: "us-east-1a"}, {ID: "subnet-b", Zone: "us-east-1b"}},
+	}
+}
+
+func TestDesiredConfig(t *testing.T) {
+	cfg := desiredConfig(state())
+	if len(cfg.LoadBalancers) != 1 || len(cfg.LoadBalancers[0].Zones) != 2 || cfg.LoadBalancers[0].CrossZone {
+		t.Fatalf("load balancers %+v", cfg.LoadBalancers)
+	}
+	l := cfg.LoadBalancers[0].Listeners[0]
+	if l.Protocol != dataplane.TCP || l.Port != 80 || l.TCPIdleTimeout.Seconds() != 400 || l.AdmitUDP != nil {
+		t.Errorf("listener %+v", l)
+	}
+	for addr, want := range map[string]bool{"127.0.0.2": true, "127.0.0.3": false, "127.0.0.4": true, "127.0.0.5": true, "127.0.0.6": false} {
+		if got := l.AdmitTCP.Allows(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("client %s admitted %v, want %v", addr, got, want)
+		}
+	}
+	tg := l.TargetGroup
+	if !tg.ProxyProtocolV2 || !tg.PreserveClientIP || !tg.StickinessSourceIP || tg.TerminateOnDeregistration || !tg.TerminateOnUnhealthy {
+		t.Errorf("attributes %+v", tg)
+	}
+	if hc := tg.HealthCheck; hc.Protocol != "HTTP" || hc.Port != 0 || hc.Path != "/healthz" || hc.Interval.Seconds() != 10 || hc.HealthyThreshold != 3 {
+		t.Errorf("health check %+v", hc)
+	}
+	if len(tg.Targets) != 2 {
+		t.Fatalf("targets %+v: the stopped instance must not be served", tg.Targets)
+	}
+	a, b := tg.Targets[0], tg.Targets[1]
+	if a.Addr != netip.MustParseAddr("127.1.0.10") || a.Zone != "us-east-1a" || b.Zone != "us-east-1b" {
+		t.Errorf("targets %+v", tg.Targets)
+	}
+	// Node a's group admits the backend group; node b's group admits nothing.
+	if !a.TrafficAllowed || !a.HealthCheckAllowed || b.TrafficAllowed || b.HealthCheckAllowed {
+		t.Errorf("backend enforcement: a %v/%v, b %v/%v", a.TrafficAllowed, a.HealthCheckAllowed, b.TrafficAllowed, b.HealthCheckAllowed)
+	}
+}
+
+func TestDesiredConfigEgressAndGrouplessLoadBalancers(t *testing.T) {
+	st := state()
+	// Outbound rules of the load balancer's groups govern its traffic to targets.
+	st.SecurityGroups[0].Egress = nil
+	st.SecurityGroups[1].Egress = []cloud.Rule{{Protocol: "tcp", FromPort: 443, ToPort: 443, CIDRv4: "0.0.0.0/0"}}
+	if a := desiredConfig(st).LoadBalancers[0].Listeners[0].TargetGroup.Targets[0]; a.TrafficAllowed {
+		t.Error("an outbound rule set without port 30080 let traffic reach the target")
+	}
+
+	st = state()
+	st.LoadBalancers[0].SecurityGroups = nil
+	st.SecurityGroups[2].Ingress = []cloud.Rule{{Protocol: "tcp", FromPort: 30080, ToPort: 30080, CIDRv4: "127.0.0.0/8"}}
+	l := desiredConfig(st).LoadBalancers[0].Listeners[0]
+	if l.AdmitTCP != nil || l.AdmitUDP != nil {
+		t.Error("a load balancer without groups must admit everyone (nil policies)")
+	}
+	if a := l.TargetGroup.Targets[0]; !a.TrafficAllowed {
+		t.Error("a node rule admitting the VPC CIDR must admit a group-less load balancer's traffic")
+	}
+}
+
+func TestDesiredConfigUDPAndIPTargets(t *testing.T) {
+	st := state()
+	st.Listeners[0].Protocol = "TCP_UDP"
+	st.TargetGroups[0].Protocol = "TCP_UDP"
+	st.TargetGroups[0].TargetType = "ip"
+	st.TargetGroups[0].Targets = []cloud.Target{{ID: "127.1.0.10", Port: 30080, AvailabilityZone: "us-east-1a"}, {ID: "127.1.0.50", Port: 8080, AvailabilityZone: "us-east-1a"}}
+	st.SecurityGroups[0].Ingress = append(st.SecurityGroups[0].Ingress, cloud.Rule{Protocol: "udp", FromPort: 80, ToPort: 80, CIDRv4: "127.0.0.3/32"})
+	l := desiredConfig(st).LoadBalancers[0].Listeners[0]
+	if !l.AdmitUDP.Allows(netip.MustParseAddr("127.0.0.3")) || l.AdmitUDP.Allows(netip.MustParseAddr("127.0.0.2")) || l.AdmitTCP.Allows(netip.MustParseAddr("127.0.0.3")) {
+		t.Error("TCP_UDP listener policies are not per protocol")
+	}
+	pod, free := l.TargetGroup.Targets[0], l.TargetGroup.Targets[1]
+	// The node group admits only TCP from the backend group, so a TCP_UDP target there is unreachable.
+	if pod.TrafficAllowed || !pod.HealthCheckAllowed {
+		t.Errorf("ip target on a node interface: traffic %v, health %v", pod.TrafficAllowed, pod.HealthCheckAllowed)
+	}
+	if !free.TrafficAllowed || free.Addr != netip.MustParseAddr("127.1.0.50") {
+		t.Errorf("an ip target no interface carries has no groups to enforce: %+v", free)
+	}
+}
