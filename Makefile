@@ -29,7 +29,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzPolicy$$' -fuzztime $(FUZZTIME) ./internal/secgroup
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./internal/secgroup
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/secgroup ./internal/dataplane
 
 lint:
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
