@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/moatlb/moat/internal/secgroup"
 )
@@ -334,35 +335,111 @@ func idleTick(idle time.Duration) time.Duration {
 // *net.TCPConn src, which the net package serves with splice(2): the payload
 // goes socket → pipe → socket inside the kernel. Nothing may wrap either
 // connection, or net falls back to a userspace copy. Between chunks the loop
-// counts bytes and moves the read deadline; the deadline only ends a splice
-// that is waiting for data, so no byte is lost when it fires.
+// counts bytes and moves the read deadline.
+//
+// Each chunk is limited to the bytes already queued on src, after waiting for
+// src to be readable: a splice that waits for data holds a pipe (two file
+// descriptors and its buffer), so an idle flow would cost six descriptors
+// instead of two — and the open-file limit, not memory, would bound how many
+// flows moat holds. Runs shorter than spliceMin are copied through a buffer
+// (see spliceMin).
 func (f *tcpFlow) pipe(dst, src *net.TCPConn, bytes prometheus.Counter) {
 	tick := idleTick(f.idle)
 	lr := &io.LimitedReader{R: src}
+	rc, err := src.SyscallConn()
+	if err != nil {
+		f.terminate()
+		return
+	}
 	for {
 		if err := src.SetReadDeadline(time.Now().Add(tick)); err != nil {
 			f.terminate()
 			return
 		}
-		lr.N = spliceChunk
-		n, err := dst.ReadFrom(lr)
+		queued, err := awaitData(rc)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if time.Since(time.Unix(0, f.last.Load())) >= f.idle {
+				f.terminate() // idle timeout: both sides get an RST, as on AWS
+				return
+			}
+			continue
+		}
+		if err != nil {
+			f.terminate()
+			return
+		}
+		var n int64
+		if queued > 0 && queued < spliceMin {
+			n, err = copySmall(dst, src, queued)
+		} else {
+			// Nothing queued yet readable means end of stream or an error: ReadFrom finds out
+			// which at once, without waiting.
+			lr.N = int64(min(max(queued, 1), spliceChunk))
+			n, err = dst.ReadFrom(lr)
+		}
 		if n > 0 {
 			bytes.Add(float64(n))
 			f.last.Store(time.Now().UnixNano())
 		}
 		switch {
-		case err == nil && lr.N > 0: // src sent FIN
+		case err == nil && n == 0: // src sent FIN
 			_ = dst.CloseWrite()
 			return
-		case err == nil: // a full chunk
+		case err == nil: // the queued bytes moved
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			if time.Since(time.Unix(0, f.last.Load())) >= f.idle {
-				f.terminate() // idle timeout: both sides get an RST, as on AWS
-				return
-			}
+			// The deadline fired mid-chunk; the bytes already moved are counted above.
 		default: // a reset, a write error, or terminate closed the connections
 			f.terminate()
 			return
 		}
 	}
+}
+
+// spliceMin is the smallest run of queued bytes worth a splice. Below it a plain read and write
+// through a pooled buffer costs the same two system calls and no pipe: small request/response
+// traffic then never takes pipes from the runtime's pool, whose size (two descriptors each, freed
+// only by the garbage collector) would otherwise bound how many flows fit in the open-file limit.
+// Bulk transfers queue far more than this and stay on the splice path.
+const spliceMin = 64 << 10
+
+var smallBuffers = sync.Pool{New: func() any { b := make([]byte, spliceMin); return &b }}
+
+// copySmall moves the queued bytes of src to dst through a pooled buffer.
+func copySmall(dst, src *net.TCPConn, queued int) (int64, error) {
+	buf := smallBuffers.Get().(*[]byte)
+	defer smallBuffers.Put(buf)
+	n, err := src.Read((*buf)[:queued])
+	if n > 0 {
+		if _, werr := dst.Write((*buf)[:n]); werr != nil {
+			return int64(n), werr
+		}
+	}
+	return int64(n), err
+}
+
+// awaitData waits until the socket is readable and returns how many bytes are queued on it: 0
+// when readability means end of stream or an error. It honours the read deadline.
+func awaitData(rc syscall.RawConn) (int, error) {
+	queued := 0
+	var ioErr error
+	err := rc.Read(func(fd uintptr) bool {
+		n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		if err != nil {
+			ioErr = err
+			return true
+		}
+		if n > 0 {
+			queued = n
+			return true
+		}
+		// An empty queue is either "nothing yet" (wait) or end of stream / a pending error
+		// (readable now): a peek tells them apart without consuming anything.
+		var b [1]byte
+		_, _, err = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return err != unix.EAGAIN
+	})
+	if err != nil {
+		return 0, err
+	}
+	return queued, ioErr
 }

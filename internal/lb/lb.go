@@ -85,6 +85,11 @@ func DefaultDataDir() string {
 // Run serves until ctx ends. ready, if not nil, is called once every endpoint is bound.
 func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	log := cfg.Log
+	if n, err := raiseFileLimit(); err != nil {
+		log.Warn("could not raise the open-file limit", "err", err)
+	} else {
+		log.Debug("open-file limit", "max", n)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}

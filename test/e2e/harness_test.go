@@ -21,7 +21,7 @@ import (
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 )
 
-var moatBin string
+var moatBin, echoBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "moat-e2e-")
@@ -34,6 +34,13 @@ func TestMain(m *testing.M) {
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build moat:", err)
+		os.Exit(1)
+	}
+	echoBin = filepath.Join(dir, "echoserver")
+	build = exec.Command("go", "build", "-o", echoBin, "github.com/moatlb/moat/test/e2e/echoserver")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build echoserver:", err)
 		os.Exit(1)
 	}
 	code := m.Run()

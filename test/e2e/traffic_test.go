@@ -101,62 +101,12 @@ func TestTrafficThroughSecurityGroups(t *testing.T) {
 	be := startBackend(t, "127.1.0.50:0")
 	listenPort := freePort(t)
 
-	subnets, err := ec2c.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var subnetIDs []string
-	for _, s := range subnets.Subnets {
-		subnetIDs = append(subnetIDs, *s.SubnetId)
-	}
-	vpc := subnets.Subnets[0].VpcId
-
-	sg, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String("web-clients"), Description: aws.String("who may reach web"), VpcId: vpc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	allowed := ec2types.IpPermission{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(int32(listenPort)), ToPort: aws.Int32(int32(listenPort)), IpRanges: []ec2types.IpRange{{CidrIp: aws.String("127.0.0.2/32")}}}
-	if _, err := ec2c.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: sg.GroupId, IpPermissions: []ec2types.IpPermission{allowed}}); err != nil {
-		t.Fatal(err)
-	}
-	lbOut, err := elbc.CreateLoadBalancer(ctx, &elbv2.CreateLoadBalancerInput{Name: aws.String("web"), Type: elbtypes.LoadBalancerTypeEnumNetwork, Scheme: elbtypes.LoadBalancerSchemeEnumInternal, Subnets: subnetIDs, SecurityGroups: []string{*sg.GroupId}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lb := lbOut.LoadBalancers[0]
-	tgOut, err := elbc.CreateTargetGroup(ctx, &elbv2.CreateTargetGroupInput{
-		Name: aws.String("web"), Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(int32(be.port())), VpcId: vpc, TargetType: elbtypes.TargetTypeEnumIp,
-		HealthCheckIntervalSeconds: aws.Int32(5), HealthyThresholdCount: aws.Int32(2), UnhealthyThresholdCount: aws.Int32(2),
-		// Cross-zone is off, as on AWS: this test's one target serves zone a's address.
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tg := tgOut.TargetGroups[0]
-	if _, err := elbc.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: tg.TargetGroupArn, Targets: []elbtypes.TargetDescription{{Id: aws.String("127.1.0.50"), Port: aws.Int32(int32(be.port()))}}}); err != nil {
-		t.Fatal(err)
-	}
-	// The backend sees clients' own addresses (moat binds the upstream socket to them on loopback).
-	if _, err := elbc.ModifyTargetGroupAttributes(ctx, &elbv2.ModifyTargetGroupAttributesInput{TargetGroupArn: tg.TargetGroupArn,
-		Attributes: []elbtypes.TargetGroupAttribute{{Key: aws.String("preserve_client_ip.enabled"), Value: aws.String("true")}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := elbc.CreateListener(ctx, &elbv2.CreateListenerInput{LoadBalancerArn: lb.LoadBalancerArn, Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(int32(listenPort)),
-		DefaultActions: []elbtypes.Action{{Type: elbtypes.ActionTypeEnumForward, TargetGroupArn: tg.TargetGroupArn}}}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "load balancer active", func() bool {
-		out, err := elbc.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{LoadBalancerArns: []string{*lb.LoadBalancerArn}})
-		return err == nil && out.LoadBalancers[0].State.Code == elbtypes.LoadBalancerStateEnumActive
-	})
+	st := createStack(t, p, "web", be.port(), listenPort, "127.0.0.2/32", true)
+	lb, tg, sg, allowed := st.lb, st.tg, st.sg, st.rule
 
 	// The DNS name resolves, through moat lb's DNS server, to the zone addresses.
-	zoneA := ""
-	for _, z := range lb.AvailabilityZones {
-		if *z.ZoneName == "us-east-1a" {
-			zoneA = *z.LoadBalancerAddresses[0].IpAddress
-		}
-	}
+	front := st.front
+	zoneA, _, _ := net.SplitHostPort(front)
 	q := new(dns.Msg)
 	q.SetQuestion(dns.Fqdn(*lb.DNSName), dns.TypeA)
 	r, err := dns.Exchange(q, p.DNS)
@@ -170,7 +120,6 @@ func TestTrafficThroughSecurityGroups(t *testing.T) {
 	if !strings.Contains(strings.Join(resolved, ","), zoneA) {
 		t.Fatalf("%s resolved to %v, want %s among them", *lb.DNSName, resolved, zoneA)
 	}
-	front := net.JoinHostPort(zoneA, fmt.Sprint(listenPort))
 
 	// Allowed client: its bytes reach the backend and come back.
 	conn, greeting, err := dialFrom("127.0.0.2", front, 2*time.Second)
@@ -196,7 +145,7 @@ func TestTrafficThroughSecurityGroups(t *testing.T) {
 	}
 
 	// Revoke: new flows from 127.0.0.2 are denied within a second; the established one lives on.
-	if _, err := ec2c.RevokeSecurityGroupIngress(ctx, &ec2.RevokeSecurityGroupIngressInput{GroupId: sg.GroupId, IpPermissions: []ec2types.IpPermission{allowed}}); err != nil {
+	if _, err := ec2c.RevokeSecurityGroupIngress(ctx, &ec2.RevokeSecurityGroupIngressInput{GroupId: sg, IpPermissions: []ec2types.IpPermission{allowed}}); err != nil {
 		t.Fatal(err)
 	}
 	revoked := time.Now()
@@ -242,6 +191,81 @@ func TestTrafficThroughSecurityGroups(t *testing.T) {
 		}
 		return err != nil
 	})
+}
+
+// stack is a load balancer built through the API for a test: a frontend group admitting one
+// CIDR on the listener port, an internal NLB in both subnets, and an ip target group holding
+// one backend in zone a.
+type stack struct {
+	lb   elbtypes.LoadBalancer
+	tg   elbtypes.TargetGroup
+	sg   *string
+	rule ec2types.IpPermission
+	// front is zone a's address and the listener port.
+	front string
+}
+
+func createStack(t *testing.T, p *lbProcess, name string, backendPort, listenPort int, clients string, preserveClientIP bool) stack {
+	t.Helper()
+	ec2c, elbc := p.clients(t)
+	ctx := context.Background()
+	subnets, err := ec2c.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var subnetIDs []string
+	for _, s := range subnets.Subnets {
+		subnetIDs = append(subnetIDs, *s.SubnetId)
+	}
+	vpc := subnets.Subnets[0].VpcId
+
+	sg, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String(name + "-clients"), Description: aws.String("who may reach " + name), VpcId: vpc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule := ec2types.IpPermission{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(int32(listenPort)), ToPort: aws.Int32(int32(listenPort)), IpRanges: []ec2types.IpRange{{CidrIp: aws.String(clients)}}}
+	if _, err := ec2c.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: sg.GroupId, IpPermissions: []ec2types.IpPermission{rule}}); err != nil {
+		t.Fatal(err)
+	}
+	lbOut, err := elbc.CreateLoadBalancer(ctx, &elbv2.CreateLoadBalancerInput{Name: aws.String(name), Type: elbtypes.LoadBalancerTypeEnumNetwork, Scheme: elbtypes.LoadBalancerSchemeEnumInternal, Subnets: subnetIDs, SecurityGroups: []string{*sg.GroupId}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := lbOut.LoadBalancers[0]
+	tgOut, err := elbc.CreateTargetGroup(ctx, &elbv2.CreateTargetGroupInput{
+		Name: aws.String(name), Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(int32(backendPort)), VpcId: vpc, TargetType: elbtypes.TargetTypeEnumIp,
+		HealthCheckIntervalSeconds: aws.Int32(5), HealthyThresholdCount: aws.Int32(2), UnhealthyThresholdCount: aws.Int32(2),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := tgOut.TargetGroups[0]
+	// Cross-zone is off, as on AWS: the one target, in zone a, serves zone a's address.
+	if _, err := elbc.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: tg.TargetGroupArn, Targets: []elbtypes.TargetDescription{{Id: aws.String("127.1.0.50"), Port: aws.Int32(int32(backendPort))}}}); err != nil {
+		t.Fatal(err)
+	}
+	if preserveClientIP {
+		// The backend then sees clients' own addresses (moat binds the upstream socket to them on loopback).
+		if _, err := elbc.ModifyTargetGroupAttributes(ctx, &elbv2.ModifyTargetGroupAttributesInput{TargetGroupArn: tg.TargetGroupArn,
+			Attributes: []elbtypes.TargetGroupAttribute{{Key: aws.String("preserve_client_ip.enabled"), Value: aws.String("true")}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := elbc.CreateListener(ctx, &elbv2.CreateListenerInput{LoadBalancerArn: lb.LoadBalancerArn, Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(int32(listenPort)),
+		DefaultActions: []elbtypes.Action{{Type: elbtypes.ActionTypeEnumForward, TargetGroupArn: tg.TargetGroupArn}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "load balancer active", func() bool {
+		out, err := elbc.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{LoadBalancerArns: []string{*lb.LoadBalancerArn}})
+		return err == nil && out.LoadBalancers[0].State.Code == elbtypes.LoadBalancerStateEnumActive
+	})
+	st := stack{lb: lb, tg: tg, sg: sg.GroupId, rule: rule}
+	for _, z := range lb.AvailabilityZones {
+		if *z.ZoneName == "us-east-1a" {
+			st.front = net.JoinHostPort(*z.LoadBalancerAddresses[0].IpAddress, fmt.Sprint(listenPort))
+		}
+	}
+	return st
 }
 
 // waitFor polls cond until it holds or the deadline passes.
