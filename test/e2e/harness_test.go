@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -80,12 +81,20 @@ func (b *syncBuffer) String() string {
 // startLB starts moat lb on ephemeral loopback ports with dataDir and waits until it serves.
 func startLB(t *testing.T, dataDir string, args ...string) *lbProcess {
 	t.Helper()
+	return startLBIn(t, nil, "127.0.0.1", dataDir, args...)
+}
+
+// startLBIn starts moat lb under a command prefix (e.g. ip netns exec <ns>) with its API, DNS
+// and metrics on ephemeral ports of host.
+func startLBIn(t *testing.T, prefix []string, host, dataDir string, args ...string) *lbProcess {
+	t.Helper()
 	// A killed moat lb leaves its endpoints file behind; waiting must not find the old one.
 	if err := os.Remove(filepath.Join(dataDir, "endpoints.json")); err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
-	args = append([]string{"lb", "--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"}, args...)
-	p := &lbProcess{cmd: exec.Command(moatBin, args...), dataDir: dataDir, stderr: &syncBuffer{}, done: make(chan struct{})}
+	args = append([]string{"lb", "--data-dir", dataDir, "--api-addr", host + ":0", "--dns-addr", host + ":0", "--metrics-addr", host + ":0"}, args...)
+	argv := append(append(slices.Clone(prefix), moatBin), args...)
+	p := &lbProcess{cmd: exec.Command(argv[0], argv[1:]...), dataDir: dataDir, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {

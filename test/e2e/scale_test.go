@@ -70,7 +70,7 @@ func TestTenThousandConnections(t *testing.T) {
 	}
 	wg.Wait()
 	if n := failed.Load(); n > 0 {
-		t.Fatalf("%d of %d connections failed; first: %v\nmoat lb:\n%s\n%s", n, total, firstErr, tail(p.stderr.String(), 3000), dataPlaneMetrics(t, p))
+		t.Fatalf("%d of %d connections failed; first: %v\nmoat lb:\n%s\n%s", n, total, firstErr, lastBytes(p.stderr.String(), 3000), dataPlaneMetrics(t, p))
 	}
 	t.Logf("%d connections open and greeted in %v", total, time.Since(start).Round(time.Millisecond))
 
@@ -127,7 +127,7 @@ func startEchoServer(t *testing.T, addr string) int {
 	return n
 }
 
-func tail(s string, n int) string {
+func lastBytes(s string, n int) string {
 	if len(s) > n {
 		return s[len(s)-n:]
 	}

@@ -3,16 +3,22 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"net"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 func main() {
+	if len(os.Args) >= 3 && os.Args[1] == "dial" {
+		dial(os.Args[2:])
+		return
+	}
 	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: echoserver <addr>")
+		fmt.Fprintln(os.Stderr, "usage: echoserver <addr> | echoserver dial <addr> [source-ip]")
 		os.Exit(2)
 	}
 	// Hold as many connections as the hard limit allows: the soft limit a child inherits can be
@@ -53,4 +59,26 @@ func main() {
 			}
 		}()
 	}
+}
+
+// dial connects to addr (from source-ip, if given), prints the greeting and exits 0, or prints
+// the error and exits 1. Tests run it inside network namespaces as a client host.
+func dial(args []string) {
+	d := net.Dialer{Timeout: time.Second}
+	if len(args) > 1 {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(args[1])}
+	}
+	c, err := d.Dial("tcp", args[0])
+	if err == nil {
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		var line string
+		line, err = bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if err == nil {
+			fmt.Print(line)
+			return
+		}
+	}
+	fmt.Println("error:", err)
+	os.Exit(1)
 }
