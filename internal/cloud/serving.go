@@ -7,26 +7,24 @@ import (
 	"github.com/moatlb/moat/internal/store"
 )
 
-// ResolveName returns the addresses of a load balancer DNS name: <dns-name> gives the address in
-// every zone, <zone>.<dns-name> the address in that zone. ok is false when no load balancer has
-// the name.
+// ResolveName returns the addresses of a load balancer DNS name: <dns-name> gives the address of
+// every zone that has a healthy target (of every zone when none has one, as AWS does), and
+// <zone>.<dns-name> the address in that zone. ok is false when no load balancer has the name.
 func (c *Cloud) ResolveName(name string) (addrs []netip.Addr, ok bool) {
-	var lbs []LoadBalancer
-	if err := c.store.View(func(tx store.Tx) (err error) {
-		lbs, err = store.List[LoadBalancer](tx, bucketLoadBalancers)
-		return err
-	}); err != nil {
+	snap, err := c.ELBSnapshot()
+	if err != nil {
 		return nil, false
 	}
 	name = strings.ToLower(name)
-	for _, lb := range lbs {
+	for _, lb := range snap.LoadBalancers {
 		dnsName := strings.ToLower(lb.DNSName)
 		zone, perZone := strings.CutSuffix(name, "."+dnsName)
 		if name != dnsName && !perZone {
 			continue
 		}
+		healthy := c.healthyZones(lb, snap)
 		for _, z := range lb.Zones {
-			if perZone && z.Zone != zone {
+			if perZone && z.Zone != zone || !perZone && len(healthy) > 0 && !healthy[z.Zone] {
 				continue
 			}
 			for _, s := range []string{z.Address, z.IPv6Address} {
@@ -38,6 +36,43 @@ func (c *Cloud) ResolveName(name string) (addrs []netip.Addr, ok bool) {
 		return addrs, !perZone || len(addrs) > 0
 	}
 	return nil, false
+}
+
+// healthyZones are the zones of lb where one of its listeners' target groups has a healthy
+// target; with cross-zone load balancing (or a target outside the VPC, zone "all") a healthy
+// target makes every zone healthy.
+func (c *Cloud) healthyZones(lb LoadBalancer, snap ELBSnapshot) map[string]bool {
+	src := c.health.Load()
+	if src == nil || src.HealthReporter == nil {
+		return nil
+	}
+	used := map[string]bool{}
+	for _, l := range snap.Listeners {
+		if l.LoadBalancerARN == lb.ARN {
+			used[l.TargetGroupARN] = true
+		}
+	}
+	crossZone := lb.Attributes["load_balancing.cross_zone.enabled"] == "true"
+	healthy := map[string]bool{}
+	now := c.cfg.Now()
+	for _, tg := range snap.TargetGroups {
+		if !used[tg.ARN] {
+			continue
+		}
+		for _, t := range tg.Targets {
+			if h, ok := src.TargetHealth(tg.ARN, t.ID, t.Port); !ok || h.State != "healthy" || t.Draining(now) {
+				continue
+			}
+			if crossZone || t.AvailabilityZone == "all" {
+				for _, z := range lb.Zones {
+					healthy[z.Zone] = true
+				}
+			} else {
+				healthy[t.AvailabilityZone] = true
+			}
+		}
+	}
+	return healthy
 }
 
 // Provisioning returns the ARNs of load balancers still in the provisioning state.

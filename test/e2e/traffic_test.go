@@ -169,6 +169,15 @@ func TestTrafficThroughSecurityGroups(t *testing.T) {
 		return err == nil && len(out.TargetHealthDescriptions) == 1 && out.TargetHealthDescriptions[0].TargetHealth.State == elbtypes.TargetHealthStateEnumHealthy
 	})
 
+	// Now that zone a has a healthy target and zone b none, the name answers with zone a only.
+	r, err = dns.Exchange(q, p.DNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != zoneA {
+		t.Errorf("with a healthy target in zone a only, %s resolved to %v, want [%s]", *lb.DNSName, r.Answer, zoneA)
+	}
+
 	// Denied flows are counted.
 	resp, err := http.Get(p.Metrics + "/metrics")
 	if err != nil {
