@@ -66,6 +66,7 @@ type Cloud struct {
 	store store.Store
 	// health is where DescribeTargetHealth gets the health of targets in use (the data plane).
 	health atomic.Pointer[healthSource]
+	ports  atomic.Pointer[portChecker]
 }
 
 // New returns a Cloud over st. Zero fields of cfg get AWS-like defaults.

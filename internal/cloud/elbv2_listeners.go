@@ -1,6 +1,7 @@
 package cloud
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -292,6 +293,9 @@ func (c *Cloud) CreateListener(in CreateListenerInput) (Listener, error) {
 			RuleTags:        Tags{},
 		}
 		l.RuleARN = c.elbARN(kindRule + "/net/" + path + "/" + stableHex("rule/"+l.ARN))
+		if err := c.checkPort(lb, "", l.Protocol, l.Port); err != nil {
+			return err
+		}
 		return store.Save(tx, bucketListeners, l.ARN, l)
 	})
 	if err != nil {
@@ -380,6 +384,7 @@ func (c *Cloud) ModifyListener(in ModifyListenerInput) (Listener, error) {
 		if err != nil {
 			return err
 		}
+		oldPort, oldProtocol := l.Port, l.Protocol
 		if in.Port != nil && *in.Port != l.Port {
 			listeners, err := store.List[Listener](tx, bucketListeners)
 			if err != nil {
@@ -399,6 +404,13 @@ func (c *Cloud) ModifyListener(in ModifyListenerInput) (Listener, error) {
 			l.TargetGroupARN = tgARN
 		}
 		if err := checkForward(tx, lb, l.Protocol, l.TargetGroupARN); err != nil {
+			return err
+		}
+		servedProtocol := oldProtocol
+		if l.Port != oldPort {
+			servedProtocol = ""
+		}
+		if err := c.checkPort(lb, servedProtocol, l.Protocol, l.Port); err != nil {
 			return err
 		}
 		l.Attributes = listenerAttributeDefaults(l.Protocol, l.Attributes)
@@ -531,4 +543,40 @@ func (c *Cloud) DescribeRules(listenerARN string, ruleARNs []string, page ELBPag
 		return nil, "", err
 	}
 	return elbPage(out, func(r ListenerRule) string { return r.ARN }, page)
+}
+
+// PortChecker says whether the data plane can serve protocol (TCP or UDP) on port at every one of
+// addrs, by trying to bind them. moat lb sets it, so that a listener on a port that is taken or
+// privileged fails at CreateListener rather than later.
+type PortChecker func(addrs []netip.Addr, protocol string, port int) error
+
+type portChecker struct{ PortChecker }
+
+// SetPortChecker installs the data plane's check; without one every port is accepted.
+func (c *Cloud) SetPortChecker(f PortChecker) { c.ports.Store(&portChecker{f}) }
+
+// checkPort asks the port checker about the sockets a listener needs that it does not have yet:
+// all of them for a new port, the added protocol when TCP becomes TCP_UDP on the same port.
+func (c *Cloud) checkPort(lb LoadBalancer, servedProtocol, protocol string, port int) error {
+	check := c.ports.Load()
+	if check == nil || check.PortChecker == nil {
+		return nil
+	}
+	var addrs []netip.Addr
+	for _, z := range lb.Zones {
+		if a, err := netip.ParseAddr(z.Address); err == nil {
+			addrs = append(addrs, a)
+		}
+	}
+	for _, p := range []string{"TCP", "UDP"} {
+		needed := protocol == p || protocol == "TCP_UDP"
+		served := servedProtocol == p || servedProtocol == "TCP_UDP"
+		if !needed || served {
+			continue
+		}
+		if err := check.PortChecker(addrs, p, port); err != nil {
+			return errorf("InvalidConfigurationRequest", "The load balancer cannot listen on %s port %d: %v", p, port, err)
+		}
+	}
+	return nil
 }

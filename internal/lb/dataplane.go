@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
+	"net/netip"
 	"time"
 
 	"github.com/moatlb/moat/internal/cloud"
@@ -87,4 +89,29 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, log *slog.Logger) (time.T
 		}
 	}
 	return next, nil
+}
+
+// canListen is the API's check before it accepts a listener: it binds every address on the port
+// and lets go at once, so a port that is taken or privileged fails CreateListener clearly instead
+// of leaving the load balancer impaired.
+func canListen(addrs []netip.Addr, protocol string, port int) error {
+	for _, a := range addrs {
+		addr := netip.AddrPortFrom(a, uint16(port)).String()
+		var err error
+		if protocol == "UDP" {
+			var pc net.PacketConn
+			if pc, err = net.ListenPacket("udp", addr); err == nil {
+				pc.Close()
+			}
+		} else {
+			var ln net.Listener
+			if ln, err = net.Listen("tcp", addr); err == nil {
+				ln.Close()
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

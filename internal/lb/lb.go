@@ -161,6 +161,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		return fmt.Errorf("data plane: %w", err)
 	}
 	c.SetHealthReporter(healthReporter{engine})
+	c.SetPortChecker(canListen)
 	synced := make(chan struct{})
 	go func() {
 		defer close(synced)

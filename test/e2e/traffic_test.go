@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -187,6 +188,19 @@ func TestTrafficThroughSecurityGroups(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(metrics), "moat_dataplane") {
 		t.Errorf("no data plane metrics on /metrics")
+	}
+
+	// A listener on a port something else holds on the load balancer's address fails clearly.
+	taken, err := net.Listen("tcp", net.JoinHostPort(zoneA, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	_, err = elbc.CreateListener(ctx, &elbv2.CreateListenerInput{LoadBalancerArn: lb.LoadBalancerArn, Protocol: elbtypes.ProtocolEnumTcp,
+		Port: aws.Int32(int32(taken.Addr().(*net.TCPAddr).Port)), DefaultActions: []elbtypes.Action{{Type: elbtypes.ActionTypeEnumForward, TargetGroupArn: tg.TargetGroupArn}}})
+	var icr *elbtypes.InvalidConfigurationRequestException
+	if !errors.As(err, &icr) || !strings.Contains(err.Error(), "address already in use") {
+		t.Errorf("listener on a taken port: %v, want InvalidConfigurationRequest naming the cause", err)
 	}
 
 	// Deleting the load balancer makes its address stop answering.
