@@ -164,6 +164,29 @@ func TestTrafficThroughSecurityGroups(t *testing.T) {
 		t.Errorf("established flow after revoke: %q, %v", echo, err)
 	}
 
+	// A rule whose source is a security group admits the instances carrying it: node-a
+	// (127.1.0.10) carries moat-nodes, the client at 127.0.0.2 does not.
+	nodes, err := ec2c.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{Filters: []ec2types.Filter{{Name: aws.String("group-name"), Values: []string{"moat-nodes"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byGroup := ec2types.IpPermission{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(int32(listenPort)), ToPort: aws.Int32(int32(listenPort)),
+		UserIdGroupPairs: []ec2types.UserIdGroupPair{{GroupId: nodes.SecurityGroups[0].GroupId}}}
+	if _, err := ec2c.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: sg, IpPermissions: []ec2types.IpPermission{byGroup}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Second, "the group rule to admit node-a", func() bool {
+		c, _, err := dialFrom("127.1.0.10", front, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	if c, _, err := dialFrom("127.0.0.2", front, 300*time.Millisecond); err == nil {
+		c.Close()
+		t.Error("a client outside the group was admitted by the group rule")
+	}
+
 	// Health checks move the target to healthy (interval 5 s, threshold 2).
 	waitFor(t, 30*time.Second, "target healthy", func() bool {
 		out, err := elbc.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: tg.TargetGroupArn})
