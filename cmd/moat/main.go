@@ -42,6 +42,6 @@ func newRootCommand() *cobra.Command {
 		}
 		return nil, fmt.Errorf("--log-format must be text or json, not %q", logFormat)
 	}
-	root.AddCommand(newLBCommand(logger), newUpCommand(logger))
+	root.AddCommand(newLBCommand(logger), newUpCommand(logger), newControllerCommand(logger))
 	return root
 }

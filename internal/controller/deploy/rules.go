@@ -28,6 +28,13 @@ type rule struct {
 	Description string
 }
 
+// covers reports whether r allows everything o allows: same protocol and peer, and a port
+// range that contains o's.
+func (r rule) covers(o rule) bool {
+	return r.Protocol == o.Protocol && r.CIDRv4 == o.CIDRv4 && r.CIDRv6 == o.CIDRv6 && r.PrefixList == o.PrefixList &&
+		r.Group == o.Group && r.From <= o.From && o.To <= r.To
+}
+
 // key is the rule's identity: protocol, ports and peer.
 func (r rule) key() string {
 	return fmt.Sprintf("%s|%d|%d|%s|%s|%s|%s", r.Protocol, r.From, r.To, r.CIDRv4, r.CIDRv6, r.PrefixList, r.Group)
@@ -264,9 +271,16 @@ func sortedKeys[V any](m map[string]V) []string {
 func (d *Deployer) reconcileIngress(ctx context.Context, sg ec2types.SecurityGroup, desired []rule, owned func(rule) bool, authorizeOnly bool) error {
 	id := aws.ToString(sg.GroupId)
 	for attempt := 0; ; attempt++ {
-		grant, revoke := ingressDiff(expandAll(sg.IpPermissions), desired, owned)
+		have := expandAll(sg.IpPermissions)
+		grant, revoke := ingressDiff(have, desired, owned)
 		if authorizeOnly {
+			// Only make sure the traffic is allowed: a rule of ours that already covers a
+			// desired one (a wider aggregate written when every binding was known) stays
+			// as it is, so that a restarted controller changes nothing.
 			revoke = nil
+			grant = slices.DeleteFunc(grant, func(r rule) bool {
+				return slices.ContainsFunc(have, func(h rule) bool { return owned(h) && h.covers(r) })
+			})
 		}
 		err := d.applyIngress(ctx, id, grant, revoke)
 		if err == nil || attempt > 0 {
