@@ -15,14 +15,31 @@ func newUpCommand(logger func() (*slog.Logger, error)) *cobra.Command {
 	o := up.Options{Out: os.Stdout}
 	cmd := &cobra.Command{
 		Use:   "up",
-		Short: "Run moat on this machine: the load balancer service with its default inventory",
-		Args:  cobra.NoArgs,
+		Short: "Run all of moat on this machine: moat lb, a local Kubernetes API server and moat controller",
+		Long: `moat up runs the whole system on this machine, with its state under --state-dir:
+
+  - moat lb (embedded store, default inventory: VPC 127.0.0.0/8, subnets 127.1.0.0/16 and
+    127.2.0.0/16, nodes node-a 127.1.0.10 and node-b 127.2.0.10);
+  - a local Kubernetes API server (etcd + kube-apiserver v1.37) and a kubeconfig for kubectl. The
+    binaries are built from the Go module proxy by hack/kube-assets.sh (embedded) and cached in
+    ~/.cache/moat/kube: the first start needs the Go toolchain and takes minutes;
+  - moat controller against both (leader election off).
+
+With --kubeconfig or --context, moat up drives that cluster instead of starting one — never
+implicitly — and refuses a cluster that runs the AWS Load Balancer Controller.
+
+--demo then reproduces the AWS blog post on security groups for NLBs: a web app's backends, a
+Service of type LoadBalancer that admits only 127.0.0.2, and requests from 127.0.0.2 (answered)
+and 127.0.0.3 (dropped).
+
+Ctrl-C stops everything moat up started, in order; the next moat up reuses the state.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := logger()
-			if err != nil {
+			if _, err := logger(); err != nil { // validates --log-format
 				return err
 			}
-			o.Log = log
+			o.LogFormat, _ = cmd.Root().PersistentFlags().GetString("log-format")
+			o.Verbose, _ = cmd.Root().PersistentFlags().GetBool("verbose")
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return up.Run(ctx, o)
@@ -30,8 +47,19 @@ func newUpCommand(logger func() (*slog.Logger, error)) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.StateDir, "state-dir", up.DefaultStateDir(), "directory for everything moat up keeps between runs")
-	f.StringVar(&o.APIAddr, "api-addr", "127.0.0.1:7080", "address of the load balancer API")
+	f.StringVar(&o.APIAddr, "api-addr", "127.0.0.1:7080", "address of the load balancer API (host:0 for any free port)")
 	f.StringVar(&o.DNSAddr, "dns-addr", "127.0.0.1:7053", "address of the DNS server for load balancer names")
-	f.StringVar(&o.Metrics, "metrics-addr", "127.0.0.1:7090", "address of /metrics, /healthz and /readyz")
+	f.StringVar(&o.Metrics, "metrics-addr", "127.0.0.1:7090", "address of moat lb's /metrics, /healthz and /readyz")
+	f.StringVar(&o.KubeAPIAddr, "kube-api-addr", "127.0.0.1:7443", "address of the local kube-apiserver")
+	f.StringVar(&o.EtcdAddr, "etcd-addr", "127.0.0.1:7379", "client address of the local etcd")
+	f.StringVar(&o.EtcdPeerAddr, "etcd-peer-addr", "127.0.0.1:7380", "peer address of the local etcd")
+	f.StringVar(&o.KubeAssets, "kube-assets", "", "directory holding kube-apiserver, etcd and kubectl (default: build and cache them with the embedded hack/kube-assets.sh)")
+	f.StringVar(&o.Kubeconfig, "kubeconfig", "", "drive the cluster of this kubeconfig instead of starting a local one")
+	f.StringVar(&o.Context, "context", "", "drive the cluster of this kubeconfig context instead of starting a local one")
+	f.BoolVar(&o.Controller, "controller", true, "start moat controller (false: moat lb and the cluster only, e.g. to run a controller yourself)")
+	f.StringVar(&o.ControllerMetricsAddr, "controller-metrics-addr", "127.0.0.1:7091", "address of the controller's /metrics")
+	f.StringVar(&o.ControllerProbeAddr, "controller-probe-addr", "127.0.0.1:7092", "address of the controller's /healthz and /readyz")
+	f.BoolVar(&o.Demo, "demo", false, "reproduce the walkthrough of the AWS blog post on NLB security groups once everything is up")
+	f.IntVar(&o.DemoPort, "demo-port", 8080, "port of the demo Service (the load balancer's listener)")
 	return cmd
 }

@@ -1,30 +1,69 @@
-// Package up runs moat on one machine: the load balancer service with its embedded store and
-// default inventory, so a newcomer can try it with one command.
+// Package up runs the whole of moat on one machine (SPEC §3): moat lb with its embedded store and
+// default inventory, a local Kubernetes API server (etcd and kube-apiserver, built from the Go
+// module proxy and cached), and moat controller against both — and, with --demo, the walkthrough
+// of the AWS blog post that introduced security groups for NLBs.
 //
-// This is the first slice of `moat up` (SPEC §3). The local Kubernetes API server and the
-// controller join it in later slices; until then it starts moat lb alone.
+// Everything lives under a state directory, so a second moat up finds the cluster and the load
+// balancers as the first left them. Children run in their own process groups and die with moat up
+// (Pdeathsig); Ctrl-C stops them in order: demo backends, controller, API server, etcd, moat lb.
 package up
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/lb"
 )
 
-// Options configure moat up.
+// Options configure moat up; the flags of `moat up` fill them.
 type Options struct {
-	StateDir string // everything moat up keeps: <state-dir>/lb holds moat lb's data
-	APIAddr  string
-	DNSAddr  string
-	Metrics  string
-	Log      *slog.Logger
-	Out      io.Writer // where progress and instructions go
+	StateDir string // everything moat up keeps between runs
+
+	// moat lb
+	APIAddr string
+	DNSAddr string
+	Metrics string
+
+	// The local cluster (not used with Kubeconfig/Context).
+	KubeAPIAddr  string
+	EtcdAddr     string
+	EtcdPeerAddr string
+	KubeAssets   string // directory with kube-apiserver, etcd, kubectl; empty: hack/kube-assets.sh
+
+	// An existing cluster, named explicitly.
+	Kubeconfig string
+	Context    string
+
+	// moat controller
+	Controller            bool
+	ControllerMetricsAddr string
+	ControllerProbeAddr   string
+
+	Demo     bool
+	DemoPort int // the demo Service's port (the load balancer's listener)
+
+	LogFormat string // text or json, for the logs under <state-dir>/logs
+	Verbose   bool
+	Out       io.Writer // progress and instructions
 }
 
 // DefaultStateDir is moat up's state directory, reused by the next run.
@@ -32,33 +71,335 @@ func DefaultStateDir() string {
 	return filepath.Join(filepath.Dir(lb.DefaultDataDir()), "up")
 }
 
-// Run starts everything and serves until ctx ends (Ctrl-C).
-func Run(ctx context.Context, o Options) error {
-	fmt.Fprintf(o.Out, "moat up: starting moat lb (state in %s)\n", o.StateDir)
+// StateFile is the name of the file, in the state directory, where a running moat up says where
+// everything is (see State). It exists only while moat up runs and everything it started is ready.
+const StateFile = "up.json"
+
+// State is what moat up writes to <state-dir>/up.json once everything is ready, for scripts and
+// tests.
+type State struct {
+	LB                lb.Endpoints `json:"lb"`
+	Kubeconfig        string       `json:"kubeconfig"`
+	KubeAPI           string       `json:"kubeAPI"`
+	Kubectl           string       `json:"kubectl,omitempty"` // the v1.37 kubectl built with the API server
+	LocalCluster      bool         `json:"localCluster"`
+	VPCID             string       `json:"vpcID"`
+	ClusterName       string       `json:"clusterName"`
+	ControllerMetrics string       `json:"controllerMetrics,omitempty"`
+	ControllerProbes  string       `json:"controllerProbes,omitempty"`
+	PID               int          `json:"pid"`
+}
+
+// Run starts everything, serves until ctx ends (Ctrl-C), then stops what it started, in order.
+func Run(ctx context.Context, o Options) (err error) {
+	defer func() {
+		// Ctrl-C while starting is a stop, not a failure.
+		if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			err = nil
+		}
+	}()
+	p := &progress{out: o.Out, start: time.Now()}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return err
 	}
-	cfg := lb.Config{
-		APIAddr: o.APIAddr, DataDir: filepath.Join(o.StateDir, "lb"), Region: "us-east-1", AccountID: "000000000000",
-		DNSAddr: o.DNSAddr, DNSSuffix: "moat.internal", MetricsAddr: o.Metrics, Quotas: cloud.DefaultQuotas(), Log: o.Log,
+	unlock, err := lockStateDir(o.StateDir)
+	if err != nil {
+		return err
 	}
-	return lb.Run(ctx, cfg, func(eps lb.Endpoints) {
-		fmt.Fprintf(o.Out, `
-moat is up. Ctrl-C stops it; the next moat up keeps its state.
+	defer unlock()
+	stateFile := filepath.Join(o.StateDir, StateFile)
+	_ = os.Remove(stateFile)
+	defer os.Remove(stateFile)
+	logDir := filepath.Join(o.StateDir, "logs")
+	existing := o.Kubeconfig != "" || o.Context != ""
+	if existing && o.Demo {
+		return errors.New("--demo needs moat up's own cluster (it creates Node objects standing in for moat lb's instances): leave out --kubeconfig/--context")
+	}
+	p.step("moat up: state in %s, logs in %s", o.StateDir, logDir)
 
-  load balancer API  %[1]s   (ELBv2 and EC2, SigV4)
-  DNS                %[2]s   (load balancer names, udp and tcp)
-  metrics            %[3]s/metrics
-  credentials        %[4]s
+	// Check every fixed address first: a port in use should fail now, not as a child's log line.
+	var kubeAPIAddr, etcdAddr, etcdPeer, ctrlMetrics, ctrlProbe string
+	resolve := func(dst *string, flag, addr string) {
+		if err == nil {
+			*dst, err = resolveAddr(flag, addr)
+		}
+	}
+	if !existing {
+		resolve(&kubeAPIAddr, "kube-api-addr", o.KubeAPIAddr)
+		resolve(&etcdAddr, "etcd-addr", o.EtcdAddr)
+		resolve(&etcdPeer, "etcd-peer-addr", o.EtcdPeerAddr)
+	}
+	if o.Controller {
+		resolve(&ctrlMetrics, "controller-metrics-addr", o.ControllerMetricsAddr)
+		resolve(&ctrlProbe, "controller-probe-addr", o.ControllerProbeAddr)
+	}
+	if err != nil {
+		return err
+	}
 
-Try it with the AWS CLI:
+	// moat lb runs in this process; it stops last.
+	lbLog, closeLBLog, err := o.fileLogger(filepath.Join(logDir, "lb.log"))
+	if err != nil {
+		return err
+	}
+	defer closeLBLog()
+	// The Kubernetes client libraries log through controller-runtime's and klog's loggers:
+	// to the same file, not over the progress lines.
+	ctrllog.SetLogger(logr.FromSlogHandler(lbLog.Handler()))
+	klog.SetSlogLogger(lbLog)
+	lbCtx, stopLB := context.WithCancel(context.WithoutCancel(ctx))
+	lbReady := make(chan lb.Endpoints, 1)
+	lbDone := make(chan error, 1)
+	go func() {
+		lbDone <- lb.Run(lbCtx, lb.Config{
+			APIAddr: o.APIAddr, DataDir: filepath.Join(o.StateDir, "lb"), Region: region, AccountID: "000000000000",
+			DNSAddr: o.DNSAddr, DNSSuffix: "moat.internal", MetricsAddr: o.Metrics, Quotas: cloud.DefaultQuotas(), Log: lbLog,
+		}, func(eps lb.Endpoints) { lbReady <- eps })
+	}()
+	defer func() {
+		stopLB()
+		if lbErr := <-lbDone; lbErr != nil && err == nil {
+			err = fmt.Errorf("moat lb: %w", lbErr)
+		}
+		p.step("moat lb stopped")
+	}()
+	var eps lb.Endpoints
+	select {
+	case eps = <-lbReady:
+	case err := <-lbDone:
+		lbDone <- err // for the deferred stop
+		return fmt.Errorf("moat lb: %w (log: %s)", err, filepath.Join(logDir, "lb.log"))
+	case <-ctx.Done():
+		return nil
+	}
+	p.step("moat lb serving: API %s, DNS %s", eps.API, eps.DNS)
 
-  export AWS_SHARED_CREDENTIALS_FILE=%[4]s AWS_REGION=us-east-1
-  aws --endpoint-url %[1]s ec2 describe-subnets
-  aws --endpoint-url %[1]s ec2 create-security-group --group-name web --description "web clients"
-  aws --endpoint-url %[1]s elbv2 describe-load-balancers
+	st := State{LB: eps, ClusterName: clusterName, PID: os.Getpid()}
+	var kc *localCluster
+	var cluster string
+	var ctrlKubeconfig string
+	var children []*child // what to watch; stopped in reverse order of start
+	defer func() {
+		for i := len(children) - 1; i >= 0; i-- {
+			children[i].stop(15 * time.Second)
+			p.step("%s stopped", children[i].name)
+		}
+	}()
+	var kube client.Client
+	if existing {
+		ec, err := openExistingCluster(o.Kubeconfig, o.Context, o.StateDir)
+		if err != nil {
+			return err
+		}
+		cluster = ec.description
+		if kube, err = newKubeClient(ec.rest); err != nil {
+			return err
+		}
+		p.step("checking %s for the AWS Load Balancer Controller", cluster)
+		found, err := findAWSController(ctx, kube)
+		if err != nil {
+			return fmt.Errorf("cannot check %s for the AWS Load Balancer Controller, so refusing to drive it: %w", cluster, err)
+		}
+		if len(found) > 0 {
+			return refuseAWSController(cluster, found)
+		}
+		ctrlKubeconfig = ec.kubeconfig
+		st.Kubeconfig, st.KubeAPI = ec.kubeconfig, ec.rest.Host
+	} else {
+		p.step("locating kube-apiserver, etcd and kubectl (hack/kube-assets.sh; the first start builds them: minutes)")
+		assets, err := kubeAssets(ctx, o.KubeAssets, p)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		p.step("kube assets in %s", assets)
+		kc, err = startLocalCluster(clusterConfig{
+			stateDir: o.StateDir, assets: assets, apiAddr: kubeAPIAddr, etcdAddr: etcdAddr, etcdPeer: etcdPeer,
+			logDir: logDir, serviceIP: "10.96.0.0/16",
+		}, p)
+		if err != nil {
+			return err
+		}
+		children = append(children, kc.etcd, kc.apiserver)
+		if err := kc.waitReady(ctx, 3*time.Minute, p); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if kube, err = newKubeClient(kc.rest); err != nil {
+			return err
+		}
+		cluster = kc.url
+		ctrlKubeconfig = kc.kubeconfig
+		st.Kubeconfig, st.KubeAPI, st.Kubectl, st.LocalCluster = kc.kubeconfig, kc.url, filepath.Join(assets, "kubectl"), true
+	}
 
-Not yet in this version: the local Kubernetes API server and the controller (see the README).
-`, eps.API, eps.DNS, eps.Metrics, eps.CredentialsFile)
-	})
+	if !existing || o.Controller {
+		if err := installCRDs(ctx, kube, !existing, p); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+
+	aws, err := newAWSClients(ctx, eps)
+	if err != nil {
+		return err
+	}
+	if st.VPCID, err = aws.vpcID(ctx); err != nil {
+		return err
+	}
+
+	if o.Controller {
+		cc := controllerConfig{
+			kubeconfig: ctrlKubeconfig, vpcID: st.VPCID, apiURL: eps.API, credsFile: eps.CredentialsFile,
+			metricsAddr: ctrlMetrics, probeAddr: ctrlProbe, logDir: logDir, stateDir: o.StateDir,
+			verbose: o.Verbose,
+		}
+		ctrl, err := startController(cc)
+		if err != nil {
+			return err
+		}
+		children = append(children, ctrl)
+		p.step("moat controller started (cluster %s, VPC %s, log %s)", clusterName, st.VPCID, ctrl.logPath)
+		if err := waitControllerReady(ctx, ctrl, ctrlProbe, 2*time.Minute, p); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		st.ControllerMetrics, st.ControllerProbes = "http://"+ctrlMetrics+"/metrics", "http://"+ctrlProbe
+	} else {
+		p.step("moat controller not started (--controller=false): run your own against %s", st.Kubeconfig)
+	}
+
+	if err := writeState(stateFile, st); err != nil {
+		return err
+	}
+	printSummary(o, st, cluster)
+
+	// Watch what runs; the demo runs beside it and stays until Ctrl-C.
+	failed := make(chan error, len(children)+2)
+	for _, ch := range children {
+		go func() {
+			<-ch.done
+			failed <- ch.failure()
+		}()
+	}
+	var demoWG sync.WaitGroup
+	demoCtx, stopDemo := context.WithCancel(ctx)
+	defer func() {
+		stopDemo()
+		demoWG.Wait()
+	}()
+	if o.Demo {
+		demoWG.Add(1)
+		go func() {
+			defer demoWG.Done()
+			d := &demo{kube: kube, aws: aws, eps: eps, p: p, port: o.DemoPort, controller: o.Controller, state: st, stateDir: o.StateDir, out: o.Out}
+			if err := d.run(demoCtx); err != nil && demoCtx.Err() == nil {
+				failed <- fmt.Errorf("demo: %w", err)
+			}
+		}()
+	}
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(o.Out)
+		p.step("stopping")
+		return nil
+	case err := <-lbDone:
+		lbDone <- err
+		if err == nil {
+			err = errors.New("stopped")
+		}
+		return fmt.Errorf("moat lb: %w", err)
+	case err := <-failed:
+		return err
+	}
+}
+
+func newKubeClient(cfg *rest.Config) (client.Client, error) {
+	c, err := client.New(cfg, client.Options{Scheme: schemeForUp()})
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return c, nil
+}
+
+// schemeForUp has the built-in types moat up reads and writes.
+func schemeForUp() *runtime.Scheme {
+	s := runtime.NewScheme()
+	_ = clientgoscheme.AddToScheme(s)
+	_ = apiextensionsv1.AddToScheme(s)
+	return s
+}
+
+func writeState(path string, st State) error {
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// lockStateDir makes sure one moat up at a time uses a state directory: two would share etcd's
+// and moat lb's data.
+func lockStateDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another moat up is using %s: stop it, or give this one another --state-dir", dir)
+		}
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// fileLogger is a logger writing to path in the configured format.
+func (o Options) fileLogger(path string) (*slog.Logger, func(), error) {
+	f, err := openLog(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	if o.Verbose {
+		opts.Level = slog.LevelDebug
+	}
+	var h slog.Handler = slog.NewTextHandler(f, opts)
+	if o.LogFormat == "json" {
+		h = slog.NewJSONHandler(f, opts)
+	}
+	return slog.New(h), func() { f.Close() }, nil
+}
+
+// progress prints timestamped steps while moat up starts.
+type progress struct {
+	mu    sync.Mutex
+	out   io.Writer
+	start time.Time
+}
+
+func (p *progress) step(format string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintf(p.out, "[%6.1fs] %s\n", time.Since(p.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// detail prints a line under the current step (a child's progress, a wait).
+func (p *progress) detail(line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintf(p.out, "          %s\n", line)
 }

@@ -1,0 +1,93 @@
+package up
+
+import (
+	"crypto/x509"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestPKIReusedAndValid(t *testing.T) {
+	k := pki{dir: t.TempDir()}
+	if err := k.ensure(); err != nil {
+		t.Fatal(err)
+	}
+	ca1, err := k.read("ca.crt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second moat up keeps the CA, so kubeconfigs written before keep working.
+	if err := k.ensure(); err != nil {
+		t.Fatal(err)
+	}
+	ca2, _ := k.read("ca.crt")
+	if string(ca1) != string(ca2) {
+		t.Fatal("the CA changed on the second run")
+	}
+	caCert, _, err := k.loadPair("ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(caCert)
+	serving, _, err := k.loadPair("apiserver")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, host := range []string{"127.0.0.1", "localhost", "::1"} {
+		if _, err := serving.Verify(x509.VerifyOptions{DNSName: host, Roots: roots}); err != nil {
+			t.Errorf("serving certificate for %s: %v", host, err)
+		}
+	}
+	admin, _, err := k.loadPair("admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("admin certificate: %v", err)
+	}
+	if !slices.Equal(admin.Subject.Organization, []string{"system:masters"}) {
+		t.Errorf("admin certificate groups %v", admin.Subject.Organization)
+	}
+	for _, f := range []string{"ca.key", "apiserver.key", "admin.key", "sa.key"} {
+		fi, err := os.Stat(k.path(f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v", f, fi.Mode().Perm())
+		}
+	}
+}
+
+// The controller gets the AWS controller's flags, leader election off.
+func TestControllerArgs(t *testing.T) {
+	got := strings.Join(controllerArgs(controllerConfig{
+		kubeconfig: "/s/kubeconfig", vpcID: "vpc-1", apiURL: "http://127.0.0.1:7080",
+		metricsAddr: "127.0.0.1:7091", probeAddr: "127.0.0.1:7092",
+	}), " ")
+	want := "controller --cluster-name=moat --aws-region=us-east-1 --aws-vpc-id=vpc-1 " +
+		"--aws-api-endpoints=EC2=http://127.0.0.1:7080,Elastic Load Balancing v2=http://127.0.0.1:7080 " +
+		"--kubeconfig=/s/kubeconfig --enable-leader-election=false " +
+		"--metrics-bind-addr=127.0.0.1:7091 --health-probe-bind-addr=127.0.0.1:7092"
+	if got != want {
+		t.Errorf("controller args\n got %s\nwant %s", got, want)
+	}
+}
+
+// AWS_* variables of the user's environment would take precedence over the credentials file in
+// the standard chain: the controller must not see them.
+func TestControllerEnvDropsUserAWSSettings(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIAUSER")
+	t.Setenv("AWS_PROFILE", "work")
+	env := controllerEnv("/s/lb/credentials", "/s/aws-config")
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "AWS_ACCESS_KEY_ID=") || strings.HasPrefix(kv, "AWS_PROFILE=") {
+			t.Errorf("controller environment keeps %s", kv)
+		}
+	}
+	if !slices.Contains(env, "AWS_SHARED_CREDENTIALS_FILE=/s/lb/credentials") {
+		t.Errorf("controller environment lacks the credentials file: %v", env)
+	}
+}
