@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/miekg/dns"
 )
@@ -42,14 +43,8 @@ func New(zone string, r Resolver, log *slog.Logger) *Server {
 // ListenAndServe serves on addr (UDP and TCP) until ctx ends. It returns once both sockets are
 // bound, reporting a bind failure; serving errors after that are logged.
 func (s *Server) ListenAndServe(ctx context.Context, addr string) (net.Addr, error) {
-	pc, err := net.ListenPacket("udp", addr)
+	pc, ln, err := listenBoth(addr)
 	if err != nil {
-		return nil, err
-	}
-	// TCP on the same port as UDP, so one address serves both.
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
 		return nil, err
 	}
 	udp := &dns.Server{PacketConn: pc, Handler: s}
@@ -73,6 +68,29 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) (net.Addr, err
 		}
 	}()
 	return pc.LocalAddr(), nil
+}
+
+// listenBoth binds UDP and TCP on the same port, so one address serves both. With port 0 the
+// kernel picks the UDP port, which TCP may already use elsewhere: then it tries another.
+func listenBoth(addr string) (net.PacketConn, net.Listener, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		if port != "0" || attempt == 20 || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, nil, err
+		}
+	}
 }
 
 // ServeDNS answers A and AAAA queries for names in the zone.
