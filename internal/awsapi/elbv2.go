@@ -40,6 +40,8 @@ func (s *Server) elbv2Handlers() map[string]handler {
 		"AddTags":                        elbop(s.addTags),
 		"RemoveTags":                     elbop(s.removeTags),
 		"DescribeTags":                   elbop(s.describeTags),
+		"DescribeCapacityReservation":    elbop(s.describeCapacityReservation),
+		"ModifyCapacityReservation":      elbop(s.modifyCapacityReservation),
 	}
 }
 
@@ -857,4 +859,53 @@ func (s *Server) describeTags(_ context.Context, in *describeTagsIn) (any, error
 	return struct {
 		TagDescriptions wire.Members[elbTagDescription]
 	}{out}, nil
+}
+
+type capacityIn struct {
+	LoadBalancerArn             string
+	MinimumLoadBalancerCapacity *struct{ CapacityUnits *int }
+	ResetCapacityReservation    bool
+}
+
+type elbCapacityState struct {
+	AvailabilityZone       string
+	EffectiveCapacityUnits float64
+	State                  struct{ Code string }
+}
+
+func capacityOut(r cloud.CapacityReservation, err error) (any, error) {
+	if err != nil {
+		return nil, err
+	}
+	type minimum struct{ CapacityUnits int }
+	out := struct {
+		LastModifiedTime            string `xml:",omitempty"`
+		DecreaseRequestsRemaining   int
+		MinimumLoadBalancerCapacity *minimum `xml:",omitempty"`
+		CapacityReservationState    wire.Members[elbCapacityState]
+	}{DecreaseRequestsRemaining: r.DecreaseRequestsRemaining, CapacityReservationState: wire.Members[elbCapacityState]{}}
+	if !r.LastModified.IsZero() {
+		out.LastModifiedTime = r.LastModified.Format(time.RFC3339)
+	}
+	if r.CapacityUnits > 0 {
+		out.MinimumLoadBalancerCapacity = &minimum{r.CapacityUnits}
+		for _, z := range r.Zones {
+			st := elbCapacityState{AvailabilityZone: z, EffectiveCapacityUnits: float64(r.CapacityUnits)}
+			st.State.Code = "provisioned"
+			out.CapacityReservationState = append(out.CapacityReservationState, st)
+		}
+	}
+	return out, nil
+}
+
+func (s *Server) describeCapacityReservation(_ context.Context, in *capacityIn) (any, error) {
+	return capacityOut(s.cloud.DescribeCapacityReservation(in.LoadBalancerArn))
+}
+
+func (s *Server) modifyCapacityReservation(_ context.Context, in *capacityIn) (any, error) {
+	var units *int
+	if in.MinimumLoadBalancerCapacity != nil {
+		units = in.MinimumLoadBalancerCapacity.CapacityUnits
+	}
+	return capacityOut(s.cloud.ModifyCapacityReservation(in.LoadBalancerArn, units, in.ResetCapacityReservation))
 }

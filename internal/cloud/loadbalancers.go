@@ -31,6 +31,9 @@ type LoadBalancer struct {
 	EnforceSecurityGroupPrivateLink string `json:",omitempty"` // on or off; empty without groups
 	Attributes                      map[string]string
 	Tags                            Tags
+	// CapacityUnits is the reserved minimum capacity (0: none), set at CapacityModified.
+	CapacityUnits    int       `json:",omitempty"`
+	CapacityModified time.Time `json:",omitzero"`
 }
 
 // LoadBalancerZone is the load balancer's presence in one subnet: its address there.

@@ -714,3 +714,25 @@ func TestHandMadeBinding(t *testing.T) {
 		}
 	}
 }
+
+// TestCapacityReservation reserves the minimum capacity the annotation asks for, through moat
+// lb's Describe/ModifyCapacityReservation, and a resync leaves it alone.
+func TestCapacityReservation(t *testing.T) {
+	f := newFixture(t)
+	svc := webService("10.0.0.0/8")
+	svc.Annotations["service.beta.kubernetes.io/aws-load-balancer-minimum-load-balancer-capacity"] = "CapacityUnits=3000"
+	f.deploy(f.d, svc)
+	arn := f.loadBalancers()[0].LoadBalancerArn
+	got, err := f.env.ELB.DescribeCapacityReservation(f.ctx, &elbv2.DescribeCapacityReservationInput{LoadBalancerArn: arn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.MinimumLoadBalancerCapacity == nil || aws.ToInt32(got.MinimumLoadBalancerCapacity.CapacityUnits) != 3000 {
+		t.Fatalf("reservation %+v, want 3000 units", got.MinimumLoadBalancerCapacity)
+	}
+	before := f.env.Calls(t)
+	f.deploy(f.d, svc)
+	if m := f.env.Calls(t).Since(before).Mutating(); m.Total() != 0 {
+		t.Errorf("resync with a reservation made mutating calls: %s", m)
+	}
+}
