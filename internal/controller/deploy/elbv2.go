@@ -175,29 +175,53 @@ func attributeChanges(desired []model.Attribute, current map[string]string) map[
 }
 
 func (d *Deployer) reconcileTargetGroupAttributes(ctx context.Context, arn string, desired []model.Attribute) error {
+	return reconcileAttributes(ctx, "target group", arn, desired,
+		func() ([]elbtypes.TargetGroupAttribute, error) {
+			out, err := d.elb.DescribeTargetGroupAttributes(ctx, &elbv2.DescribeTargetGroupAttributesInput{TargetGroupArn: aws.String(arn)})
+			if err != nil {
+				return nil, err
+			}
+			return out.Attributes, nil
+		},
+		func(a elbtypes.TargetGroupAttribute) (*string, *string) { return a.Key, a.Value },
+		func(k, v string) elbtypes.TargetGroupAttribute {
+			return elbtypes.TargetGroupAttribute{Key: aws.String(k), Value: aws.String(v)}
+		},
+		func(attrs []elbtypes.TargetGroupAttribute) error {
+			_, err := d.elb.ModifyTargetGroupAttributes(ctx, &elbv2.ModifyTargetGroupAttributesInput{TargetGroupArn: aws.String(arn), Attributes: attrs})
+			return err
+		})
+}
+
+// reconcileAttributes changes only the attributes of a resource whose current value differs from
+// the desired one: read them with describe, write the difference (in key order) with modify.
+// The three ELBv2 attribute kinds share this; only their SDK types differ.
+func reconcileAttributes[A any](ctx context.Context, kind, arn string, desired []model.Attribute,
+	describe func() ([]A, error), keyValue func(A) (*string, *string), attribute func(k, v string) A, modify func([]A) error) error {
 	if len(desired) == 0 {
 		return nil
 	}
-	out, err := d.elb.DescribeTargetGroupAttributes(ctx, &elbv2.DescribeTargetGroupAttributesInput{TargetGroupArn: aws.String(arn)})
+	got, err := describe()
 	if err != nil {
-		return fmt.Errorf("describe target group attributes: %w", err)
+		return fmt.Errorf("describe %s attributes: %w", kind, err)
 	}
 	current := map[string]string{}
-	for _, a := range out.Attributes {
-		current[aws.ToString(a.Key)] = aws.ToString(a.Value)
+	for _, a := range got {
+		k, v := keyValue(a)
+		current[aws.ToString(k)] = aws.ToString(v)
 	}
 	change := attributeChanges(desired, current)
 	if len(change) == 0 {
 		return nil
 	}
-	var attrs []elbtypes.TargetGroupAttribute
+	var attrs []A
 	for _, k := range sortedKeys(change) {
-		attrs = append(attrs, elbtypes.TargetGroupAttribute{Key: aws.String(k), Value: aws.String(change[k])})
+		attrs = append(attrs, attribute(k, change[k]))
 	}
-	if _, err := d.elb.ModifyTargetGroupAttributes(ctx, &elbv2.ModifyTargetGroupAttributesInput{TargetGroupArn: aws.String(arn), Attributes: attrs}); err != nil {
-		return fmt.Errorf("modify target group attributes %v: %w", change, err)
+	if err := modify(attrs); err != nil {
+		return fmt.Errorf("modify %s attributes %v: %w", kind, change, err)
 	}
-	logr.FromContextOrDiscard(ctx).Info("modified target group attributes", "arn", arn, "change", change)
+	logr.FromContextOrDiscard(ctx).Info("modified attributes", "kind", kind, "arn", arn, "change", change)
 	return nil
 }
 
@@ -395,26 +419,22 @@ func lbAttributes(m map[string]string) []elbtypes.LoadBalancerAttribute {
 }
 
 func (d *Deployer) reconcileLoadBalancerAttributes(ctx context.Context, arn string, desired []model.Attribute) error {
-	if len(desired) == 0 {
-		return nil
-	}
-	out, err := d.elb.DescribeLoadBalancerAttributes(ctx, &elbv2.DescribeLoadBalancerAttributesInput{LoadBalancerArn: aws.String(arn)})
-	if err != nil {
-		return fmt.Errorf("describe load balancer attributes: %w", err)
-	}
-	current := map[string]string{}
-	for _, a := range out.Attributes {
-		current[aws.ToString(a.Key)] = aws.ToString(a.Value)
-	}
-	change := attributeChanges(desired, current)
-	if len(change) == 0 {
-		return nil
-	}
-	if _, err := d.elb.ModifyLoadBalancerAttributes(ctx, &elbv2.ModifyLoadBalancerAttributesInput{LoadBalancerArn: aws.String(arn), Attributes: lbAttributes(change)}); err != nil {
-		return fmt.Errorf("modify load balancer attributes %v: %w", change, err)
-	}
-	logr.FromContextOrDiscard(ctx).Info("modified load balancer attributes", "arn", arn, "change", change)
-	return nil
+	return reconcileAttributes(ctx, "load balancer", arn, desired,
+		func() ([]elbtypes.LoadBalancerAttribute, error) {
+			out, err := d.elb.DescribeLoadBalancerAttributes(ctx, &elbv2.DescribeLoadBalancerAttributesInput{LoadBalancerArn: aws.String(arn)})
+			if err != nil {
+				return nil, err
+			}
+			return out.Attributes, nil
+		},
+		func(a elbtypes.LoadBalancerAttribute) (*string, *string) { return a.Key, a.Value },
+		func(k, v string) elbtypes.LoadBalancerAttribute {
+			return elbtypes.LoadBalancerAttribute{Key: aws.String(k), Value: aws.String(v)}
+		},
+		func(attrs []elbtypes.LoadBalancerAttribute) error {
+			_, err := d.elb.ModifyLoadBalancerAttributes(ctx, &elbv2.ModifyLoadBalancerAttributesInput{LoadBalancerArn: aws.String(arn), Attributes: attrs})
+			return err
+		})
 }
 
 // --- listeners ---
@@ -545,27 +565,20 @@ func forwardTargets(actions []elbtypes.Action) []string {
 }
 
 func (d *Deployer) reconcileListenerAttributes(ctx context.Context, arn string, desired []model.Attribute) error {
-	if len(desired) == 0 {
-		return nil
-	}
-	out, err := d.elb.DescribeListenerAttributes(ctx, &elbv2.DescribeListenerAttributesInput{ListenerArn: aws.String(arn)})
-	if err != nil {
-		return fmt.Errorf("describe listener attributes: %w", err)
-	}
-	current := map[string]string{}
-	for _, a := range out.Attributes {
-		current[aws.ToString(a.Key)] = aws.ToString(a.Value)
-	}
-	change := attributeChanges(desired, current)
-	if len(change) == 0 {
-		return nil
-	}
-	var attrs []elbtypes.ListenerAttribute
-	for _, k := range sortedKeys(change) {
-		attrs = append(attrs, elbtypes.ListenerAttribute{Key: aws.String(k), Value: aws.String(change[k])})
-	}
-	if _, err := d.elb.ModifyListenerAttributes(ctx, &elbv2.ModifyListenerAttributesInput{ListenerArn: aws.String(arn), Attributes: attrs}); err != nil {
-		return fmt.Errorf("modify listener attributes %v: %w", change, err)
-	}
-	return nil
+	return reconcileAttributes(ctx, "listener", arn, desired,
+		func() ([]elbtypes.ListenerAttribute, error) {
+			out, err := d.elb.DescribeListenerAttributes(ctx, &elbv2.DescribeListenerAttributesInput{ListenerArn: aws.String(arn)})
+			if err != nil {
+				return nil, err
+			}
+			return out.Attributes, nil
+		},
+		func(a elbtypes.ListenerAttribute) (*string, *string) { return a.Key, a.Value },
+		func(k, v string) elbtypes.ListenerAttribute {
+			return elbtypes.ListenerAttribute{Key: aws.String(k), Value: aws.String(v)}
+		},
+		func(attrs []elbtypes.ListenerAttribute) error {
+			_, err := d.elb.ModifyListenerAttributes(ctx, &elbv2.ModifyListenerAttributesInput{ListenerArn: aws.String(arn), Attributes: attrs})
+			return err
+		})
 }
