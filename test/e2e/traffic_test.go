@@ -202,6 +202,16 @@ func TestTrafficThroughSecurityGroups(t *testing.T) {
 		t.Errorf("with a healthy target in zone a only, %s resolved to %v, want [%s]", *lb.DNSName, r.Answer, zoneA)
 	}
 
+	// Per-zone names answer with their zone's address, healthy or not.
+	zq := new(dns.Msg)
+	zq.SetQuestion(dns.Fqdn("us-east-1b."+*lb.DNSName), dns.TypeA)
+	if r, err = dns.Exchange(zq, p.DNS); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Answer) != 1 || strings.HasPrefix(r.Answer[0].(*dns.A).A.String(), "127.1.") {
+		t.Errorf("us-east-1b.%s resolved to %v, want zone b's address", *lb.DNSName, r.Answer)
+	}
+
 	// Denied flows are counted.
 	resp, err := http.Get(p.Metrics + "/metrics")
 	if err != nil {
