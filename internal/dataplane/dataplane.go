@@ -181,6 +181,12 @@ type TargetGroup struct {
 	// unless the load balancer is failing open for them
 	// (target_health_state.unhealthy.connection_termination, AWS default true).
 	TerminateOnUnhealthy bool
+	// MinHealthyTargets and MinHealthyPercent are the unhealthy-state routing
+	// thresholds (target_group_health.unhealthy_state_routing.
+	// minimum_healthy_targets.count and .percentage): with fewer healthy
+	// targets in a scope, its flows go to all of its targets, healthy or not.
+	// Zero means AWS's defaults: count 1, percentage off.
+	MinHealthyTargets, MinHealthyPercent int
 }
 
 // Target is one registered target. Its identity is (ID, Port), as on AWS.

@@ -223,6 +223,36 @@ func TestFailOpen(t *testing.T) {
 	}
 }
 
+// TestMinimumHealthyTargets fails open below the unhealthy-state routing
+// threshold: with one of two targets healthy and a minimum of two, flows go to
+// both; with the default minimum of one, only to the healthy one.
+func TestMinimumHealthyTargets(t *testing.T) {
+	t.Parallel()
+	n := newNet()
+	h := newHarness(t)
+	hcPort := freePort(t, n.inA(0), n.inA(1))
+	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort) // checks succeed
+	b := newBackend(t, "b", n.inA(1), "zone-a", 0)      // nothing on hcPort: checks fail
+	port := freePort(t, n.lbA())
+	tg := group("tg", hcPort, a.cfg(), b.cfg())
+	tg.HealthCheck = fastChecks(HealthCheckTCP, hcPort)
+	apply := func(minHealthy int) {
+		tg.MinHealthyTargets = minHealthy
+		h.apply(LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{{ID: "l", Protocol: TCP, Port: port, TargetGroup: tg}}})
+	}
+	apply(0)
+	lbAddr := ap(n.lbA(), port)
+	h.waitHealth("tg", "a", a.echo.addr.Port(), StateHealthy, "", healthWait)
+	h.waitHealth("tg", "b", b.echo.addr.Port(), StateUnhealthy, ReasonFailedHealthChecks, healthWait)
+	if got := names(t, client2, lbAddr, 20); got["b"] != 0 {
+		t.Errorf("with the default minimum, flows went to %v, want only a", got)
+	}
+	apply(2)
+	if got := names(t, client2, lbAddr, 20); got["a"] == 0 || got["b"] == 0 {
+		t.Errorf("below a minimum of 2 healthy, flows went to %v, want both targets", got)
+	}
+}
+
 func TestParseMatcher(t *testing.T) {
 	for _, tc := range []struct {
 		in      string

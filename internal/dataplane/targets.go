@@ -124,10 +124,18 @@ type selection struct {
 
 // candidates are the targets that may take new flows in one scope: registered
 // (not draining), in an enabled zone, reachable by the backend security groups
-// (TrafficAllowed). healthy is the subset in state healthy; when it is empty
-// the load balancer fails open to all.
+// (TrafficAllowed). healthy is the subset in state healthy; below the group's
+// minimum (none healthy, by default) the load balancer fails open to all.
 type candidates struct {
-	healthy, all []*target
+	healthy, all         []*target
+	minCount, minPercent int
+}
+
+// routesByHealth reports whether enough candidates are healthy for flows to go
+// to the healthy ones only.
+func (c *candidates) routesByHealth() bool {
+	n := len(c.healthy)
+	return n > 0 && n >= c.minCount && n*100 >= c.minPercent*len(c.all)
 }
 
 func (s *selection) scope(zone string, crossZone bool) *candidates {
@@ -141,11 +149,11 @@ func (s *selection) scope(zone string, crossZone bool) *candidates {
 }
 
 // failingOpen reports whether flows balanced in the scope currently ignore
-// health because no candidate is healthy.
-func (c *candidates) failingOpen() bool { return c == nil || len(c.healthy) == 0 }
+// health because too few candidates are healthy.
+func (c *candidates) failingOpen() bool { return c == nil || !c.routesByHealth() }
 
 // pick chooses the target of a flow with hash h by rendezvous hashing over
-// the healthy candidates, or over all candidates when none is healthy.
+// the healthy candidates, or over all candidates when too few are healthy.
 // Rendezvous hashing moves only the flows (or sticky clients) of a target that
 // joins or leaves, so stickiness survives changes elsewhere in the group.
 func (c *candidates) pick(h uint64) *target {
@@ -153,7 +161,7 @@ func (c *candidates) pick(h uint64) *target {
 		return nil
 	}
 	list := c.healthy
-	if len(list) == 0 {
+	if !c.routesByHealth() {
 		list = c.all
 	}
 	var best *target
@@ -333,9 +341,12 @@ func (g *targetGroup) rebuildLocked() {
 	slices.SortFunc(ts, func(a, b *target) int {
 		return cmp.Or(cmp.Compare(a.key.id, b.key.id), cmp.Compare(a.key.port, b.key.port))
 	})
-	sel := &selection{set: set, zones: make(map[string]*candidates, len(set.zones)), cross: &candidates{}}
+	scope := func() *candidates {
+		return &candidates{minCount: max(set.MinHealthyTargets, 1), minPercent: set.MinHealthyPercent}
+	}
+	sel := &selection{set: set, zones: make(map[string]*candidates, len(set.zones)), cross: scope()}
 	for z := range set.zones {
-		sel.zones[z] = &candidates{}
+		sel.zones[z] = scope()
 	}
 	add := func(c *candidates, t *target) {
 		c.all = append(c.all, t)

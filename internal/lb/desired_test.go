@@ -23,8 +23,9 @@ func state() cloud.State {
 			TargetGroups: []cloud.TargetGroup{{
 				ARN: "tg", Protocol: "TCP", TargetType: "instance", Port: 30080,
 				HealthCheck: cloud.HealthCheck{Protocol: "HTTP", Port: "traffic-port", Path: "/healthz", Matcher: "200", IntervalSeconds: 10, TimeoutSeconds: 6, HealthyThreshold: 3, UnhealthyThreshold: 2},
-				Attributes:  map[string]string{"proxy_protocol_v2.enabled": "true", "preserve_client_ip.enabled": "true", "stickiness.enabled": "true", "stickiness.type": "source_ip", "deregistration_delay.connection_termination.enabled": "false", "target_health_state.unhealthy.connection_termination.enabled": "true"},
-				Targets:     []cloud.Target{{ID: "i-a", Port: 30080}, {ID: "i-b", Port: 30080}, {ID: "i-stopped", Port: 30080}},
+				Attributes: map[string]string{"proxy_protocol_v2.enabled": "true", "preserve_client_ip.enabled": "true", "stickiness.enabled": "true", "stickiness.type": "source_ip", "deregistration_delay.connection_termination.enabled": "false", "target_health_state.unhealthy.connection_termination.enabled": "true",
+					"target_group_health.unhealthy_state_routing.minimum_healthy_targets.count": "2", "target_group_health.unhealthy_state_routing.minimum_healthy_targets.percentage": "off"},
+				Targets: []cloud.Target{{ID: "i-a", Port: 30080}, {ID: "i-b", Port: 30080}, {ID: "i-stopped", Port: 30080}},
 			}},
 		},
 		SecurityGroups: []cloud.SecurityGroup{
@@ -65,7 +66,8 @@ func TestDesiredConfig(t *testing.T) {
 		}
 	}
 	tg := l.TargetGroup
-	if !tg.ProxyProtocolV2 || !tg.PreserveClientIP || !tg.StickinessSourceIP || tg.TerminateOnDeregistration || !tg.TerminateOnUnhealthy {
+	if !tg.ProxyProtocolV2 || !tg.PreserveClientIP || !tg.StickinessSourceIP || tg.TerminateOnDeregistration || !tg.TerminateOnUnhealthy ||
+		tg.MinHealthyTargets != 2 || tg.MinHealthyPercent != 0 {
 		t.Errorf("attributes %+v", tg)
 	}
 	if hc := tg.HealthCheck; hc.Protocol != "HTTP" || hc.Port != 0 || hc.Path != "/healthz" || hc.Interval.Seconds() != 10 || hc.HealthyThreshold != 3 {
