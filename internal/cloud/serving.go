@@ -2,6 +2,7 @@ package cloud
 
 import (
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/moatlb/moat/internal/store"
@@ -38,9 +39,12 @@ func (c *Cloud) ResolveName(name string) (addrs []netip.Addr, ok bool) {
 	return nil, false
 }
 
-// healthyZones are the zones of lb where one of its listeners' target groups has a healthy
-// target; with cross-zone load balancing (or a target outside the VPC, zone "all") a healthy
-// target makes every zone healthy.
+// healthyZones are the zones of lb that DNS should answer with: per target group its listeners
+// use, a zone is healthy when it has at least
+// target_group_health.dns_failover.minimum_healthy_targets.count healthy targets (default 1) and
+// that .percentage of its targets (default off). With cross-zone load balancing the thresholds
+// apply to the group's targets in all zones, and a target outside the VPC (zone "all") counts in
+// every zone.
 func (c *Cloud) healthyZones(lb LoadBalancer, snap ELBSnapshot) map[string]bool {
 	src := c.health.Load()
 	if src == nil || src.HealthReporter == nil {
@@ -53,26 +57,50 @@ func (c *Cloud) healthyZones(lb LoadBalancer, snap ELBSnapshot) map[string]bool 
 		}
 	}
 	crossZone := lb.Attributes["load_balancing.cross_zone.enabled"] == "true"
-	healthy := map[string]bool{}
+	healthyZones := map[string]bool{}
 	now := c.cfg.Now()
 	for _, tg := range snap.TargetGroups {
 		if !used[tg.ARN] {
 			continue
 		}
+		minCount := max(atoiOr(tg.Attributes["target_group_health.dns_failover.minimum_healthy_targets.count"], 1), 1)
+		minPercent := atoiOr(tg.Attributes["target_group_health.dns_failover.minimum_healthy_targets.percentage"], 0)
+		healthy, total := map[string]int{}, map[string]int{}
 		for _, t := range tg.Targets {
-			if h, ok := src.TargetHealth(tg.ARN, t.ID, t.Port); !ok || h.State != "healthy" || t.Draining(now) {
+			if t.Draining(now) {
 				continue
 			}
+			zones := []string{t.AvailabilityZone}
 			if crossZone || t.AvailabilityZone == "all" {
+				zones = nil
 				for _, z := range lb.Zones {
-					healthy[z.Zone] = true
+					zones = append(zones, z.Zone)
 				}
-			} else {
-				healthy[t.AvailabilityZone] = true
+			}
+			h, ok := src.TargetHealth(tg.ARN, t.ID, t.Port)
+			for _, z := range zones {
+				total[z]++
+				if ok && h.State == "healthy" {
+					healthy[z]++
+				}
+			}
+		}
+		for z, n := range healthy {
+			if n >= minCount && n*100 >= minPercent*total[z] {
+				healthyZones[z] = true
 			}
 		}
 	}
-	return healthy
+	return healthyZones
+}
+
+// atoiOr reads a numeric attribute value; "off", absent or malformed gives def.
+func atoiOr(s string, def int) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return def
+	}
+	return n
 }
 
 // Provisioning returns the ARNs of load balancers still in the provisioning state.
