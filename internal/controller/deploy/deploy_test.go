@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -50,7 +51,7 @@ func TestCreate(t *testing.T) {
 		t.Errorf("result DNS name %q, load balancer's %q", res.DNSName, aws.ToString(lb.DNSName))
 	}
 	wantTags := map[string]string{model.TagCluster: cluster, model.TagStack: "shop/web", model.TagResource: "LoadBalancer"}
-	if got := f.elbTags(aws.ToString(lb.LoadBalancerArn)); !mapsEqual(got, wantTags) {
+	if got := f.elbTags(aws.ToString(lb.LoadBalancerArn)); !maps.Equal(got, wantTags) {
 		t.Errorf("load balancer tags %v, want %v", got, wantTags)
 	}
 
@@ -77,7 +78,7 @@ func TestCreate(t *testing.T) {
 	if n := len(managed.IpPermissionsEgress); n == 0 {
 		t.Error("managed group lost its default outbound rule")
 	}
-	if got, want := fromTags(managed.Tags), map[string]string{model.TagCluster: cluster, model.TagStack: "shop/web", model.TagResource: "ManagedLBSecurityGroup"}; !mapsEqual(got, want) {
+	if got, want := fromTags(managed.Tags), map[string]string{model.TagCluster: cluster, model.TagStack: "shop/web", model.TagResource: "ManagedLBSecurityGroup"}; !maps.Equal(got, want) {
 		t.Errorf("managed group tags %v, want %v", got, want)
 	}
 	if len(backend.IpPermissions) != 0 {
@@ -155,18 +156,6 @@ func fromTags(tags []ec2types.Tag) map[string]string {
 		out[aws.ToString(t.Key)] = aws.ToString(t.Value)
 	}
 	return out
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestNoOpResync: deploying the same Service again makes no mutating call at all.

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
@@ -99,17 +98,7 @@ func (f *fixture) build(d *deploy.Deployer, svc *corev1.Service) model.Stack {
 // instances returns the inventory's instance IDs.
 func (f *fixture) instances() []string {
 	f.t.Helper()
-	out, err := f.env.EC2.DescribeInstances(f.ctx, &ec2.DescribeInstancesInput{})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	var ids []string
-	for _, r := range out.Reservations {
-		for _, i := range r.Instances {
-			ids = append(ids, aws.ToString(i.InstanceId))
-		}
-	}
-	sort.Strings(ids)
+	ids := f.env.InstanceIDs(f.t)
 	if len(ids) == 0 {
 		f.t.Fatal("no instances in the inventory")
 	}
@@ -138,38 +127,18 @@ func (f *fixture) deploy(d *deploy.Deployer, svc *corev1.Service) deploy.Result 
 	return res
 }
 
-func (f *fixture) loadBalancers() []elbtypes.LoadBalancer {
-	f.t.Helper()
-	out, err := f.env.ELB.DescribeLoadBalancers(f.ctx, &elbv2.DescribeLoadBalancersInput{})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return out.LoadBalancers
-}
+func (f *fixture) loadBalancers() []elbtypes.LoadBalancer { return f.env.LoadBalancers(f.t) }
 
 func (f *fixture) elbTags(arn string) map[string]string {
 	f.t.Helper()
-	out, err := f.env.ELB.DescribeTags(f.ctx, &elbv2.DescribeTagsInput{ResourceArns: []string{arn}})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	tags := map[string]string{}
-	for _, td := range out.TagDescriptions {
-		for _, t := range td.Tags {
-			tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
-		}
+	tags, ok := f.env.ELBTags(f.t, arn)
+	if !ok {
+		f.t.Fatalf("%s not found", arn)
 	}
 	return tags
 }
 
-func (f *fixture) targetGroups() []elbtypes.TargetGroup {
-	f.t.Helper()
-	out, err := f.env.ELB.DescribeTargetGroups(f.ctx, &elbv2.DescribeTargetGroupsInput{})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return out.TargetGroups
-}
+func (f *fixture) targetGroups() []elbtypes.TargetGroup { return f.env.TargetGroups(f.t) }
 
 func (f *fixture) listeners(lbARN string) []elbtypes.Listener {
 	f.t.Helper()
@@ -195,47 +164,18 @@ func (f *fixture) targets(tgARN string) []string {
 }
 
 func (f *fixture) groups(filters ...ec2types.Filter) []ec2types.SecurityGroup {
-	f.t.Helper()
-	out, err := f.env.EC2.DescribeSecurityGroups(f.ctx, &ec2.DescribeSecurityGroupsInput{Filters: filters})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return out.SecurityGroups
+	return f.env.Groups(f.t, filters...)
 }
 
-func (f *fixture) group(id string) ec2types.SecurityGroup {
-	f.t.Helper()
-	out, err := f.env.EC2.DescribeSecurityGroups(f.ctx, &ec2.DescribeSecurityGroupsInput{GroupIds: []string{id}})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return out.SecurityGroups[0]
-}
+func (f *fixture) group(id string) ec2types.SecurityGroup { return f.env.Group(f.t, id) }
 
 func (f *fixture) groupByName(name string) (ec2types.SecurityGroup, bool) {
-	f.t.Helper()
-	gs := f.groups(tagOrName("group-name", name))
-	if len(gs) > 1 {
-		f.t.Fatalf("%d groups named %s", len(gs), name)
-	}
-	if len(gs) == 0 {
-		return ec2types.SecurityGroup{}, false
-	}
-	return gs[0], true
+	return f.env.OneGroup(f.t, tagOrName("group-name", name))
 }
 
-func (f *fixture) nodeGroup() ec2types.SecurityGroup {
-	f.t.Helper()
-	g, ok := f.groupByName("moat-nodes")
-	if !ok {
-		f.t.Fatal("no group moat-nodes")
-	}
-	return g
-}
+func (f *fixture) nodeGroup() ec2types.SecurityGroup { return f.env.NodeGroup(f.t) }
 
-func tagOrName(name string, values ...string) ec2types.Filter {
-	return ec2types.Filter{Name: aws.String(name), Values: values}
-}
+var tagOrName = lbtest.Filter
 
 var inbound = lbtest.Inbound
 
@@ -253,36 +193,12 @@ const shared = model.TargetGroupBindingRuleDescription
 
 // backendGroup returns the cluster's backend group, if it exists.
 func (f *fixture) backendGroup() (ec2types.SecurityGroup, bool) {
-	f.t.Helper()
-	gs := f.groups(tagOrName("tag:elbv2.k8s.aws/cluster", cluster), tagOrName("tag:elbv2.k8s.aws/resource", "backend-sg"))
-	if len(gs) > 1 {
-		f.t.Fatalf("%d backend groups", len(gs))
-	}
-	if len(gs) == 0 {
-		return ec2types.SecurityGroup{}, false
-	}
-	return gs[0], true
+	return f.env.BackendGroup(f.t, cluster)
 }
 
 // leftovers lists everything of the cluster still in AWS: load balancers, target groups,
 // security groups tagged for the cluster, and the bindings' rules on the node group.
-func (f *fixture) leftovers() []string {
-	f.t.Helper()
-	var out []string
-	for _, lb := range f.loadBalancers() {
-		out = append(out, "load balancer "+aws.ToString(lb.LoadBalancerName))
-	}
-	for _, tg := range f.targetGroups() {
-		out = append(out, "target group "+aws.ToString(tg.TargetGroupName))
-	}
-	for _, g := range f.groups(tagOrName("tag:elbv2.k8s.aws/cluster", cluster)) {
-		out = append(out, "security group "+aws.ToString(g.GroupName))
-	}
-	for _, r := range inbound(f.nodeGroup()) {
-		out = append(out, "node rule "+r)
-	}
-	return out
-}
+func (f *fixture) leftovers() []string { return f.env.Leftovers(f.t, cluster) }
 
 // crasher fails the n-th mutating call of the clients it is added to, before sending it
 // (after=false) or after the server answered (after=true: the change is made, the caller never

@@ -2,7 +2,6 @@ package reconcile_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -17,7 +16,6 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
-	"github.com/aws/smithy-go"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -297,21 +295,7 @@ func ensureNodes(t *testing.T, env *lbtest.Env) {
 
 // --- AWS state ------------------------------------------------------------------------------
 
-func (h *harness) instanceIDs() []string {
-	h.t.Helper()
-	out, err := h.env.EC2.DescribeInstances(h.ctx, &ec2.DescribeInstancesInput{})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	var ids []string
-	for _, r := range out.Reservations {
-		for _, i := range r.Instances {
-			ids = append(ids, aws.ToString(i.InstanceId))
-		}
-	}
-	sort.Strings(ids)
-	return ids
-}
+func (h *harness) instanceIDs() []string { return h.env.InstanceIDs(h.t) }
 
 // stackLB returns the load balancer tagged for the Service, if any (failing on duplicates).
 func (h *harness) stackLB(name string) (elbtypes.LoadBalancer, bool) {
@@ -331,14 +315,7 @@ func (h *harness) stackLB(name string) (elbtypes.LoadBalancer, bool) {
 	return found[0], true
 }
 
-func (h *harness) loadBalancers() []elbtypes.LoadBalancer {
-	h.t.Helper()
-	out, err := h.env.ELB.DescribeLoadBalancers(h.ctx, &elbv2.DescribeLoadBalancersInput{})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return out.LoadBalancers
-}
+func (h *harness) loadBalancers() []elbtypes.LoadBalancer { return h.env.LoadBalancers(h.t) }
 
 func (h *harness) elbTags(arn string) map[string]string {
 	h.t.Helper()
@@ -351,22 +328,7 @@ func (h *harness) elbTags(arn string) map[string]string {
 
 // elbTagsIfExists returns a resource's tags, or false when it no longer exists.
 func (h *harness) elbTagsIfExists(arn string) (map[string]string, bool) {
-	h.t.Helper()
-	out, err := h.env.ELB.DescribeTags(h.ctx, &elbv2.DescribeTagsInput{ResourceArns: []string{arn}})
-	var apiErr smithy.APIError
-	if errors.As(err, &apiErr) && strings.HasSuffix(apiErr.ErrorCode(), "NotFound") {
-		return nil, false
-	}
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	tags := map[string]string{}
-	for _, td := range out.TagDescriptions {
-		for _, t := range td.Tags {
-			tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
-		}
-	}
-	return tags, true
+	return h.env.ELBTags(h.t, arn)
 }
 
 // stackTargetGroups returns the Service's target groups by the port they serve.
@@ -391,14 +353,7 @@ func (h *harness) stackTargetGroups(name string) map[int32]elbtypes.TargetGroup 
 	return out
 }
 
-func (h *harness) targetGroups() []elbtypes.TargetGroup {
-	h.t.Helper()
-	out, err := h.env.ELB.DescribeTargetGroups(h.ctx, &elbv2.DescribeTargetGroupsInput{})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return out.TargetGroups
-}
+func (h *harness) targetGroups() []elbtypes.TargetGroup { return h.env.TargetGroups(h.t) }
 
 // targets lists a target group's targets as "id:port", without the draining ones.
 func (h *harness) targets(arn string) []string {
@@ -419,47 +374,18 @@ func (h *harness) targets(arn string) []string {
 }
 
 func (h *harness) groups(filters ...ec2types.Filter) []ec2types.SecurityGroup {
-	h.t.Helper()
-	out, err := h.env.EC2.DescribeSecurityGroups(h.ctx, &ec2.DescribeSecurityGroupsInput{Filters: filters})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return out.SecurityGroups
+	return h.env.Groups(h.t, filters...)
 }
 
-func (h *harness) group(id string) ec2types.SecurityGroup {
-	h.t.Helper()
-	out, err := h.env.EC2.DescribeSecurityGroups(h.ctx, &ec2.DescribeSecurityGroupsInput{GroupIds: []string{id}})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return out.SecurityGroups[0]
-}
+func (h *harness) group(id string) ec2types.SecurityGroup { return h.env.Group(h.t, id) }
 
-func filter(name string, values ...string) ec2types.Filter {
-	return ec2types.Filter{Name: aws.String(name), Values: values}
-}
+var filter = lbtest.Filter
 
-func (h *harness) nodeGroup() ec2types.SecurityGroup {
-	h.t.Helper()
-	gs := h.groups(filter("group-name", "moat-nodes"))
-	if len(gs) != 1 {
-		h.t.Fatalf("%d groups named moat-nodes", len(gs))
-	}
-	return gs[0]
-}
+func (h *harness) nodeGroup() ec2types.SecurityGroup { return h.env.NodeGroup(h.t) }
 
 // backendGroup returns the cluster's backend group, if it exists.
 func (h *harness) backendGroup() (ec2types.SecurityGroup, bool) {
-	h.t.Helper()
-	gs := h.groups(filter("tag:elbv2.k8s.aws/cluster", cluster), filter("tag:elbv2.k8s.aws/resource", "backend-sg"))
-	if len(gs) > 1 {
-		h.t.Fatalf("%d backend groups", len(gs))
-	}
-	if len(gs) == 0 {
-		return ec2types.SecurityGroup{}, false
-	}
-	return gs[0], true
+	return h.env.BackendGroup(h.t, cluster)
 }
 
 var inbound = lbtest.Inbound
@@ -468,23 +394,7 @@ const shared = model.TargetGroupBindingRuleDescription
 
 // leftovers lists everything of the cluster still in AWS: load balancers, target groups,
 // security groups tagged for the cluster, and the bindings' rules on the node group.
-func (h *harness) leftovers() []string {
-	h.t.Helper()
-	var out []string
-	for _, lb := range h.loadBalancers() {
-		out = append(out, "load balancer "+aws.ToString(lb.LoadBalancerName))
-	}
-	for _, tg := range h.targetGroups() {
-		out = append(out, "target group "+aws.ToString(tg.TargetGroupName))
-	}
-	for _, g := range h.groups(filter("tag:elbv2.k8s.aws/cluster", cluster)) {
-		out = append(out, "security group "+aws.ToString(g.GroupName))
-	}
-	for _, r := range inbound(h.nodeGroup()) {
-		out = append(out, "node rule "+r)
-	}
-	return out
-}
+func (h *harness) leftovers() []string { return h.env.Leftovers(h.t, cluster) }
 
 func equalStrings(got, want []string) error {
 	got, want = slices.Clone(got), slices.Clone(want)

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -237,7 +238,7 @@ var serviceChanged = predicate.Funcs{
 		if !okA || !okB || a.ResourceVersion == b.ResourceVersion {
 			return true
 		}
-		return !equalStringMaps(a.Annotations, b.Annotations) || !apiequality.Semantic.DeepEqual(a.Spec, b.Spec) ||
+		return !maps.Equal(a.Annotations, b.Annotations) || !apiequality.Semantic.DeepEqual(a.Spec, b.Spec) ||
 			!slices.Equal(a.Finalizers, b.Finalizers) || !a.DeletionTimestamp.Equal(b.DeletionTimestamp)
 	},
 }
@@ -263,21 +264,9 @@ var nodeChanged = predicate.Funcs{
 		if !okA || !okB {
 			return true
 		}
-		return !equalStringMaps(a.Labels, b.Labels) || a.Spec.ProviderID != b.Spec.ProviderID ||
+		return !maps.Equal(a.Labels, b.Labels) || a.Spec.ProviderID != b.Spec.ProviderID ||
 			!equalTaints(a.Spec.Taints, b.Spec.Taints) || !equalAddresses(a.Status.Addresses, b.Status.Addresses)
 	},
-}
-
-func equalStringMaps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 func equalTaints(a, b []corev1.Taint) bool {
