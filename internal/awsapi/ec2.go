@@ -360,6 +360,9 @@ type securityGroupRulesIn struct {
 }
 
 func (in *securityGroupRulesIn) permissions(egress bool) ([]cloud.Permission, error) {
+	if egress && in.GroupId == "" {
+		return nil, &cloud.Error{Code: "MissingParameter", Message: "The request must contain the parameter groupId"}
+	}
 	perms := permissionsIn(in.IpPermissions)
 	legacy := in.CidrIp != "" || in.IpProtocol != "" || in.SourceSecurityGroupName != "" || in.FromPort != nil || in.ToPort != nil
 	if !legacy {
@@ -391,9 +394,6 @@ func (s *Server) authorizeEgress(_ context.Context, in *securityGroupRulesIn) (a
 }
 
 func (s *Server) authorize(in *securityGroupRulesIn, egress bool) (any, error) {
-	if egress && in.GroupId == "" {
-		return nil, &cloud.Error{Code: "MissingParameter", Message: "The request must contain the parameter groupId"}
-	}
 	perms, err := in.permissions(egress)
 	if err != nil {
 		return nil, err
@@ -425,9 +425,6 @@ func (s *Server) revokeEgress(_ context.Context, in *securityGroupRulesIn) (any,
 }
 
 func (s *Server) revoke(in *securityGroupRulesIn, egress bool) (any, error) {
-	if egress && in.GroupId == "" {
-		return nil, &cloud.Error{Code: "MissingParameter", Message: "The request must contain the parameter groupId"}
-	}
 	perms, err := in.permissions(egress)
 	if err != nil {
 		return nil, err

@@ -63,8 +63,8 @@ func (c *Cloud) healthyZones(lb LoadBalancer, snap ELBSnapshot) map[string]bool 
 		if !used[tg.ARN] {
 			continue
 		}
-		minCount := max(atoiOr(tg.Attributes["target_group_health.dns_failover.minimum_healthy_targets.count"], 1), 1)
-		minPercent := atoiOr(tg.Attributes["target_group_health.dns_failover.minimum_healthy_targets.percentage"], 0)
+		minCount := max(AttributeInt(tg.Attributes["target_group_health.dns_failover.minimum_healthy_targets.count"], 1), 1)
+		minPercent := AttributeInt(tg.Attributes["target_group_health.dns_failover.minimum_healthy_targets.percentage"], 0)
 		healthy, total := map[string]int{}, map[string]int{}
 		for _, t := range tg.Targets {
 			if t.Draining(now) {
@@ -94,8 +94,9 @@ func (c *Cloud) healthyZones(lb LoadBalancer, snap ELBSnapshot) map[string]bool 
 	return healthyZones
 }
 
-// atoiOr reads a numeric attribute value; "off", absent or malformed gives def.
-func atoiOr(s string, def int) int {
+// AttributeInt reads a numeric attribute value ("off", absent or malformed gives def), for the
+// attributes that take a number or "off".
+func AttributeInt(s string, def int) int {
 	n, err := strconv.Atoi(s)
 	if err != nil {
 		return def

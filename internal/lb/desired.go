@@ -189,8 +189,8 @@ func (n *network) targetGroup(tg cloud.TargetGroup, lb cloud.LoadBalancer, lbAdd
 		StickinessSourceIP:        attr("stickiness.enabled") && tg.Attributes["stickiness.type"] == "source_ip",
 		TerminateOnDeregistration: attr("deregistration_delay.connection_termination.enabled"),
 		TerminateOnUnhealthy:      attr("target_health_state.unhealthy.connection_termination.enabled"),
-		MinHealthyTargets:         attrInt(tg.Attributes, "target_group_health.unhealthy_state_routing.minimum_healthy_targets.count"),
-		MinHealthyPercent:         attrInt(tg.Attributes, "target_group_health.unhealthy_state_routing.minimum_healthy_targets.percentage"),
+		MinHealthyTargets:         cloud.AttributeInt(tg.Attributes["target_group_health.unhealthy_state_routing.minimum_healthy_targets.count"], 0),
+		MinHealthyPercent:         cloud.AttributeInt(tg.Attributes["target_group_health.unhealthy_state_routing.minimum_healthy_targets.percentage"], 0),
 		HealthCheck: dataplane.HealthCheck{
 			Protocol: tg.HealthCheck.Protocol, Path: tg.HealthCheck.Path, Matcher: tg.HealthCheck.Matcher,
 			Interval:           time.Duration(tg.HealthCheck.IntervalSeconds) * time.Second,
@@ -238,13 +238,4 @@ func (n *network) targetGroup(tg cloud.TargetGroup, lb cloud.LoadBalancer, lbAdd
 		out.Targets = append(out.Targets, dt)
 	}
 	return out
-}
-
-// attrInt reads a numeric attribute; "off", absent or malformed is 0 (the data plane's default).
-func attrInt(attrs map[string]string, key string) int {
-	n, err := strconv.Atoi(attrs[key])
-	if err != nil {
-		return 0
-	}
-	return n
 }
