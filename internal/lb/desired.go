@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/moatlb/moat/internal/cloud"
@@ -45,12 +46,11 @@ func desiredConfig(st cloud.State) dataplane.Config {
 			}
 			if len(lb.SecurityGroups) > 0 {
 				// A load balancer created without groups admits everyone: the policies stay nil.
-				inbound := n.rules(lb.SecurityGroups, false)
 				if l.Protocol != "UDP" {
-					dl.AdmitTCP = secgroup.Compile(inbound, secgroup.ProtocolTCP, uint16(l.Port))
+					dl.AdmitTCP = n.policy(lb.SecurityGroups, false, secgroup.ProtocolTCP, uint16(l.Port))
 				}
 				if l.Protocol != "TCP" {
-					dl.AdmitUDP = secgroup.Compile(inbound, secgroup.ProtocolUDP, uint16(l.Port))
+					dl.AdmitUDP = n.policy(lb.SecurityGroups, false, secgroup.ProtocolUDP, uint16(l.Port))
 				}
 			}
 			dl.TargetGroup = n.targetGroup(tg, lb, lbAddrs)
@@ -70,12 +70,34 @@ type network struct {
 	interfaces  map[string]cloud.NetworkInterface
 	byAddr      map[netip.Addr]cloud.NetworkInterface
 	zoneOf      map[string]string // subnet ID -> zone
+	// policies memoises compiled decisions: every target of a group behind the same load
+	// balancer (and every interface with the same groups) asks the same question.
+	policies map[policyKey]*secgroup.Policy
+}
+
+type policyKey struct {
+	groups   string // the group IDs, joined
+	egress   bool
+	protocol int
+	port     uint16
+}
+
+// policy is the compiled decision of groups' inbound (or outbound) rules for protocol and port.
+func (n *network) policy(groups []string, egress bool, protocol int, port uint16) *secgroup.Policy {
+	key := policyKey{strings.Join(groups, ","), egress, protocol, port}
+	p, ok := n.policies[key]
+	if !ok {
+		p = secgroup.Compile(n.rules(groups, egress), protocol, port)
+		n.policies[key] = p
+	}
+	return p
 }
 
 func newNetwork(st cloud.State) *network {
 	n := &network{
 		groups: map[string]cloud.SecurityGroup{}, members: map[string][]netip.Prefix{}, prefixLists: map[string][]netip.Prefix{},
 		instances: map[string]cloud.Instance{}, interfaces: map[string]cloud.NetworkInterface{}, byAddr: map[netip.Addr]cloud.NetworkInterface{}, zoneOf: map[string]string{},
+		policies: map[policyKey]*secgroup.Policy{},
 	}
 	for _, g := range st.SecurityGroups {
 		n.groups[g.ID] = g
@@ -158,13 +180,13 @@ func (n *network) rules(groups []string, egress bool) []secgroup.Rule {
 // may send anywhere. A target no interface carries (an ip target outside the inventory) has no
 // groups to enforce.
 func (n *network) reachable(lb cloud.LoadBalancer, lbAddrs []netip.Addr, eni *cloud.NetworkInterface, target netip.Addr, protocol int, port uint16) bool {
-	if len(lb.SecurityGroups) > 0 && !secgroup.Compile(n.rules(lb.SecurityGroups, true), protocol, port).Allows(target) {
+	if len(lb.SecurityGroups) > 0 && !n.policy(lb.SecurityGroups, true, protocol, port).Allows(target) {
 		return false
 	}
 	if eni == nil {
 		return true
 	}
-	in := secgroup.Compile(n.rules(eni.Groups, false), protocol, port)
+	in := n.policy(eni.Groups, false, protocol, port)
 	return slices.ContainsFunc(lbAddrs, in.Allows)
 }
 
