@@ -1,6 +1,7 @@
 package reconcile_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -236,8 +237,12 @@ func (h *harness) events(name string) []string {
 		h.t.Fatal(err)
 	}
 	var out []string
+	ours := func(e corev1.Event) bool {
+		// The API server reports on Services too (e.g. ClusterIP repair); only ours count.
+		return slices.Contains([]string{"service", "targetGroupBinding"}, cmp.Or(e.ReportingController, e.Source.Component))
+	}
 	for _, e := range list.Items {
-		if e.InvolvedObject.Name == name {
+		if e.InvolvedObject.Name == name && ours(e) {
 			n := max(e.Count, 1)
 			if e.Series != nil {
 				n = max(n, e.Series.Count)
