@@ -11,16 +11,19 @@ build:
 run: build
 	$(BIN) up
 
-# Unit and conformance tests with the race detector, the end-to-end tests (short mode), and a
-# CI-sized run of every fuzz target.
+# Unit and conformance tests with the race detector, the end-to-end tests (short mode), the data
+# plane's tests again with the kernel fast path (skipped without root), and a CI-sized run of
+# every fuzz target.
 test:
 	$(GO) vet ./...
 	$(GO) test -race -short -count=1 ./...
+	$(GO) test -race -short -count=1 ./internal/dataplane -args -kernel
 	$(MAKE) fuzz
 
 # The long loops: more kill -9 rounds, longer fuzzing.
 test-long:
 	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 ./internal/dataplane -args -kernel
 	$(MAKE) fuzz FUZZTIME=5m
 
 fuzz:

@@ -65,6 +65,7 @@ Any valid key may do anything: moat lb authenticates requests but does not autho
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:7090", "address of /metrics, /healthz and /readyz")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve the API over HTTPS with this certificate (PEM)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the certificate's private key (PEM)")
+	f.StringVar(&cfg.FastPath, "fast-path", lb.FastPathAuto, "kernel fast path for TCP flows on loopback (nftables DNAT + conntrack, needs CAP_NET_ADMIN): auto, kernel or off")
 	f.StringVar(&flowLog, "flow-log", "", "write every flow denied by security groups as a JSON line (time, load balancer, listener, client, reason) to this file; - for stderr")
 	q := &cfg.Quotas
 	f.IntVar(&q.SecurityGroupsPerLoadBalancer, "quota-security-groups-per-load-balancer", q.SecurityGroupsPerLoadBalancer, "security groups per load balancer")

@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -131,10 +133,21 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
+// kernelTests runs every engine test with the kernel fast path on
+// (go test -args -kernel); it needs CAP_NET_ADMIN.
+var kernelTests = flag.Bool("kernel", false, "run the engine tests with the kernel fast path")
+
 func newHarness(t testing.TB) *harness {
 	t.Helper()
 	h := &harness{t: t, reg: prometheus.NewRegistry(), log: &syncBuffer{}}
-	e, err := NewUserspace(Options{Registerer: h.reg, FlowLog: h.log})
+	opts := Options{Registerer: h.reg, FlowLog: h.log, Kernel: *kernelTests}
+	if testing.Verbose() {
+		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if *kernelTests && os.Geteuid() != 0 {
+		t.Skip("the kernel fast path needs root (CAP_NET_ADMIN)")
+	}
+	e, err := NewUserspace(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -76,20 +76,28 @@ func newMetrics(reg prometheus.Registerer, drops *dropCollector) (*metrics, erro
 		}, []string{labelTargetGroup}),
 		drops: drops,
 	}
-	for _, c := range []prometheus.Collector{m.activeFlows, m.newFlows, m.deniedFlows, m.bytes, m.connectErrors,
-		m.healthyTargets, m.unhealthyTargets, m.healthCheck, m.drops} {
+	cs := m.collectors()
+	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
-			for _, done := range []prometheus.Collector{m.activeFlows, m.newFlows, m.deniedFlows, m.bytes,
-				m.connectErrors, m.healthyTargets, m.unhealthyTargets, m.healthCheck, m.drops} {
-				if done == c {
-					break
-				}
+			for _, done := range cs[:i] {
 				reg.Unregister(done)
 			}
 			return nil, err
 		}
 	}
 	return m, nil
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.activeFlows, m.newFlows, m.deniedFlows, m.bytes, m.connectErrors,
+		m.healthyTargets, m.unhealthyTargets, m.healthCheck, m.drops}
+}
+
+// unregister takes m's collectors back from reg, which holds them all.
+func (m *metrics) unregister(reg prometheus.Registerer) {
+	for _, c := range m.collectors() {
+		reg.Unregister(c)
+	}
 }
 
 // listenerMetrics are one (listener, protocol)'s series, resolved once when a

@@ -152,21 +152,26 @@ func (s *selection) scope(zone string, crossZone bool) *candidates {
 // health because too few candidates are healthy.
 func (c *candidates) failingOpen() bool { return c == nil || !c.routesByHealth() }
 
+// eligible returns the targets new flows may go to: the healthy candidates,
+// or all of them when too few are healthy.
+func (c *candidates) eligible() []*target {
+	switch {
+	case c == nil:
+		return nil
+	case c.routesByHealth():
+		return c.healthy
+	}
+	return c.all
+}
+
 // pick chooses the target of a flow with hash h by rendezvous hashing over
 // the healthy candidates, or over all candidates when too few are healthy.
 // Rendezvous hashing moves only the flows (or sticky clients) of a target that
 // joins or leaves, so stickiness survives changes elsewhere in the group.
 func (c *candidates) pick(h uint64) *target {
-	if c == nil {
-		return nil
-	}
-	list := c.healthy
-	if !c.routesByHealth() {
-		list = c.all
-	}
 	var best *target
 	var bestScore uint64
-	for _, t := range list {
+	for _, t := range c.eligible() {
 		if s := mix64(h ^ t.seed); best == nil || s > bestScore {
 			best, bestScore = t, s
 		}
@@ -328,6 +333,7 @@ func (g *targetGroup) drainEnded(t *target, until time.Time) {
 	if terminate {
 		g.u.log.Info("deregistration delay over, closing flows", "target_group", g.id, "target", t.key.id, "port", t.key.port)
 		t.terminateFlows()
+		g.u.terminateKernelFlows(t, false)
 	}
 }
 
@@ -378,6 +384,11 @@ func (g *targetGroup) rebuildLocked() {
 		}
 	}
 	g.sel.Store(sel)
+	if g.u.kernel != nil {
+		// Before anyone can see the new health: the kernel's choice of
+		// targets changes with it.
+		g.u.kernel.refresh()
+	}
 	if !g.closed {
 		g.u.metrics.healthyTargets.WithLabelValues(g.id).Set(float64(healthy))
 		g.u.metrics.unhealthyTargets.WithLabelValues(g.id).Set(float64(unhealthy))
@@ -466,8 +477,12 @@ func (g *targetGroup) record(t *target, ctx context.Context, r checkResult) {
 			}
 		}
 	}
+	kernelTerminate := t.state != before && t.state == StateUnhealthy && set.TerminateOnUnhealthy
 	g.mu.Unlock()
 	for _, f := range terminate {
 		f.terminate()
+	}
+	if kernelTerminate {
+		g.u.terminateKernelFlows(t, true)
 	}
 }

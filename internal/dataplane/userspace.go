@@ -33,6 +33,10 @@ type Options struct {
 	OnListenerError func(*ListenerError)
 	// ConnectTimeout bounds connecting to a target for a new TCP flow; 0 = 10 s.
 	ConnectTimeout time.Duration
+	// Kernel turns on the kernel fast path (see fastpath.go): the kernel
+	// forwards the TCP flows it can, through nftables and conntrack. It needs
+	// CAP_NET_ADMIN; NewUserspace fails when the kernel refuses.
+	Kernel bool
 }
 
 // Userspace is the portable data plane: a userspace L4 proxy that needs no
@@ -46,6 +50,7 @@ type Userspace struct {
 	seed            maphash.Seed
 	connectTimeout  time.Duration
 	onListenerError func(*ListenerError)
+	kernel          *kernelPath // nil without the fast path
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -122,7 +127,75 @@ func NewUserspace(opts Options) (*Userspace, error) {
 		u.connectTimeout = 10 * time.Second
 	}
 	u.ctx, u.cancel = context.WithCancel(context.Background())
+	if opts.Kernel {
+		if u.kernel, err = newKernelPath(log); err != nil {
+			u.metrics.unregister(reg)
+			return nil, fmt.Errorf("kernel fast path: %w", err)
+		}
+		u.wg.Go(u.pollKernel)
+	}
 	return u, nil
+}
+
+// kernelPollInterval is how often the fast path's counters reach the
+// metrics.
+const kernelPollInterval = time.Second
+
+// pollKernel brings the fast path's metrics up to date until Close.
+func (u *Userspace) pollKernel() {
+	poll := time.NewTicker(kernelPollInterval)
+	defer poll.Stop()
+	for {
+		select {
+		case <-u.ctx.Done():
+			return
+		case <-poll.C:
+			u.kernel.poll()
+		}
+	}
+}
+
+// programKernelLocked hands the fast path the routes of every TCP socket.
+func (u *Userspace) programKernelLocked() {
+	if u.kernel == nil {
+		return
+	}
+	routes := map[sockKey]*route{}
+	for key, s := range u.sockets {
+		if ts, ok := s.(*tcpSocket); ok {
+			routes[key] = ts.r.Load()
+		}
+	}
+	u.kernel.update(routes)
+}
+
+// terminateKernelFlows ends the fast-path flows to t; with unlessFailingOpen,
+// only those balanced in a scope that is not failing open.
+func (u *Userspace) terminateKernelFlows(t *target, unlessFailingOpen bool) {
+	if u.kernel == nil {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.terminateKernelFlowsLocked(t, unlessFailingOpen)
+}
+
+func (u *Userspace) terminateKernelFlowsLocked(t *target, unlessFailingOpen bool) {
+	if u.kernel == nil {
+		return
+	}
+	sel := t.tg.sel.Load()
+	var keys []sockKey
+	for key, s := range u.sockets {
+		ts, ok := s.(*tcpSocket)
+		if !ok {
+			continue
+		}
+		if r := ts.r.Load(); r.tg == t.tg && (!unlessFailingOpen || !sel.scope(r.zone, r.crossZone).failingOpen()) {
+			keys = append(keys, key)
+		}
+	}
+	u.kernel.terminate(keys, t.addr)
 }
 
 // Apply implements Engine.
@@ -203,7 +276,9 @@ func (u *Userspace) Apply(cfg Config) error {
 	u.listeners = p.listeners
 	for _, t := range terminate {
 		t.terminateFlows()
+		u.terminateKernelFlowsLocked(t, false)
 	}
+	u.programKernelLocked()
 	if len(failed) > 0 {
 		for _, e := range failed {
 			u.log.Warn("listener not serving", "load_balancer", e.LoadBalancerID, "listener", e.ListenerID,
@@ -277,6 +352,9 @@ func (u *Userspace) Close() error {
 	for id, g := range u.groups {
 		g.close()
 		delete(u.groups, id)
+	}
+	if u.kernel != nil {
+		u.kernel.close()
 	}
 	u.cancel()
 	u.mu.Unlock()

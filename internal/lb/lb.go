@@ -42,8 +42,38 @@ type Config struct {
 	TLSCertFile   string
 	TLSKeyFile    string
 	FlowLog       io.Writer // denied flows as JSON lines; nil: not logged
+	FastPath      string    // FastPathAuto (""), FastPathKernel or FastPathOff
 	Quotas        cloud.Quotas
 	Log           *slog.Logger
+}
+
+// Kernel fast path modes (--fast-path).
+const (
+	FastPathAuto   = "auto"   // on where the kernel allows it (CAP_NET_ADMIN, nftables)
+	FastPathKernel = "kernel" // on, or moat lb does not start
+	FastPathOff    = "off"    // every flow through the userspace proxy
+)
+
+// newEngine starts the data plane with the kernel fast path as mode asks.
+func newEngine(mode string, opts dataplane.Options, log *slog.Logger) (*dataplane.Userspace, error) {
+	switch mode {
+	case FastPathOff:
+		return dataplane.NewUserspace(opts)
+	case FastPathKernel:
+		opts.Kernel = true
+		return dataplane.NewUserspace(opts)
+	case FastPathAuto, "":
+		opts.Kernel = true
+		e, err := dataplane.NewUserspace(opts)
+		if err == nil {
+			log.Info("kernel fast path on: eligible TCP flows are forwarded by nftables and conntrack")
+			return e, nil
+		}
+		log.Info("kernel fast path unavailable: every flow goes through the userspace proxy", "reason", err)
+		opts.Kernel = false
+		return dataplane.NewUserspace(opts)
+	}
+	return nil, fmt.Errorf("--fast-path %q: want %s, %s or %s", mode, FastPathAuto, FastPathKernel, FastPathOff)
 }
 
 // Endpoints are where a running moat lb serves, as bound (ports resolved). moat lb writes them to
@@ -148,7 +178,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		return fmt.Errorf("dns: %w", err)
 	}
 	kick := make(chan struct{}, 1)
-	engine, err := dataplane.NewUserspace(dataplane.Options{
+	engine, err := newEngine(cfg.FastPath, dataplane.Options{
 		Log: log, Registerer: reg, FlowLog: cfg.FlowLog,
 		OnListenerError: func(*dataplane.ListenerError) {
 			select {
@@ -156,7 +186,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 			default:
 			}
 		},
-	})
+	}, log)
 	if err != nil {
 		return fmt.Errorf("data plane: %w", err)
 	}
