@@ -53,17 +53,19 @@ func main() {
 	defer os.RemoveAll(dir)
 	sink, echo := serveSink(), serveEcho()
 
-	targets := []*target{{name: "direct", sinkAddr: sink, echoAddr: echo}}
-	moatT, stopMoat := startMoat(*moat, *proxyCPU, dir, sink, echo)
-	defer stopMoat()
-	targets = append(targets, moatT)
-	if *haproxy != "" {
-		h, stop := startHAProxy(*haproxy, *proxyCPU, dir, sink, echo)
-		defer stop()
-		targets = append(targets, h)
+	// One path at a time, so that they do not compete for the CPUs: the direct connection, moat
+	// lb with its kernel fast path and without it, and HAProxy.
+	paths := []func() (*target, func()){
+		func() (*target, func()) { return &target{name: "direct", sinkAddr: sink, echoAddr: echo}, func() {} },
+		func() (*target, func()) { return startMoat("moat", "auto", *moat, *proxyCPU, dir, sink, echo) },
+		func() (*target, func()) { return startMoat("moat-us", "off", *moat, *proxyCPU, dir, sink, echo) },
 	}
-
-	for _, t := range targets {
+	if *haproxy != "" {
+		paths = append(paths, func() (*target, func()) { return startHAProxy(*haproxy, *proxyCPU, dir, sink, echo) })
+	}
+	var targets []*target
+	for _, start := range paths {
+		t, stop := start()
 		for range *reps {
 			cpu0 := t.cpu()
 			mbps := throughput(t.sinkAddr, *size)
@@ -74,6 +76,8 @@ func main() {
 			t.p50 = append(t.p50, p50)
 			t.p99 = append(t.p99, p99)
 		}
+		stop()
+		targets = append(targets, t)
 		log.Printf("measured %s", t.name)
 	}
 	report(targets)
@@ -116,16 +120,20 @@ func report(ts []*target) {
 		}
 		fmt.Printf("%-8s %9.0f MB/s %12s %12.0f %10v %10v\n", t.name, median(t.mbps), cpu, median(t.cps), median(t.p50).Round(time.Microsecond), median(t.p99).Round(time.Microsecond))
 	}
-	direct, moat := ts[0], ts[1]
-	fmt.Printf("\nmoat/direct: throughput %.2f, conn/s %.2f, p50 %.2f, p99 %.2f\n",
-		median(moat.mbps)/median(direct.mbps), median(moat.cps)/median(direct.cps),
-		float64(median(moat.p50))/float64(median(direct.p50)), float64(median(moat.p99))/float64(median(direct.p99)))
-	if len(ts) > 2 {
-		h := ts[2]
-		fmt.Printf("moat/haproxy: throughput %.2f, conn/s %.2f, p50 %.2f, p99 %.2f, cpu/GB %.2f\n",
-			median(moat.mbps)/median(h.mbps), median(moat.cps)/median(h.cps),
-			float64(median(moat.p50))/float64(median(h.p50)), float64(median(moat.p99))/float64(median(h.p99)),
-			median(moat.cpuPerGB)/median(h.cpuPerGB))
+	ratios := func(a, b *target) string {
+		return fmt.Sprintf("throughput %.2f, conn/s %.2f, p50 %.2f, p99 %.2f",
+			median(a.mbps)/median(b.mbps), median(a.cps)/median(b.cps),
+			float64(median(a.p50))/float64(median(b.p50)), float64(median(a.p99))/float64(median(b.p99)))
+	}
+	fmt.Println()
+	for _, m := range ts {
+		if !strings.HasPrefix(m.name, "moat") {
+			continue
+		}
+		fmt.Printf("%s/direct:  %s\n", m.name, ratios(m, ts[0]))
+		if h := ts[len(ts)-1]; h.name == "haproxy" {
+			fmt.Printf("%s/haproxy: %s, cpu/GB %.2f\n", m.name, ratios(m, h), median(m.cpuPerGB)/median(h.cpuPerGB))
+		}
 	}
 	fmt.Println("(higher is better for throughput and conn/s; lower for latency and cpu)")
 }
@@ -257,11 +265,12 @@ func pinned(cpus string, name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-func startMoat(bin, cpus, dir, sink, echo string) (*target, func()) {
-	data := filepath.Join(dir, "moat")
+func startMoat(name, fastPath, bin, cpus, dir, sink, echo string) (*target, func()) {
+	data := filepath.Join(dir, name)
 	// taskset execs the program in place, so the pid is the proxy's own either way.
-	cmd := pinned(cpus, bin, "lb", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0")
-	logf, err := os.Create(filepath.Join(dir, "moat.log"))
+	cmd := pinned(cpus, bin, "lb", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
+		"--metrics-addr", "127.0.0.1:0", "--fast-path", fastPath)
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
 	check(err)
 	cmd.Stderr = logf
 	check(cmd.Start())
@@ -310,7 +319,7 @@ func startMoat(bin, cpus, dir, sink, echo string) (*target, func()) {
 			front = *z.LoadBalancerAddresses[0].IpAddress
 		}
 	}
-	t := &target{name: "moat", pid: cmd.Process.Pid}
+	t := &target{name: name, pid: cmd.Process.Pid}
 	for i, backend := range []string{sink, echo} {
 		host, port, _ := net.SplitHostPort(backend)
 		p, _ := strconv.Atoi(port)

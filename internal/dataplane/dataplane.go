@@ -6,9 +6,8 @@
 // The boundary is an Engine: the control plane hands it the complete desired
 // state (Config) on every change, and reads back target health, listener
 // status and Prometheus metrics. The engine knows nothing of the API, the store
-// or AWS's identifiers beyond opaque IDs, so a kernel fast path (nftables sets
-// for the groups, DNAT to targets, conntrack for state) can implement the same
-// interface beside the userspace proxy in this package.
+// or AWS's identifiers beyond opaque IDs. Beside its userspace proxy it can
+// hand the TCP flows it may to the kernel (Options.Kernel; see fastpath.go).
 //
 // # How the userspace engine works
 //
@@ -68,7 +67,9 @@
 // clients on loopback (127.0.0.0/8, ::1), which is where moat runs its
 // addresses by default; for other clients the load balancer's zone address is
 // the source, and the client's address is available to the target only
-// through proxy protocol v2 (or, later, the kernel fast path).
+// through proxy protocol v2. Flows the kernel fast path carries are DNATed,
+// so their targets see the client unless the flow is SNATed because
+// PreserveClientIP is off.
 package dataplane
 
 import (

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,10 +32,11 @@ const (
 	markEngine   = ^uint32(markSlots - 1)
 )
 
-// nftTableOwner is NFT_TABLE_F_OWNER: the table belongs to the netlink socket
-// that created it and disappears with it, so a killed moat lb leaves no rule
-// behind to capture its addresses.
-const nftTableOwner = 0x2
+// Tables are named moat_<pid>_<engine ID>. github.com/google/nftables cannot
+// set NFT_TABLE_F_OWNER (which would tie a table to its netlink socket), so
+// every new engine removes the tables of processes that are gone: a killed
+// moat lb's rules last until the next one starts.
+const tablePrefix = "moat_"
 
 // TCP header flags.
 const (
@@ -93,6 +95,7 @@ func newKernelPath(log *slog.Logger) (*kernelPath, error) {
 	for slot := uint32(markSlots - 1); slot >= 1; slot-- {
 		k.free = append(k.free, slot)
 	}
+	removeOrphanTables(nft, log)
 	// Claim a table name no live engine has: creation is exclusive.
 	for range 8 {
 		var b [4]byte
@@ -101,8 +104,8 @@ func newKernelPath(log *slog.Logger) (*kernelPath, error) {
 		if k.id == 0 {
 			continue
 		}
-		k.table = &nftables.Table{Family: nftables.TableFamilyIPv4, Name: fmt.Sprintf("moat_%05x", k.id>>markSlotBits),
-			Flags: nftTableOwner}
+		k.table = &nftables.Table{Family: nftables.TableFamilyIPv4,
+			Name: fmt.Sprintf("%s%d_%05x", tablePrefix, os.Getpid(), k.id>>markSlotBits)}
 		nft.CreateTable(k.table)
 		if err = nft.Flush(); err == nil {
 			break
@@ -132,7 +135,39 @@ func newKernelPath(log *slog.Logger) (*kernelPath, error) {
 	}
 	// Flows a dead engine with this ID left behind are not ours.
 	k.ct.FlushFilter(conntrack.NewFilter().Mark(k.id).MarkMask(markEngine))
+	log.Info("kernel fast path on: eligible TCP flows are forwarded by nftables and conntrack",
+		"nftables_table", "ip "+k.table.Name)
 	return k, nil
+}
+
+// removeOrphanTables deletes the tables, and forgets the flows, of engines
+// whose process is gone.
+func removeOrphanTables(nft *nftables.Conn, log *slog.Logger) {
+	tables, err := nft.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		log.Debug("list nftables tables", "error", err)
+		return
+	}
+	for _, t := range tables {
+		var pid int
+		var id uint32
+		if n, _ := fmt.Sscanf(t.Name, tablePrefix+"%d_%x", &pid, &id); n != 2 || pid <= 0 {
+			continue
+		}
+		if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
+			continue // alive (or not ours to judge)
+		}
+		nft.DelTable(t)
+		if err := nft.Flush(); err != nil {
+			log.Debug("delete orphan nftables table", "table", t.Name, "error", err)
+			continue
+		}
+		if ct, err := conntrack.Dial(nil); err == nil {
+			ct.FlushFilter(conntrack.NewFilter().Mark(id << markSlotBits).MarkMask(markEngine))
+			ct.Close()
+		}
+		log.Info("removed the nftables table of a moat lb that is gone", "table", t.Name, "pid", pid)
+	}
 }
 
 // update makes the fast path serve what it can of these sockets (an Apply).

@@ -66,7 +66,6 @@ func newEngine(mode string, opts dataplane.Options, log *slog.Logger) (*dataplan
 		opts.Kernel = true
 		e, err := dataplane.NewUserspace(opts)
 		if err == nil {
-			log.Info("kernel fast path on: eligible TCP flows are forwarded by nftables and conntrack")
 			return e, nil
 		}
 		log.Info("kernel fast path unavailable: every flow goes through the userspace proxy", "reason", err)
