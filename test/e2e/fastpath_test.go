@@ -21,11 +21,7 @@ func TestFastPathOrphanTableRemoved(t *testing.T) {
 	p := startLB(t, dataDir, "--fast-path=kernel")
 	backendPort := startEchoServer(t, "127.1.0.50:0")
 	st := createStack(t, p, "orphan", backendPort, freePort(t), "127.0.0.0/24", false)
-	c, _, err := dialFrom("127.0.0.2", st.front, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
+	waitServing(t, "127.0.0.2", st.front)
 	table := loggedTable(t, p)
 	if !nftTableExists(t, table) {
 		t.Fatalf("table %s missing while moat lb runs", table)
@@ -71,4 +67,17 @@ func nftTableExists(t *testing.T, name string) bool {
 		}
 	}
 	return false
+}
+
+// waitServing waits until the listener answers src: moat lb binds it just after CreateListener
+// returns, when the data plane applies the commit.
+func waitServing(t *testing.T, src, front string) {
+	t.Helper()
+	waitFor(t, 10*time.Second, front+" to answer", func() bool {
+		c, _, err := dialFrom(src, front, 5*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
 }

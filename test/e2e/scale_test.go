@@ -42,6 +42,8 @@ func TestTenThousandConnections(t *testing.T) {
 	backendPort := startEchoServer(t, "127.1.0.50:0")
 	st := createStack(t, p, "scale", backendPort, freePort(t), "127.0.0.0/24", false)
 
+	waitServing(t, "127.0.0.2", st.front)
+
 	conns := make([]net.Conn, total)
 	start := time.Now()
 	var failed atomic.Int64
