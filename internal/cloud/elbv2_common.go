@@ -11,6 +11,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/moatlb/moat/internal/nlbattr"
 	"github.com/moatlb/moat/internal/store"
 )
 
@@ -379,36 +380,6 @@ func attrList(m map[string]string) []Attribute {
 	return out
 }
 
-// Attribute value checks shared by the three resource kinds. Each returns a message or "".
-
-func boolValue(v string) string {
-	if v != "true" && v != "false" {
-		return "must be true or false"
-	}
-	return ""
-}
-
-func intValue(lo, hi int) func(string) string {
-	return func(v string) string {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < lo || n > hi {
-			return fmt.Sprintf("must be an integer from %d to %d", lo, hi)
-		}
-		return ""
-	}
-}
-
-func oneOf(values ...string) func(string) string {
-	return func(v string) string {
-		if !slices.Contains(values, v) {
-			return "must be one of " + strings.Join(values, ", ")
-		}
-		return ""
-	}
-}
-
-func anyValue(string) string { return "" }
-
 // modifyAttributes returns current with changes applied, after check has accepted every one of
 // them: all or none.
 func modifyAttributes(current map[string]string, changes []Attribute, check func(key, value string) error) (map[string]string, error) {
@@ -430,7 +401,7 @@ func modifyAttributes(current map[string]string, changes []Attribute, check func
 
 // attributeCheck builds the check of modifyAttributes from a table of known keys. Keys of other
 // load balancer types get AWS's "not supported" message, unknown keys its "not valid" one.
-func attributeCheck(known map[string]func(string) string, foreign []string, what string) func(key, value string) error {
+func attributeCheck(known map[string]nlbattr.Check, foreign []string, what string) func(key, value string) error {
 	return func(key, value string) error {
 		valid, ok := known[key]
 		if !ok {
@@ -440,7 +411,7 @@ func attributeCheck(known map[string]func(string) string, foreign []string, what
 			return errorf("InvalidConfigurationRequest", "Key %s not valid", key)
 		}
 		if msg := valid(value); msg != "" {
-			return errorf("InvalidConfigurationRequest", "%s attribute '%s' value '%s' is not valid: it %s", what, key, value, msg)
+			return errorf("InvalidConfigurationRequest", "%s attribute '%s' value '%s' is not valid: it must be %s", what, key, value, msg)
 		}
 		return nil
 	}

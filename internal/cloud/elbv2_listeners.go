@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/moatlb/moat/internal/nlbattr"
 	"github.com/moatlb/moat/internal/store"
 )
 
@@ -435,31 +436,28 @@ func (c *Cloud) DeleteListener(arn string) error {
 	})
 }
 
-// Listener attributes of network load balancers, and those of Application Load Balancers only.
-var (
-	listenerAttributes    = map[string]func(string) string{"tcp.idle_timeout.seconds": intValue(60, 6000)}
-	albListenerAttributes = []string{
-		"routing.http.request.x_amzn_mtls_clientcert_serial_number.header_name",
-		"routing.http.request.x_amzn_mtls_clientcert_issuer.header_name",
-		"routing.http.request.x_amzn_mtls_clientcert_subject.header_name",
-		"routing.http.request.x_amzn_mtls_clientcert_validity.header_name",
-		"routing.http.request.x_amzn_mtls_clientcert_leaf.header_name",
-		"routing.http.request.x_amzn_mtls_clientcert.header_name",
-		"routing.http.request.x_amzn_tls_version.header_name",
-		"routing.http.request.x_amzn_tls_cipher_suite.header_name",
-		"routing.http.response.server.enabled",
-		"routing.http.response.strict_transport_security.header_value",
-		"routing.http.response.access_control_allow_origin.header_value",
-		"routing.http.response.access_control_allow_methods.header_value",
-		"routing.http.response.access_control_allow_headers.header_value",
-		"routing.http.response.access_control_allow_credentials.header_value",
-		"routing.http.response.access_control_expose_headers.header_value",
-		"routing.http.response.access_control_max_age.header_value",
-		"routing.http.response.content_security_policy.header_value",
-		"routing.http.response.x_content_type_options.header_value",
-		"routing.http.response.x_frame_options.header_value",
-	}
-)
+// albListenerAttributes are listener attributes of Application Load Balancers only.
+var albListenerAttributes = []string{
+	"routing.http.request.x_amzn_mtls_clientcert_serial_number.header_name",
+	"routing.http.request.x_amzn_mtls_clientcert_issuer.header_name",
+	"routing.http.request.x_amzn_mtls_clientcert_subject.header_name",
+	"routing.http.request.x_amzn_mtls_clientcert_validity.header_name",
+	"routing.http.request.x_amzn_mtls_clientcert_leaf.header_name",
+	"routing.http.request.x_amzn_mtls_clientcert.header_name",
+	"routing.http.request.x_amzn_tls_version.header_name",
+	"routing.http.request.x_amzn_tls_cipher_suite.header_name",
+	"routing.http.response.server.enabled",
+	"routing.http.response.strict_transport_security.header_value",
+	"routing.http.response.access_control_allow_origin.header_value",
+	"routing.http.response.access_control_allow_methods.header_value",
+	"routing.http.response.access_control_allow_headers.header_value",
+	"routing.http.response.access_control_allow_credentials.header_value",
+	"routing.http.response.access_control_expose_headers.header_value",
+	"routing.http.response.access_control_max_age.header_value",
+	"routing.http.response.content_security_policy.header_value",
+	"routing.http.response.x_content_type_options.header_value",
+	"routing.http.response.x_frame_options.header_value",
+}
 
 // ListenerAttributes returns a listener's attributes, sorted by key.
 func (c *Cloud) ListenerAttributes(arn string) ([]Attribute, error) {
@@ -488,7 +486,7 @@ func (c *Cloud) ModifyListenerAttributes(arn string, attrs []Attribute) ([]Attri
 		if l, err = loadListener(tx, arn); err != nil {
 			return err
 		}
-		next, err := modifyAttributes(l.Attributes, attrs, attributeCheck(listenerAttributes, albListenerAttributes, "Listener"))
+		next, err := modifyAttributes(l.Attributes, attrs, attributeCheck(nlbattr.Listener, albListenerAttributes, "Listener"))
 		if err != nil {
 			return err
 		}

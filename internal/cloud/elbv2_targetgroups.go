@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moatlb/moat/internal/nlbattr"
 	"github.com/moatlb/moat/internal/store"
 )
 
@@ -463,40 +464,11 @@ func (c *Cloud) DeleteTargetGroup(arn string) error {
 	})
 }
 
-// Target group attributes of network load balancers, and how their values are checked.
-var tgAttributes = map[string]func(string) string{
-	"deregistration_delay.timeout_seconds":                                           intValue(0, 3600),
-	"deregistration_delay.connection_termination.enabled":                            boolValue,
-	"stickiness.enabled":                                                             boolValue,
-	"stickiness.type":                                                                oneOf("source_ip"),
-	"proxy_protocol_v2.enabled":                                                      boolValue,
-	"preserve_client_ip.enabled":                                                     boolValue,
-	"load_balancing.cross_zone.enabled":                                              oneOf("true", "false", "use_load_balancer_configuration"),
-	"target_health_state.unhealthy.connection_termination.enabled":                   boolValue,
-	"target_health_state.unhealthy.draining_interval_seconds":                        intValue(0, 360000),
-	"target_group_health.dns_failover.minimum_healthy_targets.count":                 offOr(intValue(1, 1<<31-1)),
-	"target_group_health.dns_failover.minimum_healthy_targets.percentage":            offOr(intValue(1, 100)),
-	"target_group_health.unhealthy_state_routing.minimum_healthy_targets.count":      intValue(1, 1<<31-1),
-	"target_group_health.unhealthy_state_routing.minimum_healthy_targets.percentage": offOr(intValue(1, 100)),
-}
-
 // otherTGAttributes are target group attributes of Application and Gateway Load Balancers only.
 var otherTGAttributes = []string{
 	"load_balancing.algorithm.type", "load_balancing.algorithm.anomaly_mitigation", "slow_start.duration_seconds",
 	"stickiness.app_cookie.cookie_name", "stickiness.app_cookie.duration_seconds", "stickiness.lb_cookie.duration_seconds",
 	"lambda.multi_value_headers.enabled", "target_failover.on_deregistration", "target_failover.on_unhealthy",
-}
-
-func offOr(check func(string) string) func(string) string {
-	return func(v string) string {
-		if v == "off" {
-			return ""
-		}
-		if msg := check(v); msg != "" {
-			return msg + ", or off"
-		}
-		return ""
-	}
 }
 
 // udpLike reports whether a target group protocol carries UDP, which changes some defaults.
@@ -547,7 +519,7 @@ func (c *Cloud) ModifyTargetGroupAttributes(arn string, attrs []Attribute) ([]At
 		if tg, err = loadTG(tx, arn); err != nil {
 			return err
 		}
-		next, err := modifyAttributes(tg.Attributes, attrs, attributeCheck(tgAttributes, otherTGAttributes, "Target group"))
+		next, err := modifyAttributes(tg.Attributes, attrs, attributeCheck(nlbattr.TargetGroup, otherTGAttributes, "Target group"))
 		if err != nil {
 			return err
 		}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moatlb/moat/internal/nlbattr"
 	"github.com/moatlb/moat/internal/store"
 )
 
@@ -695,19 +696,6 @@ func (c *Cloud) SetLoadBalancerState(arn, code, reason string) error {
 	})
 }
 
-// Load balancer attributes of network load balancers, and how their values are checked.
-var lbAttributes = map[string]func(string) string{
-	"deletion_protection.enabled":            boolValue,
-	"load_balancing.cross_zone.enabled":      boolValue,
-	"access_logs.s3.enabled":                 boolValue,
-	"access_logs.s3.bucket":                  anyValue,
-	"access_logs.s3.prefix":                  anyValue,
-	"ipv6.deny_all_igw_traffic":              boolValue,
-	"zonal_shift.config.enabled":             boolValue,
-	"dns_record.client_routing_policy":       oneOf("availability_zone_affinity", "partial_availability_zone_affinity", "any_availability_zone"),
-	"secondary_ips.auto_assigned.per_subnet": intValue(0, 7),
-}
-
 // albOnlyAttributes are load balancer attributes of Application Load Balancers only.
 var albOnlyAttributes = []string{
 	"idle_timeout.timeout_seconds", "client_keep_alive.seconds",
@@ -767,7 +755,7 @@ func (c *Cloud) ModifyLoadBalancerAttributes(arn string, attrs []Attribute) ([]A
 		if lb, err = loadLB(tx, arn); err != nil {
 			return err
 		}
-		next, err := modifyAttributes(lb.Attributes, attrs, attributeCheck(lbAttributes, albOnlyAttributes, "Load balancer"))
+		next, err := modifyAttributes(lb.Attributes, attrs, attributeCheck(nlbattr.LoadBalancer, albOnlyAttributes, "Load balancer"))
 		if err != nil {
 			return err
 		}

@@ -8,12 +8,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/moatlb/moat/internal/controller/annotations"
+	"github.com/moatlb/moat/internal/nlbattr"
 )
-
-// listenerAttributeChecks are the network load balancer listener attributes AWS accepts.
-var listenerAttributeChecks = map[string]valueCheck{
-	"tcp.idle_timeout.seconds": intCheck(60, 6000),
-}
 
 // portGroup is the Service ports served by one listener: one port, or a TCP and a UDP port
 // with the same number merged into TCP_UDP.
@@ -137,7 +133,7 @@ func (t *task) buildListenerAttributes(port int32, proto Protocol) ([]Attribute,
 	if err != nil {
 		return nil, fromAnnotation(err)
 	}
-	if err := checkAttributes(t.p, suffix, attrs, listenerAttributeChecks, "network load balancer listener"); err != nil {
+	if err := checkAttributes(t.p, suffix, attrs, nlbattr.Listener, "network load balancer listener"); err != nil {
 		return nil, err
 	}
 	if _, ok := attrs["tcp.idle_timeout.seconds"]; ok && (proto == ProtocolUDP || proto == ProtocolQUIC) {

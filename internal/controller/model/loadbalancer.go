@@ -10,29 +10,16 @@ import (
 	"strings"
 
 	"github.com/moatlb/moat/internal/controller/annotations"
+	"github.com/moatlb/moat/internal/nlbattr"
 )
 
 const (
-	lbAttrDeletionProtection     = "deletion_protection.enabled"
-	lbAttrCrossZone              = "load_balancing.cross_zone.enabled"
-	lbAttrAccessLogsEnabled      = "access_logs.s3.enabled"
-	lbAttrAccessLogsBucket       = "access_logs.s3.bucket"
-	lbAttrAccessLogsPrefix       = "access_logs.s3.prefix"
-	lbAttrDNSClientRoutingPolicy = "dns_record.client_routing_policy"
+	lbAttrDeletionProtection = "deletion_protection.enabled"
+	lbAttrCrossZone          = "load_balancing.cross_zone.enabled"
+	lbAttrAccessLogsEnabled  = "access_logs.s3.enabled"
+	lbAttrAccessLogsBucket   = "access_logs.s3.bucket"
+	lbAttrAccessLogsPrefix   = "access_logs.s3.prefix"
 )
-
-// lbAttributeChecks are the network load balancer attributes AWS accepts, with their values.
-var lbAttributeChecks = map[string]valueCheck{
-	lbAttrDeletionProtection:                 boolCheck,
-	lbAttrCrossZone:                          boolCheck,
-	lbAttrAccessLogsEnabled:                  boolCheck,
-	lbAttrAccessLogsBucket:                   anyCheck,
-	lbAttrAccessLogsPrefix:                   anyCheck,
-	"ipv6.deny_all_igw_traffic":              boolCheck,
-	"zonal_shift.config.enabled":             boolCheck,
-	lbAttrDNSClientRoutingPolicy:             oneOfCheck("availability_zone_affinity", "partial_availability_zone_affinity", "any_availability_zone"),
-	"secondary_ips.auto_assigned.per_subnet": intCheck(0, 7),
-}
 
 func (t *task) buildLoadBalancer() error {
 	if err := t.checkSubnets(); err != nil {
@@ -104,7 +91,7 @@ func (t *task) buildLoadBalancerAttributes() ([]Attribute, error) {
 	if attrs == nil {
 		attrs = map[string]string{}
 	}
-	if err := checkAttributes(t.p, annotations.LoadBalancerAttributes, attrs, lbAttributeChecks, "network load balancer"); err != nil {
+	if err := checkAttributes(t.p, annotations.LoadBalancerAttributes, attrs, nlbattr.LoadBalancer, "network load balancer"); err != nil {
 		return nil, err
 	}
 	specific := map[string]string{}
@@ -338,51 +325,8 @@ func containedIn(a netip.Addr, cidrs []string) bool {
 	return false
 }
 
-// valueCheck returns "" for an acceptable attribute value, else what is expected.
-type valueCheck func(string) string
-
-func boolCheck(v string) string {
-	if v == "true" || v == "false" {
-		return ""
-	}
-	return "true or false"
-}
-
-func anyCheck(string) string { return "" }
-
-func oneOfCheck(allowed ...string) valueCheck {
-	return func(v string) string {
-		if slices.Contains(allowed, v) {
-			return ""
-		}
-		return "one of " + strings.Join(allowed, ", ")
-	}
-}
-
-func intCheck(lo, hi int64) valueCheck {
-	return func(v string) string {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err == nil && n >= lo && n <= hi {
-			return ""
-		}
-		return fmt.Sprintf("an integer from %d to %d", lo, hi)
-	}
-}
-
-func offOr(check valueCheck) valueCheck {
-	return func(v string) string {
-		if v == "off" {
-			return ""
-		}
-		if msg := check(v); msg != "" {
-			return msg + ", or off"
-		}
-		return ""
-	}
-}
-
 // checkAttributes validates attributes against what AWS accepts, naming the annotation.
-func checkAttributes(p annotations.Parser, suffix string, attrs map[string]string, checks map[string]valueCheck, what string) error {
+func checkAttributes(p annotations.Parser, suffix string, attrs map[string]string, checks map[string]nlbattr.Check, what string) error {
 	for _, k := range slices.Sorted(maps.Keys(attrs)) {
 		check, ok := checks[k]
 		if !ok {

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/moatlb/moat/internal/controller/annotations"
+	"github.com/moatlb/moat/internal/nlbattr"
 )
 
 const (
@@ -18,23 +19,6 @@ const (
 	tgAttrPreserveClientIP = "preserve_client_ip.enabled"
 	healthCheckTrafficPort = "traffic-port"
 )
-
-// tgAttributeChecks are the network load balancer target group attributes AWS accepts.
-var tgAttributeChecks = map[string]valueCheck{
-	"deregistration_delay.timeout_seconds":                                           intCheck(0, 3600),
-	"deregistration_delay.connection_termination.enabled":                            boolCheck,
-	"stickiness.enabled":                                                             boolCheck,
-	"stickiness.type":                                                                oneOfCheck("source_ip"),
-	tgAttrProxyProtocolV2:                                                            boolCheck,
-	tgAttrPreserveClientIP:                                                           boolCheck,
-	"load_balancing.cross_zone.enabled":                                              oneOfCheck("true", "false", "use_load_balancer_configuration"),
-	"target_health_state.unhealthy.connection_termination.enabled":                   boolCheck,
-	"target_health_state.unhealthy.draining_interval_seconds":                        intCheck(0, 360000),
-	"target_group_health.dns_failover.minimum_healthy_targets.count":                 offOr(intCheck(1, 1<<31-1)),
-	"target_group_health.dns_failover.minimum_healthy_targets.percentage":            offOr(intCheck(1, 100)),
-	"target_group_health.unhealthy_state_routing.minimum_healthy_targets.count":      intCheck(1, 1<<31-1),
-	"target_group_health.unhealthy_state_routing.minimum_healthy_targets.percentage": offOr(intCheck(1, 100)),
-}
 
 // buildTargetGroup builds the target group of a listener from its (first) Service port, and
 // its TargetGroupBinding.
@@ -351,11 +335,11 @@ func checkTargetGroupAttributes(p annotations.Parser, suffix string, attrs map[s
 	for k, v := range attrs {
 		if v == "" && (allowEmpty || k == tgAttrProxyProtocolV2) {
 			// An empty per-port value keeps the base value; an empty PPv2 value keeps the default.
-			if _, known := tgAttributeChecks[k]; known {
+			if _, known := nlbattr.TargetGroup[k]; known {
 				continue
 			}
 		}
 		checked[k] = v
 	}
-	return checkAttributes(p, suffix, checked, tgAttributeChecks, "network load balancer target group")
+	return checkAttributes(p, suffix, checked, nlbattr.TargetGroup, "network load balancer target group")
 }
