@@ -16,6 +16,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/google/renameio/v2"
 )
 
 // pki is the local API server's key material, kept in <state-dir>/kube/pki so that a second
@@ -147,9 +149,5 @@ func (p pki) loadPair(name string) (*x509.Certificate, crypto.Signer, error) {
 func (p pki) read(name string) ([]byte, error) { return os.ReadFile(p.path(name)) }
 
 func writePEM(path, typ string, der []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return renameio.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
 }
