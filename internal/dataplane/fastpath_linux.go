@@ -52,7 +52,8 @@ const (
 
 // nftMu serialises building nftables messages across engines (tests run
 // several in one process): github.com/google/nftables keeps package state
-// there — set IDs, and the ct timeout defaults its marshalling writes to.
+// there — set IDs, and the ct timeout defaults that encoding and decoding
+// ct timeout objects write to.
 var nftMu sync.Mutex
 
 // kernelPath programs the kernel fast path (see fastpath.go) into one
@@ -70,6 +71,7 @@ type kernelPath struct {
 	snat     *nftables.Chain    // gives targets the load balancer's address when asked
 	acct     *nftables.Chain    // counts bytes each way
 	routes   map[sockKey]*route // every TCP socket's route, as of the last Apply
+	held     bool               // an Apply is under way: its update programs everything
 	socks    map[sockKey]*installed
 	free     []uint32        // free slots
 	timeouts map[uint32]bool // ct timeout objects, by idle timeout in seconds
@@ -133,8 +135,6 @@ func newKernelPath(log *slog.Logger) (*kernelPath, error) {
 		k.nft.CloseLasting()
 		return nil, fmt.Errorf("conntrack: %w", err)
 	}
-	// Flows a dead engine with this ID left behind are not ours.
-	k.ct.FlushFilter(conntrack.NewFilter().Mark(k.id).MarkMask(markEngine))
 	log.Info("kernel fast path on: eligible TCP flows are forwarded by nftables and conntrack",
 		"nftables_table", "ip "+k.table.Name)
 	return k, nil
@@ -170,11 +170,20 @@ func removeOrphanTables(nft *nftables.Conn, log *slog.Logger) {
 	}
 }
 
-// update makes the fast path serve what it can of these sockets (an Apply).
+// hold defers refreshes until the next update: an Apply changes target
+// groups one by one, then hands over all routes at once.
+func (k *kernelPath) hold() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.held = true
+}
+
+// update makes the fast path serve what it can of these sockets (the end of
+// an Apply).
 func (k *kernelPath) update(routes map[sockKey]*route) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.routes = routes
+	k.routes, k.held = routes, false
 	k.programLocked()
 }
 
@@ -183,7 +192,9 @@ func (k *kernelPath) update(routes map[sockKey]*route) {
 func (k *kernelPath) refresh() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.programLocked()
+	if !k.held {
+		k.programLocked()
+	}
 }
 
 func (k *kernelPath) programLocked() {
@@ -207,6 +218,12 @@ func (k *kernelPath) programLocked() {
 // apply makes the fast path serve exactly want, in one nftables transaction:
 // either all of it applies or nothing changes.
 func (k *kernelPath) apply(want []kernelSocket) error {
+	if k.programmed(want) {
+		for _, ks := range want {
+			k.socks[ks.key].ks = ks // the same rules, perhaps for another listener's metrics
+		}
+		return nil
+	}
 	next := make(map[sockKey]*installed, len(want))
 	var added []*installed
 	for _, ks := range want {
@@ -230,7 +247,7 @@ func (k *kernelPath) apply(want []kernelSocket) error {
 	}
 	timeoutsBefore := maps.Clone(k.timeouts)
 	// Counters of removed sockets are read before they go.
-	k.creditLocked(removed)
+	k.creditLocked()
 
 	for _, c := range []*nftables.Chain{k.dnat, k.snat, k.acct} {
 		k.nft.FlushChain(c)
@@ -280,6 +297,20 @@ func (k *kernelPath) apply(want []kernelSocket) error {
 	}
 	k.socks = next
 	return nil
+}
+
+// programmed reports whether the kernel already has exactly the rules want
+// asks for.
+func (k *kernelPath) programmed(want []kernelSocket) bool {
+	if len(want) != len(k.socks) {
+		return false
+	}
+	for _, ks := range want {
+		if in := k.socks[ks.key]; in == nil || !in.ks.equal(ks) {
+			return false
+		}
+	}
+	return true
 }
 
 // disableLocked empties the hooked chains so that no new flow takes the fast
@@ -540,11 +571,9 @@ func (k *kernelPath) poll() {
 	if k.closed || len(k.socks) == 0 {
 		return
 	}
-	ins := make([]*installed, 0, len(k.socks))
-	for _, in := range k.socks {
-		ins = append(ins, in)
-	}
-	k.creditLocked(ins)
+	nftMu.Lock()
+	k.creditLocked()
+	nftMu.Unlock()
 	flows, err := k.ct.DumpFilter(conntrack.NewFilter().Mark(k.id).MarkMask(markEngine), nil)
 	if err != nil {
 		k.log.Debug("dump conntrack", "error", err)
@@ -557,46 +586,49 @@ func (k *kernelPath) poll() {
 		}
 		count[f.Mark&^markEngine]++
 	}
-	for _, in := range ins {
+	for _, in := range k.socks {
 		n := count[in.slot]
 		in.ks.m.active.Add(float64(n - k.active[in.slot]))
 		k.active[in.slot] = n
 	}
 }
 
-// creditLocked reads and resets the counters of the sockets and adds them to
-// their listeners' metrics.
-func (k *kernelPath) creditLocked(ins []*installed) {
-	for _, in := range ins {
-		for _, o := range k.slotCounters(in.slot) {
-			got, err := k.nft.ResetObject(o)
-			if err != nil {
-				k.log.Debug("read kernel counter", "counter", o.Name, "error", err)
-				continue
-			}
-			c := counterOf(got)
-			switch {
-			case strings.HasPrefix(o.Name, counterNew):
-				in.ks.m.newFlows.Add(float64(c.Packets))
-			case strings.HasPrefix(o.Name, counterIn):
-				in.ks.m.bytesIn.Add(float64(c.Bytes))
-			default:
-				in.ks.m.bytesOut.Add(float64(c.Bytes))
-			}
+// creditLocked reads and resets every counter, in one dump, and adds them to
+// their listeners' metrics. The caller holds nftMu too: the dump also decodes
+// the ct timeout objects, which writes to the library's package state.
+func (k *kernelPath) creditLocked() {
+	if len(k.socks) == 0 {
+		return
+	}
+	objs, err := k.nft.ResetNamedObjects(k.table)
+	if err != nil {
+		k.log.Debug("read kernel counters", "error", err)
+		return
+	}
+	bySlot := make(map[string]*installed, len(k.socks))
+	for _, in := range k.socks {
+		bySlot[strconv.Itoa(int(in.slot))] = in
+	}
+	for _, o := range objs {
+		named, ok := o.(*nftables.NamedObj)
+		if !ok || named.Type != nftables.ObjTypeCounter {
+			continue
+		}
+		c, _ := named.Obj.(*expr.Counter)
+		prefix, slot, _ := strings.Cut(named.Name, "_")
+		in := bySlot[slot]
+		if c == nil || in == nil {
+			continue
+		}
+		switch prefix + "_" {
+		case counterNew:
+			in.ks.m.newFlows.Add(float64(c.Packets))
+		case counterIn:
+			in.ks.m.bytesIn.Add(float64(c.Bytes))
+		case counterOut:
+			in.ks.m.bytesOut.Add(float64(c.Bytes))
 		}
 	}
-}
-
-func counterOf(o nftables.Obj) expr.Counter {
-	switch c := o.(type) {
-	case *nftables.NamedObj:
-		if e, ok := c.Obj.(*expr.Counter); ok {
-			return *e
-		}
-	case *nftables.CounterObj:
-		return expr.Counter{Bytes: c.Bytes, Packets: c.Packets}
-	}
-	return expr.Counter{}
 }
 
 // forgetFlows ends the fast-path flows of a socket that is gone, as closing
@@ -613,25 +645,25 @@ func (k *kernelPath) forgetFlows(in *installed) {
 func (k *kernelPath) terminate(keys []sockKey, target netip.AddrPort) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.closed {
+	marks := map[uint32]bool{}
+	for _, key := range keys {
+		if in := k.socks[key]; in != nil {
+			marks[k.id|in.slot] = true
+		}
+	}
+	if k.closed || len(marks) == 0 {
 		return
 	}
-	for _, key := range keys {
-		in := k.socks[key]
-		if in == nil {
-			continue
-		}
-		flows, err := k.ct.DumpFilter(conntrack.NewFilter().Mark(k.id|in.slot), nil)
-		if err != nil {
-			k.log.Debug("dump conntrack", "error", err)
-			continue
-		}
-		for _, f := range flows {
-			r := f.TupleReply
-			if r.IP.SourceAddress == target.Addr().Unmap() && r.Proto.SourcePort == target.Port() {
-				if err := k.ct.Delete(f); err != nil {
-					k.log.Debug("delete conntrack entry", "error", err)
-				}
+	flows, err := k.ct.DumpFilter(conntrack.NewFilter().Mark(k.id).MarkMask(markEngine), nil)
+	if err != nil {
+		k.log.Debug("dump conntrack", "error", err)
+		return
+	}
+	for _, f := range flows {
+		r := f.TupleReply
+		if marks[f.Mark] && r.IP.SourceAddress == target.Addr().Unmap() && r.Proto.SourcePort == target.Port() {
+			if err := k.ct.Delete(f); err != nil {
+				k.log.Debug("delete conntrack entry", "error", err)
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"sync"
+	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -155,6 +156,8 @@ type dropCollector struct {
 
 type dropKey struct{ lb, listener, proto string }
 
+func dropKeyOf(r *route) dropKey { return dropKey{r.lbID, r.listenerID, r.proto} }
+
 // dropSource is one listening socket: read returns its current counter.
 type dropSource struct {
 	read func() (uint32, bool)
@@ -193,20 +196,28 @@ func (c *dropCollector) updateLocked(s *dropSource) {
 	}
 }
 
-func (c *dropCollector) add(s *dropSource) {
+// track starts counting the drops of a listening socket for its route's
+// listener.
+func (c *dropCollector) track(rc syscall.RawConn, r *route) *dropSource {
+	s := &dropSource{read: func() (uint32, bool) { return socketDrops(rc) }, key: dropKeyOf(r)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.sources[s] = struct{}{}
 	if _, ok := c.totals[s.key]; !ok {
 		c.totals[s.key] = 0
 	}
+	return s
 }
 
-// relabel moves a socket to another listener's series (its route changed),
-// crediting what it dropped so far to the old one.
-func (c *dropCollector) relabel(s *dropSource, key dropKey) {
+// relabel follows a socket's route: when it now serves another listener, what
+// it dropped so far stays with the old one.
+func (c *dropCollector) relabel(s *dropSource, r *route) {
+	key := dropKeyOf(r)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if s.key == key {
+		return
+	}
 	c.updateLocked(s)
 	s.key = key
 	if _, ok := c.totals[key]; !ok {

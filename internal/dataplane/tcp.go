@@ -46,11 +46,7 @@ func (u *Userspace) listenTCP(key sockKey, r *route) (*tcpSocket, error) {
 		return u.applyFilter(c, r.policy, key)
 	}}
 	lc.SetMultipathTCP(false)
-	network := "tcp4"
-	if key.addr.Is6() {
-		network = "tcp6"
-	}
-	ln, err := lc.Listen(u.ctx, network, key.addrPort().String())
+	ln, err := lc.Listen(u.ctx, key.listenNetwork(), key.addrPort().String())
 	if err != nil {
 		return nil, unwrapListenError(err)
 	}
@@ -59,8 +55,7 @@ func (u *Userspace) listenTCP(key sockKey, r *route) (*tcpSocket, error) {
 		ln.Close()
 		return nil, err
 	}
-	s.drops = &dropSource{read: func() (uint32, bool) { return socketDrops(s.rc) }, key: dropKey{r.lbID, r.listenerID, "tcp"}}
-	u.metrics.drops.add(s.drops)
+	s.drops = u.metrics.drops.track(s.rc, r)
 	u.wg.Go(s.acceptLoop)
 	return s, nil
 }
@@ -84,9 +79,7 @@ func (s *tcpSocket) setRoute(r *route) {
 	// new policy. The filter follows; until it does, clients it still drops
 	// retransmit their SYN, and clients it still passes are reset.
 	old := s.r.Swap(r)
-	if old.lbID != r.lbID || old.listenerID != r.listenerID {
-		s.u.metrics.drops.relabel(s.drops, dropKey{r.lbID, r.listenerID, "tcp"})
-	}
+	s.u.metrics.drops.relabel(s.drops, r)
 	if !r.policy.Equal(old.policy) {
 		if err := s.u.applyFilter(s.rc, r.policy, s.key); err != nil {
 			s.u.log.Error("attach socket filter failed: denied clients are reset instead of dropped",

@@ -40,11 +40,7 @@ func (u *Userspace) listenUDP(key sockKey, r *route) (*udpSocket, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		return u.applyFilter(c, r.policy, key)
 	}}
-	network := "udp4"
-	if key.addr.Is6() {
-		network = "udp6"
-	}
-	pc, err := lc.ListenPacket(u.ctx, network, key.addrPort().String())
+	pc, err := lc.ListenPacket(u.ctx, key.listenNetwork(), key.addrPort().String())
 	if err != nil {
 		return nil, unwrapListenError(err)
 	}
@@ -53,8 +49,7 @@ func (u *Userspace) listenUDP(key sockKey, r *route) (*udpSocket, error) {
 		pc.Close()
 		return nil, err
 	}
-	s.drops = &dropSource{read: func() (uint32, bool) { return socketDrops(s.rc) }, key: dropKey{r.lbID, r.listenerID, "udp"}}
-	u.metrics.drops.add(s.drops)
+	s.drops = u.metrics.drops.track(s.rc, r)
 	u.wg.Go(s.readLoop)
 	return s, nil
 }
@@ -63,9 +58,7 @@ func (s *udpSocket) setRoute(r *route) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := s.r.Swap(r)
-	if old.lbID != r.lbID || old.listenerID != r.listenerID {
-		s.u.metrics.drops.relabel(s.drops, dropKey{r.lbID, r.listenerID, "udp"})
-	}
+	s.u.metrics.drops.relabel(s.drops, r)
 	if !r.policy.Equal(old.policy) {
 		s.refilterLocked()
 	}

@@ -75,6 +75,14 @@ type sockKey struct {
 
 func (k sockKey) addrPort() netip.AddrPort { return netip.AddrPortFrom(k.addr, k.port) }
 
+// listenNetwork is the key's network for net.Listen: tcp4, tcp6, udp4 or udp6.
+func (k sockKey) listenNetwork() string {
+	if k.addr.Is6() {
+		return k.network + "6"
+	}
+	return k.network + "4"
+}
+
 // socket is a listening socket of either protocol.
 type socket interface {
 	// setRoute swaps the socket's route (policy, target group, listener)
@@ -204,6 +212,9 @@ func (u *Userspace) Apply(cfg Config) error {
 	defer u.mu.Unlock()
 	if u.closed {
 		return ErrClosed
+	}
+	if u.kernel != nil {
+		u.kernel.hold() // until programKernelLocked below
 	}
 	p := planConfig(cfg)
 	failed := p.failed
