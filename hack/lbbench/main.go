@@ -141,21 +141,29 @@ func report(ts []*target) {
 // The backends: a sink that discards, and an echo server for latency and connection tests.
 
 func serveSink() string {
-	ln, err := net.Listen("tcp", backendIP+":0")
-	check(err)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { _, _ = io.Copy(io.Discard, c); c.Close() }()
-		}
-	}()
-	return ln.Addr().String()
+	return serve(func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 }
 
 func serveEcho() string {
+	return serve(func(c net.Conn) {
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				if _, err := c.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+}
+
+// serve runs handle on every connection to a new backend listener, closing the connection
+// after, and returns the listener's address.
+func serve(handle func(net.Conn)) string {
 	ln, err := net.Listen("tcp", backendIP+":0")
 	check(err)
 	go func() {
@@ -164,21 +172,7 @@ func serveEcho() string {
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 4096)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						if _, err := c.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
+			go func() { defer c.Close(); handle(c) }()
 		}
 	}()
 	return ln.Addr().String()

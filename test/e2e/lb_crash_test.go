@@ -29,15 +29,7 @@ func TestLBSurvivesKill9(t *testing.T) {
 	for round := range rounds {
 		p := startLB(t, dataDir, "--quota-load-balancers", "1000")
 		ec2c, elbc := p.clients(t)
-		subnets, err := ec2c.DescribeSubnets(context.Background(), &ec2.DescribeSubnetsInput{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var subnetIDs []string
-		for _, sn := range subnets.Subnets {
-			subnetIDs = append(subnetIDs, *sn.SubnetId)
-		}
-		vpc := subnets.Subnets[0].VpcId
+		vpc, subnetIDs := vpcSubnets(t, ec2c)
 		var mu sync.Mutex
 		acks := make(chan struct{}, 1024)
 		ctx, cancel := context.WithCancel(context.Background())

@@ -98,15 +98,7 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 	ec2c, elbc := p.clients(t)
 	ctx := context.Background()
 
-	subnets, err := ec2c.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var subnetIDs []string
-	for _, s := range subnets.Subnets {
-		subnetIDs = append(subnetIDs, *s.SubnetId)
-	}
-	vpc := subnets.Subnets[0].VpcId
+	vpc, subnetIDs := vpcSubnets(t, ec2c)
 	insts, err := ec2c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{})
 	if err != nil {
 		t.Fatal(err)

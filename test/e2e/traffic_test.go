@@ -261,19 +261,24 @@ type stack struct {
 	front string
 }
 
+// vpcSubnets returns the VPC of moat lb's inventory and its subnets.
+func vpcSubnets(t *testing.T, ec2c *ec2.Client) (vpc *string, subnetIDs []string) {
+	t.Helper()
+	out, err := ec2c.DescribeSubnets(context.Background(), &ec2.DescribeSubnetsInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range out.Subnets {
+		subnetIDs = append(subnetIDs, *s.SubnetId)
+	}
+	return out.Subnets[0].VpcId, subnetIDs
+}
+
 func createStack(t *testing.T, p *lbProcess, name string, backendPort, listenPort int, clients string, preserveClientIP bool) stack {
 	t.Helper()
 	ec2c, elbc := p.clients(t)
 	ctx := context.Background()
-	subnets, err := ec2c.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var subnetIDs []string
-	for _, s := range subnets.Subnets {
-		subnetIDs = append(subnetIDs, *s.SubnetId)
-	}
-	vpc := subnets.Subnets[0].VpcId
+	vpc, subnetIDs := vpcSubnets(t, ec2c)
 
 	sg, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String(name + "-clients"), Description: aws.String("who may reach " + name), VpcId: vpc})
 	if err != nil {

@@ -41,15 +41,7 @@ func TestUDPThroughSecurityGroups(t *testing.T) {
 	hc := startBackend(t, "127.1.0.50:0")
 	listenPort := freePort(t)
 
-	subnets, err := ec2c.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var subnetIDs []string
-	for _, s := range subnets.Subnets {
-		subnetIDs = append(subnetIDs, *s.SubnetId)
-	}
-	vpc := subnets.Subnets[0].VpcId
+	vpc, subnetIDs := vpcSubnets(t, ec2c)
 	sg, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String("dns-clients"), Description: aws.String("udp clients"), VpcId: vpc})
 	if err != nil {
 		t.Fatal(err)
