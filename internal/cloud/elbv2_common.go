@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -202,16 +203,21 @@ func validateELBTags(tags []Tag) error {
 	return nil
 }
 
-// addELBTags returns existing with tags upserted, or TooManyTags past the quota.
-func (c *Cloud) addELBTags(existing Tags, tags []Tag) (Tags, error) {
-	out := Tags{}
-	for k, v := range existing {
-		out[k] = v
-	}
+// upsertTags returns a copy of existing with tags upserted, and whether it stays
+// within the tags-per-resource quota.
+func (c *Cloud) upsertTags(existing Tags, tags []Tag) (Tags, bool) {
+	out := make(Tags, len(existing)+len(tags))
+	maps.Copy(out, existing)
 	for _, t := range tags {
 		out[t.Key] = t.Value
 	}
-	if len(out) > c.cfg.Quotas.TagsPerResource {
+	return out, len(out) <= c.cfg.Quotas.TagsPerResource
+}
+
+// addELBTags returns existing with tags upserted, or TooManyTags past the quota.
+func (c *Cloud) addELBTags(existing Tags, tags []Tag) (Tags, error) {
+	out, ok := c.upsertTags(existing, tags)
+	if !ok {
 		return nil, errorf("TooManyTags", "The quota for the number of tags that can be assigned to a resource has been reached (%d)", c.cfg.Quotas.TagsPerResource)
 	}
 	return out, nil

@@ -43,14 +43,8 @@ func (c *Cloud) mergeTags(existing Tags, add []Tag) (Tags, error) {
 	if err := validateEC2Tags(add); err != nil {
 		return nil, err
 	}
-	out := Tags{}
-	for k, v := range existing {
-		out[k] = v
-	}
-	for _, t := range add {
-		out[t.Key] = t.Value
-	}
-	if len(out) > c.cfg.Quotas.TagsPerResource {
+	out, ok := c.upsertTags(existing, add)
+	if !ok {
 		return nil, errorf("TagLimitExceeded", "The maximum number of tags (%d) for a resource has been reached.", c.cfg.Quotas.TagsPerResource)
 	}
 	return out, nil
