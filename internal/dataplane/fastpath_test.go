@@ -26,7 +26,7 @@ func TestKernelFastPath(t *testing.T) {
 			e.Close()
 		}
 	})
-	table := e.kernel.table.Name
+	table := e.kernel.Table()
 	hcPort := freePort(t, n.inA(0))
 	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
 	port := freePort(t, n.lbA())

@@ -71,6 +71,10 @@ type target struct {
 	checkCtx     context.Context
 	drainTimer   *time.Timer
 	drainPending time.Time // DrainingUntil the timer was set for
+	// shownBefore is reported until the kernel fast path has taken the
+	// change of generation kernelGen (see health).
+	shownBefore Health
+	kernelGen   uint64
 
 	fmu   sync.Mutex
 	flows map[flow]struct{}
@@ -337,8 +341,9 @@ func (g *targetGroup) drainEnded(t *target, until time.Time) {
 	}
 }
 
-// rebuildLocked recomputes the candidate lists and the health gauges.
-func (g *targetGroup) rebuildLocked() {
+// rebuildLocked recomputes the candidate lists and the health gauges, and
+// returns the generation of the kernel fast path's change (0 without it).
+func (g *targetGroup) rebuildLocked() uint64 {
 	set := g.set
 	ts := make([]*target, 0, len(g.targets))
 	for _, t := range g.targets {
@@ -384,15 +389,15 @@ func (g *targetGroup) rebuildLocked() {
 		}
 	}
 	g.sel.Store(sel)
+	var gen uint64
 	if g.u.kernel != nil {
-		// Before anyone can see the new health: the kernel's choice of
-		// targets changes with it.
-		g.u.kernel.refresh()
+		gen = g.u.kernel.Kick() // the kernel's choice of targets changes with it
 	}
 	if !g.closed {
 		g.u.metrics.healthyTargets.WithLabelValues(g.id).Set(float64(healthy))
 		g.u.metrics.unhealthyTargets.WithLabelValues(g.id).Set(float64(unhealthy))
 	}
+	return gen
 }
 
 // health is the target's health as of now.
@@ -416,6 +421,9 @@ func healthOf(state, reason, desc string) Health {
 	return Health{State: state, Reason: reason, Description: desc}
 }
 
+// health is the target's health as reported: a change of state shows only
+// once the kernel fast path forwards accordingly, so that a client who sees
+// a target unhealthy also sees no new flow go to it.
 func (g *targetGroup) health(id string, port uint16) (Health, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -423,7 +431,14 @@ func (g *targetGroup) health(id string, port uint16) (Health, bool) {
 	if t == nil {
 		return Health{}, false
 	}
-	return t.healthLocked(time.Now()), true
+	return t.reportedLocked(), true
+}
+
+func (t *target) reportedLocked() Health {
+	if t.kernelGen != 0 && !t.tg.u.kernel.Applied(t.kernelGen) {
+		return t.shownBefore
+	}
+	return t.healthLocked(time.Now())
 }
 
 // checkResult is the outcome of one health check.
@@ -443,7 +458,7 @@ func (g *targetGroup) record(t *target, ctx context.Context, r checkResult) {
 		return
 	}
 	set := g.set
-	before := t.state
+	before, shown := t.state, t.reportedLocked()
 	if !t.checked {
 		t.checked = true
 		if t.state == StateInitial {
@@ -465,7 +480,9 @@ func (g *targetGroup) record(t *target, ctx context.Context, r checkResult) {
 	if t.state != before {
 		g.u.log.Info("target health changed", "target_group", g.id, "target", t.key.id, "port", t.key.port,
 			"from", before, "to", t.state, "reason", t.reason)
-		g.rebuildLocked()
+		if gen := g.rebuildLocked(); gen != 0 {
+			t.shownBefore, t.kernelGen = shown, gen
+		}
 		if t.state == StateUnhealthy && set.TerminateOnUnhealthy {
 			sel := g.sel.Load()
 			for _, f := range t.flowList() {

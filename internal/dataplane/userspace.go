@@ -7,13 +7,17 @@ import (
 	"hash/maphash"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/mdlayher/netlink"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/moatlb/moat/internal/dataplane/kernel"
 	"github.com/moatlb/moat/internal/secgroup"
 )
 
@@ -37,6 +41,10 @@ type Options struct {
 	// forwards the TCP flows it can, through nftables and conntrack. It needs
 	// CAP_NET_ADMIN; NewUserspace fails when the kernel refuses.
 	Kernel bool
+	// KernelCallTimeout bounds every call into the kernel; 0 = 5 s.
+	KernelCallTimeout time.Duration
+	// KernelNetlink, for tests, stands in for the kernel's nftables side (see package kernel/kerneltest).
+	KernelNetlink func([]netlink.Message) ([]netlink.Message, error)
 }
 
 // Userspace is the portable data plane: a userspace L4 proxy that needs no
@@ -50,7 +58,14 @@ type Userspace struct {
 	seed            maphash.Seed
 	connectTimeout  time.Duration
 	onListenerError func(*ListenerError)
-	kernel          *kernelPath // nil without the fast path
+	kernel          *kernel.Path // nil without the fast path
+	// tcpRoutes are the TCP sockets' routes as of the last Apply, read by
+	// the fast path's worker; kernelReported is that worker's own.
+	tcpRoutes atomic.Pointer[map[sockKey]*route]
+	// groupsView is groups as of the last Apply, so that health reports
+	// never wait for an Apply under way.
+	groupsView     atomic.Pointer[map[string]*targetGroup]
+	kernelReported map[netip.AddrPort]kernelReported
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -136,85 +151,32 @@ func NewUserspace(opts Options) (*Userspace, error) {
 	}
 	u.ctx, u.cancel = context.WithCancel(context.Background())
 	if opts.Kernel {
-		if u.kernel, err = newKernelPath(log); err != nil {
+		u.kernelReported = map[netip.AddrPort]kernelReported{}
+		u.kernel, err = kernel.New(kernel.Options{Log: log, Registerer: reg,
+			Desired: u.kernelSockets, Report: u.reportKernel, CallTimeout: opts.KernelCallTimeout,
+			NetlinkDial: opts.KernelNetlink})
+		if err != nil {
 			u.metrics.unregister(reg)
 			return nil, fmt.Errorf("kernel fast path: %w", err)
 		}
-		u.wg.Go(u.pollKernel)
 	}
 	return u, nil
 }
 
-// kernelPollInterval is how often the fast path's counters reach the
-// metrics.
-const kernelPollInterval = time.Second
-
-// pollKernel brings the fast path's metrics up to date until Close.
-func (u *Userspace) pollKernel() {
-	poll := time.NewTicker(kernelPollInterval)
-	defer poll.Stop()
-	for {
-		select {
-		case <-u.ctx.Done():
-			return
-		case <-poll.C:
-			u.kernel.poll()
-		}
-	}
-}
-
-// programKernelLocked hands the fast path the routes of every TCP socket.
-func (u *Userspace) programKernelLocked() {
-	if u.kernel == nil {
-		return
-	}
-	routes := map[sockKey]*route{}
-	for key, s := range u.sockets {
-		if ts, ok := s.(*tcpSocket); ok {
-			routes[key] = ts.r.Load()
-		}
-	}
-	u.kernel.update(routes)
-}
-
-// terminateKernelFlows ends the fast-path flows to t; with unlessFailingOpen,
-// only those balanced in a scope that is not failing open.
-func (u *Userspace) terminateKernelFlows(t *target, unlessFailingOpen bool) {
-	if u.kernel == nil {
-		return
-	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.terminateKernelFlowsLocked(t, unlessFailingOpen)
-}
-
-func (u *Userspace) terminateKernelFlowsLocked(t *target, unlessFailingOpen bool) {
-	if u.kernel == nil {
-		return
-	}
-	sel := t.tg.sel.Load()
-	var keys []sockKey
-	for key, s := range u.sockets {
-		ts, ok := s.(*tcpSocket)
-		if !ok {
-			continue
-		}
-		if r := ts.r.Load(); r.tg == t.tg && (!unlessFailingOpen || !sel.scope(r.zone, r.crossZone).failingOpen()) {
-			keys = append(keys, key)
-		}
-	}
-	u.kernel.terminate(keys, t.addr)
-}
-
-// Apply implements Engine.
+// Apply implements Engine. It returns once the kernel fast path, if any,
+// has taken the change too (or given up on it, so that it forwards nothing
+// stale), without holding the engine's lock while it waits.
 func (u *Userspace) Apply(cfg Config) error {
+	gen, err := u.apply(cfg)
+	u.waitKernel(gen)
+	return err
+}
+
+func (u *Userspace) apply(cfg Config) (kernelGen uint64, _ error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {
-		return ErrClosed
-	}
-	if u.kernel != nil {
-		u.kernel.hold() // until programKernelLocked below
+		return 0, ErrClosed
 	}
 	p := planConfig(cfg)
 	failed := p.failed
@@ -285,19 +247,21 @@ func (u *Userspace) Apply(cfg Config) error {
 		}
 	}
 	u.listeners = p.listeners
+	groups := maps.Clone(u.groups)
+	u.groupsView.Store(&groups)
+	gen := u.kickKernelLocked()
 	for _, t := range terminate {
 		t.terminateFlows()
-		u.terminateKernelFlowsLocked(t, false)
+		u.terminateKernelFlows(t, false)
 	}
-	u.programKernelLocked()
 	if len(failed) > 0 {
 		for _, e := range failed {
 			u.log.Warn("listener not serving", "load_balancer", e.LoadBalancerID, "listener", e.ListenerID,
 				"network", e.Network, "address", e.Addr, "error", e.Err)
 		}
-		return &ApplyError{Listeners: failed}
+		return gen, &ApplyError{Listeners: failed}
 	}
-	return nil
+	return gen, nil
 }
 
 // socketFailed records that a serving socket died (not closed by Apply or
@@ -325,9 +289,11 @@ func (u *Userspace) socketFailed(key sockKey, s socket, r *route, err error) {
 
 // TargetHealth implements Engine.
 func (u *Userspace) TargetHealth(targetGroupID, targetID string, port uint16) (Health, bool) {
-	u.mu.Lock()
-	g := u.groups[targetGroupID]
-	u.mu.Unlock()
+	groups := u.groupsView.Load()
+	if groups == nil {
+		return Health{}, false
+	}
+	g := (*groups)[targetGroupID]
 	if g == nil {
 		return Health{}, false
 	}
@@ -364,11 +330,12 @@ func (u *Userspace) Close() error {
 		g.close()
 		delete(u.groups, id)
 	}
-	if u.kernel != nil {
-		u.kernel.close()
-	}
+	u.groupsView.Store(nil)
 	u.cancel()
 	u.mu.Unlock()
+	if u.kernel != nil {
+		u.kernel.Close()
+	}
 	u.wg.Wait()
 	return nil
 }

@@ -1,0 +1,598 @@
+package kernel
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+	"go4.org/netipx"
+	"golang.org/x/sys/unix"
+)
+
+// The table is created with NFT_TABLE_F_OWNER: the kernel ties it to the
+// netlink socket that created it, lets no other socket change it, and deletes
+// it when that socket closes — when the path disconnects, and when the process
+// dies, however it dies. No other moat process judges whether a table is
+// orphaned. github.com/google/nftables always sends table flags 0, so the
+// table is created with a message of our own on the library's socket.
+const tableFlagOwner = 0x2
+
+// TCP header flags.
+const (
+	tcpSYN = 0x02
+	tcpACK = 0x10
+)
+
+// TCP conntrack states (enum tcp_conntrack) that no longer carry a flow.
+const (
+	ctTCPTimeWait = 7
+	ctTCPClose    = 8
+)
+
+// nftMu serialises building nftables messages across paths (tests run
+// several in one process): github.com/google/nftables keeps package state
+// there — set IDs, and the ct timeout defaults that encoding writes to. It
+// is never held across kernel I/O.
+var nftMu sync.Mutex
+
+// Base objects of the table. Every socket's slot adds its own chains
+// (admit_N, count_N) and counters (new_N, in_N, out_N) and elements in the
+// maps, so a change touches only its own slot.
+const (
+	mapSockets  = "sockets"  // ip daddr . tcp dport → jump admit_N, for sockets taking new flows
+	mapCounting = "counting" // ct mark → jump count_N, for every slot
+	mapSNAT     = "snat_to"  // ct mark → address, for sockets that hide the client
+)
+
+// Counter objects of a slot: new flows, bytes in (client to target), bytes out.
+const (
+	counterNew = "new_"
+	counterIn  = "in_"
+	counterOut = "out_"
+)
+
+// socketBuffer is the netlink socket's send and receive buffer
+// (SO_SNDBUFFORCE, SO_RCVBUFFORCE: they need the same privilege as nftables).
+const socketBuffer = 16 << 20
+
+type nftConn struct {
+	id    uint32
+	nft   *nftables.Conn
+	nl    *netlink.Conn // the library's socket, which owns the table
+	ct    *conntrack.Conn
+	table *nftables.Table
+	maps  struct{ sockets, counting, snat *nftables.Set }
+
+	timeouts map[uint32]bool // ct timeout objects, by idle seconds
+}
+
+// randomID draws a path ID: 20 random bits above the slot bits.
+func randomID() uint32 {
+	for {
+		var b [4]byte
+		rand.Read(b[:])
+		if id := binary.BigEndian.Uint32(b[:]) & idMask; id != 0 {
+			return id
+		}
+	}
+}
+
+var errTableExists = errors.New("nftables table exists")
+
+// dialNFT opens the netlink sockets (nftables through testDial when given),
+// creates the path's table with its base chains and maps, and returns the
+// connection.
+func dialNFT(id uint32, testDial func([]netlink.Message) ([]netlink.Message, error)) (conn, error) {
+	c := &nftConn{id: id, timeouts: map[uint32]bool{},
+		table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName(id)}}
+	capture := func(nl *netlink.Conn) error {
+		c.nl = nl
+		if testDial != nil {
+			return nil
+		}
+		rc, err := nl.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer))
+		}); err != nil {
+			return err
+		}
+		return serr
+	}
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(capture)}
+	if testDial != nil {
+		opts = append(opts, nftables.WithTestDial(testDial))
+	}
+	var err error
+	if c.nft, err = nftables.New(opts...); err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	if err := c.createTable(); err != nil {
+		c.nft.CloseLasting()
+		return nil, err
+	}
+	if err := c.addBase(); err != nil {
+		c.nft.CloseLasting()
+		return nil, fmt.Errorf("create nftables chains: %w", err)
+	}
+	if c.ct, err = conntrack.Dial(nil); err != nil {
+		c.nft.CloseLasting()
+		return nil, fmt.Errorf("conntrack: %w", err)
+	}
+	return c, nil
+}
+
+// createTable creates the table, owned by this socket, in a transaction of
+// its own.
+func (c *nftConn) createTable() error {
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_TABLE_NAME, Data: []byte(c.table.Name + "\x00")},
+		{Type: unix.NFTA_TABLE_FLAGS, Data: binaryutil.BigEndian.PutUint32(tableFlagOwner)},
+	})
+	if err != nil {
+		return err
+	}
+	nfgen := func(family uint8, resID uint16) []byte {
+		return []byte{family, unix.NFNETLINK_V0, byte(resID >> 8), byte(resID)}
+	}
+	msgs := []netlink.Message{
+		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_BEGIN), Flags: netlink.Request},
+			Data: nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)},
+		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWTABLE),
+			Flags: netlink.Request | netlink.Acknowledge | netlink.Create | netlink.Excl},
+			Data: append(nfgen(uint8(c.table.Family), 0), attrs...)},
+		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_END), Flags: netlink.Request},
+			Data: nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)},
+	}
+	sent, err := c.nl.SendMessages(msgs)
+	if err != nil {
+		return fmt.Errorf("create nftables table: %w", err)
+	}
+	for {
+		replies, err := c.nl.Receive()
+		if err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return errTableExists
+			}
+			return fmt.Errorf("create nftables table: %w", err)
+		}
+		for _, r := range replies {
+			if r.Header.Sequence == sent[1].Header.Sequence && r.Header.Type == netlink.Error {
+				return nil // an ack: errors come back from Receive
+			}
+		}
+	}
+}
+
+// addBase adds the hooked chains, the maps they dispatch through and their
+// one rule each.
+func (c *nftConn) addBase() error {
+	nftMu.Lock()
+	t := c.table
+	chain := func(name string, ty nftables.ChainType, h *nftables.ChainHook, p *nftables.ChainPriority) *nftables.Chain {
+		return c.nft.AddChain(&nftables.Chain{Name: name, Table: t, Type: ty, Hooknum: h, Priority: p})
+	}
+	dnat := chain("dnat", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest)
+	snat := chain("snat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
+	acct := chain("acct", nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityFilter)
+	c.maps.sockets = &nftables.Set{Table: t, Name: mapSockets, IsMap: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService), DataType: nftables.TypeVerdict}
+	c.maps.counting = &nftables.Set{Table: t, Name: mapCounting, IsMap: true,
+		KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
+	c.maps.snat = &nftables.Set{Table: t, Name: mapSNAT, IsMap: true,
+		KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeIPAddr}
+	var err error
+	for _, s := range []*nftables.Set{c.maps.sockets, c.maps.counting, c.maps.snat} {
+		if err = c.nft.AddSet(s, nil); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		// meta l4proto tcp ip daddr . tcp dport vmap @sockets
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: dnat, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: c.maps.sockets.Name, SetID: c.maps.sockets.ID},
+		}})
+		// ct mark vmap @counting
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: acct, Exprs: []expr.Any{
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: c.maps.counting.Name, SetID: c.maps.counting.ID},
+		}})
+		// snat ip to ct mark map @snat_to
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: snat, Exprs: []expr.Any{
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: c.maps.snat.Name, SetID: c.maps.snat.ID},
+			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
+		}})
+	}
+	nftMu.Unlock()
+	if err != nil {
+		return err
+	}
+	return c.nft.Flush()
+}
+
+func (c *nftConn) program(changes []change) error {
+	nftMu.Lock()
+	var err error
+	for _, ch := range changes {
+		if err = c.queue(ch); err != nil {
+			break
+		}
+	}
+	nftMu.Unlock()
+	if err != nil {
+		c.nft.Flush() // drop what was queued; the connection is abandoned anyway
+		return err
+	}
+	return c.nft.Flush()
+}
+
+// queue adds one slot's change to the transaction being built.
+func (c *nftConn) queue(ch change) error {
+	mark := binaryutil.NativeEndian.PutUint32(c.id | ch.slot)
+	name := strconv.Itoa(int(ch.slot))
+	admit := &nftables.Chain{Name: "admit_" + name, Table: c.table}
+	count := &nftables.Chain{Name: "count_" + name, Table: c.table}
+	sockElem := []nftables.SetElement{{Key: addrPortKey(ch.addr),
+		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: admit.Name}}}
+	snatElem := func(a netip.Addr) []nftables.SetElement {
+		b := a.As4()
+		return []nftables.SetElement{{Key: mark, Val: b[:]}}
+	}
+	snatOf := func(f *Forward) netip.Addr {
+		if f == nil {
+			return netip.Addr{}
+		}
+		return f.SNAT
+	}
+	// Elements referring to chains go before the chains.
+	if ch.existed {
+		if ch.from != nil && (ch.remove || ch.to == nil) {
+			if err := c.nft.SetDeleteElements(c.maps.sockets, sockElem); err != nil {
+				return err
+			}
+		}
+		if from := snatOf(ch.from); from.IsValid() && (ch.remove || snatOf(ch.to) != from) {
+			if err := c.nft.SetDeleteElements(c.maps.snat, snatElem(from)); err != nil {
+				return err
+			}
+		}
+		c.nft.FlushChain(admit)
+		if ch.remove {
+			if err := c.nft.SetDeleteElements(c.maps.counting, []nftables.SetElement{{Key: mark}}); err != nil {
+				return err
+			}
+			c.nft.FlushChain(count)
+			c.nft.DelChain(admit)
+			c.nft.DelChain(count)
+			for _, o := range c.counters(ch.slot) {
+				c.nft.DeleteObject(o)
+			}
+			return nil
+		}
+	} else {
+		c.nft.AddChain(admit)
+		c.nft.AddChain(count)
+		for _, o := range c.counters(ch.slot) {
+			c.nft.AddObj(o)
+		}
+		c.countRules(count, name)
+		if err := c.nft.SetAddElements(c.maps.counting, []nftables.SetElement{{Key: mark,
+			VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: count.Name}}}); err != nil {
+			return err
+		}
+	}
+	if ch.to == nil {
+		return nil
+	}
+	if err := c.admitRules(admit, ch.to, mark, name); err != nil {
+		return err
+	}
+	if ch.from == nil || !ch.existed {
+		if err := c.nft.SetAddElements(c.maps.sockets, sockElem); err != nil {
+			return err
+		}
+	}
+	if to := snatOf(ch.to); to.IsValid() && (!ch.existed || snatOf(ch.from) != to) {
+		return c.nft.SetAddElements(c.maps.snat, snatElem(to))
+	}
+	return nil
+}
+
+func (c *nftConn) counters(slot uint32) []*nftables.NamedObj {
+	var objs []*nftables.NamedObj
+	for _, prefix := range []string{counterNew, counterIn, counterOut} {
+		objs = append(objs, &nftables.NamedObj{Table: c.table, Name: prefix + strconv.Itoa(int(slot)),
+			Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
+	}
+	return objs
+}
+
+// countRules fill a slot's count chain: each packet of its flows counts
+// toward bytes in (original direction) or out (reply).
+func (c *nftConn) countRules(chain *nftables.Chain, slot string) {
+	c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{
+		&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}}, // IP_CT_DIR_ORIGINAL
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counterIn + slot},
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	}})
+	c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counterOut + slot},
+	}})
+}
+
+// admitRules fill a slot's admit chain: return unless the client is admitted,
+// mark the flow, count it, set its idle timeout, DNAT it to a target.
+func (c *nftConn) admitRules(chain *nftables.Chain, f *Forward, mark []byte, slot string) error {
+	// Only a SYN opens a flow. A segment of a flow conntrack no longer knows
+	// (idle timeout, termination) is left to the listening socket, which
+	// answers it with a reset, as AWS does after an idle timeout.
+	c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpSYN | tcpACK}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{tcpSYN}},
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	}})
+	if !f.AdmitAll {
+		if len(f.Admit) == 0 {
+			c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}})
+			return nil
+		}
+		admit := &nftables.Set{Table: c.table, Anonymous: true, Constant: true, Interval: true, KeyType: nftables.TypeIPAddr}
+		if err := c.addSet(admit, intervalElements(f.Admit)); err != nil {
+			return err
+		}
+		// ip saddr != @admit return
+		c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Lookup{SourceRegister: 1, SetName: admit.Name, SetID: admit.ID, Invert: true},
+			&expr.Verdict{Kind: expr.VerdictReturn},
+		}})
+	}
+	targets := &nftables.Set{Table: c.table, Anonymous: true, Constant: true, IsMap: true,
+		KeyType: nftables.TypeInteger, KeyByteOrder: binaryutil.NativeEndian,
+		DataType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)}
+	elems := make([]nftables.SetElement, len(f.Targets))
+	for i, t := range f.Targets {
+		elems[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)), Val: addrPortKey(t)}
+	}
+	if err := c.addSet(targets, elems); err != nil {
+		return err
+	}
+	n := uint32(len(f.Targets))
+	pick := []expr.Any{&expr.Numgen{Register: 1, Modulus: n, Type: unix.NFT_NG_RANDOM}}
+	if f.Sticky {
+		pick = []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Hash{SourceRegister: 1, DestRegister: 1, Length: 4, Modulus: n, Seed: c.id, Type: expr.HashTypeJenkins},
+		}
+	}
+	exprs := []expr.Any{
+		&expr.Immediate{Register: 1, Data: mark},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counterNew + slot},
+		// The flow is not confirmed yet: its idle timeout can still be set.
+		&expr.Objref{Type: int(nftables.ObjTypeCtTimeout), Name: c.timeout(f.Idle)},
+	}
+	exprs = append(exprs, pick...)
+	exprs = append(exprs,
+		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: targets.Name, SetID: targets.ID},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 9, Specified: true},
+	)
+	c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: exprs})
+	return nil
+}
+
+// timeout returns the name of the ct timeout object for an idle timeout,
+// creating it on first use. Objects stay for the table's life: conntrack
+// entries hold references to them.
+func (c *nftConn) timeout(idle time.Duration) string {
+	secs := max(uint32(idle/time.Second), 1)
+	name := "idle_" + strconv.Itoa(int(secs))
+	if c.timeouts[secs] {
+		return name
+	}
+	policy := expr.CtStatePolicyTimeout{}
+	for state, v := range expr.CtStateTCPTimeoutDefaults {
+		policy[state] = v
+	}
+	policy[expr.CtStateTCPESTABLISHED] = secs
+	c.nft.AddObj(&nftables.NamedObj{Table: c.table, Name: name, Type: nftables.ObjTypeCtTimeout,
+		Obj: &expr.CtTimeout{L3Proto: unix.NFPROTO_IPV4, L4Proto: unix.IPPROTO_TCP, Policy: policy}})
+	c.timeouts[secs] = true
+	return name
+}
+
+// setElementsPerMessage keeps a message's element list under netlink's
+// 64 KiB attribute limit, past which the kernel would see a truncated set.
+const setElementsPerMessage = 1024
+
+// addSet adds a set with its elements, spread over as many messages of the
+// same transaction as they need.
+func (c *nftConn) addSet(s *nftables.Set, elems []nftables.SetElement) error {
+	first := elems[:min(len(elems), setElementsPerMessage)]
+	if err := c.nft.AddSet(s, first); err != nil {
+		return err
+	}
+	for rest := elems[len(first):]; len(rest) > 0; {
+		n := min(len(rest), setElementsPerMessage)
+		if err := c.nft.SetAddElements(s, rest[:n]); err != nil {
+			return err
+		}
+		rest = rest[n:]
+	}
+	return nil
+}
+
+// counts reads and resets the table's counters in one dump of counter
+// objects (built by hand: the library's dump would also decode the ct
+// timeout objects, which writes to its package state), and counts the
+// path's live flows in conntrack.
+func (c *nftConn) counts() (map[uint32]Counts, error) {
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_OBJ_TABLE, Data: []byte(c.table.Name + "\x00")},
+		{Type: unix.NFTA_OBJ_TYPE, Data: binaryutil.BigEndian.PutUint32(unix.NFT_OBJECT_COUNTER)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	replies, err := c.nl.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETOBJ_RESET),
+			Flags: netlink.Request | netlink.Dump},
+		Data: append([]byte{uint8(c.table.Family), unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read counters: %w", err)
+	}
+	out := map[uint32]Counts{}
+	for _, m := range replies {
+		if len(m.Data) < 4 {
+			continue
+		}
+		name, packets, bytes, err := decodeCounter(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		prefix, num, _ := strings.Cut(name, "_")
+		slot, err := strconv.ParseUint(num, 10, 32)
+		if err != nil {
+			continue
+		}
+		got := out[uint32(slot)]
+		switch prefix + "_" {
+		case counterNew:
+			got.NewFlows += packets
+		case counterIn:
+			got.BytesIn += bytes
+		case counterOut:
+			got.BytesOut += bytes
+		}
+		out[uint32(slot)] = got
+	}
+	flows, err := c.ct.DumpFilter(conntrack.NewFilter().Mark(c.id).MarkMask(idMask), nil)
+	if err != nil {
+		return nil, fmt.Errorf("dump conntrack: %w", err)
+	}
+	for _, f := range flows {
+		if f.ProtoInfo.TCP != nil && (f.ProtoInfo.TCP.State == ctTCPTimeWait || f.ProtoInfo.TCP.State == ctTCPClose) {
+			continue
+		}
+		got := out[f.Mark&^idMask]
+		got.Active++
+		out[f.Mark&^idMask] = got
+	}
+	return out, nil
+}
+
+// decodeCounter reads a counter object's name and values from a
+// NFT_MSG_NEWOBJ message's attributes.
+func decodeCounter(data []byte) (name string, packets, bytes uint64, err error) {
+	ad, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return "", 0, 0, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_OBJ_NAME:
+			name = ad.String()
+		case unix.NFTA_OBJ_DATA:
+			ad.Nested(func(nd *netlink.AttributeDecoder) error {
+				for nd.Next() {
+					switch nd.Type() {
+					case unix.NFTA_COUNTER_BYTES:
+						bytes = nd.Uint64()
+					case unix.NFTA_COUNTER_PACKETS:
+						packets = nd.Uint64()
+					}
+				}
+				return nil
+			})
+		}
+	}
+	return name, packets, bytes, ad.Err()
+}
+
+// endFlows deletes the conntrack entries of a slot's flows (to target, when
+// valid); slot 0 means every flow of the path. The next segment of either
+// side is then answered with a reset.
+func (c *nftConn) endFlows(slot uint32, target netip.AddrPort) error {
+	if slot == 0 {
+		return c.ct.FlushFilter(conntrack.NewFilter().Mark(c.id).MarkMask(idMask))
+	}
+	mark := c.id | slot
+	if !target.IsValid() {
+		return c.ct.FlushFilter(conntrack.NewFilter().Mark(mark).MarkMask(^uint32(0)))
+	}
+	flows, err := c.ct.DumpFilter(conntrack.NewFilter().Mark(mark).MarkMask(^uint32(0)), nil)
+	if err != nil {
+		return fmt.Errorf("dump conntrack: %w", err)
+	}
+	for _, f := range flows {
+		r := f.TupleReply
+		if r.IP.SourceAddress == target.Addr().Unmap() && r.Proto.SourcePort == target.Port() {
+			if err := c.ct.Delete(f); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("delete conntrack entry: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// close closes the sockets without taking the library's lock, which a
+// stuck call holds; the kernel drops the table with its owner.
+func (c *nftConn) close() {
+	c.nl.Close()
+	if c.ct != nil {
+		c.ct.Close()
+	}
+}
+
+// addrPortKey encodes an IPv4 address and port as nftables concatenates
+// them: each field padded to 4 bytes, the port in network order.
+func addrPortKey(ap netip.AddrPort) []byte {
+	a := ap.Addr().Unmap().As4()
+	b := make([]byte, 8)
+	copy(b, a[:])
+	binary.BigEndian.PutUint16(b[4:], ap.Port())
+	return b
+}
+
+// intervalElements encodes IPv4 ranges as an interval set: a start element
+// per range and an end element just past it (none after 255.255.255.255),
+// after the leading end element at 0.0.0.0 that nft itself adds.
+func intervalElements(rs []netipx.IPRange) []nftables.SetElement {
+	var elems []nftables.SetElement
+	if len(rs) > 0 && rs[0].From() != netip.IPv4Unspecified() {
+		elems = append(elems, nftables.SetElement{Key: make([]byte, 4), IntervalEnd: true})
+	}
+	for _, r := range rs {
+		from := r.From().As4()
+		elems = append(elems, nftables.SetElement{Key: from[:]})
+		if next := r.To().Next(); next.IsValid() && next.Is4() {
+			end := next.As4()
+			elems = append(elems, nftables.SetElement{Key: end[:], IntervalEnd: true})
+		}
+	}
+	return elems
+}
