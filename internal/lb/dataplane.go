@@ -55,7 +55,8 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, log *slog.Logger) (time.T
 	if err != nil {
 		return time.Time{}, err
 	}
-	if err := engine.Apply(desiredConfig(st)); err != nil {
+	now := time.Now()
+	if err := engine.Apply(desiredConfig(st, now)); err != nil {
 		var aerr *dataplane.ApplyError
 		if !errors.As(err, &aerr) {
 			return time.Time{}, err
@@ -80,7 +81,6 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, log *slog.Logger) (time.T
 		}
 	}
 	var next time.Time
-	now := time.Now()
 	for _, tg := range st.TargetGroups {
 		for _, t := range tg.Targets {
 			if t.DrainingUntil.After(now) && (next.IsZero() || t.DrainingUntil.Before(next)) {

@@ -3,6 +3,7 @@ package lb
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/dataplane"
@@ -52,7 +53,7 @@ func state() cloud.State {
 }
 
 func TestDesiredConfig(t *testing.T) {
-	cfg := desiredConfig(state())
+	cfg := desiredConfig(state(), time.Now())
 	if len(cfg.LoadBalancers) != 1 || len(cfg.LoadBalancers[0].Zones) != 2 || cfg.LoadBalancers[0].CrossZone {
 		t.Fatalf("load balancers %+v", cfg.LoadBalancers)
 	}
@@ -91,14 +92,14 @@ func TestDesiredConfigEgressAndGrouplessLoadBalancers(t *testing.T) {
 	// Outbound rules of the load balancer's groups govern its traffic to targets.
 	st.SecurityGroups[0].Egress = nil
 	st.SecurityGroups[1].Egress = []cloud.Rule{{Protocol: "tcp", FromPort: 443, ToPort: 443, CIDRv4: "0.0.0.0/0"}}
-	if a := desiredConfig(st).LoadBalancers[0].Listeners[0].TargetGroup.Targets[0]; a.TrafficAllowed {
+	if a := desiredConfig(st, time.Now()).LoadBalancers[0].Listeners[0].TargetGroup.Targets[0]; a.TrafficAllowed {
 		t.Error("an outbound rule set without port 30080 let traffic reach the target")
 	}
 
 	st = state()
 	st.LoadBalancers[0].SecurityGroups = nil
 	st.SecurityGroups[2].Ingress = []cloud.Rule{{Protocol: "tcp", FromPort: 30080, ToPort: 30080, CIDRv4: "127.0.0.0/8"}}
-	l := desiredConfig(st).LoadBalancers[0].Listeners[0]
+	l := desiredConfig(st, time.Now()).LoadBalancers[0].Listeners[0]
 	if l.AdmitTCP != nil || l.AdmitUDP != nil {
 		t.Error("a load balancer without groups must admit everyone (nil policies)")
 	}
@@ -114,7 +115,7 @@ func TestDesiredConfigUDPAndIPTargets(t *testing.T) {
 	st.TargetGroups[0].TargetType = "ip"
 	st.TargetGroups[0].Targets = []cloud.Target{{ID: "127.1.0.10", Port: 30080, AvailabilityZone: "us-east-1a"}, {ID: "127.1.0.50", Port: 8080, AvailabilityZone: "us-east-1a"}}
 	st.SecurityGroups[0].Ingress = append(st.SecurityGroups[0].Ingress, cloud.Rule{Protocol: "udp", FromPort: 80, ToPort: 80, CIDRv4: "127.0.0.3/32"})
-	l := desiredConfig(st).LoadBalancers[0].Listeners[0]
+	l := desiredConfig(st, time.Now()).LoadBalancers[0].Listeners[0]
 	if !l.AdmitUDP.Allows(netip.MustParseAddr("127.0.0.3")) || l.AdmitUDP.Allows(netip.MustParseAddr("127.0.0.2")) || l.AdmitTCP.Allows(netip.MustParseAddr("127.0.0.3")) {
 		t.Error("TCP_UDP listener policies are not per protocol")
 	}
@@ -125,5 +126,25 @@ func TestDesiredConfigUDPAndIPTargets(t *testing.T) {
 	}
 	if !free.TrafficAllowed || free.Addr != netip.MustParseAddr("127.1.0.50") {
 		t.Errorf("an ip target no interface carries has no groups to enforce: %+v", free)
+	}
+}
+
+// TestDrainedTargetsLeave: a deregistered target is in the data plane while it drains, with its
+// deadline, and leaves it (no flows, no health checks) once its delay is over.
+func TestDrainedTargetsLeave(t *testing.T) {
+	now := time.Now()
+	st := state()
+	st.TargetGroups[0].Targets[0].DrainingUntil = now.Add(time.Minute)
+	st.TargetGroups[0].Targets[1].DrainingUntil = now.Add(-time.Second)
+	targets := desiredConfig(st, now).LoadBalancers[0].Listeners[0].TargetGroup.Targets
+	var ids []string
+	for _, tg := range targets {
+		ids = append(ids, tg.ID)
+		if tg.ID == "i-a" && !tg.DrainingUntil.Equal(now.Add(time.Minute)) {
+			t.Errorf("draining target's deadline %v, want %v", tg.DrainingUntil, now.Add(time.Minute))
+		}
+	}
+	if len(ids) != 1 || ids[0] != "i-a" {
+		t.Fatalf("targets in the data plane %v, want only the draining i-a (i-b's delay is over, i-stopped is stopped)", ids)
 	}
 }
