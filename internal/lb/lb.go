@@ -158,13 +158,8 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := st.View(func(store.Tx) error { return nil }); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
+	readyz := &readiness{store: st}
+	mux.Handle("/readyz", readyz)
 	metricsURL, err := serveHTTP(ctx, cfg.MetricsAddr, mux, "", "", errs)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
@@ -186,6 +181,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if err != nil {
 		return fmt.Errorf("data plane: %w", err)
 	}
+	readyz.engine.Store(engine)
 	c.SetHealthReporter(healthReporter{engine})
 	c.SetPortChecker(canListen)
 	synced := make(chan struct{})
