@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/ti-mo/conntrack"
 
 	"github.com/moatlb/moat/internal/dataplane/kernel/kerneltest"
 )
@@ -187,3 +188,29 @@ func TestKernelLargeConfig(t *testing.T) {
 		c.c.Close()
 	}
 }
+
+// kernelCarries reports whether the kernel fast path carries the client's
+// flow: conntrack has it with a mark of the engine's path.
+func kernelCarries(t testing.TB, e *Userspace, c *client) bool {
+	t.Helper()
+	ct, err := conntrack.Dial(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ct.Close()
+	flows, err := ct.DumpFilter(conntrack.NewFilter().Mark(e.kernel.ID()).MarkMask(kernelIDMask), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := addrPortOf(c.c.LocalAddr())
+	for _, f := range flows {
+		o := f.TupleOrig
+		if o.IP.SourceAddress == local.Addr() && o.Proto.SourcePort == local.Port() && e.kernel.IsOwnMark(f.Mark) {
+			return true
+		}
+	}
+	return false
+}
+
+// kernelIDMask selects a fast-path mark's path ID.
+const kernelIDMask = 0xfffff000

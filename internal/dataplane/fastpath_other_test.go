@@ -1,0 +1,8 @@
+//go:build !linux
+
+package dataplane
+
+import "testing"
+
+// kernelCarries: there is no kernel fast path off Linux.
+func kernelCarries(testing.TB, *Userspace, *client) bool { return false }
