@@ -2,11 +2,13 @@ package lbtest_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	"github.com/aws/smithy-go"
 
 	"github.com/moatlb/moat/internal/lbtest"
 )
@@ -24,10 +26,15 @@ func TestStartCountsCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A refused request counts under its error code.
-	if _, err := env.ELB.DeleteTargetGroup(ctx, &elbv2.DeleteTargetGroupInput{TargetGroupArn: aws.String("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/x/0123456789abcdef")}); err == nil {
-		t.Log("deleting a missing target group succeeded")
+	_, err := env.ELB.DeleteTargetGroup(ctx, &elbv2.DeleteTargetGroupInput{TargetGroupArn: aws.String("not-an-arn")})
+	var apiErr smithy.APIError
+	if !errors.As(err, &apiErr) {
+		t.Fatalf("deleting a target group by a malformed ARN: %v, want an API error", err)
 	}
 	calls := env.Calls(t).Since(before)
+	if got := calls[lbtest.Call{Service: "elasticloadbalancing", Action: "DeleteTargetGroup", Code: apiErr.ErrorCode()}]; got != 1 {
+		t.Errorf("the refused DeleteTargetGroup counted %d times under %s: %s", got, apiErr.ErrorCode(), calls)
+	}
 	if got := calls.Count("CreateSecurityGroup"); got != 1 {
 		t.Errorf("CreateSecurityGroup counted %d times: %s", got, calls)
 	}
