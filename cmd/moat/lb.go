@@ -15,7 +15,7 @@ import (
 )
 
 func newLBCommand(logger func() (*slog.Logger, error)) *cobra.Command {
-	cfg := lb.Config{Quotas: cloud.DefaultQuotas()}
+	cfg := lb.Config{Quotas: cloud.DefaultQuotas(), API: lb.DefaultAPILimits()}
 	var flowLog string
 	cmd := &cobra.Command{
 		Use:   "lb",
@@ -37,6 +37,9 @@ Any valid key may do anything: moat lb authenticates requests but does not autho
 			cfg.Log = log
 			if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
 				return fmt.Errorf("--tls-cert-file and --tls-key-file go together")
+			}
+			if err := cfg.Validate(); err != nil {
+				return err
 			}
 			if flowLog != "" {
 				w, closeLog, err := openFlowLog(flowLog)
@@ -67,17 +70,8 @@ Any valid key may do anything: moat lb authenticates requests but does not autho
 	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the certificate's private key (PEM)")
 	f.StringVar(&cfg.FastPath, "fast-path", lb.FastPathAuto, "kernel fast path for TCP flows on loopback (nftables DNAT + conntrack, needs CAP_NET_ADMIN): auto, kernel or off")
 	f.StringVar(&flowLog, "flow-log", "", "write every flow denied by security groups as a JSON line (time, load balancer, listener, client, reason) to this file; - for stderr")
-	q := &cfg.Quotas
-	f.IntVar(&q.SecurityGroupsPerLoadBalancer, "quota-security-groups-per-load-balancer", q.SecurityGroupsPerLoadBalancer, "security groups per load balancer")
-	f.IntVar(&q.SecurityGroupsPerInterface, "quota-security-groups-per-interface", q.SecurityGroupsPerInterface, "security groups per network interface")
-	f.IntVar(&q.InboundRulesPerGroup, "quota-inbound-rules-per-group", q.InboundRulesPerGroup, "inbound rules per security group (IPv4 and IPv6 counted apart)")
-	f.IntVar(&q.OutboundRulesPerGroup, "quota-outbound-rules-per-group", q.OutboundRulesPerGroup, "outbound rules per security group (IPv4 and IPv6 counted apart)")
-	f.IntVar(&q.SecurityGroupsPerVPC, "quota-security-groups-per-vpc", q.SecurityGroupsPerVPC, "security groups per VPC")
-	f.IntVar(&q.LoadBalancers, "quota-load-balancers", q.LoadBalancers, "network load balancers per region")
-	f.IntVar(&q.ListenersPerLoadBalancer, "quota-listeners-per-load-balancer", q.ListenersPerLoadBalancer, "listeners per load balancer")
-	f.IntVar(&q.TargetGroups, "quota-target-groups", q.TargetGroups, "target groups per region")
-	f.IntVar(&q.TargetsPerTargetGroup, "quota-targets-per-target-group", q.TargetsPerTargetGroup, "targets per target group")
-	f.IntVar(&q.TagsPerResource, "quota-tags-per-resource", q.TagsPerResource, "tags per resource")
+	addAPILimitFlags(f, &cfg.API)
+	addQuotaFlags(f, &cfg.Quotas)
 	return cmd
 }
 

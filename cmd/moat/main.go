@@ -9,6 +9,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/moatlb/moat/internal/up"
 )
 
 func main() {
@@ -42,6 +44,6 @@ func newRootCommand() *cobra.Command {
 		}
 		return nil, fmt.Errorf("--log-format must be text or json, not %q", logFormat)
 	}
-	root.AddCommand(newLBCommand(logger), newUpCommand(logger), newControllerCommand(logger))
+	root.AddCommand(newLBCommand(logger), newUpCommand(logger, up.Run), newControllerCommand(logger))
 	return root
 }

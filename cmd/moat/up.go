@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -8,11 +9,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/up"
 )
 
-func newUpCommand(logger func() (*slog.Logger, error)) *cobra.Command {
-	o := up.Options{Out: os.Stdout}
+// newUpCommand is `moat up`; run is up.Run, or a stand-in in tests.
+func newUpCommand(logger func() (*slog.Logger, error), run func(context.Context, up.Options) error) *cobra.Command {
+	o := up.Options{Out: os.Stdout, Quotas: cloud.DefaultQuotas()}
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run all of moat on this machine: moat lb, a local Kubernetes API server and moat controller",
@@ -42,7 +45,7 @@ Ctrl-C stops everything moat up started, in order; the next moat up reuses the s
 			o.Verbose, _ = cmd.Root().PersistentFlags().GetBool("verbose")
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return up.Run(ctx, o)
+			return run(ctx, o)
 		},
 	}
 	f := cmd.Flags()
@@ -61,5 +64,6 @@ Ctrl-C stops everything moat up started, in order; the next moat up reuses the s
 	f.StringVar(&o.ControllerProbeAddr, "controller-probe-addr", "127.0.0.1:7092", "address of the controller's /healthz and /readyz")
 	f.BoolVar(&o.Demo, "demo", false, "reproduce the walkthrough of the AWS blog post on NLB security groups once everything is up")
 	f.IntVar(&o.DemoPort, "demo-port", 8080, "port of the demo Service (the load balancer's listener)")
+	addQuotaFlags(f, &o.Quotas)
 	return cmd
 }

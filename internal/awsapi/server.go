@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -83,7 +84,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	requestID := uuid.NewString()
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes+1))
 	if err != nil {
-		writeELBv2Error(w, requestID, &apiError{400, "MalformedQueryString", "The request body could not be read."})
+		svc := s.route(r, r.URL.Query())
+		aerr := &apiError{400, "MalformedQueryString", "The request body could not be read."}
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+			aerr = &apiError{400, "RequestTimeout", "Your socket connection to the server was not read from within the timeout period."}
+		}
+		s.count(svc, "", aerr.code)
+		svc.fail(w, requestID, aerr)
 		return
 	}
 	params, perr := requestParams(r, body)
@@ -153,6 +160,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.count(svc, action, "OK")
 	wire.Write(w, http.StatusOK, requestID, out)
+}
+
+// Busy answers a request the endpoint has no room for (its connections are all busy): 503 with
+// the service's throttling code, which SDKs retry after backing off. It reads no body.
+func (s *Server) Busy(w http.ResponseWriter, r *http.Request) {
+	svc := s.route(r, r.URL.Query())
+	aerr := &apiError{503, "Throttling", "Rate exceeded"}
+	if svc == s.ec2 {
+		aerr = &apiError{503, "RequestLimitExceeded", "Request limit exceeded."}
+	}
+	s.count(svc, "", aerr.code)
+	svc.fail(w, uuid.NewString(), aerr)
 }
 
 func (s *Server) count(svc *service, action, code string) {

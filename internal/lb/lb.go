@@ -4,19 +4,16 @@ package lb
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/google/renameio/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,6 +42,7 @@ type Config struct {
 	FlowLog       io.Writer // denied flows as JSON lines; nil: not logged
 	FastPath      string    // FastPathAuto (""), FastPathKernel or FastPathOff
 	Quotas        cloud.Quotas
+	API           APILimits // zero: DefaultAPILimits
 	Log           *slog.Logger
 }
 
@@ -110,6 +108,9 @@ func DefaultDataDir() string {
 
 // Run serves until ctx ends. ready, if not nil, is called once every endpoint is bound.
 func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
 	log := cfg.Log
 	if n, err := raiseFileLimit(); err != nil {
 		log.Warn("could not raise the open-file limit", "err", err)
@@ -151,7 +152,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	defer cancel()
 	errs := make(chan error, 4)
 
-	apiURL, err := serveHTTP(ctx, cfg.APIAddr, api, cfg.TLSCertFile, cfg.TLSKeyFile, errs)
+	apiURL, err := serveAPI(ctx, cfg.APIAddr, api, cfg.API, cfg.TLSCertFile, cfg.TLSKeyFile, reg, log, errs)
 	if err != nil {
 		return fmt.Errorf("api: %w", err)
 	}
@@ -240,35 +241,4 @@ func reloadOnHangup(ctx context.Context, c *cloud.Cloud, path string, log *slog.
 			log.Info("inventory reloaded", "file", path)
 		}
 	}
-}
-
-// serveHTTP binds addr and serves h until ctx ends; it returns the URL it serves on.
-func serveHTTP(ctx context.Context, addr string, h http.Handler, certFile, keyFile string, errs chan<- error) (string, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return "", err
-	}
-	scheme := "http"
-	if certFile != "" {
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			ln.Close()
-			return "", fmt.Errorf("tls: %w", err)
-		}
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
-		scheme = "https"
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errs <- err
-		}
-	}()
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdown)
-	}()
-	return scheme + "://" + ln.Addr().String(), nil
 }

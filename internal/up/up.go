@@ -43,6 +43,7 @@ type Options struct {
 	APIAddr string
 	DNSAddr string
 	Metrics string
+	Quotas  cloud.Quotas // the --quota-… flags; zero: AWS's defaults
 
 	// The local cluster (not used with Kubeconfig/Context).
 	KubeAPIAddr  string
@@ -65,6 +66,20 @@ type Options struct {
 	LogFormat string // text or json, for the logs under <state-dir>/logs
 	Verbose   bool
 	Out       io.Writer // progress and instructions
+}
+
+// lbConfig is how moat up runs moat lb: in the state dir, with the default inventory, AWS's
+// defaults and the quotas of the flags.
+func (o Options) lbConfig(log *slog.Logger) lb.Config {
+	quotas := o.Quotas
+	if quotas == (cloud.Quotas{}) {
+		quotas = cloud.DefaultQuotas()
+	}
+	return lb.Config{
+		APIAddr: o.APIAddr, DataDir: filepath.Join(o.StateDir, "lb"), Region: region, AccountID: "000000000000",
+		DNSAddr: o.DNSAddr, DNSSuffix: "moat.internal", MetricsAddr: o.Metrics, Quotas: quotas,
+		API: lb.DefaultAPILimits(), Log: log,
+	}
 }
 
 // DefaultStateDir is moat up's state directory, reused by the next run.
@@ -99,6 +114,9 @@ func Run(ctx context.Context, o Options) (err error) {
 			err = nil
 		}
 	}()
+	if err := o.lbConfig(nil).Validate(); err != nil {
+		return err
+	}
 	p := &progress{out: o.Out, start: time.Now()}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return err
@@ -152,10 +170,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	lbReady := make(chan lb.Endpoints, 1)
 	lbDone := make(chan error, 1)
 	go func() {
-		lbDone <- lb.Run(lbCtx, lb.Config{
-			APIAddr: o.APIAddr, DataDir: filepath.Join(o.StateDir, "lb"), Region: region, AccountID: "000000000000",
-			DNSAddr: o.DNSAddr, DNSSuffix: "moat.internal", MetricsAddr: o.Metrics, Quotas: cloud.DefaultQuotas(), Log: lbLog,
-		}, func(eps lb.Endpoints) { lbReady <- eps })
+		lbDone <- lb.Run(lbCtx, o.lbConfig(lbLog), func(eps lb.Endpoints) { lbReady <- eps })
 	}()
 	defer func() {
 		stopLB()

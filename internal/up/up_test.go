@@ -2,10 +2,13 @@ package up
 
 import (
 	"crypto/x509"
+	"io"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/moatlb/moat/internal/cloud"
 )
 
 func TestPKIReusedAndValid(t *testing.T) {
@@ -89,5 +92,36 @@ func TestControllerEnvDropsUserAWSSettings(t *testing.T) {
 	}
 	if !slices.Contains(env, "AWS_SHARED_CREDENTIALS_FILE=/s/lb/credentials") {
 		t.Errorf("controller environment lacks the credentials file: %v", env)
+	}
+}
+
+// The --quota-… flags of moat up reach moat lb; without them, moat lb gets AWS's defaults.
+func TestLBConfigQuotas(t *testing.T) {
+	quotas := cloud.DefaultQuotas()
+	quotas.LoadBalancers = 2000
+	quotas.TargetGroups = 5000
+	cfg := Options{StateDir: "/s", Quotas: quotas}.lbConfig(nil)
+	if cfg.Quotas != quotas {
+		t.Errorf("moat lb quotas %+v, want %+v", cfg.Quotas, quotas)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("moat up's moat lb configuration: %v", err)
+	}
+	if got := (Options{StateDir: "/s"}).lbConfig(nil).Quotas; got != cloud.DefaultQuotas() {
+		t.Errorf("moat lb quotas without flags %+v, want the defaults", got)
+	}
+}
+
+// A bad quota is refused before moat up starts anything.
+func TestRunRefusesBadQuota(t *testing.T) {
+	quotas := cloud.DefaultQuotas()
+	quotas.LoadBalancers = -5
+	dir := t.TempDir()
+	err := Run(t.Context(), Options{StateDir: dir, Quotas: quotas, Out: io.Discard})
+	if err == nil || !strings.Contains(err.Error(), "--quota-load-balancers -5") {
+		t.Fatalf("moat up with --quota-load-balancers -5: %v", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("moat up left %d files in its state dir before refusing", len(entries))
 	}
 }
