@@ -132,7 +132,9 @@ func TestDraining(t *testing.T) {
 	if time.Now().Before(until) {
 		t.Errorf("flow closed %v before draining ended", time.Until(until))
 	}
-	t.Logf("terminated flow ended with %v", err)
+	if !isReset(err) {
+		t.Errorf("terminated flow ended with %v, want a reset", err)
+	}
 	hl := h.health("term", "a", a.echo.addr.Port())
 	if hl.State != StateUnused || hl.Reason != ReasonNotRegistered {
 		t.Errorf("after draining: %+v, want unused/%s", hl, ReasonNotRegistered)
