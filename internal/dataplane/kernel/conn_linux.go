@@ -16,17 +16,16 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
-	"go4.org/netipx"
 	"golang.org/x/sys/unix"
+
+	"github.com/moatlb/moat/internal/nftutil"
 )
 
-// The table is created with NFT_TABLE_F_OWNER: the kernel ties it to the
-// netlink socket that created it, lets no other socket change it, and deletes
-// it when that socket closes — when the path disconnects, and when the process
-// dies, however it dies. No other moat process judges whether a table is
-// orphaned. github.com/google/nftables always sends table flags 0, so the
-// table is created with a message of our own on the library's socket.
-const tableFlagOwner = 0x2
+// The table is created with the owner flag (nftutil.TableFlagOwner): the
+// kernel ties it to the netlink socket that created it, lets no other socket
+// change it, and deletes it when that socket closes — when the path
+// disconnects, and when the process dies, however it dies. No other moat
+// process judges whether a table is orphaned.
 
 // TCP header flags.
 const (
@@ -88,7 +87,7 @@ func randomID() uint32 {
 	}
 }
 
-var errTableExists = errors.New("nftables table exists")
+var errTableExists = nftutil.ErrTableExists
 
 // dialNFT opens the netlink sockets (nftables through testDial when given),
 // creates the path's table with its base chains and maps, and returns the
@@ -140,43 +139,11 @@ func dialNFT(id uint32, testDial func([]netlink.Message) ([]netlink.Message, err
 // createTable creates the table, owned by this socket, in a transaction of
 // its own.
 func (c *nftConn) createTable() error {
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NFTA_TABLE_NAME, Data: []byte(c.table.Name + "\x00")},
-		{Type: unix.NFTA_TABLE_FLAGS, Data: binaryutil.BigEndian.PutUint32(tableFlagOwner)},
-	})
-	if err != nil {
-		return err
+	err := nftutil.CreateTable(c.nl, c.table, nftutil.TableFlagOwner)
+	if errors.Is(err, nftutil.ErrTableExists) {
+		return errTableExists
 	}
-	nfgen := func(family uint8, resID uint16) []byte {
-		return []byte{family, unix.NFNETLINK_V0, byte(resID >> 8), byte(resID)}
-	}
-	msgs := []netlink.Message{
-		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_BEGIN), Flags: netlink.Request},
-			Data: nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)},
-		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWTABLE),
-			Flags: netlink.Request | netlink.Acknowledge | netlink.Create | netlink.Excl},
-			Data: append(nfgen(uint8(c.table.Family), 0), attrs...)},
-		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_END), Flags: netlink.Request},
-			Data: nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)},
-	}
-	sent, err := c.nl.SendMessages(msgs)
-	if err != nil {
-		return fmt.Errorf("create nftables table: %w", err)
-	}
-	for {
-		replies, err := c.nl.Receive()
-		if err != nil {
-			if errors.Is(err, unix.EEXIST) {
-				return errTableExists
-			}
-			return fmt.Errorf("create nftables table: %w", err)
-		}
-		for _, r := range replies {
-			if r.Header.Sequence == sent[1].Header.Sequence && r.Header.Type == netlink.Error {
-				return nil // an ack: errors come back from Receive
-			}
-		}
-	}
+	return err
 }
 
 // addBase adds the hooked chains, the maps they dispatch through and their
@@ -359,7 +326,7 @@ func (c *nftConn) admitRules(chain *nftables.Chain, f *Forward, mark []byte, slo
 			return nil
 		}
 		admit := &nftables.Set{Table: c.table, Anonymous: true, Constant: true, Interval: true, KeyType: nftables.TypeIPAddr}
-		if err := c.addSet(admit, intervalElements(f.Admit)); err != nil {
+		if err := c.addSet(admit, nftutil.IntervalElements(f.Admit)); err != nil {
 			return err
 		}
 		// ip saddr != @admit return
@@ -445,34 +412,14 @@ func (c *nftConn) addSet(s *nftables.Set, elems []nftables.SetElement) error {
 }
 
 // counts reads and resets the table's counters in one dump of counter
-// objects (built by hand: the library's dump would also decode the ct
-// timeout objects, which writes to its package state), and counts the
-// path's live flows in conntrack.
+// objects, and counts the path's live flows in conntrack.
 func (c *nftConn) counts() (map[uint32]Counts, error) {
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NFTA_OBJ_TABLE, Data: []byte(c.table.Name + "\x00")},
-		{Type: unix.NFTA_OBJ_TYPE, Data: binaryutil.BigEndian.PutUint32(unix.NFT_OBJECT_COUNTER)},
-	})
+	counters, err := nftutil.ResetCounters(c.nl, c.table)
 	if err != nil {
 		return nil, err
 	}
-	replies, err := c.nl.Execute(netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETOBJ_RESET),
-			Flags: netlink.Request | netlink.Dump},
-		Data: append([]byte{uint8(c.table.Family), unix.NFNETLINK_V0, 0, 0}, attrs...),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read counters: %w", err)
-	}
 	out := map[uint32]Counts{}
-	for _, m := range replies {
-		if len(m.Data) < 4 {
-			continue
-		}
-		name, packets, bytes, err := decodeCounter(m.Data[4:])
-		if err != nil {
-			return nil, err
-		}
+	for name, v := range counters {
 		prefix, num, _ := strings.Cut(name, "_")
 		slot, err := strconv.ParseUint(num, 10, 32)
 		if err != nil {
@@ -481,11 +428,11 @@ func (c *nftConn) counts() (map[uint32]Counts, error) {
 		got := out[uint32(slot)]
 		switch prefix + "_" {
 		case counterNew:
-			got.NewFlows += packets
+			got.NewFlows += v.Packets
 		case counterIn:
-			got.BytesIn += bytes
+			got.BytesIn += v.Bytes
 		case counterOut:
-			got.BytesOut += bytes
+			got.BytesOut += v.Bytes
 		}
 		out[uint32(slot)] = got
 	}
@@ -502,35 +449,6 @@ func (c *nftConn) counts() (map[uint32]Counts, error) {
 		out[f.Mark&^idMask] = got
 	}
 	return out, nil
-}
-
-// decodeCounter reads a counter object's name and values from a
-// NFT_MSG_NEWOBJ message's attributes.
-func decodeCounter(data []byte) (name string, packets, bytes uint64, err error) {
-	ad, err := netlink.NewAttributeDecoder(data)
-	if err != nil {
-		return "", 0, 0, err
-	}
-	ad.ByteOrder = binary.BigEndian
-	for ad.Next() {
-		switch ad.Type() {
-		case unix.NFTA_OBJ_NAME:
-			name = ad.String()
-		case unix.NFTA_OBJ_DATA:
-			ad.Nested(func(nd *netlink.AttributeDecoder) error {
-				for nd.Next() {
-					switch nd.Type() {
-					case unix.NFTA_COUNTER_BYTES:
-						bytes = nd.Uint64()
-					case unix.NFTA_COUNTER_PACKETS:
-						packets = nd.Uint64()
-					}
-				}
-				return nil
-			})
-		}
-	}
-	return name, packets, bytes, ad.Err()
 }
 
 // endFlows deletes the conntrack entries of a slot's flows (to target, when
@@ -576,23 +494,4 @@ func addrPortKey(ap netip.AddrPort) []byte {
 	copy(b, a[:])
 	binary.BigEndian.PutUint16(b[4:], ap.Port())
 	return b
-}
-
-// intervalElements encodes IPv4 ranges as an interval set: a start element
-// per range and an end element just past it (none after 255.255.255.255),
-// after the leading end element at 0.0.0.0 that nft itself adds.
-func intervalElements(rs []netipx.IPRange) []nftables.SetElement {
-	var elems []nftables.SetElement
-	if len(rs) > 0 && rs[0].From() != netip.IPv4Unspecified() {
-		elems = append(elems, nftables.SetElement{Key: make([]byte, 4), IntervalEnd: true})
-	}
-	for _, r := range rs {
-		from := r.From().As4()
-		elems = append(elems, nftables.SetElement{Key: from[:]})
-		if next := r.To().Next(); next.IsValid() && next.Is4() {
-			end := next.As4()
-			elems = append(elems, nftables.SetElement{Key: end[:], IntervalEnd: true})
-		}
-	}
-	return elems
 }

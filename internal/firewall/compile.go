@@ -1,0 +1,140 @@
+// Package firewall enforces EC2 security groups on instance interfaces: a
+// new flow to (or from) an interface's private address is admitted only if an
+// inbound (outbound) rule of one of the interface's groups allows it, as the
+// hypervisor does on AWS. It is stateful — replies always pass, and an
+// admitted flow outlives a later revoke — because the kernel's connection
+// tracker decides what belongs to a flow.
+//
+// The pure half (this file) compiles interfaces and their resolved rules into
+// per-interface match sets; the kernel half programs them into one nftables
+// table, replaced in one transaction on every change, so there is never a
+// window without rules.
+package firewall
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+
+	"go4.org/netipx"
+
+	"github.com/moatlb/moat/internal/secgroup"
+)
+
+// Mode is how the firewall treats a flow no rule admits.
+type Mode string
+
+// Modes of --instance-sg-mode.
+const (
+	Enforce Mode = "enforce" // drop it
+	Audit   Mode = "audit"   // count it, let it through
+	Off     Mode = "off"     // program nothing
+)
+
+// ParseMode checks a --instance-sg-mode value.
+func ParseMode(s string) (Mode, bool) {
+	switch m := Mode(s); m {
+	case Enforce, Audit, Off:
+		return m, true
+	}
+	return "", false
+}
+
+// Interface is one instance interface to protect: its private IPv4
+// addresses and its groups' rules, with every peer (CIDR, prefix list,
+// referenced group) resolved to prefixes by the caller.
+type Interface struct {
+	ID       string // eni-…
+	Instance string // i-…, for metrics
+	Addrs    []netip.Addr
+	Inbound  []secgroup.Rule
+	Outbound []secgroup.Rule
+}
+
+// Program is everything the firewall enforces.
+type Program struct {
+	Mode       Mode
+	Interfaces []Interface
+	// OwnMark is the conntrack mark prefix (the high 20 bits) of the flows
+	// moat lb forwards and its health checks: they were judged with the load
+	// balancer's groups as their source before they left, as AWS judges a
+	// load balancer's traffic to its targets, so the firewall admits them
+	// whatever source address they carry. 0: none.
+	OwnMark uint32
+}
+
+// match is one compiled rule: a protocol, a port range and the peers it
+// admits, the union of every rule with the same protocol and ports.
+type match struct {
+	protocol int // secgroup.ProtocolAll or an IP protocol number
+	// ports is set for tcp and udp rules that do not cover every port.
+	ports            bool
+	fromPort, toPort uint16
+	peers            []netipx.IPRange // IPv4
+}
+
+// compiled is an interface's firewall: its addresses and both directions.
+type compiled struct {
+	id, instance string
+	addrs        []netip.Addr // IPv4
+	in, out      []match
+}
+
+// compile turns the program's interfaces into match lists, merging rules
+// with the same protocol and ports. IPv6 addresses and peers are left out:
+// the firewall enforces IPv4.
+func compile(ifaces []Interface) []compiled {
+	var out []compiled
+	for _, ifc := range ifaces {
+		c := compiled{id: ifc.ID, instance: ifc.Instance, in: compileRules(ifc.Inbound), out: compileRules(ifc.Outbound)}
+		for _, a := range ifc.Addrs {
+			if a = a.Unmap(); a.Is4() {
+				c.addrs = append(c.addrs, a)
+			}
+		}
+		slices.SortFunc(c.addrs, netip.Addr.Compare)
+		c.addrs = slices.Compact(c.addrs)
+		if len(c.addrs) > 0 {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+type matchKey struct {
+	protocol         int
+	ports            bool
+	fromPort, toPort uint16
+}
+
+func compileRules(rules []secgroup.Rule) []match {
+	sets := map[matchKey]*netipx.IPSetBuilder{}
+	for _, r := range rules {
+		k := matchKey{protocol: r.Protocol}
+		if (r.Protocol == secgroup.ProtocolTCP || r.Protocol == secgroup.ProtocolUDP) && (r.FromPort > 0 || r.ToPort < 65535) && r.FromPort >= 0 && r.ToPort >= 0 {
+			k.ports, k.fromPort, k.toPort = true, uint16(r.FromPort), uint16(min(r.ToPort, 65535))
+		}
+		b := sets[k]
+		if b == nil {
+			b = &netipx.IPSetBuilder{}
+			sets[k] = b
+		}
+		for _, p := range r.Sources {
+			if p.IsValid() && p.Addr().Unmap().Is4() {
+				b.AddPrefix(netip.PrefixFrom(p.Addr().Unmap(), min(p.Bits(), 32)).Masked())
+			}
+		}
+	}
+	var out []match
+	for k, b := range sets {
+		set, err := b.IPSet()
+		if err != nil || len(set.Ranges()) == 0 {
+			continue // a rule whose peers resolve to no address admits no one
+		}
+		out = append(out, match{protocol: k.protocol, ports: k.ports, fromPort: k.fromPort, toPort: k.toPort, peers: set.Ranges()})
+	}
+	slices.SortFunc(out, func(a, b match) int {
+		return cmp.Or(cmp.Compare(a.protocol, b.protocol), cmp.Compare(a.fromPort, b.fromPort), cmp.Compare(a.toPort, b.toPort))
+	})
+	return out
+}

@@ -1,0 +1,214 @@
+package firewall
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+
+	"github.com/moatlb/moat/internal/nftutil"
+)
+
+// The table, ip moat_fw_<name>:
+//
+//	chain input  (filter, hook input):  established/related → accept; moat lb's own flows → accept;
+//	                                    ip daddr vmap { <interface address> : jump in_<n> }
+//	chain output (filter, hook output): established/related → accept; moat lb's own packets → mark the
+//	                                    flow as moat lb's, accept; ip saddr vmap { … : jump out_<n> }
+//	chain in_<n>, out_<n>: one rule per (protocol, ports) with its peers → accept; then the
+//	                       denial counter and drop (enforce) or return (audit).
+//
+// The whole table is replaced in one transaction (add, delete, add), so the
+// kernel goes from one complete rule set to the next.
+
+// markMask selects a mark's owner (the high 20 bits); see Program.OwnMark.
+const markMask = 0xfffff000
+
+// ctStateEstablishedRelated are conntrack's state bits for packets of a flow
+// it already knows.
+const ctStateEstablishedRelated = 0x2 | 0x4 // NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | (IP_CT_RELATED)
+
+// nftMu serialises building messages: github.com/google/nftables allocates
+// set IDs from package state.
+var nftMu sync.Mutex
+
+type nftConn struct {
+	nft   *nftables.Conn
+	nl    *netlink.Conn
+	table *nftables.Table
+}
+
+func dial(name string) (kernelConn, error) {
+	c := &nftConn{table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: "moat_fw_" + name}}
+	var err error
+	c.nft, err = nftables.New(nftables.AsLasting(), nftables.WithSockOptions(func(nl *netlink.Conn) error {
+		c.nl = nl
+		return nil
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	// Probe: the kernel must let us list tables (CAP_NET_ADMIN for changes
+	// is checked by the first replace).
+	if _, err := c.nft.ListTablesOfFamily(nftables.TableFamilyIPv4); err != nil {
+		c.close()
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return c, nil
+}
+
+func (c *nftConn) close() { c.nl.Close() }
+
+func (c *nftConn) replace(ifaces []compiled, p *Program) (map[string][2]string, error) {
+	nftMu.Lock()
+	labels, err := c.queue(ifaces, p)
+	nftMu.Unlock()
+	if err != nil {
+		c.nft.Flush() // drop what was queued
+		return nil, err
+	}
+	if err := c.nft.Flush(); err != nil {
+		return nil, fmt.Errorf("replace instance firewall: %w", err)
+	}
+	return labels, nil
+}
+
+func (c *nftConn) queue(ifaces []compiled, p *Program) (map[string][2]string, error) {
+	t := c.table
+	c.nft.AddTable(t)
+	c.nft.DelTable(t)
+	if p.Mode == Off {
+		return nil, nil
+	}
+	c.nft.AddTable(t)
+	input := c.nft.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
+	output := c.nft.AddChain(&nftables.Chain{Name: "output", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
+	accept := &expr.Verdict{Kind: expr.VerdictAccept}
+	established := []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ctStateEstablishedRelated), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+		accept,
+	}
+	for _, ch := range []*nftables.Chain{input, output} {
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: established})
+	}
+	if p.OwnMark != 0 {
+		own := binaryutil.NativeEndian.PutUint32(p.OwnMark & markMask)
+		ownedBy := func() []expr.Any {
+			return []expr.Any{
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 2, Len: 4,
+					Mask: binaryutil.NativeEndian.PutUint32(markMask), Xor: make([]byte, 4)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 2, Data: own},
+			}
+		}
+		// A flow the fast path forwards carries its mark in conntrack already.
+		ctOwn := append([]expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: 1}}, ownedBy()...)
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: append(ctOwn, accept)})
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: output, Exprs: append(clone(ctOwn), accept)})
+		// A flow the userspace proxy opens carries the socket's mark
+		// (SO_MARK): its conntrack entry takes it, for the input hook.
+		metaOwn := append([]expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}}, ownedBy()...)
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: output, Exprs: append(metaOwn,
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true}, accept)})
+	}
+	labels := map[string][2]string{}
+	var inElems, outElems []nftables.SetElement
+	for n, ifc := range ifaces {
+		in, out := "in_"+strconv.Itoa(n), "out_"+strconv.Itoa(n)
+		for _, dir := range []struct {
+			chain, direction string
+			matches          []match
+			peerOffset       uint32 // the peer is the source inbound, the destination outbound
+		}{{in, "inbound", ifc.in, 12}, {out, "outbound", ifc.out, 16}} {
+			ch := c.nft.AddChain(&nftables.Chain{Name: dir.chain, Table: t})
+			counter := "deny_" + dir.chain
+			c.nft.AddObj(&nftables.NamedObj{Table: t, Name: counter, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
+			labels[counter] = [2]string{ifc.instance, dir.direction}
+			for _, m := range dir.matches {
+				if err := c.matchRule(ch, m, dir.peerOffset); err != nil {
+					return nil, err
+				}
+			}
+			last := []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counter}}
+			if p.Mode == Enforce {
+				last = append(last, &expr.Verdict{Kind: expr.VerdictDrop})
+			}
+			c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: last})
+		}
+		for _, a := range ifc.addrs {
+			b := a.As4()
+			inElems = append(inElems, nftables.SetElement{Key: b[:], VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: in}})
+			outElems = append(outElems, nftables.SetElement{Key: b[:], VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: out}})
+		}
+	}
+	for _, d := range []struct {
+		chain  *nftables.Chain
+		elems  []nftables.SetElement
+		offset uint32 // the interface is the destination inbound, the source outbound
+	}{{input, inElems, 16}, {output, outElems, 12}} {
+		if len(d.elems) == 0 {
+			continue
+		}
+		vmap := &nftables.Set{Table: t, Anonymous: true, Constant: true, IsMap: true,
+			KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
+		if err := c.nft.AddSet(vmap, d.elems); err != nil {
+			return nil, err
+		}
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: d.chain, Exprs: []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: d.offset, Len: 4},
+			&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: vmap.Name, SetID: vmap.ID},
+		}})
+	}
+	return labels, nil
+}
+
+// clone copies an expression list, so that two rules never share a slice.
+func clone(e []expr.Any) []expr.Any { return append([]expr.Any(nil), e...) }
+
+// matchRule adds: [meta l4proto P] [th dport from-to] ip saddr|daddr @peers accept.
+func (c *nftConn) matchRule(ch *nftables.Chain, m match, peerOffset uint32) error {
+	var exprs []expr.Any
+	if m.protocol >= 0 {
+		exprs = append(exprs,
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(m.protocol)}})
+	}
+	if m.ports {
+		exprs = append(exprs,
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Range{Op: expr.CmpOpEq, Register: 1,
+				FromData: binaryutil.BigEndian.PutUint16(m.fromPort), ToData: binaryutil.BigEndian.PutUint16(m.toPort)})
+	}
+	exprs = append(exprs, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: peerOffset, Len: 4})
+	if !(len(m.peers) == 1 && m.peers[0].From() == netip.IPv4Unspecified() && m.peers[0].To() == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
+		peers := &nftables.Set{Table: c.table, Anonymous: true, Constant: true, Interval: true, KeyType: nftables.TypeIPAddr}
+		if err := c.nft.AddSet(peers, nftutil.IntervalElements(m.peers)); err != nil {
+			return err
+		}
+		exprs = append(exprs, &expr.Lookup{SourceRegister: 1, SetName: peers.Name, SetID: peers.ID})
+	}
+	exprs = append(exprs, &expr.Verdict{Kind: expr.VerdictAccept})
+	c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: ch, Exprs: exprs})
+	return nil
+}
+
+func (c *nftConn) denials() (map[string]uint64, error) {
+	counters, err := nftutil.ResetCounters(c.nl, c.table)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]uint64, len(counters))
+	for name, v := range counters {
+		out[name] = v.Packets
+	}
+	return out, nil
+}

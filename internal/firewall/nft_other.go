@@ -1,0 +1,9 @@
+//go:build !linux
+
+package firewall
+
+import "errors"
+
+func dial(string) (kernelConn, error) {
+	return nil, errors.New("instance security groups are enforced with nftables, which only Linux has")
+}

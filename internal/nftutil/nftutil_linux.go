@@ -1,0 +1,154 @@
+// Package nftutil has the few nftables messages that github.com/google/nftables
+// does not send the way moat needs them, for the kernel fast path and the
+// instance firewall: an owned table, and a dump of counter objects that does
+// not decode (and so write to the library's package state) anything else.
+package nftutil
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/mdlayher/netlink"
+	"go4.org/netipx"
+	"golang.org/x/sys/unix"
+)
+
+// TableFlagOwner ties a table to the netlink socket that created it
+// (NFT_TABLE_F_OWNER): no other socket may change it, and the kernel deletes
+// it when that socket closes.
+const TableFlagOwner = 0x2
+
+// ErrTableExists means a table of that name exists already.
+var ErrTableExists = errors.New("nftables table exists")
+
+// CreateTable creates a table with flags in a transaction of its own, on
+// nl (the socket of a github.com/google/nftables connection, captured with
+// nftables.WithSockOptions, so that an owned table belongs to it).
+func CreateTable(nl *netlink.Conn, t *nftables.Table, flags uint32) error {
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_TABLE_NAME, Data: []byte(t.Name + "\x00")},
+		{Type: unix.NFTA_TABLE_FLAGS, Data: binaryutil.BigEndian.PutUint32(flags)},
+	})
+	if err != nil {
+		return err
+	}
+	msgs := []netlink.Message{
+		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_BEGIN), Flags: netlink.Request},
+			Data: nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)},
+		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWTABLE),
+			Flags: netlink.Request | netlink.Acknowledge | netlink.Create | netlink.Excl},
+			Data: append(nfgen(uint8(t.Family), 0), attrs...)},
+		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_END), Flags: netlink.Request},
+			Data: nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)},
+	}
+	sent, err := nl.SendMessages(msgs)
+	if err != nil {
+		return fmt.Errorf("create nftables table: %w", err)
+	}
+	for {
+		replies, err := nl.Receive()
+		if err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return ErrTableExists
+			}
+			return fmt.Errorf("create nftables table: %w", err)
+		}
+		for _, r := range replies {
+			if r.Header.Sequence == sent[1].Header.Sequence && r.Header.Type == netlink.Error {
+				return nil // an ack: errors come back from Receive
+			}
+		}
+	}
+}
+
+// nfgen is the nfgenmsg header of a netfilter message.
+func nfgen(family uint8, resID uint16) []byte {
+	return []byte{family, unix.NFNETLINK_V0, byte(resID >> 8), byte(resID)}
+}
+
+// Counter is a counter object's values.
+type Counter struct{ Packets, Bytes uint64 }
+
+// ResetCounters reads and resets every counter object of a table in one
+// dump, by name.
+func ResetCounters(nl *netlink.Conn, t *nftables.Table) (map[string]Counter, error) {
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_OBJ_TABLE, Data: []byte(t.Name + "\x00")},
+		{Type: unix.NFTA_OBJ_TYPE, Data: binaryutil.BigEndian.PutUint32(unix.NFT_OBJECT_COUNTER)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	replies, err := nl.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETOBJ_RESET),
+			Flags: netlink.Request | netlink.Dump},
+		Data: append(nfgen(uint8(t.Family), 0), attrs...),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read counters: %w", err)
+	}
+	out := map[string]Counter{}
+	for _, m := range replies {
+		if len(m.Data) < 4 {
+			continue
+		}
+		name, c, err := decodeCounter(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		out[name] = c
+	}
+	return out, nil
+}
+
+// decodeCounter reads a counter object's name and values from a
+// NFT_MSG_NEWOBJ message's attributes.
+func decodeCounter(data []byte) (name string, c Counter, err error) {
+	ad, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return "", c, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_OBJ_NAME:
+			name = ad.String()
+		case unix.NFTA_OBJ_DATA:
+			ad.Nested(func(nd *netlink.AttributeDecoder) error {
+				for nd.Next() {
+					switch nd.Type() {
+					case unix.NFTA_COUNTER_BYTES:
+						c.Bytes = nd.Uint64()
+					case unix.NFTA_COUNTER_PACKETS:
+						c.Packets = nd.Uint64()
+					}
+				}
+				return nil
+			})
+		}
+	}
+	return name, c, ad.Err()
+}
+
+// IntervalElements encodes IPv4 ranges as an interval set: a start element
+// per range and an end element just past it (none after 255.255.255.255),
+// after the leading end element at 0.0.0.0 that nft itself adds.
+func IntervalElements(rs []netipx.IPRange) []nftables.SetElement {
+	var elems []nftables.SetElement
+	if len(rs) > 0 && rs[0].From() != netip.IPv4Unspecified() {
+		elems = append(elems, nftables.SetElement{Key: make([]byte, 4), IntervalEnd: true})
+	}
+	for _, r := range rs {
+		from := r.From().As4()
+		elems = append(elems, nftables.SetElement{Key: from[:]})
+		if next := r.To().Next(); next.IsValid() && next.Is4() {
+			end := next.As4()
+			elems = append(elems, nftables.SetElement{Key: end[:], IntervalEnd: true})
+		}
+	}
+	return elems
+}
