@@ -278,9 +278,9 @@ func openDB(path string, readOnly bool) (*bolt.DB, error) {
 // verify reads every record and checks it, then runs bbolt's consistency check, and upgrades a
 // format 1 file to the current format unless readOnly. It returns the number of records.
 //
-// The records are read first, in this goroutine under guard: bbolt's Check runs in a goroutine of
-// its own, where a fault on a damaged page could not be recovered, and the walk touches the same
-// pages first.
+// inspectFile has checked that the pages bbolt follows stay within the file. As a second line the
+// records are read first, in this goroutine under guard: bbolt's Check runs in a goroutine of its
+// own, where a fault could not be recovered, and the walk touches its pages first.
 func (b *Bolt) verify(readOnly bool) (int, error) {
 	var format, records int
 	err := guard(b.path, func() error {
