@@ -30,6 +30,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDispatch$$' -fuzztime $(FUZZTIME) ./internal/awsapi
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./internal/awsapi/sigv4
 	$(GO) test -run '^$$' -fuzz '^FuzzPolicy$$' -fuzztime $(FUZZTIME) ./internal/secgroup
+	$(GO) test -run '^$$' -fuzz '^FuzzOpenBolt$$' -fuzztime $(FUZZTIME) ./internal/store
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/secgroup ./internal/dataplane

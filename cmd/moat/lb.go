@@ -69,9 +69,11 @@ Any valid key may do anything: moat lb authenticates requests but does not autho
 	f.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve the API over HTTPS with this certificate (PEM)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the certificate's private key (PEM)")
 	f.StringVar(&cfg.FastPath, "fast-path", lb.FastPathAuto, "kernel fast path for TCP flows on loopback (nftables DNAT + conntrack, needs CAP_NET_ADMIN): auto, kernel or off")
+	f.BoolVar(&cfg.StartFresh, "start-fresh", false, "start with empty state where <data-dir>/state.db is missing or empty although <data-dir>/credentials exists (refused otherwise, as lost state)")
 	f.StringVar(&flowLog, "flow-log", "", "write every flow denied by security groups as a JSON line (time, load balancer, listener, client, reason) to this file; - for stderr")
 	addAPILimitFlags(f, &cfg.API)
 	addQuotaFlags(f, &cfg.Quotas)
+	cmd.AddCommand(newLBBackupCommand())
 	return cmd
 }
 

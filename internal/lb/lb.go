@@ -24,7 +24,6 @@ import (
 	"github.com/moatlb/moat/internal/awsapi/sigv4"
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/dataplane"
-	"github.com/moatlb/moat/internal/store"
 )
 
 // Config is how moat lb runs; the flags of `moat lb` fill it.
@@ -44,6 +43,9 @@ type Config struct {
 	Quotas        cloud.Quotas
 	API           APILimits // zero: DefaultAPILimits
 	Log           *slog.Logger
+	// StartFresh lets moat lb start with empty state where state.db is missing or empty although
+	// credentials show the data dir served before; without it that is refused as lost state.
+	StartFresh bool
 }
 
 // Kernel fast path modes (--fast-path).
@@ -120,11 +122,16 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
+	st, err := openState(cfg.DataDir, cfg.StartFresh, log)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
 	// A stale endpoints file from an earlier run would point waiters at dead ports.
 	if err := os.Remove(filepath.Join(cfg.DataDir, EndpointsFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	credsPath := filepath.Join(cfg.DataDir, "credentials")
+	credsPath := filepath.Join(cfg.DataDir, credentialsFile)
 	creds, created, err := sigv4.LoadOrCreateFile(credsPath)
 	if err != nil {
 		return err
@@ -132,11 +139,11 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if created {
 		log.Info("generated credentials", "file", credsPath)
 	}
-	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, "state.db"))
-	if err != nil {
-		return err
+	if stopAdmin, err := serveAdmin(cfg.DataDir, st, log); err != nil {
+		log.Warn("no admin socket: moat lb backup works only while moat lb is stopped", "err", err)
+	} else {
+		defer stopAdmin()
 	}
-	defer st.Close()
 
 	c := cloud.New(st, cloud.Config{Region: cfg.Region, AccountID: cfg.AccountID, DNSSuffix: cfg.DNSSuffix, Quotas: cfg.Quotas})
 	if err := applyInventory(c, cfg.InventoryPath); err != nil {

@@ -27,23 +27,27 @@ type Store interface {
 }
 
 // Tx is a view of the store inside a transaction. Keys are unique within a bucket.
+//
+// A record whose bytes changed since they were written (damage on disk) is never returned: Get and
+// ForEach fail with an error wrapping ErrCorrupt that names its bucket and key.
 type Tx interface {
-	Get(bucket, key string) ([]byte, bool)
+	// Get returns the record bucket/key, or ErrNotFound.
+	Get(bucket, key string) ([]byte, error)
 	Put(bucket, key string, value []byte) error
 	Delete(bucket, key string) error
 	// ForEach calls fn for every record of bucket in key order; an error from fn stops the walk.
 	ForEach(bucket string, fn func(key string, value []byte) error) error
 }
 
-// ErrNotFound is returned by Load when the key does not exist.
+// ErrNotFound is returned by Get and Load when the key does not exist.
 var ErrNotFound = errors.New("not found")
 
 // Load decodes the record bucket/key into a new T.
 func Load[T any](tx Tx, bucket, key string) (T, error) {
 	var v T
-	raw, ok := tx.Get(bucket, key)
-	if !ok {
-		return v, ErrNotFound
+	raw, err := tx.Get(bucket, key)
+	if err != nil {
+		return v, err
 	}
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return v, fmt.Errorf("decode %s/%s: %w", bucket, key, err)
