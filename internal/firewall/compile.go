@@ -51,16 +51,14 @@ type Interface struct {
 	Outbound []secgroup.Rule
 }
 
-// Program is everything the firewall enforces.
+// Program is everything the firewall enforces. Flows that moat lb forwards,
+// and its health checks, carry nftutil.MarkFlow: moat lb judged them with the
+// load balancer's groups as their source before they left, as AWS judges a
+// load balancer's traffic to its targets, so the firewall admits them
+// whatever source address they carry (client IP preservation).
 type Program struct {
 	Mode       Mode
 	Interfaces []Interface
-	// OwnMark is the conntrack mark prefix (the high 20 bits) of the flows
-	// moat lb forwards and its health checks: they were judged with the load
-	// balancer's groups as their source before they left, as AWS judges a
-	// load balancer's traffic to its targets, so the firewall admits them
-	// whatever source address they carry. 0: none.
-	OwnMark uint32
 }
 
 // match is one compiled rule: a protocol, a port range and the peers it

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 
+	"github.com/moatlb/moat/internal/nftutil"
 	"github.com/moatlb/moat/internal/secgroup"
 )
 
@@ -61,7 +62,8 @@ var (
 	outside  = netip.MustParseAddr("127.0.0.5")
 )
 
-const ownMark = 0xabcde000
+// ownMark is a mark as moat lb's data plane sets it (nftutil.MarkFlow, an ID, slot 0).
+const ownMark = nftutil.MarkFlow | 0x2bcde000
 
 func prefixes(as ...netip.Addr) []netip.Prefix {
 	var out []netip.Prefix
@@ -163,7 +165,7 @@ func TestEnforce(t *testing.T) {
 	defer f.Close()
 	nodePort := listen(t, netip.AddrPortFrom(nodeA, 30080))
 	away := listen(t, netip.AddrPortFrom(outside, 0))
-	apply(t, f, Program{Mode: Enforce, OwnMark: ownMark, Interfaces: []Interface{node(true, true)}})
+	apply(t, f, Program{Mode: Enforce, Interfaces: []Interface{node(true, true)}})
 
 	if !admitted(t, lbAddr, nodePort) {
 		t.Error("the load balancer's address is not admitted to the NodePort")
@@ -179,7 +181,7 @@ func TestEnforce(t *testing.T) {
 	if admitted(t, stranger, nodePort) {
 		t.Errorf("%v, in the subnet but not in the group, is admitted", stranger)
 	}
-	if c, err := dialFrom(client, nodePort, ownMark|7); err != nil {
+	if c, err := dialFrom(client, nodePort, ownMark); err != nil {
 		t.Errorf("a flow with moat lb's mark from a client address is dropped: %v", err)
 	} else {
 		c.Close()
@@ -196,7 +198,7 @@ func TestEnforce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.Close()
-	apply(t, f, Program{Mode: Enforce, OwnMark: ownMark, Interfaces: []Interface{node(false, false)}})
+	apply(t, f, Program{Mode: Enforce, Interfaces: []Interface{node(false, false)}})
 	if err := echo(held); err != nil {
 		t.Errorf("the established flow died with the revoke: %v", err)
 	}

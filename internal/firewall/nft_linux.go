@@ -16,18 +16,16 @@ import (
 
 // The table, ip moat_fw_<name>:
 //
-//	chain input  (filter, hook input):  established/related → accept; moat lb's own flows → accept;
+//	chain input  (filter, hook input):  established/related → accept; moat lb's flows → accept;
 //	                                    ip daddr vmap { <interface address> : jump in_<n> }
-//	chain output (filter, hook output): established/related → accept; moat lb's own packets → mark the
-//	                                    flow as moat lb's, accept; ip saddr vmap { … : jump out_<n> }
+//	chain output (filter, hook output): established/related → accept; moat lb's flows → accept
+//	                                    (a packet marked by its socket marks its flow too);
+//	                                    ip saddr vmap { … : jump out_<n> }
 //	chain in_<n>, out_<n>: one rule per (protocol, ports) with its peers → accept; then the
 //	                       denial counter and drop (enforce) or return (audit).
 //
 // The whole table is replaced in one transaction (add, delete, add), so the
 // kernel goes from one complete rule set to the next.
-
-// markMask selects a mark's owner (the high 20 bits); see Program.OwnMark.
-const markMask = 0xfffff000
 
 // ctStateEstablishedRelated are conntrack's state bits for packets of a flow
 // it already knows.
@@ -101,25 +99,21 @@ func (c *nftConn) queue(ifaces []compiled, p *Program) (map[string][2]string, er
 	for _, ch := range []*nftables.Chain{input, output} {
 		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: established})
 	}
-	if p.OwnMark != 0 {
-		own := binaryutil.NativeEndian.PutUint32(p.OwnMark & markMask)
-		ownedBy := func() []expr.Any {
-			return []expr.Any{
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 2, Len: 4,
-					Mask: binaryutil.NativeEndian.PutUint32(markMask), Xor: make([]byte, 4)},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 2, Data: own},
-			}
+	// moat lb's flows: the fast path marks them in conntrack; the userspace
+	// proxy marks its sockets (SO_MARK), which the flow's conntrack entry
+	// takes on its way out, for the input hook.
+	moatFlow := func(key expr.Any) []expr.Any {
+		return []expr.Any{key,
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 2, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(nftutil.MarkFlow), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 2, Data: make([]byte, 4)},
 		}
-		// A flow the fast path forwards carries its mark in conntrack already.
-		ctOwn := append([]expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: 1}}, ownedBy()...)
-		c.nft.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: append(ctOwn, accept)})
-		c.nft.AddRule(&nftables.Rule{Table: t, Chain: output, Exprs: append(clone(ctOwn), accept)})
-		// A flow the userspace proxy opens carries the socket's mark
-		// (SO_MARK): its conntrack entry takes it, for the input hook.
-		metaOwn := append([]expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}}, ownedBy()...)
-		c.nft.AddRule(&nftables.Rule{Table: t, Chain: output, Exprs: append(metaOwn,
-			&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true}, accept)})
 	}
+	for _, ch := range []*nftables.Chain{input, output} {
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(moatFlow(&expr.Ct{Key: expr.CtKeyMARK, Register: 1}), accept)})
+	}
+	c.nft.AddRule(&nftables.Rule{Table: t, Chain: output, Exprs: append(moatFlow(&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}),
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true}, accept)})
 	labels := map[string][2]string{}
 	var inElems, outElems []nftables.SetElement
 	for n, ifc := range ifaces {
@@ -170,9 +164,6 @@ func (c *nftConn) queue(ifaces []compiled, p *Program) (map[string][2]string, er
 	}
 	return labels, nil
 }
-
-// clone copies an expression list, so that two rules never share a slice.
-func clone(e []expr.Any) []expr.Any { return append([]expr.Any(nil), e...) }
 
 // matchRule adds: [meta l4proto P] [th dport from-to] ip saddr|daddr @peers accept.
 func (c *nftConn) matchRule(ch *nftables.Chain, m match, peerOffset uint32) error {

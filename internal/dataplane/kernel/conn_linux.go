@@ -1,7 +1,6 @@
 package kernel
 
 import (
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -74,17 +73,6 @@ type nftConn struct {
 	maps  struct{ sockets, counting, snat *nftables.Set }
 
 	timeouts map[uint32]bool // ct timeout objects, by idle seconds
-}
-
-// randomID draws a path ID: 20 random bits above the slot bits.
-func randomID() uint32 {
-	for {
-		var b [4]byte
-		rand.Read(b[:])
-		if id := binary.BigEndian.Uint32(b[:]) & idMask; id != 0 {
-			return id
-		}
-	}
 }
 
 var errTableExists = nftutil.ErrTableExists

@@ -4,8 +4,6 @@ package kernel
 
 import "github.com/mdlayher/netlink"
 
-func randomID() uint32 { return 1 << slotBits }
-
 var errTableExists = ErrUnsupported
 
 func dialNFT(uint32, func([]netlink.Message) ([]netlink.Message, error)) (conn, error) {

@@ -36,6 +36,8 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/prometheus/client_golang/prometheus"
 	"go4.org/netipx"
+
+	"github.com/moatlb/moat/internal/nftutil"
 )
 
 // Socket is one listening socket whose flows the fast path may carry: a TCP
@@ -101,6 +103,8 @@ type Options struct {
 	// NetlinkDial, for tests, replaces the netlink socket to nftables with a
 	// peer of the caller's (see github.com/mdlayher/netlink/nltest).
 	NetlinkDial func([]netlink.Message) ([]netlink.Message, error)
+	// ID is the path's mark ID (nftutil.NewMarkID); 0 draws one.
+	ID uint32
 	// dial opens a connection to the kernel (dialNFT by default).
 	dial func(log *slog.Logger, id uint32) (conn, error)
 }
@@ -131,14 +135,14 @@ type change struct {
 	from, to *Forward
 }
 
-// Slots: the conntrack mark of a fast-path flow is the path's 20-bit ID
-// (which also names its table, so that no two live paths share one) and the
-// socket's 12-bit slot. The ID keeps apart the flows of several paths on one
-// machine, which share the conntrack table.
+// Slots: the conntrack mark of a fast-path flow is the path's ID (which also
+// names its table, so that no two live paths share one) and the socket's
+// slot, as nftutil lays out moat's marks. The ID keeps apart the flows of
+// several paths on one machine, which share the conntrack table.
 const (
-	slotBits = 12
-	maxSlots = 1<<slotBits - 1 // slot 0 is never used
-	idMask   = ^uint32(1<<slotBits - 1)
+	slotBits = nftutil.MarkSlotBits
+	maxSlots = 1<<slotBits - 1 // slot 0 is the userspace proxy's
+	idMask   = nftutil.MarkIDMask
 )
 
 // Path is the kernel fast path. Its methods are safe for concurrent use and
@@ -219,8 +223,10 @@ func New(opts Options) (*Path, error) {
 	// fast path is possible at all.
 	var err error
 	for range 8 {
-		p.id = randomID()
-		if p.c, err = p.dialBounded(); !errors.Is(err, errTableExists) {
+		if p.id = opts.ID; p.id == 0 {
+			p.id = nftutil.NewMarkID()
+		}
+		if p.c, err = p.dialBounded(); !errors.Is(err, errTableExists) || opts.ID != 0 {
 			break
 		}
 	}
@@ -249,7 +255,7 @@ func New(opts Options) (*Path, error) {
 }
 
 // TableName is the name of the nftables table of the path with this ID.
-func TableName(id uint32) string { return fmt.Sprintf("moat_%05x", id>>slotBits) }
+func TableName(id uint32) string { return fmt.Sprintf("moat_%05x", id>>slotBits&^(nftutil.MarkFlow>>slotBits)) }
 
 // Table is the name of the path's nftables table.
 func (p *Path) Table() string { return TableName(p.id) }
