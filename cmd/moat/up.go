@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/firewall"
 	"github.com/moatlb/moat/internal/up"
 )
 
@@ -65,5 +66,6 @@ Ctrl-C stops everything moat up started, in order; the next moat up reuses the s
 	f.BoolVar(&o.Demo, "demo", false, "reproduce the walkthrough of the AWS blog post on NLB security groups once everything is up")
 	f.IntVar(&o.DemoPort, "demo-port", 8080, "port of the demo Service (the load balancer's listener)")
 	addQuotaFlags(f, &o.Quotas)
+	f.StringVar((*string)(&o.InstanceSGMode), "instance-sg-mode", string(firewall.Enforce), "moat lb's enforcement of the instances' security groups on this host: enforce, audit or off")
 	return cmd
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/firewall"
 )
 
 // regionPattern is the shape of AWS region names: a two-letter area, one or more words, a number
@@ -36,6 +37,9 @@ func (cfg Config) Validate() error {
 	}
 	if err := validateDNSSuffix(cfg.DNSSuffix, cfg.Region); err != nil {
 		return err
+	}
+	if _, ok := firewall.ParseMode(string(cfg.InstanceSGMode)); !ok && cfg.InstanceSGMode != "" {
+		return fmt.Errorf("--instance-sg-mode %q: want enforce, audit or off", cfg.InstanceSGMode)
 	}
 	if cfg.Quotas != (cloud.Quotas{}) {
 		for _, q := range QuotaFlags(&cfg.Quotas) {

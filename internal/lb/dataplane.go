@@ -10,6 +10,7 @@ import (
 
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/dataplane"
+	"github.com/moatlb/moat/internal/firewall"
 )
 
 // healthReporter shows the engine's target health to the API (DescribeTargetHealth).
@@ -24,13 +25,13 @@ func (h healthReporter) TargetHealth(targetGroupARN, id string, port int) (cloud
 // listener loses its socket (kick), and when a deregistered target finishes draining, it reads
 // the state, applies it, and reports back: a load balancer whose listeners all serve is active,
 // one with a listener that cannot serve is active_impaired with the reason.
-func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine, kick <-chan struct{}, log *slog.Logger) {
+func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine, fw *firewall.Firewall, sgMode firewall.Mode, kick <-chan struct{}, log *slog.Logger) {
 	changes, stop := c.Store().Changes()
 	defer stop()
 	drained := time.NewTimer(time.Hour)
 	defer drained.Stop()
 	for {
-		next, err := syncOnce(c, engine, log)
+		next, err := syncOnce(c, engine, fw, sgMode, log)
 		if err != nil {
 			log.Error("data plane sync failed", "err", err)
 		}
@@ -50,10 +51,13 @@ func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine,
 
 // syncOnce applies the current state and returns when the next deregistered target finishes
 // draining (zero if none is draining).
-func syncOnce(c *cloud.Cloud, engine dataplane.Engine, log *slog.Logger) (time.Time, error) {
+func syncOnce(c *cloud.Cloud, engine dataplane.Engine, fw *firewall.Firewall, sgMode firewall.Mode, log *slog.Logger) (time.Time, error) {
 	st, err := c.State()
 	if err != nil {
 		return time.Time{}, err
+	}
+	if fw != nil {
+		fw.Apply(desiredFirewall(st, sgMode, hostAddrs()))
 	}
 	now := time.Now()
 	if err := engine.Apply(desiredConfig(st, now)); err != nil {

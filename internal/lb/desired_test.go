@@ -2,11 +2,13 @@ package lb
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/dataplane"
+	"github.com/moatlb/moat/internal/firewall"
 )
 
 // state is a small world: one NLB with a frontend group and a backend group, one listener on 80
@@ -146,5 +148,32 @@ func TestDrainedTargetsLeave(t *testing.T) {
 	}
 	if len(ids) != 1 || ids[0] != "i-a" {
 		t.Fatalf("targets in the data plane %v, want only the draining i-a (i-b's delay is over, i-stopped is stopped)", ids)
+	}
+}
+
+// TestDesiredFirewall: the firewall protects the instance interfaces on this host, with their
+// groups' rules; a rule referencing the backend group admits the load balancer's addresses.
+func TestDesiredFirewall(t *testing.T) {
+	local := func(a netip.Addr) bool { return a == netip.MustParseAddr("127.1.0.10") }
+	p := desiredFirewall(state(), firewall.Enforce, local)
+	if p.Mode != firewall.Enforce || len(p.Interfaces) != 1 {
+		t.Fatalf("program %+v, want enforce with node-a's interface only", p)
+	}
+	ifc := p.Interfaces[0]
+	if ifc.ID != "eni-a" || ifc.Instance != "i-a" || len(ifc.Addrs) != 1 || ifc.Addrs[0] != netip.MustParseAddr("127.1.0.10") {
+		t.Fatalf("interface %+v", ifc)
+	}
+	if len(ifc.Inbound) != 1 {
+		t.Fatalf("inbound rules %+v, want the backend group's", ifc.Inbound)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("127.1.0.100/32"), netip.MustParsePrefix("127.2.0.100/32")}
+	if got := ifc.Inbound[0].Sources; !slices.Equal(got, want) {
+		t.Errorf("the backend-group rule admits %v, want the load balancer's addresses %v", got, want)
+	}
+	if len(ifc.Outbound) != 1 || ifc.Outbound[0].Protocol != -1 {
+		t.Errorf("outbound rules %+v, want allow-all", ifc.Outbound)
+	}
+	if off := desiredFirewall(state(), firewall.Off, local); len(off.Interfaces) != 0 {
+		t.Errorf("mode off programs %d interfaces", len(off.Interfaces))
 	}
 }

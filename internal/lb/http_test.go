@@ -21,6 +21,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+
+	"github.com/moatlb/moat/internal/firewall"
 )
 
 // startLB runs moat lb in this process on loopback ports, with the userspace data plane, until
@@ -32,6 +34,7 @@ func startLB(t *testing.T, limits APILimits) Endpoints {
 	cfg.DataDir = t.TempDir()
 	cfg.APIAddr, cfg.DNSAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.FastPath = FastPathOff
+	cfg.InstanceSGMode = firewall.Off // the host's loopback is shared with other tests
 	cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan Endpoints, 1)

@@ -3,6 +3,7 @@
 package lb
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,6 +25,7 @@ import (
 	"github.com/moatlb/moat/internal/awsapi/sigv4"
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/dataplane"
+	"github.com/moatlb/moat/internal/firewall"
 )
 
 // Config is how moat lb runs; the flags of `moat lb` fill it.
@@ -43,6 +45,8 @@ type Config struct {
 	Quotas        cloud.Quotas
 	API           APILimits // zero: DefaultAPILimits
 	Log           *slog.Logger
+	// InstanceSGMode is --instance-sg-mode: enforce (""), audit or off.
+	InstanceSGMode firewall.Mode
 	// StartFresh lets moat lb start with empty state where state.db is missing or empty although
 	// credentials show the data dir served before; without it that is refused as lost state.
 	StartFresh bool
@@ -83,6 +87,9 @@ type Endpoints struct {
 	DNS             string `json:"dns"`     // host:port, UDP and TCP
 	Metrics         string `json:"metrics"` // URL
 	CredentialsFile string `json:"credentialsFile"`
+	// InstanceSecurityGroups says how instance groups are enforced on this host: enforce, audit,
+	// off, or "not enforced: <why>".
+	InstanceSecurityGroups string `json:"instanceSecurityGroups"`
 }
 
 // EndpointsFile is the name of the endpoints file in the data dir.
@@ -192,19 +199,25 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	readyz.engine.Store(engine)
 	c.SetHealthReporter(healthReporter{engine})
 	c.SetPortChecker(canListen)
+	sgMode := cmp.Or(cfg.InstanceSGMode, firewall.Enforce)
+	fw, sgStatus := startFirewall(sgMode, cfg.DataDir, reg, log)
 	synced := make(chan struct{})
 	go func() {
 		defer close(synced)
-		syncDataPlane(ctx, c, engine, kick, log)
+		syncDataPlane(ctx, c, engine, fw, sgMode, kick, log)
 	}()
-	// Stop in order: no more syncs, then the engine, then (deferred above) the store.
+	// Stop in order: no more syncs, then the engine and the firewall (whose rules stay in the
+	// kernel), then (deferred above) the store.
 	defer func() {
 		cancel()
 		<-synced
 		engine.Close()
+		if fw != nil {
+			fw.Close()
+		}
 	}()
 
-	eps := Endpoints{API: apiURL, DNS: dnsAddr, Metrics: metricsURL, CredentialsFile: credsPath}
+	eps := Endpoints{API: apiURL, DNS: dnsAddr, Metrics: metricsURL, CredentialsFile: credsPath, InstanceSecurityGroups: sgStatus}
 	if err := writeEndpoints(filepath.Join(cfg.DataDir, EndpointsFile), eps); err != nil {
 		return err
 	}

@@ -28,6 +28,7 @@ func printSummary(o Options, st State, cluster string) {
 	fmt.Fprintf(&b, "  DNS                %s   (load balancer names, udp and tcp)\n", st.LB.DNS)
 	fmt.Fprintf(&b, "  metrics            %s/metrics\n", st.LB.Metrics)
 	fmt.Fprintf(&b, "  credentials        %s\n", st.LB.CredentialsFile)
+	fmt.Fprintf(&b, "  instance groups    %s   (security groups of the instances on this host, on all their traffic)\n", st.LB.InstanceSecurityGroups)
 	if st.LocalCluster {
 		fmt.Fprintf(&b, "  Kubernetes API     %s   (local etcd + kube-apiserver)\n", st.KubeAPI)
 	} else {

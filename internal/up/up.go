@@ -32,6 +32,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/firewall"
 	"github.com/moatlb/moat/internal/lb"
 )
 
@@ -44,6 +45,8 @@ type Options struct {
 	DNSAddr string
 	Metrics string
 	Quotas  cloud.Quotas // the --quota-… flags; zero: AWS's defaults
+	// InstanceSGMode is --instance-sg-mode for moat lb: enforce (""), audit or off.
+	InstanceSGMode firewall.Mode
 
 	// The local cluster (not used with Kubeconfig/Context).
 	KubeAPIAddr  string
@@ -78,7 +81,7 @@ func (o Options) lbConfig(log *slog.Logger) lb.Config {
 	return lb.Config{
 		APIAddr: o.APIAddr, DataDir: filepath.Join(o.StateDir, "lb"), Region: region, AccountID: "000000000000",
 		DNSAddr: o.DNSAddr, DNSSuffix: "moat.internal", MetricsAddr: o.Metrics, Quotas: quotas,
-		API: lb.DefaultAPILimits(), Log: log,
+		API: lb.DefaultAPILimits(), InstanceSGMode: o.InstanceSGMode, Log: log,
 	}
 }
 

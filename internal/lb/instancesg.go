@@ -1,0 +1,89 @@
+package lb
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/firewall"
+)
+
+// startFirewall starts the instance firewall as mode asks. Where moat may not
+// enforce, it says so in one line and returns nil with the status to show
+// beside the endpoints: nothing is ever silently unenforced.
+func startFirewall(mode firewall.Mode, dataDir string, reg prometheus.Registerer, log *slog.Logger) (*firewall.Firewall, string) {
+	if mode == firewall.Off {
+		return nil, string(firewall.Off)
+	}
+	fw, err := firewall.New(firewall.Options{Table: firewallTable(dataDir), Registerer: reg, Log: log})
+	if err != nil {
+		log.Warn("instance security groups are NOT enforced: moat lb may not program the kernel's firewall (it needs root or CAP_NET_ADMIN and nftables)", "reason", err)
+		return nil, "not enforced: " + err.Error()
+	}
+	log.Info("instance security groups enforced on this host's instance addresses", "mode", mode)
+	return fw, string(mode)
+}
+
+// firewallTable names the firewall's table after the data dir, whose lock
+// (the store's) makes one moat lb its only owner: the next moat lb on the same
+// data dir replaces the table, and no other touches it.
+func firewallTable(dataDir string) string {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		abs = dataDir
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return hex.EncodeToString(sum[:4])
+}
+
+// hostAddrs reports which addresses are this host's: those on its
+// interfaces, and all of 127.0.0.0/8, which Linux delivers locally.
+func hostAddrs() func(netip.Addr) bool {
+	local := map[netip.Addr]bool{}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				local[p.Addr().Unmap()] = true
+			}
+		}
+	}
+	return func(a netip.Addr) bool {
+		a = a.Unmap()
+		return local[a] || a.Is4() && a.IsLoopback()
+	}
+}
+
+// desiredFirewall is the firewall program for the instance interfaces whose
+// private addresses are on this host: each interface's groups' rules, with
+// peers resolved as for the load balancers (a referenced group means the
+// addresses of the interfaces and load balancers carrying it). It is pure.
+func desiredFirewall(st cloud.State, mode firewall.Mode, local func(netip.Addr) bool) firewall.Program {
+	p := firewall.Program{Mode: mode}
+	if mode == firewall.Off {
+		return p
+	}
+	n := newNetwork(st)
+	for _, eni := range st.Interfaces {
+		if eni.InstanceID == "" {
+			continue
+		}
+		var addrs []netip.Addr
+		for _, ip := range eni.PrivateIPs {
+			if a, err := netip.ParseAddr(ip); err == nil && local(a) {
+				addrs = append(addrs, a)
+			}
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		p.Interfaces = append(p.Interfaces, firewall.Interface{ID: eni.ID, Instance: eni.InstanceID, Addrs: addrs,
+			Inbound: n.rules(eni.Groups, false), Outbound: n.rules(eni.Groups, true)})
+	}
+	return p
+}
