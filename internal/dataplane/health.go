@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -124,6 +125,7 @@ type checkPlan struct {
 	host     string
 	allowed  bool
 	interval time.Duration
+	control  func(network, address string, c syscall.RawConn) error
 }
 
 func (g *targetGroup) plan(t *target) checkPlan {
@@ -132,7 +134,7 @@ func (g *targetGroup) plan(t *target) checkPlan {
 	set := g.set
 	p := checkPlan{
 		hc: set.hc, match: set.match, ppv2: set.ProxyProtocolV2,
-		allowed: t.cfg.HealthCheckAllowed, interval: set.hc.Interval,
+		allowed: t.cfg.HealthCheckAllowed, interval: set.hc.Interval, control: g.u.controlUpstream,
 	}
 	port := set.hc.Port
 	if port == 0 {
@@ -192,7 +194,7 @@ func runCheck(ctx context.Context, p checkPlan) (r checkResult, measured bool) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.hc.Timeout)
 	defer cancel()
-	d := net.Dialer{Control: controlBindNoPort}
+	d := net.Dialer{Control: p.control}
 	d.SetMultipathTCP(false)
 	if p.src.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(p.src, 0))

@@ -193,7 +193,7 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 	if sel.set.PreserveClientIP && client.Addr().IsLoopback() {
 		src = client.Addr()
 	}
-	d := net.Dialer{Timeout: s.u.connectTimeout, Control: controlBindNoPort}
+	d := net.Dialer{Timeout: s.u.connectTimeout, Control: s.u.controlUpstream}
 	d.SetMultipathTCP(false)
 	if src.Is4() == t.addr.Addr().Unmap().Is4() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))

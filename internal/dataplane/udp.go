@@ -162,7 +162,12 @@ func (s *udpSocket) flowFor(client netip.AddrPort) *udpFlow {
 	if src.Is4() == t.addr.Addr().Unmap().Is4() {
 		laddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 	}
-	up, err := net.DialUDP("udp", laddr, net.UDPAddrFromAddrPort(t.addr))
+	d := net.Dialer{Control: s.u.controlUpstream}
+	if laddr != nil {
+		d.LocalAddr = laddr
+	}
+	conn, err := d.Dial("udp", t.addr.String())
+	up, _ := conn.(*net.UDPConn)
 	if err != nil {
 		r.m.connectErrors.Inc()
 		s.u.log.Debug("udp socket to target failed", "listener", r.listenerID, "target", t.addr, "error", err)

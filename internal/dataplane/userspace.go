@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/moatlb/moat/internal/dataplane/kernel"
+	"github.com/moatlb/moat/internal/nftutil"
 	"github.com/moatlb/moat/internal/secgroup"
 )
 
@@ -59,6 +60,9 @@ type Userspace struct {
 	connectTimeout  time.Duration
 	onListenerError func(*ListenerError)
 	kernel          *kernel.Path // nil without the fast path
+	// mark is the engine's mark (nftutil's layout: the fast path's ID, or a
+	// fresh one), on every socket it opens to a target.
+	mark uint32
 	// tcpRoutes are the TCP sockets' routes as of the last Apply, read by
 	// the fast path's worker; kernelReported is that worker's own.
 	tcpRoutes atomic.Pointer[map[sockKey]*route]
@@ -159,8 +163,23 @@ func NewUserspace(opts Options) (*Userspace, error) {
 			u.metrics.unregister(reg)
 			return nil, fmt.Errorf("kernel fast path: %w", err)
 		}
+		u.mark = u.kernel.ID()
+	} else {
+		u.mark = nftutil.NewMarkID()
 	}
 	return u, nil
+}
+
+// controlUpstream prepares a socket to a target: a source port chosen at
+// connect time (TCP), and the engine's mark.
+func (u *Userspace) controlUpstream(network, address string, c syscall.RawConn) error {
+	if network == "tcp" || network == "tcp4" || network == "tcp6" {
+		if err := controlBindNoPort(network, address, c); err != nil {
+			return err
+		}
+	}
+	markSocket(c, u.mark)
+	return nil
 }
 
 // Apply implements Engine. It returns once the kernel fast path, if any,

@@ -255,7 +255,9 @@ func New(opts Options) (*Path, error) {
 }
 
 // TableName is the name of the nftables table of the path with this ID.
-func TableName(id uint32) string { return fmt.Sprintf("moat_%05x", id>>slotBits&^(nftutil.MarkFlow>>slotBits)) }
+func TableName(id uint32) string {
+	return fmt.Sprintf("moat_%05x", id>>slotBits&^(nftutil.MarkFlow>>slotBits))
+}
 
 // Table is the name of the path's nftables table.
 func (p *Path) Table() string { return TableName(p.id) }

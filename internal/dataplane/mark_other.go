@@ -1,0 +1,8 @@
+//go:build !linux
+
+package dataplane
+
+import "syscall"
+
+// markSocket: socket marks are Linux's; nothing reads them elsewhere.
+func markSocket(syscall.RawConn, uint32) {}
