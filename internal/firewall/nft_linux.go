@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
-	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -30,10 +29,6 @@ import (
 // ctStateEstablishedRelated are conntrack's state bits for packets of a flow
 // it already knows.
 const ctStateEstablishedRelated = 0x2 | 0x4 // NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | (IP_CT_RELATED)
-
-// nftMu serialises building messages: github.com/google/nftables allocates
-// set IDs from package state.
-var nftMu sync.Mutex
 
 type nftConn struct {
 	nft   *nftables.Conn
@@ -63,9 +58,11 @@ func dial(name string) (kernelConn, error) {
 func (c *nftConn) close() { c.nl.Close() }
 
 func (c *nftConn) replace(ifaces []compiled, p *Program) (map[string][2]string, error) {
-	nftMu.Lock()
-	labels, err := c.queue(ifaces, p)
-	nftMu.Unlock()
+	var labels map[string][2]string
+	err := nftutil.Build(func() (err error) {
+		labels, err = c.queue(ifaces, p)
+		return err
+	})
 	if err != nil {
 		c.nft.Flush() // drop what was queued
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -16,6 +17,20 @@ import (
 	"go4.org/netipx"
 	"golang.org/x/sys/unix"
 )
+
+// buildMu serialises building nftables messages in this process (the fast
+// path and the firewall, and several engines in tests): github.com/google/nftables
+// keeps package state there — set IDs, and the ct timeout defaults that
+// encoding writes to.
+var buildMu sync.Mutex
+
+// Build runs fn, which queues messages on a connection and does no I/O,
+// while no other nftables messages are built in this process.
+func Build(fn func() error) error {
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	return fn()
+}
 
 // TableFlagOwner ties a table to the netlink socket that created it
 // (NFT_TABLE_F_OWNER): no other socket may change it, and the kernel deletes

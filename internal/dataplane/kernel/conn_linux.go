@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/nftables"
@@ -37,12 +36,6 @@ const (
 	ctTCPTimeWait = 7
 	ctTCPClose    = 8
 )
-
-// nftMu serialises building nftables messages across paths (tests run
-// several in one process): github.com/google/nftables keeps package state
-// there — set IDs, and the ct timeout defaults that encoding writes to. It
-// is never held across kernel I/O.
-var nftMu sync.Mutex
 
 // Base objects of the table. Every socket's slot adds its own chains
 // (admit_N, count_N) and counters (new_N, in_N, out_N) and elements in the
@@ -137,7 +130,13 @@ func (c *nftConn) createTable() error {
 // addBase adds the hooked chains, the maps they dispatch through and their
 // one rule each.
 func (c *nftConn) addBase() error {
-	nftMu.Lock()
+	if err := nftutil.Build(c.queueBase); err != nil {
+		return err
+	}
+	return c.nft.Flush()
+}
+
+func (c *nftConn) queueBase() error {
 	t := c.table
 	chain := func(name string, ty nftables.ChainType, h *nftables.ChainHook, p *nftables.ChainPriority) *nftables.Chain {
 		return c.nft.AddChain(&nftables.Chain{Name: name, Table: t, Type: ty, Hooknum: h, Priority: p})
@@ -178,22 +177,18 @@ func (c *nftConn) addBase() error {
 			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
 		}})
 	}
-	nftMu.Unlock()
-	if err != nil {
-		return err
-	}
-	return c.nft.Flush()
+	return err
 }
 
 func (c *nftConn) program(changes []change) error {
-	nftMu.Lock()
-	var err error
-	for _, ch := range changes {
-		if err = c.queue(ch); err != nil {
-			break
+	err := nftutil.Build(func() error {
+		for _, ch := range changes {
+			if err := c.queue(ch); err != nil {
+				return err
+			}
 		}
-	}
-	nftMu.Unlock()
+		return nil
+	})
 	if err != nil {
 		c.nft.Flush() // drop what was queued; the connection is abandoned anyway
 		return err
