@@ -27,7 +27,8 @@ On first start it writes <data-dir>/credentials; sign requests with them, for ex
   AWS_SHARED_CREDENTIALS_FILE=<data-dir>/credentials aws --endpoint-url http://127.0.0.1:7080 \
     --region us-east-1 ec2 describe-security-groups
 
-Any valid key may do anything: moat lb authenticates requests but does not authorize them.`,
+A profile marked moat_read_only = true may call read actions only ("moat lb credentials
+add-read-only NAME" adds one); any other valid key may do anything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := logger()
@@ -67,6 +68,7 @@ Any valid key may do anything: moat lb authenticates requests but does not autho
 	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the certificate's private key (PEM)")
 	f.StringVar(&cfg.FastPath, "fast-path", lb.FastPathAuto, "kernel fast path for TCP flows on loopback (nftables DNAT + conntrack, needs CAP_NET_ADMIN): auto, kernel or off")
 	f.StringVar(&flowLog, "flow-log", "", "write every flow denied by security groups as a JSON line (time, load balancer, listener, client, reason) to this file; - for stderr")
+	cmd.AddCommand(newLBCredentialsCommand())
 	q := &cfg.Quotas
 	f.IntVar(&q.SecurityGroupsPerLoadBalancer, "quota-security-groups-per-load-balancer", q.SecurityGroupsPerLoadBalancer, "security groups per load balancer")
 	f.IntVar(&q.SecurityGroupsPerInterface, "quota-security-groups-per-interface", q.SecurityGroupsPerInterface, "security groups per network interface")
