@@ -19,11 +19,11 @@ import (
 //
 // A re-read that fails (the file is missing, unreadable or invalid) keeps the
 // keys in use and is logged once per version of the file. A file caught
-// changing while it is read is read again at the next request, so a partly
-// written file is not taken. Writers should still replace the file (write a
-// temporary file and rename it, as AddProfile and most editors do): a file
-// rewritten in place can be seen half-written between two of its writer's
-// writes. Reload forces a re-read, for edits that keep the size and mtime.
+// changing while it is read is not taken, and is read again at the next
+// request. Writers should still replace the file (write a temporary file and
+// rename it, as AddProfile and most editors do): a file rewritten in place can
+// be seen half-written between two of its writer's writes. Reload forces a
+// re-read, for edits that keep the size and mtime.
 type File struct {
 	path string
 	log  *slog.Logger
