@@ -28,7 +28,8 @@ On first start it writes <data-dir>/credentials; sign requests with them, for ex
   AWS_SHARED_CREDENTIALS_FILE=<data-dir>/credentials aws --endpoint-url http://127.0.0.1:7080 \
     --region us-east-1 ec2 describe-security-groups
 
-Any valid key may do anything: moat lb authenticates requests but does not authorize them.`,
+A profile marked moat_read_only = true may call read actions only ("moat lb credentials
+add-read-only NAME" adds one); any other valid key may do anything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := logger()
@@ -76,6 +77,7 @@ Any valid key may do anything: moat lb authenticates requests but does not autho
 	addAPILimitFlags(f, &cfg.API)
 	addQuotaFlags(f, &cfg.Quotas)
 	cmd.AddCommand(newLBBackupCommand())
+	cmd.AddCommand(newLBCredentialsCommand())
 	return cmd
 }
 

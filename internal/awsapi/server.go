@@ -105,7 +105,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		svc.fail(w, requestID, &apiError{413, "RequestEntityTooLarge", "The request body exceeds the 1 MiB limit."})
 		return
 	}
-	if aerr := s.authenticate(r, body, svc); aerr != nil {
+	id, aerr := s.authenticate(r, body, svc)
+	if aerr != nil {
 		s.count(svc, "", aerr.code)
 		svc.fail(w, requestID, aerr)
 		return
@@ -127,6 +128,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			aerr = &apiError{400, "MissingAction", "The request must contain the parameter Action."}
 		}
 		s.count(svc, "", aerr.code)
+		svc.fail(w, requestID, aerr)
+		return
+	}
+	if aerr := s.checkAccess(svc, action, id); aerr != nil {
+		s.count(svc, action, aerr.code)
 		svc.fail(w, requestID, aerr)
 		return
 	}
@@ -222,7 +228,7 @@ func (s *Server) route(r *http.Request, params url.Values) *service {
 	return s.elbv2
 }
 
-func (s *Server) authenticate(r *http.Request, body []byte, svc *service) *apiError {
+func (s *Server) authenticate(r *http.Request, body []byte, svc *service) (sigv4.Identity, *apiError) {
 	id, err := s.verifier.Verify(r, body)
 	var serr *sigv4.Error
 	switch {
@@ -234,13 +240,13 @@ func (s *Server) authenticate(r *http.Request, body []byte, svc *service) *apiEr
 	case id.Region != s.cloud.Config().Region:
 		serr = &sigv4.Error{Reason: sigv4.ReasonSignatureMismatch, Message: "Credential should be scoped to a valid region, not '" + id.Region + "'. This endpoint serves '" + s.cloud.Config().Region + "'."}
 	default:
-		return nil
+		return id, nil
 	}
 	fault := serr.ELBv2()
 	if svc == s.ec2 {
 		fault = serr.EC2()
 	}
-	return &apiError{fault.Status, fault.Code, fault.Message}
+	return sigv4.Identity{}, &apiError{fault.Status, fault.Code, fault.Message}
 }
 
 func (s *Server) toAPIError(svc *service, action string, err error) *apiError {

@@ -138,8 +138,8 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if err := os.Remove(filepath.Join(cfg.DataDir, EndpointsFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	credsPath := filepath.Join(cfg.DataDir, credentialsFile)
-	creds, created, err := sigv4.LoadOrCreateFile(credsPath)
+	credsPath := filepath.Join(cfg.DataDir, CredentialsFile)
+	creds, created, err := sigv4.OpenFile(credsPath, log)
 	if err != nil {
 		return err
 	}
@@ -156,7 +156,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if err := applyInventory(c, cfg.InventoryPath); err != nil {
 		return err
 	}
-	go reloadOnHangup(ctx, c, cfg.InventoryPath, log)
+	go reloadOnHangup(ctx, c, cfg.InventoryPath, creds, log)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -244,8 +244,9 @@ func applyInventory(c *cloud.Cloud, path string) error {
 	return c.ApplyInventory(inv)
 }
 
-// reloadOnHangup re-applies the inventory on SIGHUP, so nodes can be added while running.
-func reloadOnHangup(ctx context.Context, c *cloud.Cloud, path string, log *slog.Logger) {
+// reloadOnHangup re-applies the inventory on SIGHUP, so nodes can be added while running, and
+// re-reads the credentials file (which is otherwise re-read when it changes, see sigv4.File).
+func reloadOnHangup(ctx context.Context, c *cloud.Cloud, path string, creds *sigv4.File, log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -254,6 +255,9 @@ func reloadOnHangup(ctx context.Context, c *cloud.Cloud, path string, log *slog.
 		case <-ctx.Done():
 			return
 		case <-hup:
+			if err := creds.Reload(); err != nil {
+				log.Error("credentials reload failed; keeping the previous keys", "file", creds.Path(), "err", err)
+			}
 			if err := applyInventory(c, path); err != nil {
 				log.Error("inventory reload failed; keeping the previous one", "err", err)
 				continue

@@ -14,9 +14,6 @@ import (
 // StateFile is the name of the store in the data dir.
 const StateFile = "state.db"
 
-// credentialsFile is the name of the generated credentials in the data dir.
-const credentialsFile = "credentials"
-
 // openState opens the data dir's store, first of everything in the data dir: it holds the data
 // dir's lock, so nothing else there is touched by a second moat lb.
 //
@@ -35,7 +32,7 @@ func openState(dataDir string, startFresh bool, log *slog.Logger) (*store.Bolt, 
 		if err == nil {
 			what = "is empty (0 bytes)"
 		}
-		_, credsErr := os.Stat(filepath.Join(dataDir, credentialsFile))
+		_, credsErr := os.Stat(filepath.Join(dataDir, CredentialsFile))
 		switch {
 		case credsErr == nil && !startFresh:
 			return nil, fmt.Errorf("%s %s, but %s holds credentials from an earlier run: its state (every load balancer, target group and security group) is lost. "+

@@ -1,8 +1,9 @@
 // Package lbtest runs moat's AWS-compatible API in-process for tests of code that talks to AWS
 // through aws-sdk-go-v2: a real HTTP server on 127.0.0.1, SigV4-verified, over a fresh durable
 // store with the default inventory, and SDK clients pointed at it the way a user would point them
-// (BaseEndpoint and static credentials). It also reads the server's per-action request counter,
-// so a test can assert that a step made no mutating call.
+// (BaseEndpoint and static credentials). The server's keys come from a credentials file, as moat
+// lb's do: a full-access [default] profile and a read-only [node] profile. It also reads the
+// server's per-action request counter, so a test can assert that a step made no mutating call.
 package lbtest
 
 import (
@@ -10,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -29,13 +31,22 @@ import (
 	"github.com/moatlb/moat/internal/store"
 )
 
-// Static test credentials; the server accepts only these.
+// Static test credentials; the server accepts only these. The ReadOnly pair is profile
+// ReadOnlyProfile, marked moat_read_only: it may call read actions only.
 const (
-	AccessKey = "AKIAMOATLBTEST000001"
-	SecretKey = "moat-lbtest-secret-00000000000000000000"
-	Region    = "us-east-1"
-	AccountID = "123456789012"
+	AccessKey         = "AKIAMOATLBTEST000001"
+	SecretKey         = "moat-lbtest-secret-00000000000000000000"
+	ReadOnlyProfile   = "node"
+	ReadOnlyAccessKey = "AKIAMOATLBTESTRO0001"
+	ReadOnlySecretKey = "moat-lbtest-read-only-secret-0000000000"
+	Region            = "us-east-1"
+	AccountID         = "123456789012"
 )
+
+// credentialsFile is the server's credentials file: the two key pairs above.
+const credentialsFile = "[default]\naws_access_key_id = " + AccessKey + "\naws_secret_access_key = " + SecretKey +
+	"\n\n[" + ReadOnlyProfile + "]\naws_access_key_id = " + ReadOnlyAccessKey + "\naws_secret_access_key = " + ReadOnlySecretKey +
+	"\nmoat_read_only = true\n"
 
 // Env is a running moat API with SDK clients for it.
 type Env struct {
@@ -53,6 +64,11 @@ type Env struct {
 	Config aws.Config
 	EC2    *ec2.Client
 	ELB    *elbv2.Client
+	// ReadOnlyConfig is Config with the read-only key.
+	ReadOnlyConfig aws.Config
+	// CredentialsFile is the server's credentials file, followed as moat lb follows its own: a
+	// profile added to it is accepted at the next request.
+	CredentialsFile string
 }
 
 type options struct {
@@ -94,7 +110,8 @@ func Start(t testing.TB, opts ...Option) *Env {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
+	dir := t.TempDir()
+	st, err := store.OpenBolt(filepath.Join(dir, "state.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,8 +129,16 @@ func Start(t testing.TB, opts ...Option) *Env {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	verifier := &sigv4.Verifier{Credentials: sigv4.Static{AccessKey: SecretKey}}
-	srv := httptest.NewServer(awsapi.New(c, verifier, slog.New(slog.NewTextHandler(io.Discard, nil)), reg))
+	credsPath := filepath.Join(dir, "credentials")
+	if err := os.WriteFile(credsPath, []byte(credentialsFile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	creds, _, err := sigv4.OpenFile(credsPath, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(awsapi.New(c, &sigv4.Verifier{Credentials: creds}, log, reg))
 	t.Cleanup(srv.Close)
 	cfg := aws.Config{
 		Region:           Region,
@@ -124,6 +149,8 @@ func Start(t testing.TB, opts ...Option) *Env {
 	for _, f := range o.apiOptions {
 		f(&cfg)
 	}
+	roCfg := cfg.Copy()
+	roCfg.Credentials = credentials.NewStaticCredentialsProvider(ReadOnlyAccessKey, ReadOnlySecretKey, "")
 	return &Env{
 		URL:       srv.URL,
 		AccessKey: AccessKey,
@@ -134,6 +161,9 @@ func Start(t testing.TB, opts ...Option) *Env {
 		Config:    cfg,
 		EC2:       ec2.NewFromConfig(cfg),
 		ELB:       elbv2.NewFromConfig(cfg),
+
+		ReadOnlyConfig:  roCfg,
+		CredentialsFile: credsPath,
 	}
 }
 

@@ -15,20 +15,42 @@ import (
 )
 
 // The AWS shared-credentials format, so that the file moat writes works as
-// AWS_SHARED_CREDENTIALS_FILE for the CLI and the SDKs.
+// AWS_SHARED_CREDENTIALS_FILE for the CLI and the SDKs. moat adds one key of its
+// own, which AWS's tools ignore.
 const (
 	profileDefault  = "default"
 	keyAccessKeyID  = "aws_access_key_id"
 	keySecretAccess = "aws_secret_access_key"
+	keyReadOnly     = "moat_read_only"
+	moatKeyPrefix   = "moat_"
 )
 
-// Static is a fixed set of credentials, access key ID -> secret access key.
+// Key is one access key that moat accepts.
+type Key struct {
+	Secret string
+	// Profile names the key's profile in the credentials file (the first, if the
+	// key appears in several); error messages call it the user.
+	Profile string
+	// ReadOnly marks a key that may call only read actions (moat_read_only = true).
+	ReadOnly bool
+}
+
+// Keys are the access keys of a credentials file, by access key ID.
+type Keys map[string]Key
+
+// Lookup implements CredentialStore.
+func (k Keys) Lookup(accessKeyID string) (Key, bool) {
+	key, ok := k[accessKeyID]
+	return key, ok
+}
+
+// Static is a fixed set of full-access keys, access key ID -> secret access key.
 type Static map[string]string
 
-// SecretFor implements CredentialStore.
-func (s Static) SecretFor(accessKeyID string) (string, bool) {
+// Lookup implements CredentialStore.
+func (s Static) Lookup(accessKeyID string) (Key, bool) {
 	secret, ok := s[accessKeyID]
-	return secret, ok
+	return Key{Secret: secret}, ok
 }
 
 // LoadFile reads an AWS shared-credentials file. The key pairs of all profiles
@@ -38,39 +60,76 @@ func (s Static) SecretFor(accessKeyID string) (string, bool) {
 // key with two different secrets, is an error: either guess would let the wrong
 // client in or lock the right one out.
 //
+// A profile with moat_read_only = true gets a read-only key (false, the default,
+// gives full access). Any other value, and any other key starting with moat_, is
+// an error rather than ignored: a misspelt marker must not quietly grant full
+// access. Keys of other names (region, output, ...) are ignored, as AWS's tools
+// ignore what they do not know, so one file can serve both. A profile's keys are
+// its own: ini's inheritance from a dotted parent section ([a] for [a.b]) is not
+// applied, as AWS's tools do not apply it.
+//
 // The file's mode is not checked: a Kubernetes Secret is mounted 0644 by default,
 // and refusing it would break the usual deployment. The file moat creates is 0600.
-func LoadFile(path string) (Static, error) {
+func LoadFile(path string) (Keys, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read credentials: %w", err)
 	}
-	f, err := ini.LoadSources(ini.LoadOptions{InsensitiveKeys: true}, data)
+	return parseKeys(path, data)
+}
+
+// parseKeys implements LoadFile on the file's content; path is for messages.
+func parseKeys(path string, data []byte) (Keys, error) {
+	f, err := parseINI(data)
 	if err != nil {
 		return nil, fmt.Errorf("parse credentials %s: %w", path, err)
 	}
-	creds := Static{}
+	keys := Keys{}
 	for _, sec := range f.Sections() {
-		if !sec.HasKey(keyAccessKeyID) {
+		values := sec.KeysHash() // the section's own keys, lowercased
+		readOnly := false
+		for name, value := range values {
+			switch {
+			case name == keyReadOnly:
+				switch strings.ToLower(strings.TrimSpace(value)) {
+				case "true":
+					readOnly = true
+				case "false":
+				default:
+					return nil, fmt.Errorf("credentials %s: profile %q: %s must be true or false, not %q", path, sec.Name(), keyReadOnly, value)
+				}
+			case strings.HasPrefix(name, moatKeyPrefix):
+				return nil, fmt.Errorf("credentials %s: profile %q: unknown key %s (moat knows %s)", path, sec.Name(), name, keyReadOnly)
+			}
+		}
+		rawID, ok := values[keyAccessKeyID]
+		if !ok {
 			continue
 		}
-		id := strings.TrimSpace(sec.Key(keyAccessKeyID).Value())
-		secret := ""
-		if sec.HasKey(keySecretAccess) {
-			secret = strings.TrimSpace(sec.Key(keySecretAccess).Value())
-		}
+		id := strings.TrimSpace(rawID)
+		secret := strings.TrimSpace(values[keySecretAccess])
 		if id == "" || secret == "" {
 			return nil, fmt.Errorf("credentials %s: profile %q needs both %s and %s", path, sec.Name(), keyAccessKeyID, keySecretAccess)
 		}
-		if prev, dup := creds[id]; dup && prev != secret {
-			return nil, fmt.Errorf("credentials %s: access key %s appears with two different secrets", path, id)
+		if prev, dup := keys[id]; dup {
+			if prev.Secret != secret {
+				return nil, fmt.Errorf("credentials %s: access key %s appears with two different secrets", path, id)
+			}
+			if prev.ReadOnly != readOnly {
+				return nil, fmt.Errorf("credentials %s: access key %s is in profiles %q and %q, read-only in only one", path, id, prev.Profile, sec.Name())
+			}
+			continue
 		}
-		creds[id] = secret
+		keys[id] = Key{Secret: secret, Profile: sec.Name(), ReadOnly: readOnly}
 	}
-	if len(creds) == 0 {
+	if len(keys) == 0 {
 		return nil, fmt.Errorf("credentials %s: no profile has %s and %s", path, keyAccessKeyID, keySecretAccess)
 	}
-	return creds, nil
+	return keys, nil
+}
+
+func parseINI(data []byte) (*ini.File, error) {
+	return ini.LoadSources(ini.LoadOptions{InsensitiveKeys: true}, data)
 }
 
 // LoadOrCreateFile returns the credentials in path, creating the file with a
@@ -78,7 +137,7 @@ func LoadFile(path string) (Static, error) {
 // without configuration and later starts keep the same key. It never replaces an
 // existing file: if another process creates path at the same moment, its file
 // wins and is loaded (created is then false).
-func LoadOrCreateFile(path string) (creds Static, created bool, err error) {
+func LoadOrCreateFile(path string) (creds Keys, created bool, err error) {
 	creds, err = LoadFile(path)
 	if !errors.Is(err, fs.ErrNotExist) {
 		return creds, false, err
@@ -99,7 +158,7 @@ func LoadOrCreateFile(path string) (creds Static, created bool, err error) {
 // crash never leaves a truncated file that would lock clients out. It is
 // published with link rather than rename because link fails if path exists,
 // where rename would silently replace a file created concurrently.
-func createFile(path string) (Static, error) {
+func createFile(path string) (Keys, error) {
 	id, secret := newKeyPair()
 	f := ini.Empty()
 	sec, err := f.NewSection(profileDefault)
@@ -142,7 +201,7 @@ func createFile(path string) (Static, error) {
 	if err := syncDir(dir); err != nil {
 		return nil, fmt.Errorf("create credentials: %w", err)
 	}
-	return Static{id: secret}, nil
+	return Keys{id: {Secret: secret, Profile: profileDefault}}, nil
 }
 
 // syncDir makes a new directory entry durable.

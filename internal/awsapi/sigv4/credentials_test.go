@@ -21,15 +21,20 @@ var (
 	secretShape    = regexp.MustCompile(`^[A-Za-z0-9+/]{40}$`)
 )
 
-// onlyPair returns the single key pair of creds.
-func onlyPair(t *testing.T, creds Static) (id, secret string) {
+// onlyPair returns the single key pair of creds, which must be the full-access
+// [default] profile.
+func onlyPair(t *testing.T, creds Keys) (id, secret string) {
 	t.Helper()
 	if len(creds) != 1 {
 		t.Fatalf("want one key pair, have %d", len(creds))
 	}
-	for id, secret = range creds {
+	var key Key
+	for id, key = range creds {
 	}
-	return id, secret
+	if key.Profile != "default" || key.ReadOnly {
+		t.Fatalf("key %s is %+v, want the full-access default profile", id, key)
+	}
+	return id, key.Secret
 }
 
 func TestLoadOrCreateFile(t *testing.T) {
@@ -51,11 +56,11 @@ func TestLoadOrCreateFile(t *testing.T) {
 	if mode := info.Mode().Perm(); mode != 0o600 {
 		t.Errorf("file mode = %v, want 0600", mode)
 	}
-	if secret, ok := creds.SecretFor(id); !ok || secret == "" {
-		t.Errorf("SecretFor(%s) = %q, %v", id, secret, ok)
+	if key, ok := creds.Lookup(id); !ok || key.Secret == "" {
+		t.Errorf("Lookup(%s) = %+v, %v", id, key, ok)
 	}
-	if _, ok := creds.SecretFor("AKIAOTHER"); ok {
-		t.Error("SecretFor knows a key that was never created")
+	if _, ok := creds.Lookup("AKIAOTHER"); ok {
+		t.Error("Lookup knows a key that was never created")
 	}
 
 	// The SDK's own loader finds the same pair in the [default] profile.
@@ -133,7 +138,7 @@ func TestLoadOrCreateFileConcurrent(t *testing.T) {
 	const n = 8
 	var (
 		wg      sync.WaitGroup
-		results [n]Static
+		results [n]Keys
 		created [n]bool
 		errs    [n]error
 	)
@@ -177,7 +182,7 @@ func TestLoadOrCreateFileKeepsExisting(t *testing.T) {
 			if created {
 				t.Error("created a file over an existing one")
 			}
-			if tt.wantErr == "" && (err != nil || creds["AKIDEXAMPLE"] != "s3cret") {
+			if tt.wantErr == "" && (err != nil || creds["AKIDEXAMPLE"].Secret != "s3cret") {
 				t.Errorf("LoadOrCreateFile = %v, %v", creds, err)
 			}
 			if tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
@@ -199,7 +204,7 @@ func TestLoadOrCreateFileKeepsExisting(t *testing.T) {
 func TestLoadFile(t *testing.T) {
 	tests := []struct {
 		name, content string
-		want          Static
+		want          Keys
 		wantErr       string
 	}{
 		{
@@ -216,12 +221,12 @@ region = us-east-1
 AWS_ACCESS_KEY_ID=AKIABBBBBBBBBBBBBBBB
 AWS_SECRET_ACCESS_KEY=secret/B+b
 `,
-			want: Static{"AKIAAAAAAAAAAAAAAAAA": "secretA", "AKIABBBBBBBBBBBBBBBB": "secret/B+b"},
+			want: Keys{"AKIAAAAAAAAAAAAAAAAA": {"secretA", "default", false}, "AKIABBBBBBBBBBBBBBBB": {"secret/B+b", "ci", false}},
 		},
 		{
 			name:    "same key, same secret twice",
 			content: "[a]\naws_access_key_id=K\naws_secret_access_key=S\n[b]\naws_access_key_id=K\naws_secret_access_key=S\n",
-			want:    Static{"K": "S"},
+			want:    Keys{"K": {"S", "a", false}},
 		},
 		{
 			name:    "same key, two secrets",
@@ -231,6 +236,36 @@ AWS_SECRET_ACCESS_KEY=secret/B+b
 		{name: "key without secret", content: "[a]\naws_access_key_id=K\n", wantErr: `profile "a" needs both`},
 		{name: "empty secret", content: "[a]\naws_access_key_id=K\naws_secret_access_key=\n", wantErr: `profile "a" needs both`},
 		{name: "not INI", content: "[unterminated\n", wantErr: "parse credentials"},
+		{
+			name: "read-only profile",
+			content: `[default]
+aws_access_key_id = F
+aws_secret_access_key = s1
+moat_read_only = false
+
+[node]
+aws_access_key_id = N
+aws_secret_access_key = s2
+MOAT_READ_ONLY = True
+region = us-east-1
+output = json
+`,
+			want: Keys{"F": {"s1", "default", false}, "N": {"s2", "node", true}},
+		},
+		{
+			name:    "no inheritance from a dotted parent",
+			content: "[node]\naws_access_key_id=N\naws_secret_access_key=S\nmoat_read_only=true\n[node.x]\naws_access_key_id=X\naws_secret_access_key=T\n[node.y]\nregion=us-east-1\n",
+			want:    Keys{"N": {"S", "node", true}, "X": {"T", "node.x", false}},
+		},
+		{name: "read-only not a boolean", content: "[a]\naws_access_key_id=K\naws_secret_access_key=S\nmoat_read_only=yes\n", wantErr: `profile "a": moat_read_only must be true or false, not "yes"`},
+		{name: "read-only empty", content: "[a]\naws_access_key_id=K\naws_secret_access_key=S\nmoat_read_only=\n", wantErr: "must be true or false"},
+		{name: "misspelt moat key", content: "[a]\naws_access_key_id=K\naws_secret_access_key=S\nmoat_readonly=true\n", wantErr: `profile "a": unknown key moat_readonly`},
+		{name: "moat key in a profile without a key", content: "[a]\naws_access_key_id=K\naws_secret_access_key=S\n[b]\nmoat_admin=true\n", wantErr: "unknown key moat_admin"},
+		{
+			name:    "same key, read-only in one profile only",
+			content: "[a]\naws_access_key_id=K\naws_secret_access_key=S\n[b]\naws_access_key_id=K\naws_secret_access_key=S\nmoat_read_only=true\n",
+			wantErr: `access key K is in profiles "a" and "b", read-only in only one`,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,8 +3,9 @@
 // valid.
 //
 // It authenticates only. Verify reports which key signed a request for which
-// region and service; checking that the service is the one the endpoint serves
-// is the caller's job, and moat does not authorize: any valid key may do anything.
+// region and service, and the key's profile and whether it is read-only; checking
+// that the service is the one the endpoint serves, and what the key may do, is
+// the caller's job.
 package sigv4
 
 import (
@@ -44,20 +45,23 @@ const (
 //
 // A Verifier is safe for concurrent use if its CredentialStore is.
 type Verifier struct {
-	Credentials CredentialStore  // access key -> secret
+	Credentials CredentialStore  // access key -> secret and profile
 	Now         func() time.Time // injectable clock; nil = time.Now
 	MaxSkew     time.Duration    // 0 = 15 minutes
 }
 
-// CredentialStore looks up the secret of an access key.
+// CredentialStore looks up an access key.
 type CredentialStore interface {
-	SecretFor(accessKeyID string) (secret string, ok bool)
+	Lookup(accessKeyID string) (key Key, ok bool)
 }
 
 // Identity is what a verified signature proves: who signed, and for which
-// region and service. The caller checks that Service and Region are its own.
+// region and service. The caller checks that Service and Region are its own,
+// and that a ReadOnly key calls only read actions.
 type Identity struct {
 	AccessKeyID, Region, Service string
+	Profile                      string // the key's profile; "" for keys not from a file
+	ReadOnly                     bool
 }
 
 // claim is what a request says about its own signature, none of it trusted yet.
@@ -97,9 +101,9 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (Identity, error) {
 	if len(r.Header.Values("X-Amz-Security-Token")) > 0 || hasParam(query, "X-Amz-Security-Token") {
 		return Identity{}, newError(ReasonUnknownKey, msgInvalidToken)
 	}
-	secret, ok := "", false
+	key, ok := Key{}, false
 	if v.Credentials != nil {
-		secret, ok = v.Credentials.SecretFor(c.accessKey)
+		key, ok = v.Credentials.Lookup(c.accessKey)
 	}
 	if !ok {
 		return Identity{}, newError(ReasonUnknownKey, msgInvalidToken)
@@ -122,11 +126,11 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (Identity, error) {
 	}
 
 	canonical := canonicalRequest(r, u, query, c, payloadHash)
-	want := signature(secret, c, canonical)
+	want := signature(key.Secret, c, canonical)
 	if !hmac.Equal([]byte(want), []byte(c.signature)) {
 		return Identity{}, newError(ReasonSignatureMismatch, msgSignatureMismatch)
 	}
-	return Identity{AccessKeyID: c.accessKey, Region: c.region, Service: c.service}, nil
+	return Identity{AccessKeyID: c.accessKey, Region: c.region, Service: c.service, Profile: key.Profile, ReadOnly: key.ReadOnly}, nil
 }
 
 // checkTime rejects a request signed too far from the server clock, in either

@@ -1,0 +1,89 @@
+package awsapi
+
+import "github.com/moatlb/moat/internal/awsapi/sigv4"
+
+// access is what a key needs to call an action.
+type access int
+
+const (
+	// write: full access. The zero value, so that an action missing from actionAccess needs it.
+	write access = iota
+	// read: any valid key, read-only ones included.
+	read
+)
+
+// actionAccess classifies every action the endpoint serves, by service (SigV4 signing name).
+// Read-only keys (moat_read_only in the credentials file) may call the read actions only. An action
+// missing here counts as write, so one added to a dispatch table is refused to read-only keys until
+// it is listed (fail closed), and TestEveryActionIsClassified fails until it is.
+var actionAccess = map[string]map[string]access{
+	"ec2": {
+		"DescribeAvailabilityZones":       read,
+		"DescribeInstances":               read,
+		"DescribeManagedPrefixLists":      read,
+		"DescribeNetworkInterfaces":       read,
+		"DescribeRouteTables":             read,
+		"DescribeSecurityGroupRules":      read,
+		"DescribeSecurityGroups":          read,
+		"DescribeSubnets":                 read,
+		"DescribeVpcs":                    read,
+		"GetManagedPrefixListEntries":     read,
+		"AuthorizeSecurityGroupEgress":    write,
+		"AuthorizeSecurityGroupIngress":   write,
+		"CreateSecurityGroup":             write,
+		"CreateTags":                      write,
+		"DeleteSecurityGroup":             write,
+		"DeleteTags":                      write,
+		"ModifyNetworkInterfaceAttribute": write,
+		"RevokeSecurityGroupEgress":       write,
+		"RevokeSecurityGroupIngress":      write,
+	},
+	"elasticloadbalancing": {
+		"DescribeCapacityReservation":    read,
+		"DescribeListenerAttributes":     read,
+		"DescribeListeners":              read,
+		"DescribeLoadBalancerAttributes": read,
+		"DescribeLoadBalancers":          read,
+		"DescribeRules":                  read,
+		"DescribeTags":                   read,
+		"DescribeTargetGroupAttributes":  read,
+		"DescribeTargetGroups":           read,
+		"DescribeTargetHealth":           read,
+		"AddTags":                        write,
+		"CreateListener":                 write,
+		"CreateLoadBalancer":             write,
+		"CreateTargetGroup":              write,
+		"DeleteListener":                 write,
+		"DeleteLoadBalancer":             write,
+		"DeleteTargetGroup":              write,
+		"DeregisterTargets":              write,
+		"ModifyCapacityReservation":      write,
+		"ModifyListener":                 write,
+		"ModifyListenerAttributes":       write,
+		"ModifyLoadBalancerAttributes":   write,
+		"ModifyTargetGroup":              write,
+		"ModifyTargetGroupAttributes":    write,
+		"RegisterTargets":                write,
+		"RemoveTags":                     write,
+		"SetIpAddressType":               write,
+		"SetSecurityGroups":              write,
+		"SetSubnets":                     write,
+	},
+}
+
+// checkAccess refuses a read-only key every action that is not a read, with the protocol's
+// authorization error as AWS words it for a user whom no policy allows the action (the profile
+// stands for the IAM user). It runs before DryRun is looked at: AWS answers a dry run that the
+// caller may not make with UnauthorizedOperation, not DryRunOperation.
+func (s *Server) checkAccess(svc *service, action string, id sigv4.Identity) *apiError {
+	if !id.ReadOnly || actionAccess[svc.name][action] == read {
+		return nil
+	}
+	denied := "User: arn:aws:iam::" + s.cloud.Config().AccountID + ":user/" + id.Profile +
+		" is not authorized to perform: " + svc.name + ":" + action +
+		" because its profile is read-only (moat_read_only)"
+	if svc == s.ec2 {
+		return &apiError{403, "UnauthorizedOperation", "You are not authorized to perform this operation. " + denied + "."}
+	}
+	return &apiError{403, "AccessDenied", denied}
+}
