@@ -109,8 +109,13 @@ func compileRules(rules []secgroup.Rule) []match {
 	sets := map[matchKey]*netipx.IPSetBuilder{}
 	for _, r := range rules {
 		k := matchKey{protocol: r.Protocol}
-		if (r.Protocol == secgroup.ProtocolTCP || r.Protocol == secgroup.ProtocolUDP) && (r.FromPort > 0 || r.ToPort < 65535) && r.FromPort >= 0 && r.ToPort >= 0 {
-			k.ports, k.fromPort, k.toPort = true, uint16(r.FromPort), uint16(min(r.ToPort, 65535))
+		// A negative bound is open, as secgroup.Rule says: -1 to 80 is 0-80.
+		from, to := max(r.FromPort, 0), r.ToPort
+		if to < 0 || to > 65535 {
+			to = 65535
+		}
+		if (r.Protocol == secgroup.ProtocolTCP || r.Protocol == secgroup.ProtocolUDP) && (from > 0 || to < 65535) {
+			k.ports, k.fromPort, k.toPort = true, uint16(min(from, 65535)), uint16(to)
 		}
 		b := sets[k]
 		if b == nil {

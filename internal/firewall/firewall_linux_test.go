@@ -42,7 +42,11 @@ func inNetns(t *testing.T) bool {
 		}
 	}
 	defer exec.Command("ip", "netns", "del", ns).Run()
-	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run", "^"+t.Name()+"$", "-test.v", "-test.count=1")
+	args := []string{"netns", "exec", ns, os.Args[0], "-test.run", "^" + t.Name() + "$", "-test.v", "-test.count=1"}
+	if testing.Short() {
+		args = append(args, "-test.short")
+	}
+	cmd := exec.Command("ip", args...)
 	cmd.Env = append(os.Environ(), "MOAT_TEST_NETNS="+t.Name())
 	out, err := cmd.CombinedOutput()
 	t.Logf("in network namespace %s:\n%s", ns, out)
