@@ -39,11 +39,12 @@ type Firewall struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu      sync.Mutex
-	want    *Program
-	gen     uint64
-	applied uint64
-	err     error // of the last attempt; nil when the kernel has the latest program
+	mu       sync.Mutex
+	want     *Program
+	gen      uint64
+	applied  uint64
+	err      error         // of the last attempt; nil when the kernel has the latest program
+	progress chan struct{} // closed and replaced when applied changes
 
 	// The worker's own.
 	c      kernelConn
@@ -74,6 +75,7 @@ func New(opts Options) (*Firewall, error) {
 		return nil, err
 	}
 	f := &Firewall{opts: opts, log: opts.Log, c: c, kick: make(chan struct{}, 1), done: make(chan struct{}),
+		progress: make(chan struct{}),
 		denied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moat_instance_sg_denied_flows_total",
 			Help: "New flows to (inbound) or from (outbound) an instance that no rule of its security groups admits: dropped in enforce mode, let through in audit mode."},
 			[]string{"instance", "direction"})}
@@ -119,7 +121,7 @@ func (f *Firewall) Status() error {
 func (f *Firewall) Wait(ctx context.Context, gen uint64) error {
 	for {
 		f.mu.Lock()
-		ok := f.applied >= gen
+		ok, progress := f.applied >= gen, f.progress
 		f.mu.Unlock()
 		if ok {
 			return nil
@@ -127,7 +129,9 @@ func (f *Firewall) Wait(ctx context.Context, gen uint64) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
+		case <-f.done:
+			return errors.New("firewall closed")
+		case <-progress:
 		}
 	}
 }
@@ -208,6 +212,8 @@ func (f *Firewall) setResult(gen uint64, err error) {
 		return
 	}
 	f.applied, f.err = gen, nil
+	close(f.progress)
+	f.progress = make(chan struct{})
 }
 
 func (f *Firewall) pollDenials() {

@@ -1,12 +1,14 @@
 package lb
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"log/slog"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -28,6 +30,19 @@ func startFirewall(mode firewall.Mode, dataDir string, reg prometheus.Registerer
 	}
 	log.Info("instance security groups enforced on this host's instance addresses", "mode", mode)
 	return fw, string(mode)
+}
+
+// stopFirewall removes the firewall's rules on a clean stop: the instances on this host go with
+// moat lb, and a table left behind would go on enforcing a state nobody maintains. A moat lb that
+// crashes leaves its rules in place (the instances stay protected), and the next one on the same
+// data dir replaces them.
+func stopFirewall(fw *firewall.Firewall, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := fw.Wait(ctx, fw.Apply(firewall.Program{Mode: firewall.Off})); err != nil {
+		log.Warn("instance firewall rules left in the kernel", "error", err)
+	}
+	fw.Close()
 }
 
 // firewallTable names the firewall's table after the data dir, whose lock

@@ -206,14 +206,14 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		defer close(synced)
 		syncDataPlane(ctx, c, engine, fw, sgMode, kick, log)
 	}()
-	// Stop in order: no more syncs, then the engine and the firewall (whose rules stay in the
-	// kernel), then (deferred above) the store.
+	// Stop in order: no more syncs, then the engine and the firewall, then (deferred above) the
+	// store.
 	defer func() {
 		cancel()
 		<-synced
 		engine.Close()
 		if fw != nil {
-			fw.Close()
+			stopFirewall(fw, log)
 		}
 	}()
 
