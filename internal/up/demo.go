@@ -148,7 +148,7 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.showBackendRule(ctx, groups, host, target); err != nil {
 		return err
 	}
-	d.printTryIt(host, addrs[0])
+	d.printTryIt(host, addrs[0], net.JoinHostPort(nodes[0].ip, fmt.Sprint(nodePort)))
 	<-ctx.Done()
 	return nil
 }
@@ -803,7 +803,7 @@ func formatRules(perms []ec2types.IpPermission, dir string) string {
 	return strings.Join(out, "; ")
 }
 
-func (d *demo) printTryIt(host, addr string) {
+func (d *demo) printTryIt(host, addr, nodeAddr string) {
 	dnsHost, dnsPort := hostOf(d.eps.DNS), portOf(d.eps.DNS)
 	url := fmt.Sprintf("--max-time 3 --resolve %s:%d:%s http://%s:%d/", host, d.port, addr, host, d.port)
 	var b strings.Builder
@@ -815,6 +815,9 @@ func (d *demo) printTryIt(host, addr string) {
 	fmt.Fprintf(&b, "  dig @%s -p %s +short %s\n", dnsHost, dnsPort, host)
 	fmt.Fprintf(&b, "  curl --interface %s %s    # allowed\n", DemoAllowed, url)
 	fmt.Fprintf(&b, "  curl --interface %s %s    # denied: times out\n", DemoDenied, url)
+	if d.eps.InstanceSecurityGroups == "enforce" {
+		fmt.Fprintf(&b, "  curl --interface %s --max-time 3 http://%s/    # straight to a node: times out too\n", DemoDenied, nodeAddr)
+	}
 	fmt.Fprintf(&b, "  kubectl get nodes -o wide\n")
 	fmt.Fprintf(&b, "  kubectl -n %s get service %s\n", DemoNamespace, DemoService)
 	fmt.Fprintf(&b, "  kubectl -n %s patch service %s -p '{\"spec\":{\"loadBalancerSourceRanges\":[\"%s/32\"]}}'    # now %s gets in, %s not\n",
