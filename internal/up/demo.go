@@ -140,10 +140,15 @@ func (d *demo) run(ctx context.Context) error {
 	_, err = httpGet(ctx, DemoDenied, target, host, 3*time.Second)
 	d.p.step("demo: denied client %s → http://%s:%d/: %s", DemoDenied, host, d.port, describeDenial(err))
 
-	if err := d.printSecurityGroups(ctx, host); err != nil {
+	groups, err := d.printSecurityGroups(ctx, host)
+	if err != nil {
 		return err
 	}
-	d.printTryIt(host, addrs[0])
+	d.showDirectAccess(ctx, nodes[0], nodePort, groups)
+	if err := d.showBackendRule(ctx, groups, host, target); err != nil {
+		return err
+	}
+	d.printTryIt(host, addrs[0], net.JoinHostPort(nodes[0].ip, fmt.Sprint(nodePort)))
 	<-ctx.Done()
 	return nil
 }
@@ -208,7 +213,10 @@ func backendList(port int) string {
 	return strings.Join(parts, ", ")
 }
 
-type demoNode struct{ name, ip, zone, providerID string }
+type demoNode struct {
+	name, ip, zone, providerID string
+	groups                     []string // "<id> (<name>)" of the instance's security groups
+}
 
 // applyNodes creates (or refreshes) a Node object for every running instance of moat lb's
 // inventory, as a kubelet would register it: providerID aws:///<zone>/<instance id>, InternalIP
@@ -235,6 +243,9 @@ func (d *demo) applyNodes(ctx context.Context) ([]demoNode, error) {
 				}
 			}
 			n.providerID = fmt.Sprintf("aws:///%s/%s", n.zone, aws.ToString(in.InstanceId))
+			for _, g := range in.SecurityGroups {
+				n.groups = append(n.groups, fmt.Sprintf("%s (%s)", aws.ToString(g.GroupId), aws.ToString(g.GroupName)))
+			}
 			nodes = append(nodes, n)
 		}
 	}
@@ -297,6 +308,10 @@ func (d *demo) applyService(ctx context.Context, backendPort int) (int, error) {
 	}
 	svc.Annotations["service.beta.kubernetes.io/aws-load-balancer-nlb-target-type"] = "instance"
 	svc.Annotations["service.beta.kubernetes.io/aws-load-balancer-scheme"] = "internal"
+	// The fastest health checks NLB allows, so that the demo's revoke shows within seconds.
+	svc.Annotations["service.beta.kubernetes.io/aws-load-balancer-healthcheck-interval"] = "5"
+	svc.Annotations["service.beta.kubernetes.io/aws-load-balancer-healthcheck-healthy-threshold"] = "2"
+	svc.Annotations["service.beta.kubernetes.io/aws-load-balancer-healthcheck-unhealthy-threshold"] = "2"
 	svc.Spec.Type = corev1.ServiceTypeLoadBalancer
 	if svc.Spec.LoadBalancerClass == nil { // immutable once set
 		svc.Spec.LoadBalancerClass = aws.String("service.k8s.aws/nlb")
@@ -499,11 +514,20 @@ func describeDenial(err error) string {
 	return "failed: " + err.Error()
 }
 
+// demoGroups are what the rest of the demo needs from printSecurityGroups: the load balancer,
+// the cluster's backend group and the groups (the nodes') that admit it.
+type demoGroups struct {
+	lbARN   string
+	backend string
+	nodes   []ec2types.SecurityGroup
+}
+
 // printSecurityGroups shows the load balancer's groups and the rules that made the difference.
-func (d *demo) printSecurityGroups(ctx context.Context, host string) error {
+func (d *demo) printSecurityGroups(ctx context.Context, host string) (demoGroups, error) {
+	var g demoGroups
 	lbs, err := d.aws.elbv2.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{})
 	if err != nil {
-		return fmt.Errorf("describe load balancers: %w", err)
+		return g, fmt.Errorf("describe load balancers: %w", err)
 	}
 	var nlb *elbtypes.LoadBalancer
 	for i, l := range lbs.LoadBalancers {
@@ -512,17 +536,17 @@ func (d *demo) printSecurityGroups(ctx context.Context, host string) error {
 		}
 	}
 	if nlb == nil {
-		return fmt.Errorf("moat lb has no load balancer named %s", host)
+		return g, fmt.Errorf("moat lb has no load balancer named %s", host)
 	}
+	g.lbARN = aws.ToString(nlb.LoadBalancerArn)
 	d.p.step("demo: load balancer %s (%s, %s), security groups %s", aws.ToString(nlb.LoadBalancerName), nlb.Scheme, nlb.State.Code, strings.Join(nlb.SecurityGroups, ", "))
 	if len(nlb.SecurityGroups) == 0 {
-		return nil
+		return g, nil
 	}
 	sgs, err := d.aws.ec2.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{GroupIds: nlb.SecurityGroups})
 	if err != nil {
-		return fmt.Errorf("describe security groups: %w", err)
+		return g, fmt.Errorf("describe security groups: %w", err)
 	}
-	var backend string
 	for _, id := range nlb.SecurityGroups { // in the load balancer's order: frontend first, backend last
 		for _, sg := range sgs.SecurityGroups {
 			if aws.ToString(sg.GroupId) != id {
@@ -531,20 +555,21 @@ func (d *demo) printSecurityGroups(ctx context.Context, host string) error {
 			role := "frontend: created for this Service; its inbound rules come from loadBalancerSourceRanges × the Service's ports"
 			if strings.HasPrefix(aws.ToString(sg.GroupName), "k8s-traffic-") {
 				role = "backend: shared by every load balancer of the cluster; targets admit traffic from it"
-				backend = id
+				g.backend = id
 			}
 			d.p.detail(fmt.Sprintf("%s %s — %s", id, aws.ToString(sg.GroupName), role))
 			d.p.detail("  inbound:  " + formatRules(sg.IpPermissions, "from"))
 			d.p.detail("  outbound: " + formatRules(sg.IpPermissionsEgress, "to"))
 		}
 	}
-	if backend != "" {
+	if g.backend != "" {
 		refs, err := d.aws.ec2.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{
-			Filters: []ec2types.Filter{{Name: aws.String("ip-permission.group-id"), Values: []string{backend}}},
+			Filters: []ec2types.Filter{{Name: aws.String("ip-permission.group-id"), Values: []string{g.backend}}},
 		})
 		if err != nil {
-			return fmt.Errorf("describe security groups: %w", err)
+			return g, fmt.Errorf("describe security groups: %w", err)
 		}
+		g.nodes = refs.SecurityGroups
 		for _, sg := range refs.SecurityGroups {
 			d.p.detail(fmt.Sprintf("%s %s — the nodes' group; the controller lets the backend group in: %s", aws.ToString(sg.GroupId), aws.ToString(sg.GroupName), formatRules(sg.IpPermissions, "from")))
 		}
@@ -552,7 +577,195 @@ func (d *demo) printSecurityGroups(ctx context.Context, host string) error {
 			d.p.detail("(no instance group admits the backend group yet: the targets are unreachable until the controller adds that rule)")
 		}
 	}
+	return g, nil
+}
+
+// showDirectAccess shows that the denied client cannot go around the load balancer either: the
+// node's group admits only the load balancer's backend group, and moat lb enforces it on the
+// node's address. Where enforcement is not on, it says so and claims nothing.
+func (d *demo) showDirectAccess(ctx context.Context, node demoNode, nodePort int, g demoGroups) {
+	addr := net.JoinHostPort(node.ip, fmt.Sprint(nodePort))
+	_, err := httpGet(ctx, DemoDenied, addr, node.ip, 3*time.Second)
+	what := fmt.Sprintf("demo: denied client %s → %s %s directly", DemoDenied, node.name, addr)
+	status := d.eps.InstanceSecurityGroups
+	if status != "enforce" {
+		why := "--instance-sg-mode=" + status
+		switch {
+		case status == "audit":
+			why += ": moat lb counts the flows a group would drop (moat_instance_sg_denied_flows_total) and lets them through"
+		case strings.HasPrefix(status, "not enforced: "):
+			why = strings.TrimPrefix(status, "not enforced: ")
+		}
+		d.p.step("%s: %s — instance security groups are not enforced on this host (%s), so nothing keeps a client from a node's NodePort here", what, directOutcome(err), why)
+		return
+	}
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		d.p.step("%s: dropped (timed out): %s's security group %s admits only the load balancer's backend group %s, and moat lb enforces it on this host",
+			what, node.name, strings.Join(node.groups, ", "), g.backend)
+	default:
+		d.p.step("%s: %s — expected a drop (is a rule of the node's groups admitting it?)", what, directOutcome(err))
+	}
+}
+
+// directOutcome says in a few words what a client observed.
+func directOutcome(err error) string {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return "answered"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "no answer (timed out)"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	}
+	return "failed: " + err.Error()
+}
+
+// showBackendRule takes away the nodes' rule for the backend group, as an operator tightening
+// the nodes' group by mistake would: the targets turn unhealthy and the allowed client gets no
+// page. Then it puts the rule back, as the controller wrote it, and waits for the page again.
+func (d *demo) showBackendRule(ctx context.Context, g demoGroups, host, target string) error {
+	type grant struct {
+		group string
+		perms []ec2types.IpPermission
+	}
+	var grants []grant
+	var shown []string
+	for _, sg := range g.nodes {
+		gr := grant{group: aws.ToString(sg.GroupId)}
+		for _, p := range sg.IpPermissions {
+			var pairs []ec2types.UserIdGroupPair
+			for _, pair := range p.UserIdGroupPairs {
+				if aws.ToString(pair.GroupId) == g.backend {
+					pairs = append(pairs, ec2types.UserIdGroupPair{GroupId: pair.GroupId, Description: pair.Description})
+				}
+			}
+			if len(pairs) > 0 {
+				gr.perms = append(gr.perms, ec2types.IpPermission{IpProtocol: p.IpProtocol, FromPort: p.FromPort, ToPort: p.ToPort, UserIdGroupPairs: pairs})
+			}
+		}
+		if len(gr.perms) > 0 {
+			grants = append(grants, gr)
+			shown = append(shown, fmt.Sprintf("%s: %s", gr.group, formatRules(gr.perms, "from")))
+		}
+	}
+	if g.backend == "" || len(grants) == 0 {
+		d.p.step("demo: no node group admits a backend group: nothing to take away")
+		return nil
+	}
+	tgs, err := d.aws.elbv2.DescribeTargetGroups(ctx, &elbv2.DescribeTargetGroupsInput{LoadBalancerArn: aws.String(g.lbARN)})
+	if err != nil {
+		return fmt.Errorf("describe target groups: %w", err)
+	}
+	var hc time.Duration
+	for _, tg := range tgs.TargetGroups {
+		n := max(aws.ToInt32(tg.HealthyThresholdCount), aws.ToInt32(tg.UnhealthyThresholdCount))
+		hc = max(hc, time.Duration(n)*time.Duration(aws.ToInt32(tg.HealthCheckIntervalSeconds))*time.Second)
+	}
+	bound := hc + 30*time.Second
+
+	d.p.step("demo: revoking the nodes' rule for the backend group (RevokeSecurityGroupIngress): %s", strings.Join(shown, "; "))
+	for _, gr := range grants {
+		if _, err := d.aws.ec2.RevokeSecurityGroupIngress(ctx, &ec2.RevokeSecurityGroupIngressInput{GroupId: aws.String(gr.group), IpPermissions: gr.perms}); err != nil {
+			return fmt.Errorf("revoke the backend group's rule on %s: %w", gr.group, err)
+		}
+	}
+	if ok, states := d.waitTargets(ctx, tgs.TargetGroups, elbtypes.TargetHealthStateEnumUnhealthy, bound); ok {
+		d.p.step("demo: targets unhealthy: %s — the nodes' group no longer admits the load balancer's health checks", states)
+	} else {
+		d.p.step("demo: targets not all unhealthy within %s: %s", bound.Round(time.Second), states)
+	}
+	_, err = httpGet(ctx, DemoAllowed, target, host, 3*time.Second)
+	if err != nil {
+		d.p.step("demo: allowed client %s → http://%s:%d/: no page (%s): no target admits the load balancer any more", DemoAllowed, host, d.port, directOutcome(err))
+	} else {
+		d.p.step("demo: allowed client %s → http://%s:%d/: still answered — the revoke did not cut it off", DemoAllowed, host, d.port)
+	}
+
+	d.p.step("demo: putting the rule back (AuthorizeSecurityGroupIngress, with the controller's description)")
+	for _, gr := range grants {
+		_, err := d.aws.ec2.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: aws.String(gr.group), IpPermissions: gr.perms})
+		var apiErr interface{ ErrorCode() string }
+		switch {
+		case errors.As(err, &apiErr) && apiErr.ErrorCode() == "InvalidPermission.Duplicate":
+			d.p.detail(fmt.Sprintf("%s has it already: the controller put it back on a reconcile of its own", gr.group))
+		case err != nil:
+			return fmt.Errorf("authorize the backend group's rule on %s again: %w", gr.group, err)
+		}
+	}
+	if ok, states := d.waitTargets(ctx, tgs.TargetGroups, elbtypes.TargetHealthStateEnumHealthy, bound); ok {
+		d.p.step("demo: targets healthy again: %s", states)
+	} else {
+		d.p.step("demo: targets not all healthy within %s: %s", bound.Round(time.Second), states)
+	}
+	var page string
+	start := time.Now()
+	err = poll(ctx, 250*time.Millisecond, func() (bool, error) {
+		var last error
+		page, last = httpGet(ctx, DemoAllowed, target, host, 3*time.Second)
+		if last != nil && time.Since(start) > bound {
+			return false, fmt.Errorf("%s gets no page from %s %s after the rule is back: %w", DemoAllowed, target, bound.Round(time.Second), last)
+		}
+		return last == nil, nil
+	})
+	if err != nil {
+		return err
+	}
+	served := "the page"
+	for l := range strings.SplitSeq(page, "\n") {
+		if strings.Contains(l, "Served by ") {
+			served = strings.TrimSuffix(strings.TrimPrefix(l, "<p>"), "</p>")
+		}
+	}
+	d.p.step("demo: allowed client %s → http://%s:%d/ answered again: recovered (%s)", DemoAllowed, host, d.port, served)
 	return nil
+}
+
+// waitTargets polls DescribeTargetHealth until every target of the groups is in state, for at
+// most bound, showing the states every 5 s. It reports whether they got there, and the states.
+func (d *demo) waitTargets(ctx context.Context, tgs []elbtypes.TargetGroup, state elbtypes.TargetHealthStateEnum, bound time.Duration) (bool, string) {
+	start := time.Now()
+	lastShown := start
+	var states string
+	reached := false
+	_ = poll(ctx, 500*time.Millisecond, func() (bool, error) {
+		var parts []string
+		all := true
+		for _, tg := range tgs {
+			out, err := d.aws.elbv2.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: tg.TargetGroupArn})
+			if err != nil {
+				parts = append(parts, "DescribeTargetHealth: "+err.Error())
+				all = false
+				continue
+			}
+			for _, t := range out.TargetHealthDescriptions {
+				s := fmt.Sprintf("%s:%d %s", aws.ToString(t.Target.Id), aws.ToInt32(t.Target.Port), t.TargetHealth.State)
+				if t.TargetHealth.Reason != "" {
+					s += fmt.Sprintf(" (%s)", t.TargetHealth.Reason)
+				}
+				parts = append(parts, s)
+				all = all && t.TargetHealth.State == state
+			}
+		}
+		states = strings.Join(parts, ", ")
+		if all && len(parts) > 0 {
+			reached = true
+			return true, nil
+		}
+		if time.Since(start) > bound {
+			return true, nil
+		}
+		if time.Since(lastShown) >= 5*time.Second {
+			lastShown = time.Now()
+			d.p.detail(fmt.Sprintf("waiting for %s (%s of at most %s): %s", state, time.Since(start).Round(time.Second), bound.Round(time.Second), states))
+		}
+		return false, nil
+	})
+	return reached, states
 }
 
 // formatRules renders rules as "tcp 8080 from 127.0.0.2/32; …" (dir: from or to).
@@ -590,7 +803,7 @@ func formatRules(perms []ec2types.IpPermission, dir string) string {
 	return strings.Join(out, "; ")
 }
 
-func (d *demo) printTryIt(host, addr string) {
+func (d *demo) printTryIt(host, addr, nodeAddr string) {
 	dnsHost, dnsPort := hostOf(d.eps.DNS), portOf(d.eps.DNS)
 	url := fmt.Sprintf("--max-time 3 --resolve %s:%d:%s http://%s:%d/", host, d.port, addr, host, d.port)
 	var b strings.Builder
@@ -602,6 +815,9 @@ func (d *demo) printTryIt(host, addr string) {
 	fmt.Fprintf(&b, "  dig @%s -p %s +short %s\n", dnsHost, dnsPort, host)
 	fmt.Fprintf(&b, "  curl --interface %s %s    # allowed\n", DemoAllowed, url)
 	fmt.Fprintf(&b, "  curl --interface %s %s    # denied: times out\n", DemoDenied, url)
+	if d.eps.InstanceSecurityGroups == "enforce" {
+		fmt.Fprintf(&b, "  curl --interface %s --max-time 3 http://%s/    # straight to a node: times out too\n", DemoDenied, nodeAddr)
+	}
 	fmt.Fprintf(&b, "  kubectl get nodes -o wide\n")
 	fmt.Fprintf(&b, "  kubectl -n %s get service %s\n", DemoNamespace, DemoService)
 	fmt.Fprintf(&b, "  kubectl -n %s patch service %s -p '{\"spec\":{\"loadBalancerSourceRanges\":[\"%s/32\"]}}'    # now %s gets in, %s not\n",

@@ -38,6 +38,7 @@ import (
 type upState struct {
 	LB struct {
 		API, DNS, Metrics, CredentialsFile string
+		InstanceSecurityGroups             string `json:"instanceSecurityGroups"`
 	} `json:"lb"`
 	Kubeconfig        string `json:"kubeconfig"`
 	KubeAPI           string `json:"kubeAPI"`
@@ -441,11 +442,26 @@ func TestUp(t *testing.T) {
 	var echoAddr string
 	up.waitOutput("The demo is running", 3*time.Minute)
 	outText := up.out.String()
-	for _, want := range []string{"allowed client 127.0.0.2", "Served by web-", "denied client 127.0.0.3 → ", "no rule of its security groups admits this client"} {
+	wants := []string{"allowed client 127.0.0.2", "Served by web-", "denied client 127.0.0.3 → ", "no rule of its security groups admits this client",
+		// Taking the nodes' rule for the backend group away cuts the load balancer off; putting it back heals it.
+		"demo: targets unhealthy: ", "no page (", "demo: targets healthy again: ", "answered again: recovered (Served by web-"}
+	// Going around the load balancer: dropped where moat lb enforces the nodes' group, and said
+	// to be unenforced (never claimed denied) where it may not.
+	if up.st.LB.InstanceSecurityGroups == "enforce" {
+		wants = append(wants, "denied client 127.0.0.3 → node-a 127.1.0.10:", "directly: dropped (timed out): node-a's security group ")
+	} else {
+		t.Logf("instance security groups: %s", up.st.LB.InstanceSecurityGroups)
+		wants = append(wants, "instance security groups are not enforced on this host")
+	}
+	for _, want := range wants {
 		if !strings.Contains(outText, want) {
 			t.Fatalf("demo output lacks %q:\n%s", want, outText)
 		}
 	}
+	if strings.Contains(outText, "not all unhealthy") || strings.Contains(outText, "not all healthy") || strings.Contains(outText, "still answered") {
+		t.Fatalf("the revoke did not show as it should:\n%s", outText)
+	}
+	t.Logf("demo output:\n%s", upTail(outText, 40))
 	if err := kube.Get(ctx, client.ObjectKey{Namespace: "moat-demo", Name: "webserver"}, &svc); err != nil {
 		t.Fatal(err)
 	}
