@@ -186,6 +186,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if err != nil {
 		return fmt.Errorf("data plane: %w", err)
 	}
+	logPortableDataPlane(log)
 	c.SetHealthReporter(healthReporter{engine})
 	c.SetPortChecker(canListen)
 	synced := make(chan struct{})
