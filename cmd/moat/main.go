@@ -9,9 +9,13 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/moatlb/moat/internal/up"
 )
 
 func main() {
+	// Off Linux, moat up runs this binary again as the watchdog of its children.
+	up.MaybeRunWatchdog()
 	if err := newRootCommand().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "moat:", err)
 		os.Exit(1)
