@@ -96,7 +96,7 @@ func startLBIn(t *testing.T, prefix []string, host, dataDir string, args ...stri
 	argv := append(append(slices.Clone(prefix), moatBin), args...)
 	p := &lbProcess{cmd: exec.Command(argv[0], argv[1:]...), dataDir: dataDir, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.cmd.SysProcAttr = dieWithTest()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
