@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/moatlb/moat/internal/lb"
+	"github.com/moatlb/moat/internal/secgroup"
 )
 
 // The demo's objects: the AWS blog post's sample web application, exposed by a Service of type
@@ -601,7 +602,11 @@ func (d *demo) printTryIt(host, addr string) {
 	}
 	fmt.Fprintf(&b, "  dig @%s -p %s +short %s\n", dnsHost, dnsPort, host)
 	fmt.Fprintf(&b, "  curl --interface %s %s    # allowed\n", DemoAllowed, url)
-	fmt.Fprintf(&b, "  curl --interface %s %s    # denied: times out\n", DemoDenied, url)
+	denied := "times out"
+	if !secgroup.SocketFilters {
+		denied = "reset (no socket filters on this system)"
+	}
+	fmt.Fprintf(&b, "  curl --interface %s %s    # denied: %s\n", DemoDenied, url, denied)
 	fmt.Fprintf(&b, "  kubectl get nodes -o wide\n")
 	fmt.Fprintf(&b, "  kubectl -n %s get service %s\n", DemoNamespace, DemoService)
 	fmt.Fprintf(&b, "  kubectl -n %s patch service %s -p '{\"spec\":{\"loadBalancerSourceRanges\":[\"%s/32\"]}}'    # now %s gets in, %s not\n",
