@@ -3,7 +3,7 @@ GO        ?= go
 FUZZTIME  ?= 30s
 BIN       := bin/moat
 
-.PHONY: build run test test-long fuzz bench lint
+.PHONY: build run test test-long test-portable cross fuzz bench lint
 
 build:
 	$(GO) build -o $(BIN) ./cmd/moat
@@ -12,13 +12,27 @@ run: build
 	$(BIN) up
 
 # Unit and conformance tests with the race detector, the end-to-end tests (short mode), the data
-# plane's tests again with the kernel fast path (skipped without root), and a CI-sized run of
-# every fuzz target.
+# plane's tests again with the kernel fast path (skipped without root), the portable stand-ins'
+# tests, the cross-compiles, and a CI-sized run of every fuzz target.
 test:
 	$(GO) vet ./...
 	$(GO) test -race -short -count=1 ./...
 	$(GO) test -race -short -count=1 ./internal/dataplane -args -kernel
+	$(MAKE) test-portable
+	$(MAKE) cross
 	$(MAKE) fuzz
+
+# The stand-ins for what only Linux has, tested on Linux: with -tags moat_portable there are no
+# socket filters (a denied TCP client is accepted and reset) and no Pdeathsig (moat up's children
+# die with it through its watchdog), as on macOS.
+test-portable:
+	$(GO) test -race -short -count=1 -tags moat_portable ./internal/secgroup ./internal/dataplane ./internal/lb ./internal/up
+
+# moat builds for macOS and Linux on ARM; the macOS build is vetted with its tests.
+cross:
+	GOOS=darwin GOARCH=arm64 $(GO) build ./...
+	GOOS=darwin GOARCH=arm64 $(GO) vet ./...
+	GOOS=linux GOARCH=arm64 $(GO) build ./...
 
 # The long loops: more kill -9 rounds, longer fuzzing.
 test-long:

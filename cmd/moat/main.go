@@ -14,6 +14,8 @@ import (
 )
 
 func main() {
+	// Off Linux, moat up runs this binary again as the watchdog of its children.
+	up.MaybeRunWatchdog()
 	if err := newRootCommand().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "moat:", err)
 		os.Exit(1)

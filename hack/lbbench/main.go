@@ -1,7 +1,10 @@
+//go:build linux
+
 // Command lbbench measures moat lb's data plane side by side with a direct connection and with
 // HAProxy (TCP mode) in one run, against the same backends: throughput of one stream with large
 // writes, connections per second, and request/response latency (p50, p99), with the CPU seconds
-// each proxy spent. hack/bench-lb.sh builds and runs it; see the README.
+// each proxy spent. hack/bench-lb.sh builds and runs it; see the README. It is Linux's only: it
+// reads /proc for CPU time and pins processes with taskset.
 package main
 
 import (

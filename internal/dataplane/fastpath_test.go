@@ -1,3 +1,5 @@
+//go:build linux && !moat_portable
+
 package dataplane
 
 import (

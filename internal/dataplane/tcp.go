@@ -416,7 +416,7 @@ func awaitData(rc syscall.RawConn) (int, error) {
 	queued := 0
 	var ioErr error
 	err := rc.Read(func(fd uintptr) bool {
-		n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		n, err := unix.IoctlGetInt(int(fd), fionread)
 		if err != nil {
 			ioErr = err
 			return true

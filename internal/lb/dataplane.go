@@ -3,9 +3,11 @@ package lb
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
 
 	"github.com/moatlb/moat/internal/cloud"
@@ -112,6 +114,9 @@ func canListen(addrs []netip.Addr, protocol string, port int) error {
 			if ln, err = net.Listen("tcp", addr); err == nil {
 				ln.Close()
 			}
+		}
+		if errors.Is(err, syscall.EADDRNOTAVAIL) {
+			return fmt.Errorf("%w: %s is not an address of this host (macOS has only 127.0.0.1 on loopback until others are added: sudo ifconfig lo0 alias %s)", err, a, a)
 		}
 		if err != nil {
 			return err

@@ -197,6 +197,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		return fmt.Errorf("data plane: %w", err)
 	}
 	readyz.engine.Store(engine)
+	logPortableDataPlane(log)
 	c.SetHealthReporter(healthReporter{engine})
 	c.SetPortChecker(canListen)
 	sgMode := cmp.Or(cfg.InstanceSGMode, firewall.Enforce)

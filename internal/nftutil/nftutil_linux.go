@@ -1,3 +1,5 @@
+//go:build linux && !moat_portable
+
 // Package nftutil has the few nftables messages that github.com/google/nftables
 // does not send the way moat needs them, for the kernel fast path and the
 // instance firewall: an owned table, and a dump of counter objects that does

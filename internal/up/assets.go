@@ -42,14 +42,15 @@ func kubeAssets(ctx context.Context, dir string, p *progress) (string, error) {
 	}
 
 	cmd := exec.Command(bash, script.Name())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return "", err
 	}
-	if err := cmd.Start(); err != nil {
+	// Its own process group, which dies with moat up: the build's compilers too.
+	release, err := startGroup(cmd)
+	if err != nil {
 		return "", fmt.Errorf("run hack/kube-assets.sh: %w", err)
 	}
 
@@ -74,7 +75,9 @@ func kubeAssets(ctx context.Context, dir string, p *progress) (string, error) {
 	waited := make(chan error, 1)
 	go func() {
 		<-streamed
-		waited <- cmd.Wait()
+		err := cmd.Wait()
+		release()
+		waited <- err
 	}()
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()

@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/moatlb/moat/internal/lb"
+	"github.com/moatlb/moat/internal/secgroup"
 )
 
 // The demo's objects: the AWS blog post's sample web application, exposed by a Service of type
@@ -814,7 +815,11 @@ func (d *demo) printTryIt(host, addr, nodeAddr string) {
 	}
 	fmt.Fprintf(&b, "  dig @%s -p %s +short %s\n", dnsHost, dnsPort, host)
 	fmt.Fprintf(&b, "  curl --interface %s %s    # allowed\n", DemoAllowed, url)
-	fmt.Fprintf(&b, "  curl --interface %s %s    # denied: times out\n", DemoDenied, url)
+	denied := "times out"
+	if !secgroup.SocketFilters {
+		denied = "reset (no socket filters on this system)"
+	}
+	fmt.Fprintf(&b, "  curl --interface %s %s    # denied: %s\n", DemoDenied, url, denied)
 	if d.eps.InstanceSecurityGroups == "enforce" {
 		fmt.Fprintf(&b, "  curl --interface %s --max-time 3 http://%s/    # straight to a node: times out too\n", DemoDenied, nodeAddr)
 	}

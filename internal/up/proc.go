@@ -16,7 +16,8 @@ import (
 
 // child is a program moat up started: etcd, kube-apiserver or moat controller. It runs in its own
 // process group (Ctrl-C in the terminal reaches moat up only, which stops children in order) and
-// dies with moat up (Pdeathsig), so a crashed moat up leaves nothing running.
+// dies with moat up (startGroup: Pdeathsig on Linux, a watchdog elsewhere), so a crashed moat up
+// leaves nothing running.
 type child struct {
 	name    string
 	cmd     *exec.Cmd
@@ -34,14 +35,15 @@ func startChild(name, logPath string, env []string, path string, args ...string)
 	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	release, err := startGroup(cmd)
+	if err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	c := &child{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	go func() {
 		c.err = cmd.Wait()
+		release()
 		logFile.Close()
 		close(c.done)
 	}()

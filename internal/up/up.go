@@ -5,7 +5,8 @@
 //
 // Everything lives under a state directory, so a second moat up finds the cluster and the load
 // balancers as the first left them. Children run in their own process groups and die with moat up
-// (Pdeathsig); Ctrl-C stops them in order: demo backends, controller, API server, etcd, moat lb.
+// (Pdeathsig on Linux, a watchdog process elsewhere); Ctrl-C stops them in order: demo backends,
+// controller, API server, etcd, moat lb.
 package up
 
 import (

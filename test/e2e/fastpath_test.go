@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 import (
@@ -84,17 +86,4 @@ func nftTable(t *testing.T, name string) *nftables.Table {
 		}
 	}
 	return nil
-}
-
-// waitServing waits until the listener answers src: moat lb binds it just after CreateListener
-// returns, when the data plane applies the commit.
-func waitServing(t *testing.T, src, front string) {
-	t.Helper()
-	waitFor(t, 10*time.Second, front+" to answer", func() bool {
-		c, _, err := dialFrom(src, front, 5*time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
 }

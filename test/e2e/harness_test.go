@@ -103,7 +103,7 @@ func startLBIn(t *testing.T, prefix []string, host, dataDir string, args ...stri
 	argv := append(append(slices.Clone(prefix), moatBin), args...)
 	p := &lbProcess{cmd: exec.Command(argv[0], argv[1:]...), dataDir: dataDir, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.cmd.SysProcAttr = dieWithTest()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -152,4 +152,17 @@ func (p *lbProcess) clients(t *testing.T) (*ec2.Client, *elbv2.Client) {
 	}
 	return ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(p.API) }),
 		elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(p.API) })
+}
+
+// waitServing waits until the listener answers src: moat lb binds it just after CreateListener
+// returns, when the data plane applies the commit.
+func waitServing(t *testing.T, src, front string) {
+	t.Helper()
+	waitFor(t, 10*time.Second, front+" to answer", func() bool {
+		c, _, err := dialFrom(src, front, 5*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
 }

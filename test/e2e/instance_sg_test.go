@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 import (
@@ -7,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -64,7 +65,7 @@ func instanceGroupsInNetns(t *testing.T, id string, n int, fastPath string) {
 	}
 	serve := func(addr string) {
 		cmd := inNS(echoBin, addr)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		cmd.SysProcAttr = dieWithTest()
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}

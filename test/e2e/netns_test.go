@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 import (
@@ -7,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -83,7 +84,7 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 	run("-n", lbns, "route", "add", "local", "198.18.2.96/27", "dev", "lo")
 
 	backend := exec.Command("ip", "netns", "exec", target, echoBin, "198.18.2.10:8080")
-	backend.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	backend.SysProcAttr = dieWithTest()
 	if err := backend.Start(); err != nil {
 		t.Fatal(err)
 	}

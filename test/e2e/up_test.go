@@ -81,7 +81,7 @@ func startUpEnv(t *testing.T, stateDir string, env []string, args ...string) *up
 	if env != nil {
 		p.cmd.Env = append(os.Environ(), env...)
 	}
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.cmd.SysProcAttr = dieWithTest()
 	p.started = time.Now()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -190,7 +190,17 @@ func (p *upProcess) aws() (*ec2.Client, *elbv2.Client) {
 // moat up with that state dir started.
 func childrenOf(dir string) map[int]string {
 	out := map[int]string{}
-	entries, _ := os.ReadDir("/proc")
+	entries, err := os.ReadDir("/proc")
+	if err != nil { // no /proc (macOS): ask ps
+		ps, _ := exec.Command("ps", "-A", "-o", "pid=,command=").Output()
+		for _, line := range strings.Split(string(ps), "\n") {
+			var pid int
+			if _, err := fmt.Sscan(line, &pid); err == nil && strings.Contains(line, dir) {
+				out[pid] = strings.TrimSpace(line)
+			}
+		}
+		return out
+	}
 	for _, e := range entries {
 		var pid int
 		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
@@ -412,7 +422,7 @@ func TestUp(t *testing.T) {
 		other := t.TempDir()
 		cmd := exec.Command(moatBin, "up", "--state-dir", other, "--kubeconfig", up.st.Kubeconfig, "--controller=false",
 			"--api-addr", "127.0.0.1:0", "--dns-addr", upDNSAddr(t), "--metrics-addr", "127.0.0.1:0")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		cmd.SysProcAttr = dieWithTest()
 		out, err := cmd.CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "refusing to drive") || !strings.Contains(string(out), "Deployment kube-system/aws-load-balancer-controller") {
 			t.Fatalf("moat up --kubeconfig on a cluster with the AWS controller: err %v, output:\n%s", err, out)

@@ -27,10 +27,3 @@ func raiseFileLimit() (uint64, error) {
 	lim.Cur = lim.Max
 	return lim.Cur, unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
 }
-
-// openFileLimit is the soft limit on open files this process runs with.
-func openFileLimit() (uint64, error) {
-	var lim unix.Rlimit
-	err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
-	return lim.Cur, err
-}
