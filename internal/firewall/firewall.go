@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/moatlb/moat/internal/nftutil"
 )
 
 // Options configure a Firewall.
@@ -240,22 +242,10 @@ func (f *Firewall) pollDenials() {
 // abandons the connection (the rules already in the kernel stay).
 func (f *Firewall) call(fn func(kernelConn) error) error {
 	c := f.c
-	done := make(chan error, 1)
-	go func() { done <- fn(c) }()
-	timer := time.NewTimer(f.opts.CallTimeout)
-	defer timer.Stop()
-	var err error
-	select {
-	case err = <-done:
-		if err == nil {
-			return nil
-		}
-	case <-timer.C:
-		err = fmt.Errorf("no answer within %v", f.opts.CallTimeout)
-	case <-f.ctx.Done():
-		err = errors.New("firewall closed")
+	err := nftutil.Call(f.ctx.Done(), f.opts.CallTimeout, func() error { return fn(c) })
+	if err != nil {
+		f.c.close()
+		f.c = nil
 	}
-	f.c.close()
-	f.c = nil
 	return err
 }

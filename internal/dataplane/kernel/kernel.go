@@ -314,7 +314,8 @@ func (p *Path) Wait(ctx context.Context, gen uint64) error {
 	}
 }
 
-var errClosed = errors.New("kernel fast path closed")
+// errClosed ends a call, or a Wait, that Close cut short.
+var errClosed = nftutil.ErrAborted
 
 // Lag is the age of the oldest change that the kernel's rules do not reflect
 // yet; zero when they are current.
@@ -581,20 +582,9 @@ func (p *Path) pollCounts(leaving ...*slot) {
 // the kernel forwards nothing stale) and abandoned to its goroutine.
 func (p *Path) call(what string, fn func(conn) error) error {
 	c := p.c
-	done := make(chan error, 1)
-	go func() { done <- fn(c) }()
-	timer := time.NewTimer(p.opts.CallTimeout)
-	defer timer.Stop()
-	var err error
-	select {
-	case err = <-done:
-		if err == nil {
-			return nil
-		}
-	case <-timer.C:
-		err = fmt.Errorf("no answer within %v", p.opts.CallTimeout)
-	case <-p.closingCtx():
-		err = errClosed
+	err := nftutil.Call(p.closingCtx(), p.opts.CallTimeout, func() error { return fn(c) })
+	if err == nil {
+		return nil
 	}
 	p.disconnect()
 	return fmt.Errorf("%s: %w", what, err)
