@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"time"
 
@@ -51,6 +52,11 @@ type Firewall struct {
 	// The worker's own.
 	c      kernelConn
 	labels map[string][2]string // counter name → instance, direction
+	// last is what the kernel has (lastSet: since this process programmed
+	// it), so that a commit that changes no rule costs nothing.
+	last     []compiled
+	lastSet  bool
+	lastMode Mode
 }
 
 // kernelConn is one connection to nftables, replacing the firewall's table.
@@ -191,6 +197,10 @@ func (f *Firewall) sync() error {
 	if want.Mode != Off {
 		c = compile(want.Interfaces)
 	}
+	if f.lastSet && f.lastMode == want.Mode && reflect.DeepEqual(f.last, c) {
+		f.setResult(gen, nil)
+		return nil
+	}
 	var labels map[string][2]string
 	err := f.call(func(k kernelConn) error {
 		var err error
@@ -202,6 +212,7 @@ func (f *Firewall) sync() error {
 		return err
 	}
 	f.labels = labels
+	f.last, f.lastSet, f.lastMode = c, true, want.Mode
 	f.setResult(gen, nil)
 	return nil
 }
