@@ -1,41 +1,18 @@
 package awsapi_test
 
 import (
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/aws/aws-sdk-go-v2/aws"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 )
 
 // post sends a form body signed for service, as a client outside the SDKs would, and returns the
 // status and body.
 func (e *env) post(t *testing.T, service, body string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, e.URL+"/", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	sum := sha256.Sum256([]byte(body))
-	creds := aws.Credentials{AccessKeyID: testAccessKey, SecretAccessKey: testSecret}
-	if err := v4.NewSigner().SignHTTP(context.Background(), creds, req, hex.EncodeToString(sum[:]), service, "us-east-1", time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	out, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(out)
+	return postAs(t, e.URL, testAccessKey, testSecret, service, body)
 }
 
 func TestProtocolErrors(t *testing.T) {
