@@ -641,4 +641,10 @@ func TestUp(t *testing.T) {
 		}
 		return nil
 	})
+	// The killed moat lb left its instance firewall in the kernel (instances must not fall open);
+	// the next moat up on the same state dir takes it over, and a clean stop removes it.
+	last := startUp(t, stateDir)
+	if !last.stop(60 * time.Second) {
+		t.Fatalf("moat up after a kill -9 did not stop cleanly:\n%s", last.out)
+	}
 }
