@@ -58,11 +58,13 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, fw *firewall.Firewall, sg
 	if err != nil {
 		return time.Time{}, err
 	}
+	// One index of the state serves both: resolving groups to addresses is the costly part.
+	n := newNetwork(st)
 	if fw != nil {
-		fw.Apply(desiredFirewall(st, sgMode, hostAddrs()))
+		fw.Apply(desiredFirewall(st, n, sgMode, hostAddrs()))
 	}
 	now := time.Now()
-	if err := engine.Apply(desiredConfig(st, now)); err != nil {
+	if err := engine.Apply(desiredConfig(st, n, now)); err != nil {
 		var aerr *dataplane.ApplyError
 		if !errors.As(err, &aerr) {
 			return time.Time{}, err

@@ -15,11 +15,10 @@ import (
 // desiredConfig turns the control plane's state into the data plane's desired state: addresses,
 // listeners with their compiled admission policies, target groups with their attributes, and for
 // every target whether the load balancer's own traffic and health checks may reach it (the
-// backend security-group decision). It is pure: everything it needs is in st, and now, which
+// backend security-group decision). It is pure: everything it needs is in st (n indexes it), and now, which
 // decides the deregistered targets whose delay is over: they leave the data plane (no flows, no
 // health checks), as they leave the target group on AWS.
-func desiredConfig(st cloud.State, now time.Time) dataplane.Config {
-	n := newNetwork(st)
+func desiredConfig(st cloud.State, n *network, now time.Time) dataplane.Config {
 	tgs := map[string]cloud.TargetGroup{}
 	for _, tg := range st.TargetGroups {
 		tg.Targets = tg.CurrentTargets(now)

@@ -55,7 +55,7 @@ func state() cloud.State {
 }
 
 func TestDesiredConfig(t *testing.T) {
-	cfg := desiredConfig(state(), time.Now())
+	cfg := desiredConfig(state(), newNetwork(state()), time.Now())
 	if len(cfg.LoadBalancers) != 1 || len(cfg.LoadBalancers[0].Zones) != 2 || cfg.LoadBalancers[0].CrossZone {
 		t.Fatalf("load balancers %+v", cfg.LoadBalancers)
 	}
@@ -94,14 +94,14 @@ func TestDesiredConfigEgressAndGrouplessLoadBalancers(t *testing.T) {
 	// Outbound rules of the load balancer's groups govern its traffic to targets.
 	st.SecurityGroups[0].Egress = nil
 	st.SecurityGroups[1].Egress = []cloud.Rule{{Protocol: "tcp", FromPort: 443, ToPort: 443, CIDRv4: "0.0.0.0/0"}}
-	if a := desiredConfig(st, time.Now()).LoadBalancers[0].Listeners[0].TargetGroup.Targets[0]; a.TrafficAllowed {
+	if a := desiredConfig(st, newNetwork(st), time.Now()).LoadBalancers[0].Listeners[0].TargetGroup.Targets[0]; a.TrafficAllowed {
 		t.Error("an outbound rule set without port 30080 let traffic reach the target")
 	}
 
 	st = state()
 	st.LoadBalancers[0].SecurityGroups = nil
 	st.SecurityGroups[2].Ingress = []cloud.Rule{{Protocol: "tcp", FromPort: 30080, ToPort: 30080, CIDRv4: "127.0.0.0/8"}}
-	l := desiredConfig(st, time.Now()).LoadBalancers[0].Listeners[0]
+	l := desiredConfig(st, newNetwork(st), time.Now()).LoadBalancers[0].Listeners[0]
 	if l.AdmitTCP != nil || l.AdmitUDP != nil {
 		t.Error("a load balancer without groups must admit everyone (nil policies)")
 	}
@@ -117,7 +117,7 @@ func TestDesiredConfigUDPAndIPTargets(t *testing.T) {
 	st.TargetGroups[0].TargetType = "ip"
 	st.TargetGroups[0].Targets = []cloud.Target{{ID: "127.1.0.10", Port: 30080, AvailabilityZone: "us-east-1a"}, {ID: "127.1.0.50", Port: 8080, AvailabilityZone: "us-east-1a"}}
 	st.SecurityGroups[0].Ingress = append(st.SecurityGroups[0].Ingress, cloud.Rule{Protocol: "udp", FromPort: 80, ToPort: 80, CIDRv4: "127.0.0.3/32"})
-	l := desiredConfig(st, time.Now()).LoadBalancers[0].Listeners[0]
+	l := desiredConfig(st, newNetwork(st), time.Now()).LoadBalancers[0].Listeners[0]
 	if !l.AdmitUDP.Allows(netip.MustParseAddr("127.0.0.3")) || l.AdmitUDP.Allows(netip.MustParseAddr("127.0.0.2")) || l.AdmitTCP.Allows(netip.MustParseAddr("127.0.0.3")) {
 		t.Error("TCP_UDP listener policies are not per protocol")
 	}
@@ -138,7 +138,7 @@ func TestDrainedTargetsLeave(t *testing.T) {
 	st := state()
 	st.TargetGroups[0].Targets[0].DrainingUntil = now.Add(time.Minute)
 	st.TargetGroups[0].Targets[1].DrainingUntil = now.Add(-time.Second)
-	targets := desiredConfig(st, now).LoadBalancers[0].Listeners[0].TargetGroup.Targets
+	targets := desiredConfig(st, newNetwork(st), now).LoadBalancers[0].Listeners[0].TargetGroup.Targets
 	var ids []string
 	for _, tg := range targets {
 		ids = append(ids, tg.ID)
@@ -155,7 +155,7 @@ func TestDrainedTargetsLeave(t *testing.T) {
 // groups' rules; a rule referencing the backend group admits the load balancer's addresses.
 func TestDesiredFirewall(t *testing.T) {
 	local := func(a netip.Addr) bool { return a == netip.MustParseAddr("127.1.0.10") }
-	p := desiredFirewall(state(), firewall.Enforce, local)
+	p := desiredFirewall(state(), newNetwork(state()), firewall.Enforce, local)
 	if p.Mode != firewall.Enforce || len(p.Interfaces) != 1 {
 		t.Fatalf("program %+v, want enforce with node-a's interface only", p)
 	}
@@ -173,7 +173,7 @@ func TestDesiredFirewall(t *testing.T) {
 	if len(ifc.Outbound) != 1 || ifc.Outbound[0].Protocol != -1 {
 		t.Errorf("outbound rules %+v, want allow-all", ifc.Outbound)
 	}
-	if off := desiredFirewall(state(), firewall.Off, local); len(off.Interfaces) != 0 {
+	if off := desiredFirewall(state(), newNetwork(state()), firewall.Off, local); len(off.Interfaces) != 0 {
 		t.Errorf("mode off programs %d interfaces", len(off.Interfaces))
 	}
 }

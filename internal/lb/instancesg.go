@@ -78,12 +78,11 @@ func hostAddrs() func(netip.Addr) bool {
 // private addresses are on this host: each interface's groups' rules, with
 // peers resolved as for the load balancers (a referenced group means the
 // addresses of the interfaces and load balancers carrying it). It is pure.
-func desiredFirewall(st cloud.State, mode firewall.Mode, local func(netip.Addr) bool) firewall.Program {
+func desiredFirewall(st cloud.State, n *network, mode firewall.Mode, local func(netip.Addr) bool) firewall.Program {
 	p := firewall.Program{Mode: mode}
 	if mode == firewall.Off {
 		return p
 	}
-	n := newNetwork(st)
 	for _, eni := range st.Interfaces {
 		if eni.InstanceID == "" {
 			continue
