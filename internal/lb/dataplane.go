@@ -25,8 +25,9 @@ func (h healthReporter) TargetHealth(targetGroupARN, id string, port int) (cloud
 
 // syncDataPlane keeps the engine in step with the store. After every committed change, after a
 // listener loses its socket (kick), and when a deregistered target finishes draining, it reads
-// the state, applies it, and reports back: a load balancer whose listeners all serve is active,
-// one with a listener that cannot serve is active_impaired with the reason.
+// the state, applies it (and the instance firewall's program, when fw runs), and reports back: a
+// load balancer whose listeners all serve is active, one with a listener that cannot serve is
+// active_impaired with the reason.
 func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine, fw *firewall.Firewall, sgMode firewall.Mode, kick <-chan struct{}, log *slog.Logger) {
 	changes, stop := c.Store().Changes()
 	defer stop()
