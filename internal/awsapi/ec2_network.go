@@ -2,6 +2,9 @@ package awsapi
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/netip"
 	"strings"
 
 	"github.com/moatlb/moat/internal/awsapi/wire"
@@ -33,15 +36,48 @@ type ec2CidrAssociation struct {
 	} `xml:"cidrBlockState"`
 }
 
+// ec2IPv6Association is an IPv6 CIDR block of a VPC or subnet (VpcIpv6CidrBlockAssociation,
+// SubnetIpv6CidrBlockAssociation); the VPC's also says where the block comes from.
+type ec2IPv6Association struct {
+	AssociationID      string `xml:"associationId"`
+	Ipv6CidrBlock      string `xml:"ipv6CidrBlock"`
+	Ipv6CidrBlockState struct {
+		State string `xml:"state"`
+	} `xml:"ipv6CidrBlockState"`
+	NetworkBorderGroup   string `xml:"networkBorderGroup,omitempty"`
+	Ipv6Pool             string `xml:"ipv6Pool,omitempty"`
+	Ipv6AddressAttribute string `xml:"ipv6AddressAttribute"`
+	IPSource             string `xml:"ipSource"`
+}
+
+// ipv6Associations lists cidr (none when empty) as associated. Unique local addresses
+// (fc00::/7) are private space, as an IPAM pool would give; other blocks count as Amazon's
+// public ones, which is what a VPC's Amazon-provided block is.
+func ipv6Associations(prefix, id, cidr string) wire.Items[ec2IPv6Association] {
+	out := wire.Items[ec2IPv6Association]{}
+	if cidr == "" {
+		return out
+	}
+	sum := sha256.Sum256([]byte(id + "/" + cidr)) // stable, and apart from the IPv4 association's ID
+	a := ec2IPv6Association{AssociationID: prefix + "-cidr-assoc-" + hex.EncodeToString(sum[:])[:17], Ipv6CidrBlock: cidr,
+		Ipv6AddressAttribute: "public", IPSource: "amazon"}
+	if p, err := netip.ParsePrefix(cidr); err == nil && netip.MustParsePrefix("fc00::/7").Contains(p.Addr()) {
+		a.Ipv6AddressAttribute, a.IPSource = "private", "none"
+	}
+	a.Ipv6CidrBlockState.State = "associated"
+	return append(out, a)
+}
+
 type ec2VPC struct {
-	VpcID                   string                         `xml:"vpcId"`
-	OwnerID                 string                         `xml:"ownerId"`
-	State                   string                         `xml:"state"`
-	CidrBlock               string                         `xml:"cidrBlock"`
-	CidrBlockAssociationSet wire.Items[ec2CidrAssociation] `xml:"cidrBlockAssociationSet"`
-	IsDefault               bool                           `xml:"isDefault"`
-	InstanceTenancy         string                         `xml:"instanceTenancy"`
-	TagSet                  wire.Items[ec2Tag]             `xml:"tagSet"`
+	VpcID                       string                         `xml:"vpcId"`
+	OwnerID                     string                         `xml:"ownerId"`
+	State                       string                         `xml:"state"`
+	CidrBlock                   string                         `xml:"cidrBlock"`
+	CidrBlockAssociationSet     wire.Items[ec2CidrAssociation] `xml:"cidrBlockAssociationSet"`
+	Ipv6CidrBlockAssociationSet wire.Items[ec2IPv6Association] `xml:"ipv6CidrBlockAssociationSet"`
+	IsDefault                   bool                           `xml:"isDefault"`
+	InstanceTenancy             string                         `xml:"instanceTenancy"`
+	TagSet                      wire.Items[ec2Tag]             `xml:"tagSet"`
 }
 
 func (s *Server) describeVpcs(_ context.Context, in *describeByIDIn) (any, error) {
@@ -53,10 +89,17 @@ func (s *Server) describeVpcs(_ context.Context, in *describeByIDIn) (any, error
 	for _, v := range vpcs {
 		assoc := ec2CidrAssociation{AssociationID: "vpc-cidr-assoc-" + strings.TrimPrefix(v.ID, "vpc-"), CidrBlock: v.CIDR}
 		assoc.CidrBlockState.State = "associated"
+		v6 := ipv6Associations("vpc", v.ID, v.IPv6CIDR)
+		for i := range v6 {
+			v6[i].NetworkBorderGroup = s.cloud.Config().Region
+			if v6[i].IPSource == "amazon" {
+				v6[i].Ipv6Pool = "Amazon"
+			}
+		}
 		out = append(out, ec2VPC{
 			VpcID: v.ID, OwnerID: s.cloud.Config().AccountID, State: "available", CidrBlock: v.CIDR,
-			CidrBlockAssociationSet: wire.Items[ec2CidrAssociation]{assoc}, IsDefault: v.Default,
-			InstanceTenancy: "default", TagSet: tagsOut(v.Tags),
+			CidrBlockAssociationSet: wire.Items[ec2CidrAssociation]{assoc}, Ipv6CidrBlockAssociationSet: v6,
+			IsDefault: v.Default, InstanceTenancy: "default", TagSet: tagsOut(v.Tags),
 		})
 	}
 	return struct {
@@ -65,18 +108,21 @@ func (s *Server) describeVpcs(_ context.Context, in *describeByIDIn) (any, error
 }
 
 type ec2Subnet struct {
-	SubnetID                string             `xml:"subnetId"`
-	SubnetArn               string             `xml:"subnetArn"`
-	VpcID                   string             `xml:"vpcId"`
-	OwnerID                 string             `xml:"ownerId"`
-	State                   string             `xml:"state"`
-	CidrBlock               string             `xml:"cidrBlock"`
-	AvailabilityZone        string             `xml:"availabilityZone"`
-	AvailabilityZoneID      string             `xml:"availabilityZoneId"`
-	AvailableIPAddressCount int                `xml:"availableIpAddressCount"`
-	DefaultForAz            bool               `xml:"defaultForAz"`
-	MapPublicIPOnLaunch     bool               `xml:"mapPublicIpOnLaunch"`
-	TagSet                  wire.Items[ec2Tag] `xml:"tagSet"`
+	SubnetID                    string                         `xml:"subnetId"`
+	SubnetArn                   string                         `xml:"subnetArn"`
+	VpcID                       string                         `xml:"vpcId"`
+	OwnerID                     string                         `xml:"ownerId"`
+	State                       string                         `xml:"state"`
+	CidrBlock                   string                         `xml:"cidrBlock"`
+	Ipv6CidrBlockAssociationSet wire.Items[ec2IPv6Association] `xml:"ipv6CidrBlockAssociationSet"`
+	AvailabilityZone            string                         `xml:"availabilityZone"`
+	AvailabilityZoneID          string                         `xml:"availabilityZoneId"`
+	AvailableIPAddressCount     int                            `xml:"availableIpAddressCount"`
+	DefaultForAz                bool                           `xml:"defaultForAz"`
+	MapPublicIPOnLaunch         bool                           `xml:"mapPublicIpOnLaunch"`
+	AssignIpv6AddressOnCreation bool                           `xml:"assignIpv6AddressOnCreation"`
+	Ipv6Native                  bool                           `xml:"ipv6Native"`
+	TagSet                      wire.Items[ec2Tag]             `xml:"tagSet"`
 }
 
 func (s *Server) describeSubnets(_ context.Context, in *describeByIDIn) (any, error) {
@@ -88,7 +134,8 @@ func (s *Server) describeSubnets(_ context.Context, in *describeByIDIn) (any, er
 	for _, sn := range subnets {
 		out = append(out, ec2Subnet{
 			SubnetID: sn.ID, SubnetArn: s.arn("subnet/" + sn.ID), VpcID: sn.VPCID, OwnerID: s.cloud.Config().AccountID,
-			State: "available", CidrBlock: sn.CIDR, AvailabilityZone: sn.Zone, AvailabilityZoneID: sn.ZoneID,
+			State: "available", CidrBlock: sn.CIDR, Ipv6CidrBlockAssociationSet: ipv6Associations("subnet", sn.ID, sn.IPv6CIDR),
+			AvailabilityZone: sn.Zone, AvailabilityZoneID: sn.ZoneID,
 			AvailableIPAddressCount: sn.AvailableIPAddressCount, TagSet: tagsOut(sn.Tags),
 		})
 	}

@@ -193,7 +193,7 @@ func TestCreateLoadBalancerErrors(t *testing.T) {
 		{"unknown group", func(in *elbv2.CreateLoadBalancerInput) { in.SecurityGroups = []string{"sg-0123456789abcdef0"} }, "InvalidSecurityGroup", "sg-0123456789abcdef0"},
 		{"malformed group", func(in *elbv2.CreateLoadBalancerInput) { in.SecurityGroups = []string{"web"} }, "InvalidSecurityGroup", "web"},
 		{"six groups", func(in *elbv2.CreateLoadBalancerInput) { in.SecurityGroups = groups }, "InvalidConfigurationRequest", "5 security groups"},
-		{"dualstack without IPv6 subnets", func(in *elbv2.CreateLoadBalancerInput) { in.IpAddressType = types.IpAddressTypeDualstack }, "InvalidConfigurationRequest", "IPv6"},
+		{"dualstack without IPv6 subnets", func(in *elbv2.CreateLoadBalancerInput) { in.IpAddressType = types.IpAddressTypeDualstack }, "ValidationError", "IPv6 CIDR block"},
 		{"dualstack without public IPv4", func(in *elbv2.CreateLoadBalancerInput) {
 			in.IpAddressType = types.IpAddressTypeDualstackWithoutPublicIpv4
 		}, "InvalidConfigurationRequest", "Application Load Balancers"},
@@ -454,8 +454,8 @@ func TestSetSubnetsAndIPAddressType(t *testing.T) {
 		t.Errorf("ip address type %s", ipOut.IpAddressType)
 	}
 	_, err = e.ELB.SetIpAddressType(e.ctx, &elbv2.SetIpAddressTypeInput{LoadBalancerArn: arn, IpAddressType: types.IpAddressTypeDualstack})
-	wantCode(t, err, "InvalidConfigurationRequest")
-	wantMessage(t, err, "IPv6")
+	wantCode(t, err, "ValidationError")
+	wantMessage(t, err, "IPv6 CIDR block")
 	_, err = e.ELB.SetIpAddressType(e.ctx, &elbv2.SetIpAddressTypeInput{LoadBalancerArn: arn, IpAddressType: "ipv5"})
 	wantCode(t, err, "ValidationError")
 	if got := e.describeLB(t, aws.ToString(arn)); got.IpAddressType != types.IpAddressTypeIpv4 || len(got.AvailabilityZones) != 2 {

@@ -37,12 +37,14 @@ type InventoryVPC struct {
 }
 
 // InventorySubnet declares a subnet; Zone is a letter (a → <region>a) or a full zone name.
+// IPv6CIDR, inside its VPC's IPv6CIDR, lets dualstack load balancers take an IPv6 address there.
 type InventorySubnet struct {
 	Name                    string            `json:"name"`
 	ID                      string            `json:"id,omitempty"`
 	VPC                     string            `json:"vpc"`
 	Zone                    string            `json:"zone"`
 	CIDR                    string            `json:"cidr"`
+	IPv6CIDR                string            `json:"ipv6Cidr,omitempty"`
 	AvailableIPAddressCount int               `json:"availableIpAddressCount,omitempty"`
 	Tags                    map[string]string `json:"tags,omitempty"`
 }
@@ -131,17 +133,21 @@ func idOr(id, prefix, name string) string {
 func (c *Cloud) ApplyInventory(inv Inventory) error {
 	return c.store.Update(func(tx store.Tx) error {
 		vpcIDs := map[string]string{} // name or ID -> ID
-		vpcCIDRs := map[string]netip.Prefix{}
+		vpcCIDRs, vpcCIDRs6 := map[string]netip.Prefix{}, map[string]netip.Prefix{}
 		for _, v := range inv.VPCs {
 			id := idOr(v.ID, "vpc", v.Name)
 			cidr, err := netip.ParsePrefix(v.CIDR)
 			if err != nil || !cidr.Addr().Is4() {
 				return fmt.Errorf("inventory: vpc %s: cidr %q is not an IPv4 CIDR", v.Name, v.CIDR)
 			}
+			cidr6, err := parseIPv6CIDR(v.IPv6CIDR)
+			if err != nil {
+				return fmt.Errorf("inventory: vpc %s: %w", v.Name, err)
+			}
 			vpcIDs[v.Name], vpcIDs[id] = id, id
-			vpcCIDRs[id] = cidr.Masked()
+			vpcCIDRs[id], vpcCIDRs6[id] = cidr.Masked(), cidr6
 			old, _ := store.Load[VPC](tx, bucketVPCs, id)
-			rec := VPC{ID: id, CIDR: cidr.Masked().String(), IPv6CIDR: v.IPv6CIDR, Default: v.Default, Tags: mergeMaps(old.Tags, v.Tags)}
+			rec := VPC{ID: id, CIDR: cidr.Masked().String(), IPv6CIDR: prefixString(cidr6), Default: v.Default, Tags: mergeMaps(old.Tags, v.Tags)}
 			if err := store.Save(tx, bucketVPCs, id, rec); err != nil {
 				return err
 			}
@@ -159,6 +165,15 @@ func (c *Cloud) ApplyInventory(inv Inventory) error {
 			if err != nil || !vpcCIDRs[vpc].Contains(cidr.Addr()) || cidr.Bits() < vpcCIDRs[vpc].Bits() {
 				return fmt.Errorf("inventory: subnet %s: cidr %q is not inside vpc %s (%s)", s.Name, s.CIDR, s.VPC, vpcCIDRs[vpc])
 			}
+			cidr6, err := parseIPv6CIDR(s.IPv6CIDR)
+			switch {
+			case err != nil:
+				return fmt.Errorf("inventory: subnet %s: %w", s.Name, err)
+			case cidr6.IsValid() && !vpcCIDRs6[vpc].IsValid():
+				return fmt.Errorf("inventory: subnet %s: ipv6Cidr %q needs an ipv6Cidr on vpc %s", s.Name, s.IPv6CIDR, s.VPC)
+			case cidr6.IsValid() && (!vpcCIDRs6[vpc].Contains(cidr6.Addr()) || cidr6.Bits() < vpcCIDRs6[vpc].Bits()):
+				return fmt.Errorf("inventory: subnet %s: ipv6Cidr %q is not inside vpc %s (%s)", s.Name, s.IPv6CIDR, s.VPC, vpcCIDRs6[vpc])
+			}
 			zone := s.Zone
 			if len(zone) == 1 {
 				zone = c.cfg.Region + zone
@@ -172,7 +187,7 @@ func (c *Cloud) ApplyInventory(inv Inventory) error {
 			if count == 0 {
 				count = 1<<(32-cidr.Bits()) - 5 // AWS reserves five addresses per subnet
 			}
-			rec := Subnet{ID: id, VPCID: vpc, Zone: zone, ZoneID: zoneID(c.cfg.Region, zone), CIDR: cidr.Masked().String(), AvailableIPAddressCount: count, Tags: mergeMaps(old.Tags, s.Tags)}
+			rec := Subnet{ID: id, VPCID: vpc, Zone: zone, ZoneID: zoneID(c.cfg.Region, zone), CIDR: cidr.Masked().String(), IPv6CIDR: prefixString(cidr6), AvailableIPAddressCount: count, Tags: mergeMaps(old.Tags, s.Tags)}
 			subnets[s.Name], subnets[id] = rec, rec
 			if err := store.Save(tx, bucketSubnets, id, rec); err != nil {
 				return err
@@ -203,6 +218,28 @@ func (c *Cloud) ApplyInventory(inv Inventory) error {
 		}
 		return nil
 	})
+}
+
+// parseIPv6CIDR reads an optional IPv6 CIDR ("" is none), canonical. AWS's subnets get /64s
+// and VPCs /56s; any IPv6 prefix up to /64 is taken, so that an inventory can lay out what it
+// needs, and no longer one: AWS's smallest IPv6 subnet is a /64.
+func parseIPv6CIDR(s string) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() || p.Bits() > 64 {
+		return netip.Prefix{}, fmt.Errorf("ipv6Cidr %q is not an IPv6 CIDR of /64 or shorter", s)
+	}
+	return p.Masked(), nil
+}
+
+// prefixString is p in canonical form, or "" for no prefix.
+func prefixString(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	return p.String()
 }
 
 func (c *Cloud) applyInstance(tx store.Tx, in InventoryInstance, subnets map[string]Subnet) error {

@@ -127,9 +127,9 @@ func (c *Cloud) CreateLoadBalancer(in CreateLoadBalancerInput) (LoadBalancer, er
 	case in.IPv4IpamPoolID != "":
 		return LoadBalancer{}, errorf("InvalidConfigurationRequest", "IPAM pools are only supported by Application Load Balancers")
 	case in.EnablePrefixForIPv6SourceNat == "on":
-		return LoadBalancer{}, errorf("InvalidConfigurationRequest", "IPv6 prefixes for source NAT need the dualstack IP address type and IPv6 subnets, which moat does not provide")
+		return LoadBalancer{}, sourceNATError(in.IPAddressType)
 	}
-	mappings, err := subnetMappings(in.Subnets, in.SubnetMappings)
+	mappings, err := subnetMappings(in.Subnets, in.SubnetMappings, in.IPAddressType)
 	if err != nil {
 		return LoadBalancer{}, err
 	}
@@ -232,8 +232,9 @@ func uniqueOrdered(in []string) []string {
 	return out
 }
 
-// subnetMappings turns the Subnets or SubnetMappings of a request into mappings.
-func subnetMappings(subnets []string, mappings []SubnetMapping) ([]SubnetMapping, error) {
+// subnetMappings turns the Subnets or SubnetMappings of a request for a load balancer of
+// ipType into mappings.
+func subnetMappings(subnets []string, mappings []SubnetMapping, ipType string) ([]SubnetMapping, error) {
 	switch {
 	case len(subnets) > 0 && len(mappings) > 0:
 		return nil, errorf("ValidationError", "You can specify subnets or subnet mappings, but not both")
@@ -252,11 +253,23 @@ func subnetMappings(subnets []string, mappings []SubnetMapping) ([]SubnetMapping
 		case m.AllocationID != "":
 			return nil, errorf("AllocationIdNotFound", "Allocation ID '%s' not found: moat has no Elastic IP addresses; leave AllocationId out and the load balancer gets an address from the subnet", m.AllocationID)
 		case m.SourceNatIPv6 != "":
-			return nil, errorf("InvalidConfigurationRequest", "Source NAT IPv6 prefixes need the dualstack IP address type and IPv6 subnets, which moat does not provide")
+			return nil, sourceNATError(ipType)
 		}
 	}
 	return mappings, nil
 }
+
+// sourceNATError answers a request for IPv6 source NAT prefixes, which AWS gives only to
+// dualstack load balancers (for their UDP listeners) and moat does not provide.
+func sourceNATError(ipType string) *Error {
+	if ipType != "dualstack" {
+		return errorf("InvalidConfigurationRequest", "IPv6 prefixes for source NAT need the dualstack IP address type")
+	}
+	return errorf("InvalidConfigurationRequest", "moat does not support IPv6 prefixes for source NAT (EnablePrefixForIpv6SourceNat, SourceNatIpv6Prefix), so its dualstack load balancers have no UDP listeners")
+}
+
+// errNoIPv6Subnet is AWS's answer to a dualstack request with a subnet that has no IPv6 CIDR.
+var errNoIPv6Subnet = errorf("ValidationError", "You must specify subnets with an associated IPv6 CIDR block.")
 
 // checkLBGroups checks that every group exists and is in the load balancer's VPC.
 func checkLBGroups(tx store.Tx, groups []string, vpcID string) error {
@@ -306,7 +319,7 @@ func (c *Cloud) placeZones(tx store.Tx, mappings []SubnetMapping, scheme, ipType
 		}
 		seenZone[sn.Zone] = sn.ID
 		if ipType == "dualstack" && sn.IPv6CIDR == "" {
-			return "", nil, errorf("InvalidConfigurationRequest", "The IP address type 'dualstack' needs subnets with IPv6 CIDR blocks, and subnet '%s' has none", sn.ID)
+			return "", nil, errNoIPv6Subnet
 		}
 		zone := LoadBalancerZone{SubnetID: sn.ID, Zone: sn.Zone}
 		if i := slices.IndexFunc(keep, func(z LoadBalancerZone) bool { return z.SubnetID == sn.ID }); i >= 0 {
@@ -590,20 +603,20 @@ func (c *Cloud) SetSubnets(arn string, subnets []string, mappings []SubnetMappin
 			return LoadBalancer{}, err
 		}
 	}
-	if enablePrefix == "on" {
-		return LoadBalancer{}, errorf("InvalidConfigurationRequest", "IPv6 prefixes for source NAT need the dualstack IP address type and IPv6 subnets, which moat does not provide")
-	}
-	mappings, err := subnetMappings(subnets, mappings)
-	if err != nil {
-		return LoadBalancer{}, err
-	}
 	var lb LoadBalancer
-	err = c.store.Update(func(tx store.Tx) (err error) {
+	err := c.store.Update(func(tx store.Tx) (err error) {
 		if lb, err = loadLB(tx, arn); err != nil {
 			return err
 		}
 		if ipType == "" {
 			ipType = lb.IPAddressType
+		}
+		if enablePrefix == "on" {
+			return sourceNATError(ipType)
+		}
+		mappings, err := subnetMappings(subnets, mappings, ipType)
+		if err != nil {
+			return err
 		}
 		if err := checkDualstackListeners(tx, lb, ipType); err != nil {
 			return err

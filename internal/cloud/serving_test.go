@@ -89,3 +89,40 @@ func TestResolveNameHealthyZones(t *testing.T) {
 		t.Error("an unknown name resolved")
 	}
 }
+
+// A dualstack load balancer's IPv6 addresses follow the same zone selection as its IPv4 ones:
+// DNS answers A and AAAA records for the same zones.
+func TestResolveNameDualstack(t *testing.T) {
+	c := newTestCloud(t, Config{})
+	lb := LoadBalancer{ARN: "lb", DNSName: "ds-0123456789abcdef.elb.us-east-1.moat.internal", IPAddressType: "dualstack", Attributes: map[string]string{},
+		Zones: []LoadBalancerZone{
+			{Zone: "us-east-1a", Address: "127.1.0.100", IPv6Address: "2001:db8:0:1::64"},
+			{Zone: "us-east-1b", Address: "127.2.0.100", IPv6Address: "2001:db8:0:2::64"},
+		}}
+	tg := TargetGroup{ARN: "tg", Attributes: map[string]string{}, Targets: []Target{{ID: "a1", AvailabilityZone: "us-east-1a"}, {ID: "b1", AvailabilityZone: "us-east-1b"}}}
+	if err := c.store.Update(func(tx store.Tx) error {
+		if err := store.Save(tx, bucketLoadBalancers, lb.ARN, lb); err != nil {
+			return err
+		}
+		if err := store.Save(tx, bucketListeners, "l", Listener{ARN: "l", LoadBalancerARN: "lb", TargetGroupARN: "tg"}); err != nil {
+			return err
+		}
+		return store.Save(tx, bucketTargetGroups, tg.ARN, tg)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c.SetHealthReporter(health{"a1": "unhealthy", "b1": "healthy"})
+	for name, want := range map[string][]string{
+		lb.DNSName:                 {"127.2.0.100", "2001:db8:0:2::64"},
+		"us-east-1a." + lb.DNSName: {"127.1.0.100", "2001:db8:0:1::64"},
+	} {
+		addrs, ok := c.ResolveName(name)
+		var got []string
+		for _, a := range addrs {
+			got = append(got, a.String())
+		}
+		if !ok || !slices.Equal(got, want) {
+			t.Errorf("%s resolved to %v (%v), want %v", name, got, ok, want)
+		}
+	}
+}

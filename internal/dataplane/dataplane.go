@@ -118,12 +118,16 @@ type Config struct {
 	LoadBalancers []LoadBalancer
 }
 
-// LoadBalancer is one network load balancer: addresses (one per zone) and
-// listeners.
+// LoadBalancer is one network load balancer: addresses (one per zone, two
+// for dualstack) and listeners.
 type LoadBalancer struct {
 	ID string // opaque (an ARN)
-	// Zones are the load balancer's enabled zones, with its address in each.
-	// Every listener listens on every one of these addresses.
+	// Zones are the load balancer's enabled zones with its addresses there:
+	// one entry per zone, or two for a dualstack load balancer (its IPv4 and
+	// its IPv6 address in the zone; a further address of a family the zone
+	// already has is ignored). Every listener listens on every one of these
+	// addresses. A flow leaves for a target of the other family from the
+	// zone's address of the target's family (see route.upstreamSource).
 	Zones []Zone
 	// CrossZone false (AWS's default) makes a zone's address forward only to
 	// targets in that zone; true forwards to targets in every enabled zone.
@@ -131,8 +135,8 @@ type LoadBalancer struct {
 	Listeners []Listener
 }
 
-// Zone is one enabled availability zone of a load balancer and the load
-// balancer's address in it.
+// Zone is one enabled availability zone of a load balancer and one of the
+// load balancer's addresses in it.
 type Zone struct {
 	Name string
 	Addr netip.Addr

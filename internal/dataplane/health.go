@@ -141,14 +141,12 @@ func (g *targetGroup) plan(t *target) checkPlan {
 		port = t.cfg.Port
 	}
 	p.dst = netip.AddrPortFrom(t.cfg.Addr, port)
-	if a, ok := set.zones[t.cfg.Zone]; ok {
-		p.src = a
-	} else if len(set.zoneOrder) > 0 { // zone "all": the first zone's node checks it
-		p.src = set.zones[set.zoneOrder[0]]
+	za, ok := set.zones[t.cfg.Zone]
+	if !ok && len(set.zoneOrder) > 0 { // zone "all": the first zone's node checks it
+		za = set.zones[set.zoneOrder[0]]
 	}
-	if p.src.IsValid() && p.src.Is4() != p.dst.Addr().Unmap().Is4() {
-		p.src = netip.Addr{} // no address of the target's family: let the kernel choose
-	}
+	// From the zone's address of the target's family; with none, the kernel chooses.
+	p.src = za.of(t.cfg.Addr)
 	host := p.src
 	if !host.IsValid() {
 		host = t.cfg.Addr

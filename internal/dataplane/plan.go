@@ -43,17 +43,24 @@ func planConfig(cfg Config) *plan {
 	p := &plan{groups: map[string]*desiredGroup{}, listeners: map[string]*listenerState{}}
 	taken := map[sockKey]bool{}
 	for _, lb := range cfg.LoadBalancers {
-		zones := make(map[string]netip.Addr, len(lb.Zones))
+		zones := make(map[string]zoneAddrs, len(lb.Zones))
 		var zoneOrder, badZones []string
+		var addrs []Zone // every address to listen on, in Config order
 		for _, z := range lb.Zones {
 			if !z.Addr.IsValid() {
 				badZones = append(badZones, z.Name)
 				continue
 			}
-			if _, dup := zones[z.Name]; !dup {
-				zones[z.Name] = z.Addr.Unmap()
+			za, seen := zones[z.Name]
+			if !seen {
 				zoneOrder = append(zoneOrder, z.Name)
 			}
+			a := z.Addr.Unmap()
+			if za.of(a).IsValid() {
+				continue // a second address of one family in a zone: the first one serves
+			}
+			zones[z.Name] = za.with(a)
+			addrs = append(addrs, Zone{Name: z.Name, Addr: a})
 		}
 		for _, l := range lb.Listeners {
 			ls := &listenerState{lbID: lb.ID}
@@ -86,16 +93,16 @@ func planConfig(cfg Config) *plan {
 			if _, ok := p.groups[tg.ID]; !ok {
 				p.groups[tg.ID] = &desiredGroup{set: newSettings(tg, zones, zoneOrder, l.Port), targets: tg.Targets}
 			}
-			for _, zn := range zoneOrder {
+			for _, z := range addrs {
 				for _, network := range networks {
-					key := sockKey{addr: zones[zn], port: l.Port, network: network}
+					key := sockKey{addr: z.Addr, port: l.Port, network: network}
 					if taken[key] {
 						fail(network, key.addrPort(), ErrListenerConflict)
 						continue
 					}
 					taken[key] = true
 					p.sockets = append(p.sockets, &desiredSocket{
-						key: key, route: newRoute(lb, l, zn, network), tgID: tg.ID, listener: ls,
+						key: key, route: newRoute(lb, l, z.Name, zones[z.Name], network), tgID: tg.ID, listener: ls,
 					})
 				}
 			}
@@ -104,11 +111,52 @@ func planConfig(cfg Config) *plan {
 	return p
 }
 
+// zoneAddrs are a load balancer's addresses in one zone: IPv4, and IPv6 when it is dualstack.
+type zoneAddrs struct{ v4, v6 netip.Addr }
+
+// of returns the zone's address of a's family, or the zero Addr when it has none. The load
+// balancer's traffic to a target leaves from there: an IPv6 client's flow to an IPv4 target
+// comes from the zone's IPv4 address, as AWS translates it.
+func (z zoneAddrs) of(a netip.Addr) netip.Addr {
+	if a.Unmap().Is4() {
+		return z.v4
+	}
+	return z.v6
+}
+
+// with returns z with a as its address of a's family.
+func (z zoneAddrs) with(a netip.Addr) zoneAddrs {
+	if a = a.Unmap(); a.Is4() {
+		z.v4 = a
+	} else {
+		z.v6 = a
+	}
+	return z
+}
+
+// upstreamSource is the address a flow from client, arrived on the load balancer's address
+// local, leaves from to target: the client's own when it is preserved (a loopback client of the
+// target's family, see the package doc), else local or, when local is of the other family (a
+// dualstack load balancer's IPv6 client and an IPv4 target), the load balancer's address of the
+// target's family in the route's zone: AWS translates such flows, never preserving the client's
+// address. The zero Addr, when the load balancer has no address of the target's family, lets the
+// kernel choose.
+func (r *route) upstreamSource(preserve bool, client, local, target netip.Addr) netip.Addr {
+	target = target.Unmap()
+	switch {
+	case preserve && client.IsLoopback() && client.Is4() == target.Is4():
+		return client
+	case local.Is4() == target.Is4():
+		return local
+	}
+	return r.local.of(target)
+}
+
 // newRoute is a listener's route on one of its sockets, with defaults: no
 // policy admits everyone, idle timeouts are NLB's.
-func newRoute(lb LoadBalancer, l Listener, zone, network string) *route {
+func newRoute(lb LoadBalancer, l Listener, zone string, local zoneAddrs, network string) *route {
 	r := &route{
-		lbID: lb.ID, listenerID: l.ID, proto: network, zone: zone, crossZone: lb.CrossZone,
+		lbID: lb.ID, listenerID: l.ID, proto: network, zone: zone, local: local, crossZone: lb.CrossZone,
 		policy: l.AdmitTCP, idle: l.TCPIdleTimeout,
 	}
 	if network == "udp" {
@@ -129,7 +177,7 @@ func newRoute(lb LoadBalancer, l Listener, zone, network string) *route {
 // newSettings resolves a target group's settings: the first listener that
 // references the group gives the zones (its load balancer's) and the port
 // for the health check's Host header.
-func newSettings(tg TargetGroup, zones map[string]netip.Addr, zoneOrder []string, port uint16) *tgSettings {
+func newSettings(tg TargetGroup, zones map[string]zoneAddrs, zoneOrder []string, port uint16) *tgSettings {
 	set := &tgSettings{TargetGroup: tg, hc: tg.HealthCheck.withDefaults(), zones: zones, zoneOrder: zoneOrder, hostPort: port}
 	set.Targets = nil
 	set.match, set.matchErr = parseMatcher(set.hc.Matcher)

@@ -30,7 +30,7 @@ type tgSettings struct {
 	hc          HealthCheck
 	match       matcher
 	matchErr    error
-	zones       map[string]netip.Addr // the load balancer's enabled zones → its address there
+	zones       map[string]zoneAddrs // the load balancer's enabled zones → its addresses there
 	zoneOrder   []string
 	hostPort    uint16 // the listener port AWS puts in the health check's Host header
 }

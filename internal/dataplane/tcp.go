@@ -189,13 +189,9 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 	t.addFlow(f)
 	defer t.removeFlow(f)
 
-	src := local.Addr()
-	if sel.set.PreserveClientIP && client.Addr().IsLoopback() {
-		src = client.Addr()
-	}
 	d := net.Dialer{Timeout: s.u.connectTimeout, Control: s.u.controlUpstream}
 	d.SetMultipathTCP(false)
-	if src.Is4() == t.addr.Addr().Unmap().Is4() {
+	if src := r.upstreamSource(sel.set.PreserveClientIP, client.Addr(), local.Addr(), t.addr.Addr()); src.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 	}
 	uc, err := d.DialContext(f.ctx, "tcp", t.addr.String())

@@ -154,17 +154,9 @@ func (s *udpSocket) flowFor(client netip.AddrPort) *udpFlow {
 		r.m.deniedNoTarget.Inc()
 		return nil
 	}
-	src := s.key.addr
-	if sel.set.PreserveClientIP && client.Addr().IsLoopback() {
-		src = client.Addr()
-	}
-	var laddr *net.UDPAddr
-	if src.Is4() == t.addr.Addr().Unmap().Is4() {
-		laddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
-	}
 	d := net.Dialer{Control: s.u.controlUpstream}
-	if laddr != nil {
-		d.LocalAddr = laddr
+	if src := r.upstreamSource(sel.set.PreserveClientIP, client.Addr(), s.key.addr, t.addr.Addr()); src.IsValid() {
+		d.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 	}
 	conn, err := d.Dial("udp", t.addr.String())
 	up, _ := conn.(*net.UDPConn)

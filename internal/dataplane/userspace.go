@@ -117,6 +117,7 @@ type route struct {
 	lbID, listenerID string
 	proto            string // tcp or udp
 	zone             string
+	local            zoneAddrs // the load balancer's addresses in zone
 	crossZone        bool
 	policy           *secgroup.Policy // never nil
 	tg               *targetGroup

@@ -70,7 +70,12 @@ func TestServeDNS(t *testing.T) {
 // the AA bit. Over UDP and TCP, with a real client.
 func TestApexAndNegativeAnswers(t *testing.T) {
 	const zone = "elb.us-east-1.moat.internal."
-	names := fixed{"web-0123456789abcdef.elb.us-east-1.moat.internal": {netip.MustParseAddr("127.1.0.100")}}
+	names := fixed{
+		"web-0123456789abcdef.elb.us-east-1.moat.internal": {netip.MustParseAddr("127.1.0.100")},
+		// A dualstack load balancer: the resolver gives both families, each type answers its own.
+		"ds-0123456789abcdef.elb.us-east-1.moat.internal": {netip.MustParseAddr("127.1.0.100"), netip.MustParseAddr("2001:db8:0:1::64"),
+			netip.MustParseAddr("127.2.0.100"), netip.MustParseAddr("2001:db8:0:2::64")},
+	}
 	srv := New("elb.us-east-1.moat.internal", names, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	addr, err := srv.ListenAndServe(t.Context(), "127.0.0.1:0")
 	if err != nil {
@@ -97,6 +102,10 @@ func TestApexAndNegativeAnswers(t *testing.T) {
 		{"ns." + zone, dns.TypeAAAA, want{rcode: dns.RcodeSuccess, soa: true}},
 		{"web-0123456789abcdef." + zone, dns.TypeAAAA, want{rcode: dns.RcodeSuccess, soa: true}},
 		{"web-0123456789abcdef." + zone, dns.TypeMX, want{rcode: dns.RcodeSuccess, soa: true}},
+		{"ds-0123456789abcdef." + zone, dns.TypeAAAA, want{rcode: dns.RcodeSuccess, answer: []string{"AAAA 2001:db8:0:1::64", "AAAA 2001:db8:0:2::64"}}},
+		{"ds-0123456789abcdef." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, answer: []string{"A 127.1.0.100", "A 127.2.0.100"}}},
+		{"ds-0123456789abcdef." + zone, dns.TypeANY, want{rcode: dns.RcodeSuccess, answer: []string{"A 127.1.0.100", "AAAA 2001:db8:0:1::64", "A 127.2.0.100", "AAAA 2001:db8:0:2::64"}}},
+		{"ds-0123456789abcdef." + zone, dns.TypeTXT, want{rcode: dns.RcodeSuccess, soa: true}},
 		{"gone-0123456789abcdef." + zone, dns.TypeA, want{rcode: dns.RcodeNameError, soa: true}},
 		{"gone-0123456789abcdef." + zone, dns.TypeSOA, want{rcode: dns.RcodeNameError, soa: true}},
 	}

@@ -29,9 +29,12 @@ func desiredConfig(st cloud.State, n *network, now time.Time) dataplane.Config {
 		out := dataplane.LoadBalancer{ID: lb.ARN, CrossZone: lb.Attributes["load_balancing.cross_zone.enabled"] == "true"}
 		var lbAddrs []netip.Addr
 		for _, z := range lb.Zones {
-			if a, err := netip.ParseAddr(z.Address); err == nil {
-				out.Zones = append(out.Zones, dataplane.Zone{Name: z.Zone, Addr: a})
-				lbAddrs = append(lbAddrs, a)
+			// A dualstack load balancer's zone is listed once per address (see dataplane.LoadBalancer).
+			for _, s := range []string{z.Address, z.IPv6Address} {
+				if a, err := netip.ParseAddr(s); err == nil {
+					out.Zones = append(out.Zones, dataplane.Zone{Name: z.Zone, Addr: a})
+					lbAddrs = append(lbAddrs, a)
+				}
 			}
 		}
 		for _, l := range st.Listeners {
@@ -122,10 +125,12 @@ func newNetwork(st cloud.State) *network {
 			}
 		}
 	}
-	// A load balancer's interfaces carry its groups: rules that reference them admit its addresses.
+	// A load balancer's interfaces carry its groups: rules that reference them admit its addresses,
+	// IPv6 ones too.
 	for _, lb := range st.LoadBalancers {
 		for _, z := range lb.Zones {
 			carry(lb.SecurityGroups, z.Address)
+			carry(lb.SecurityGroups, z.IPv6Address)
 		}
 	}
 	for _, pl := range st.PrefixLists {
@@ -178,9 +183,9 @@ func (n *network) rules(groups []string, egress bool) []secgroup.Rule {
 // reachable is the backend security-group decision for the load balancer's own traffic to a
 // target: the load balancer's outbound rules must allow the target address and port, and the
 // inbound rules of the target interface's groups must admit one of the load balancer's addresses
-// (a rule referencing the load balancer's group does, as on AWS). A load balancer without groups
-// may send anywhere. A target no interface carries (an ip target outside the inventory) has no
-// groups to enforce.
+// of the target's family, which its traffic there comes from (a rule referencing the load
+// balancer's group does, as on AWS). A load balancer without groups may send anywhere. A target
+// no interface carries (an ip target outside the inventory) has no groups to enforce.
 func (n *network) reachable(lb cloud.LoadBalancer, lbAddrs []netip.Addr, eni *cloud.NetworkInterface, target netip.Addr, protocol int, port uint16) bool {
 	if len(lb.SecurityGroups) > 0 && !n.policy(lb.SecurityGroups, true, protocol, port).Allows(target) {
 		return false
@@ -189,7 +194,7 @@ func (n *network) reachable(lb cloud.LoadBalancer, lbAddrs []netip.Addr, eni *cl
 		return true
 	}
 	in := n.policy(eni.Groups, false, protocol, port)
-	return slices.ContainsFunc(lbAddrs, in.Allows)
+	return slices.ContainsFunc(lbAddrs, func(a netip.Addr) bool { return a.Is4() == target.Unmap().Is4() && in.Allows(a) })
 }
 
 // trafficProtocols are the IP protocols a target group's traffic uses: a TCP_UDP group needs

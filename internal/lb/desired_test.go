@@ -131,6 +131,60 @@ func TestDesiredConfigUDPAndIPTargets(t *testing.T) {
 	}
 }
 
+// TestDesiredConfigDualstack: a dualstack load balancer listens on each zone's IPv6 address too;
+// its listener's policy admits IPv6 clients by the groups' IPv6 sources (ranges, ::/0, prefix
+// list entries, and the IPv6 addresses of load balancers carrying a referenced group), and a
+// target's group must admit the load balancer's address of the target's own family.
+func TestDesiredConfigDualstack(t *testing.T) {
+	st := state()
+	lb := &st.LoadBalancers[0]
+	lb.IPAddressType = "dualstack"
+	lb.Zones[0].IPv6Address, lb.Zones[1].IPv6Address = "2001:db8:0:1::64", "2001:db8:0:2::64"
+	st.LoadBalancers = append(st.LoadBalancers, cloud.LoadBalancer{ARN: "lb-peer", SecurityGroups: []string{"sg-peer"}, IPAddressType: "dualstack",
+		Zones: []cloud.LoadBalancerZone{{Zone: "us-east-1a", Address: "127.1.0.101", IPv6Address: "2001:db8:0:1::65"}}})
+	st.SecurityGroups = append(st.SecurityGroups, cloud.SecurityGroup{ID: "sg-peer"})
+	st.SecurityGroups[0].Ingress = append(st.SecurityGroups[0].Ingress,
+		cloud.Rule{Protocol: "tcp", FromPort: 80, ToPort: 80, CIDRv6: "2001:db8:100::/48"},
+		cloud.Rule{Protocol: "tcp", FromPort: 80, ToPort: 80, PrefixListID: "pl-v6"},
+		cloud.Rule{Protocol: "tcp", FromPort: 80, ToPort: 80, GroupID: "sg-peer"},
+		cloud.Rule{Protocol: "tcp", FromPort: 443, ToPort: 443, CIDRv6: "::/0"}, // another port: admits no one on 80
+	)
+	st.PrefixLists = append(st.PrefixLists, cloud.PrefixList{ID: "pl-v6", AddressFamily: "IPv6", Entries: []cloud.PrefixListEntry{{CIDR: "2001:db8:200::/64"}}})
+	cfg := desiredConfig(st, newNetwork(st), time.Now())
+	var zones []string
+	for _, z := range cfg.LoadBalancers[0].Zones {
+		zones = append(zones, z.Name+" "+z.Addr.String())
+	}
+	if want := []string{"us-east-1a 127.1.0.100", "us-east-1a 2001:db8:0:1::64", "us-east-1b 127.2.0.100", "us-east-1b 2001:db8:0:2::64"}; !slices.Equal(zones, want) {
+		t.Errorf("zones %q, want %q", zones, want)
+	}
+	l := cfg.LoadBalancers[0].Listeners[0]
+	for addr, want := range map[string]bool{
+		"2001:db8:100:5::1": true, "2001:db8:200::7": true, "2001:db8:0:1::65": true, "127.1.0.101": true, "127.0.0.2": true,
+		"2001:db8:300::1": false, "2001:db8:0:1::66": false, "::1": false, "::ffff:127.0.0.3": false, "127.0.0.3": false,
+	} {
+		if got := l.AdmitTCP.Allows(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("client %s admitted %v, want %v", addr, got, want)
+		}
+	}
+	st.SecurityGroups[0].Ingress = append(st.SecurityGroups[0].Ingress, cloud.Rule{Protocol: "tcp", FromPort: 80, ToPort: 80, CIDRv6: "::/0"})
+	l = desiredConfig(st, newNetwork(st), time.Now()).LoadBalancers[0].Listeners[0]
+	if !l.AdmitTCP.Allows(netip.MustParseAddr("2001:db8:300::1")) || !l.AdmitTCP.Allows(netip.MustParseAddr("::1")) || l.AdmitTCP.Allows(netip.MustParseAddr("127.0.0.3")) {
+		t.Error("::/0 must admit every IPv6 client and no IPv4 one")
+	}
+
+	// Node a's group admits the backend group, which the load balancer's addresses of both
+	// families carry: its IPv4 target is reachable. A node group admitting only ::/0 does not
+	// admit the IPv4 address the load balancer's traffic to an IPv4 target comes from.
+	if a := l.TargetGroup.Targets[0]; !a.TrafficAllowed || !a.HealthCheckAllowed {
+		t.Errorf("IPv4 target behind a dualstack load balancer: traffic %v, health %v", a.TrafficAllowed, a.HealthCheckAllowed)
+	}
+	st.SecurityGroups[2].Ingress = []cloud.Rule{{Protocol: "tcp", FromPort: 30000, ToPort: 32767, CIDRv6: "::/0"}}
+	if a := desiredConfig(st, newNetwork(st), time.Now()).LoadBalancers[0].Listeners[0].TargetGroup.Targets[0]; a.TrafficAllowed || a.HealthCheckAllowed {
+		t.Errorf("a node group admitting only ::/0 let the load balancer reach an IPv4 target: traffic %v, health %v", a.TrafficAllowed, a.HealthCheckAllowed)
+	}
+}
+
 // TestDrainedTargetsLeave: a deregistered target is in the data plane while it drains, with its
 // deadline, and leaves it (no flows, no health checks) once its delay is over.
 func TestDrainedTargetsLeave(t *testing.T) {

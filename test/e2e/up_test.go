@@ -237,19 +237,26 @@ func ensureKubeAssets(t *testing.T) {
 	}
 }
 
-// lookupHost resolves a load balancer name through moat lb's DNS server.
-func lookupHost(t *testing.T, server, name string) []string {
+// lookup resolves a load balancer name through moat lb's DNS server: its A or AAAA (qtype)
+// addresses, none for NODATA. Any other answer than NOERROR fails the test.
+func lookup(t *testing.T, server, name string, qtype uint16) []string {
 	t.Helper()
 	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	m.SetQuestion(dns.Fqdn(name), qtype)
 	r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, server)
 	if err != nil {
 		t.Fatalf("resolve %s at %s: %v", name, server, err)
 	}
+	if r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("resolve %s %s at %s: %s", dns.TypeToString[qtype], name, server, dns.RcodeToString[r.Rcode])
+	}
 	var out []string
 	for _, rr := range r.Answer {
-		if a, ok := rr.(*dns.A); ok {
+		switch a := rr.(type) {
+		case *dns.A:
 			out = append(out, a.A.String())
+		case *dns.AAAA:
+			out = append(out, a.AAAA.String())
 		}
 	}
 	return out
@@ -476,7 +483,7 @@ func TestUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	lbHost := svc.Status.LoadBalancer.Ingress[0].Hostname
-	addrs := lookupHost(t, up.st.LB.DNS, lbHost)
+	addrs := lookup(t, up.st.LB.DNS, lbHost, dns.TypeA)
 	if len(addrs) == 0 {
 		t.Fatalf("%s does not resolve", lbHost)
 	}
@@ -537,7 +544,7 @@ func TestUp(t *testing.T) {
 			host = echo.Status.LoadBalancer.Ingress[0].Hostname
 			return nil
 		})
-		addrs := lookupHost(t, up.st.LB.DNS, host)
+		addrs := lookup(t, up.st.LB.DNS, host, dns.TypeA)
 		if len(addrs) == 0 {
 			t.Fatalf("%s does not resolve", host)
 		}
