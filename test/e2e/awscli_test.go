@@ -59,6 +59,10 @@ func TestAWSCLI(t *testing.T) {
 		return s
 	}
 
+	if id := aws("sts", "get-caller-identity"); str(id, "Arn") != "arn:aws:iam::000000000000:user/default" || str(id, "Account") != "000000000000" {
+		t.Fatalf("caller identity %v", id)
+	}
+
 	subnets := aws("ec2", "describe-subnets", "--filters", "Name=tag:kubernetes.io/role/internal-elb,Values=1")
 	subnetA, subnetB := str(subnets, "Subnets", 0, "SubnetId"), str(subnets, "Subnets", 1, "SubnetId")
 	vpc := str(subnets, "Subnets", 0, "VpcId")
