@@ -126,7 +126,7 @@ func unknownFilter(name string) *Error {
 }
 
 // DescribeVPCs lists VPCs by ID and filters (vpc-id, cidr, cidr-block-association.cidr-block,
-// tags).
+// is-default or isDefault — AWS takes both —, state, owner-id, tags).
 func (c *Cloud) DescribeVPCs(ids []string, filters []Filter) ([]VPC, error) {
 	return describe(c, bucketVPCs, ids, func(v VPC) string { return v.ID }, func(v VPC, f Filter) (bool, *Error) {
 		if m, ok := matchTagFilter(f, v.Tags); ok {
@@ -139,7 +139,7 @@ func (c *Cloud) DescribeVPCs(ids []string, filters []Filter) ([]VPC, error) {
 			return matchValue(f.Values, v.CIDR), nil
 		case "state":
 			return matchValue(f.Values, "available"), nil
-		case "is-default":
+		case "is-default", "isDefault":
 			return matchValue(f.Values, strconv.FormatBool(v.Default)), nil
 		case "owner-id":
 			return matchValue(f.Values, c.cfg.AccountID), nil
@@ -205,7 +205,8 @@ func (c *Cloud) DescribeInstances(ids []string, filters []Filter) ([]Instance, e
 }
 
 // DescribeNetworkInterfaces lists interfaces by ID and filters (vpc-id, subnet-id,
-// addresses.private-ip-address, private-ip-address, group-id, attachment.instance-id, tags).
+// addresses.private-ip-address, private-ip-address, group-id, attachment.instance-id,
+// attachment.instance-owner-id, owner-id, tags).
 func (c *Cloud) DescribeNetworkInterfaces(ids []string, filters []Filter) ([]NetworkInterface, error) {
 	return describe(c, bucketInterfaces, ids, func(n NetworkInterface) string { return n.ID }, func(n NetworkInterface, f Filter) (bool, *Error) {
 		if m, ok := matchTagFilter(f, n.Tags); ok {
@@ -224,6 +225,10 @@ func (c *Cloud) DescribeNetworkInterfaces(ids []string, filters []Filter) ([]Net
 			return slices.ContainsFunc(n.Groups, func(g string) bool { return matchValue(f.Values, g) }), nil
 		case "attachment.instance-id":
 			return matchValue(f.Values, n.InstanceID), nil
+		case "attachment.instance-owner-id":
+			return n.InstanceID != "" && matchValue(f.Values, c.cfg.AccountID), nil
+		case "owner-id":
+			return matchValue(f.Values, c.cfg.AccountID), nil
 		case "ipv6-addresses.ipv6-address":
 			return false, nil
 		case "description":
