@@ -21,6 +21,13 @@ func (s *Server) ec2Handlers() map[string]handler {
 		"UpdateSecurityGroupRuleDescriptionsEgress":  ec2op(s.updateDescriptionsEgress),
 		"DescribeSecurityGroupRules":                 ec2op(s.describeSecurityGroupRules),
 		"CreateTags":                                 ec2op(s.createTags),
+		"CreateVpc":                                  ec2op(s.createVpc),
+		"DeleteVpc":                                  ec2op(s.deleteVpc),
+		"DescribeVpcAttribute":                       ec2op(s.describeVpcAttribute),
+		"ModifyVpcAttribute":                         ec2op(s.modifyVpcAttribute),
+		"CreateSubnet":                               ec2op(s.createSubnet),
+		"DeleteSubnet":                               ec2op(s.deleteSubnet),
+		"ModifySubnetAttribute":                      ec2op(s.modifySubnetAttribute),
 		"DeleteTags":                                 ec2op(s.deleteTags),
 		"DescribeVpcs":                               ec2op(s.describeVpcs),
 		"DescribeSubnets":                            ec2op(s.describeSubnets),
@@ -475,12 +482,7 @@ func (s *Server) updateDescriptions(in *ruleDescriptionsIn, egress bool) (any, e
 	for _, d := range in.SecurityGroupRuleDescriptions {
 		byID = append(byID, cloud.RuleDescription{RuleID: d.SecurityGroupRuleId, Description: d.Description})
 	}
-	if err := s.cloud.UpdateRuleDescriptions(cloud.GroupRef{ID: in.GroupId, Name: in.GroupName}, egress, perms, byID); err != nil {
-		return nil, err
-	}
-	return struct {
-		Return bool `xml:"return"`
-	}{true}, nil
+	return returnTrue(s.cloud.UpdateRuleDescriptions(cloud.GroupRef{ID: in.GroupId, Name: in.GroupName}, egress, perms, byID))
 }
 
 type describeSecurityGroupRulesIn struct {

@@ -51,32 +51,37 @@ func (s *Server) describeVpcs(_ context.Context, in *describeByIDIn) (any, error
 	}
 	out := wire.Items[ec2VPC]{}
 	for _, v := range vpcs {
-		assoc := ec2CidrAssociation{AssociationID: "vpc-cidr-assoc-" + strings.TrimPrefix(v.ID, "vpc-"), CidrBlock: v.CIDR}
-		assoc.CidrBlockState.State = "associated"
-		out = append(out, ec2VPC{
-			VpcID: v.ID, OwnerID: s.cloud.Config().AccountID, State: "available", CidrBlock: v.CIDR,
-			CidrBlockAssociationSet: wire.Items[ec2CidrAssociation]{assoc}, IsDefault: v.Default,
-			InstanceTenancy: "default", TagSet: tagsOut(v.Tags),
-		})
+		out = append(out, s.vpcOut(v))
 	}
 	return struct {
 		VpcSet wire.Items[ec2VPC] `xml:"vpcSet"`
 	}{out}, nil
 }
 
+func (s *Server) vpcOut(v cloud.VPC) ec2VPC {
+	assoc := ec2CidrAssociation{AssociationID: "vpc-cidr-assoc-" + strings.TrimPrefix(v.ID, "vpc-"), CidrBlock: v.CIDR}
+	assoc.CidrBlockState.State = "associated"
+	return ec2VPC{
+		VpcID: v.ID, OwnerID: s.cloud.Config().AccountID, State: "available", CidrBlock: v.CIDR,
+		CidrBlockAssociationSet: wire.Items[ec2CidrAssociation]{assoc}, IsDefault: v.Default,
+		InstanceTenancy: "default", TagSet: tagsOut(v.Tags),
+	}
+}
+
 type ec2Subnet struct {
-	SubnetID                string             `xml:"subnetId"`
-	SubnetArn               string             `xml:"subnetArn"`
-	VpcID                   string             `xml:"vpcId"`
-	OwnerID                 string             `xml:"ownerId"`
-	State                   string             `xml:"state"`
-	CidrBlock               string             `xml:"cidrBlock"`
-	AvailabilityZone        string             `xml:"availabilityZone"`
-	AvailabilityZoneID      string             `xml:"availabilityZoneId"`
-	AvailableIPAddressCount int                `xml:"availableIpAddressCount"`
-	DefaultForAz            bool               `xml:"defaultForAz"`
-	MapPublicIPOnLaunch     bool               `xml:"mapPublicIpOnLaunch"`
-	TagSet                  wire.Items[ec2Tag] `xml:"tagSet"`
+	SubnetID                    string             `xml:"subnetId"`
+	SubnetArn                   string             `xml:"subnetArn"`
+	VpcID                       string             `xml:"vpcId"`
+	OwnerID                     string             `xml:"ownerId"`
+	State                       string             `xml:"state"`
+	CidrBlock                   string             `xml:"cidrBlock"`
+	AvailabilityZone            string             `xml:"availabilityZone"`
+	AvailabilityZoneID          string             `xml:"availabilityZoneId"`
+	AvailableIPAddressCount     int                `xml:"availableIpAddressCount"`
+	DefaultForAz                bool               `xml:"defaultForAz"`
+	MapPublicIPOnLaunch         bool               `xml:"mapPublicIpOnLaunch"`
+	AssignIpv6AddressOnCreation bool               `xml:"assignIpv6AddressOnCreation"`
+	TagSet                      wire.Items[ec2Tag] `xml:"tagSet"`
 }
 
 func (s *Server) describeSubnets(_ context.Context, in *describeByIDIn) (any, error) {
@@ -86,15 +91,20 @@ func (s *Server) describeSubnets(_ context.Context, in *describeByIDIn) (any, er
 	}
 	out := wire.Items[ec2Subnet]{}
 	for _, sn := range subnets {
-		out = append(out, ec2Subnet{
-			SubnetID: sn.ID, SubnetArn: s.arn("subnet/" + sn.ID), VpcID: sn.VPCID, OwnerID: s.cloud.Config().AccountID,
-			State: "available", CidrBlock: sn.CIDR, AvailabilityZone: sn.Zone, AvailabilityZoneID: sn.ZoneID,
-			AvailableIPAddressCount: sn.AvailableIPAddressCount, TagSet: tagsOut(sn.Tags),
-		})
+		out = append(out, s.subnetOut(sn))
 	}
 	return struct {
 		SubnetSet wire.Items[ec2Subnet] `xml:"subnetSet"`
 	}{out}, nil
+}
+
+func (s *Server) subnetOut(sn cloud.Subnet) ec2Subnet {
+	return ec2Subnet{
+		SubnetID: sn.ID, SubnetArn: s.arn("subnet/" + sn.ID), VpcID: sn.VPCID, OwnerID: s.cloud.Config().AccountID,
+		State: "available", CidrBlock: sn.CIDR, AvailabilityZone: sn.Zone, AvailabilityZoneID: sn.ZoneID,
+		AvailableIPAddressCount: sn.AvailableIPAddressCount, MapPublicIPOnLaunch: sn.MapPublicIPOnLaunch,
+		AssignIpv6AddressOnCreation: sn.AssignIPv6AddressOnCreation, TagSet: tagsOut(sn.Tags),
+	}
 }
 
 type ec2Route struct {

@@ -8,13 +8,14 @@ import (
 	"github.com/moatlb/moat/internal/store"
 )
 
-// VPC is a virtual network. moat's VPCs are declared by the inventory, not created by the API.
+// VPC is a virtual network, declared by the inventory or created by the API.
 type VPC struct {
 	ID       string
 	CIDR     string
 	IPv6CIDR string `json:",omitempty"`
 	// Default marks the VPC that calls without a VpcId (and GroupName look-ups) use.
 	Default bool
+	Attrs   *VPCAttributes `json:",omitempty"` // nil: AWS's defaults (see Attributes)
 	Tags    Tags
 }
 
@@ -27,7 +28,10 @@ type Subnet struct {
 	CIDR                    string
 	IPv6CIDR                string `json:",omitempty"`
 	AvailableIPAddressCount int
-	Tags                    Tags
+	// Attributes that change nothing moat serves, kept to read back as set.
+	MapPublicIPOnLaunch         bool `json:",omitempty"`
+	AssignIPv6AddressOnCreation bool `json:",omitempty"`
+	Tags                        Tags
 }
 
 // Instance is a machine (a Kubernetes node) with one primary network interface.
