@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go"
+	"github.com/google/go-cmp/cmp"
 	"github.com/miekg/dns"
 )
 
@@ -144,5 +146,88 @@ func TestInfrastructureAsCode(t *testing.T) {
 	must(err)
 	if slices.ContainsFunc(vpcs.Vpcs, func(v ec2types.Vpc) bool { return aws.ToString(v.VpcId) == aws.ToString(vpcID) }) {
 		t.Error("the VPC is still described after its deletion")
+	}
+}
+
+// TestNoDriftAcrossRestart: what Terraform reads back right after creating load balancers, target
+// groups, listeners and groups, it reads again, equal, after moat lb restarts on the same state;
+// otherwise every plan would show changes.
+func TestNoDriftAcrossRestart(t *testing.T) {
+	dataDir := t.TempDir()
+	p := startLB(t, dataDir)
+	ec2c, elbc := p.clients(t)
+	ctx := context.Background()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	sg, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String("drift"), Description: aws.String("drift")})
+	must(err)
+	_, err = ec2c.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: sg.GroupId, IpPermissions: []ec2types.IpPermission{{
+		IpProtocol: aws.String("tcp"), FromPort: aws.Int32(80), ToPort: aws.Int32(80), IpRanges: []ec2types.IpRange{{CidrIp: aws.String("127.0.0.2/32"), Description: aws.String("office")}},
+	}}})
+	must(err)
+	subnets, err := ec2c.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{})
+	must(err)
+	var subnetIDs []string
+	for _, s := range subnets.Subnets {
+		subnetIDs = append(subnetIDs, aws.ToString(s.SubnetId))
+	}
+	lbs, err := elbc.CreateLoadBalancer(ctx, &elbv2.CreateLoadBalancerInput{Name: aws.String("drift"), Type: elbtypes.LoadBalancerTypeEnumNetwork,
+		Scheme: elbtypes.LoadBalancerSchemeEnumInternal, Subnets: subnetIDs, SecurityGroups: []string{aws.ToString(sg.GroupId)}})
+	must(err)
+	lbARN := lbs.LoadBalancers[0].LoadBalancerArn
+	tgs, err := elbc.CreateTargetGroup(ctx, &elbv2.CreateTargetGroupInput{Name: aws.String("drift"), Protocol: elbtypes.ProtocolEnumTcp,
+		Port: aws.Int32(8080), VpcId: subnets.Subnets[0].VpcId, TargetType: elbtypes.TargetTypeEnumIp})
+	must(err)
+	tgARN := tgs.TargetGroups[0].TargetGroupArn
+	_, err = elbc.CreateListener(ctx, &elbv2.CreateListenerInput{LoadBalancerArn: lbARN, Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(int32(freePort(t))),
+		DefaultActions: []elbtypes.Action{{Type: elbtypes.ActionTypeEnumForward, TargetGroupArn: tgARN}}})
+	must(err)
+
+	// What a plan reads, with the per-request metadata left out.
+	read := func(ec2c *ec2.Client, elbc *elbv2.Client) []any {
+		t.Helper()
+		lb, err := elbc.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{LoadBalancerArns: []string{aws.ToString(lbARN)}})
+		must(err)
+		lbAttrs, err := elbc.DescribeLoadBalancerAttributes(ctx, &elbv2.DescribeLoadBalancerAttributesInput{LoadBalancerArn: lbARN})
+		must(err)
+		tg, err := elbc.DescribeTargetGroups(ctx, &elbv2.DescribeTargetGroupsInput{TargetGroupArns: []string{aws.ToString(tgARN)}})
+		must(err)
+		tgAttrs, err := elbc.DescribeTargetGroupAttributes(ctx, &elbv2.DescribeTargetGroupAttributesInput{TargetGroupArn: tgARN})
+		must(err)
+		ls, err := elbc.DescribeListeners(ctx, &elbv2.DescribeListenersInput{LoadBalancerArn: lbARN})
+		must(err)
+		lsAttrs, err := elbc.DescribeListenerAttributes(ctx, &elbv2.DescribeListenerAttributesInput{ListenerArn: ls.Listeners[0].ListenerArn})
+		must(err)
+		tags, err := elbc.DescribeTags(ctx, &elbv2.DescribeTagsInput{ResourceArns: []string{aws.ToString(lbARN), aws.ToString(tgARN), aws.ToString(ls.Listeners[0].ListenerArn)}})
+		must(err)
+		groups, err := ec2c.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{GroupIds: []string{aws.ToString(sg.GroupId)}})
+		must(err)
+		rules, err := ec2c.DescribeSecurityGroupRules(ctx, &ec2.DescribeSecurityGroupRulesInput{Filters: []ec2types.Filter{{Name: aws.String("group-id"), Values: []string{aws.ToString(sg.GroupId)}}}})
+		must(err)
+		return []any{lb.LoadBalancers, lbAttrs.Attributes, tg.TargetGroups, tgAttrs.Attributes, ls.Listeners, lsAttrs.Attributes, tags.TagDescriptions, groups.SecurityGroups, rules.SecurityGroupRules}
+	}
+	waitFor(t, 30*time.Second, "the load balancer to be active", func() bool {
+		out, err := elbc.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{LoadBalancerArns: []string{aws.ToString(lbARN)}})
+		return err == nil && out.LoadBalancers[0].State.Code == elbtypes.LoadBalancerStateEnumActive
+	})
+	before := read(ec2c, elbc)
+
+	p.kill()
+	p = startLB(t, dataDir)
+	ec2c, elbc = p.clients(t)
+	waitFor(t, 30*time.Second, "the load balancer to be active again", func() bool {
+		out, err := elbc.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{LoadBalancerArns: []string{aws.ToString(lbARN)}})
+		return err == nil && out.LoadBalancers[0].State.Code == elbtypes.LoadBalancerStateEnumActive
+	})
+	after := read(ec2c, elbc)
+	names := []string{"load balancer", "its attributes", "target group", "its attributes", "listener", "its attributes", "tags", "group", "rules"}
+	for i := range before {
+		if diff := cmp.Diff(before[i], after[i], cmp.Exporter(func(reflect.Type) bool { return true })); diff != "" {
+			t.Errorf("the %s read differently after a restart (-before +after):\n%s", names[i], diff)
+		}
 	}
 }
