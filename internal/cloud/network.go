@@ -28,6 +28,8 @@ type Subnet struct {
 	CIDR                    string
 	IPv6CIDR                string `json:",omitempty"`
 	AvailableIPAddressCount int
+	// FromAPI marks a subnet made by CreateSubnet: moat lb may route its range to loopback.
+	FromAPI bool `json:",omitempty"`
 	// Attributes that change nothing moat serves, kept to read back as set.
 	MapPublicIPOnLaunch         bool `json:",omitempty"`
 	AssignIPv6AddressOnCreation bool `json:",omitempty"`

@@ -246,7 +246,7 @@ func (c *Cloud) CreateSubnet(in CreateSubnetInput) (Subnet, error) {
 		}
 		sn = Subnet{
 			ID: newID("subnet"), VPCID: v.ID, Zone: zone, ZoneID: zoneID(c.cfg.Region, zone), CIDR: block.String(),
-			AvailableIPAddressCount: 1<<(32-block.Bits()) - 5, Tags: tags,
+			AvailableIPAddressCount: 1<<(32-block.Bits()) - 5, FromAPI: true, Tags: tags,
 		}
 		return store.Save(tx, bucketSubnets, sn.ID, sn)
 	})
