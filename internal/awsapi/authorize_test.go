@@ -241,8 +241,8 @@ func TestEveryActionIsClassified(t *testing.T) {
 	isRead := func(action string) bool {
 		return strings.HasPrefix(action, "Describe") || strings.HasPrefix(action, "Get") || strings.HasPrefix(action, "List")
 	}
-	refusal := map[string]string{"ec2": "UnauthorizedOperation", "elasticloadbalancing": "AccessDenied"}
-	version := map[string]string{"ec2": "2016-11-15", "elasticloadbalancing": "2015-12-01"}
+	refusal := map[string]string{"ec2": "UnauthorizedOperation", "elasticloadbalancing": "AccessDenied", "sts": "AccessDenied"}
+	version := map[string]string{"ec2": "2016-11-15", "elasticloadbalancing": "2015-12-01", "sts": "2011-06-15"}
 	for service, actions := range served {
 		for _, action := range actions {
 			class := awsapi.Classification(service, action)

@@ -10,25 +10,34 @@ import (
 
 func (s *Server) ec2Handlers() map[string]handler {
 	return map[string]handler{
-		"CreateSecurityGroup":             ec2op(s.createSecurityGroup),
-		"DescribeSecurityGroups":          ec2op(s.describeSecurityGroups),
-		"DeleteSecurityGroup":             ec2op(s.deleteSecurityGroup),
-		"AuthorizeSecurityGroupIngress":   ec2op(s.authorizeIngress),
-		"AuthorizeSecurityGroupEgress":    ec2op(s.authorizeEgress),
-		"RevokeSecurityGroupIngress":      ec2op(s.revokeIngress),
-		"RevokeSecurityGroupEgress":       ec2op(s.revokeEgress),
-		"DescribeSecurityGroupRules":      ec2op(s.describeSecurityGroupRules),
-		"CreateTags":                      ec2op(s.createTags),
-		"DeleteTags":                      ec2op(s.deleteTags),
-		"DescribeVpcs":                    ec2op(s.describeVpcs),
-		"DescribeSubnets":                 ec2op(s.describeSubnets),
-		"DescribeRouteTables":             ec2op(s.describeRouteTables),
-		"DescribeAvailabilityZones":       ec2op(s.describeAvailabilityZones),
-		"DescribeInstances":               ec2op(s.describeInstances),
-		"DescribeNetworkInterfaces":       ec2op(s.describeNetworkInterfaces),
-		"ModifyNetworkInterfaceAttribute": ec2op(s.modifyNetworkInterfaceAttribute),
-		"DescribeManagedPrefixLists":      ec2op(s.describeManagedPrefixLists),
-		"GetManagedPrefixListEntries":     ec2op(s.getManagedPrefixListEntries),
+		"CreateSecurityGroup":                        ec2op(s.createSecurityGroup),
+		"DescribeSecurityGroups":                     ec2op(s.describeSecurityGroups),
+		"DeleteSecurityGroup":                        ec2op(s.deleteSecurityGroup),
+		"AuthorizeSecurityGroupIngress":              ec2op(s.authorizeIngress),
+		"AuthorizeSecurityGroupEgress":               ec2op(s.authorizeEgress),
+		"RevokeSecurityGroupIngress":                 ec2op(s.revokeIngress),
+		"RevokeSecurityGroupEgress":                  ec2op(s.revokeEgress),
+		"UpdateSecurityGroupRuleDescriptionsIngress": ec2op(s.updateDescriptionsIngress),
+		"UpdateSecurityGroupRuleDescriptionsEgress":  ec2op(s.updateDescriptionsEgress),
+		"DescribeSecurityGroupRules":                 ec2op(s.describeSecurityGroupRules),
+		"CreateTags":                                 ec2op(s.createTags),
+		"CreateVpc":                                  ec2op(s.createVpc),
+		"DeleteVpc":                                  ec2op(s.deleteVpc),
+		"DescribeVpcAttribute":                       ec2op(s.describeVpcAttribute),
+		"ModifyVpcAttribute":                         ec2op(s.modifyVpcAttribute),
+		"CreateSubnet":                               ec2op(s.createSubnet),
+		"DeleteSubnet":                               ec2op(s.deleteSubnet),
+		"ModifySubnetAttribute":                      ec2op(s.modifySubnetAttribute),
+		"DeleteTags":                                 ec2op(s.deleteTags),
+		"DescribeVpcs":                               ec2op(s.describeVpcs),
+		"DescribeSubnets":                            ec2op(s.describeSubnets),
+		"DescribeRouteTables":                        ec2op(s.describeRouteTables),
+		"DescribeAvailabilityZones":                  ec2op(s.describeAvailabilityZones),
+		"DescribeInstances":                          ec2op(s.describeInstances),
+		"DescribeNetworkInterfaces":                  ec2op(s.describeNetworkInterfaces),
+		"ModifyNetworkInterfaceAttribute":            ec2op(s.modifyNetworkInterfaceAttribute),
+		"DescribeManagedPrefixLists":                 ec2op(s.describeManagedPrefixLists),
+		"GetManagedPrefixListEntries":                ec2op(s.getManagedPrefixListEntries),
 	}
 }
 
@@ -445,6 +454,35 @@ func (s *Server) revoke(in *securityGroupRulesIn, egress bool) (any, error) {
 		Return                      bool                       `xml:"return"`
 		RevokedSecurityGroupRuleSet wire.Items[ec2RevokedRule] `xml:"revokedSecurityGroupRuleSet"`
 	}{true, out}, nil
+}
+
+// ruleDescriptionsIn is the input of UpdateSecurityGroupRuleDescriptions{Ingress,Egress}.
+type ruleDescriptionsIn struct {
+	securityGroupRulesIn
+	SecurityGroupRuleDescriptions []struct {
+		SecurityGroupRuleId string
+		Description         string
+	} `query:"SecurityGroupRuleDescription"`
+}
+
+func (s *Server) updateDescriptionsIngress(_ context.Context, in *ruleDescriptionsIn) (any, error) {
+	return s.updateDescriptions(in, false)
+}
+
+func (s *Server) updateDescriptionsEgress(_ context.Context, in *ruleDescriptionsIn) (any, error) {
+	return s.updateDescriptions(in, true)
+}
+
+func (s *Server) updateDescriptions(in *ruleDescriptionsIn, egress bool) (any, error) {
+	perms, err := in.permissions(egress)
+	if err != nil {
+		return nil, err
+	}
+	var byID []cloud.RuleDescription
+	for _, d := range in.SecurityGroupRuleDescriptions {
+		byID = append(byID, cloud.RuleDescription{RuleID: d.SecurityGroupRuleId, Description: d.Description})
+	}
+	return returnTrue(s.cloud.UpdateRuleDescriptions(cloud.GroupRef{ID: in.GroupId, Name: in.GroupName}, egress, perms, byID))
 }
 
 type describeSecurityGroupRulesIn struct {

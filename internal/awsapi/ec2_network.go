@@ -87,24 +87,28 @@ func (s *Server) describeVpcs(_ context.Context, in *describeByIDIn) (any, error
 	}
 	out := wire.Items[ec2VPC]{}
 	for _, v := range vpcs {
-		assoc := ec2CidrAssociation{AssociationID: "vpc-cidr-assoc-" + strings.TrimPrefix(v.ID, "vpc-"), CidrBlock: v.CIDR}
-		assoc.CidrBlockState.State = "associated"
-		v6 := ipv6Associations("vpc", v.ID, v.IPv6CIDR)
-		for i := range v6 {
-			v6[i].NetworkBorderGroup = s.cloud.Config().Region
-			if v6[i].IPSource == "amazon" {
-				v6[i].Ipv6Pool = "Amazon"
-			}
-		}
-		out = append(out, ec2VPC{
-			VpcID: v.ID, OwnerID: s.cloud.Config().AccountID, State: "available", CidrBlock: v.CIDR,
-			CidrBlockAssociationSet: wire.Items[ec2CidrAssociation]{assoc}, Ipv6CidrBlockAssociationSet: v6,
-			IsDefault: v.Default, InstanceTenancy: "default", TagSet: tagsOut(v.Tags),
-		})
+		out = append(out, s.vpcOut(v))
 	}
 	return struct {
 		VpcSet wire.Items[ec2VPC] `xml:"vpcSet"`
 	}{out}, nil
+}
+
+func (s *Server) vpcOut(v cloud.VPC) ec2VPC {
+	assoc := ec2CidrAssociation{AssociationID: "vpc-cidr-assoc-" + strings.TrimPrefix(v.ID, "vpc-"), CidrBlock: v.CIDR}
+	assoc.CidrBlockState.State = "associated"
+	v6 := ipv6Associations("vpc", v.ID, v.IPv6CIDR)
+	for i := range v6 {
+		v6[i].NetworkBorderGroup = s.cloud.Config().Region
+		if v6[i].IPSource == "amazon" {
+			v6[i].Ipv6Pool = "Amazon"
+		}
+	}
+	return ec2VPC{
+		VpcID: v.ID, OwnerID: s.cloud.Config().AccountID, State: "available", CidrBlock: v.CIDR,
+		CidrBlockAssociationSet: wire.Items[ec2CidrAssociation]{assoc}, Ipv6CidrBlockAssociationSet: v6,
+		IsDefault: v.Default, InstanceTenancy: "default", TagSet: tagsOut(v.Tags),
+	}
 }
 
 type ec2Subnet struct {
@@ -132,16 +136,21 @@ func (s *Server) describeSubnets(_ context.Context, in *describeByIDIn) (any, er
 	}
 	out := wire.Items[ec2Subnet]{}
 	for _, sn := range subnets {
-		out = append(out, ec2Subnet{
-			SubnetID: sn.ID, SubnetArn: s.arn("subnet/" + sn.ID), VpcID: sn.VPCID, OwnerID: s.cloud.Config().AccountID,
-			State: "available", CidrBlock: sn.CIDR, Ipv6CidrBlockAssociationSet: ipv6Associations("subnet", sn.ID, sn.IPv6CIDR),
-			AvailabilityZone: sn.Zone, AvailabilityZoneID: sn.ZoneID,
-			AvailableIPAddressCount: sn.AvailableIPAddressCount, TagSet: tagsOut(sn.Tags),
-		})
+		out = append(out, s.subnetOut(sn))
 	}
 	return struct {
 		SubnetSet wire.Items[ec2Subnet] `xml:"subnetSet"`
 	}{out}, nil
+}
+
+func (s *Server) subnetOut(sn cloud.Subnet) ec2Subnet {
+	return ec2Subnet{
+		SubnetID: sn.ID, SubnetArn: s.arn("subnet/" + sn.ID), VpcID: sn.VPCID, OwnerID: s.cloud.Config().AccountID,
+		State: "available", CidrBlock: sn.CIDR, Ipv6CidrBlockAssociationSet: ipv6Associations("subnet", sn.ID, sn.IPv6CIDR),
+		AvailabilityZone: sn.Zone, AvailabilityZoneID: sn.ZoneID,
+		AvailableIPAddressCount: sn.AvailableIPAddressCount, MapPublicIPOnLaunch: sn.MapPublicIPOnLaunch,
+		AssignIpv6AddressOnCreation: sn.AssignIPv6AddressOnCreation, TagSet: tagsOut(sn.Tags),
+	}
 }
 
 type ec2Route struct {

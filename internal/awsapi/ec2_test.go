@@ -2,6 +2,7 @@ package awsapi_test
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -544,5 +545,86 @@ func TestRequestErrors(t *testing.T) {
 	wantCode(t, err, "AuthFailure")
 	if out := must[*ec2.DescribeSecurityGroupsOutput](t)(e.EC2.DescribeSecurityGroups(e.ctx, &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{{Name: aws.String("group-name"), Values: []string{"evil"}}}})); len(out.SecurityGroups) != 0 {
 		t.Error("a rejected request created a group")
+	}
+}
+
+// TestUpdateRuleDescriptions: descriptions change in place, by permission or by rule ID, keeping
+// the rules' IDs, as Terraform updates them; a rule that does not exist changes nothing.
+func TestUpdateRuleDescriptions(t *testing.T) {
+	e := newEnv(t)
+	id := e.createGroup(t, "front")
+	added := must[*ec2.AuthorizeSecurityGroupIngressOutput](t)(e.EC2.AuthorizeSecurityGroupIngress(e.ctx, &ec2.AuthorizeSecurityGroupIngressInput{
+		GroupId: aws.String(id), IpPermissions: []types.IpPermission{tcp(80, 80, "10.0.0.0/8"), tcp(443, 443, "0.0.0.0/0")},
+	}))
+	descriptions := func() map[string]string {
+		out := map[string]string{}
+		rules := must[*ec2.DescribeSecurityGroupRulesOutput](t)(e.EC2.DescribeSecurityGroupRules(e.ctx, &ec2.DescribeSecurityGroupRulesInput{
+			Filters: []types.Filter{{Name: aws.String("group-id"), Values: []string{id}}},
+		}))
+		for _, r := range rules.SecurityGroupRules {
+			if !aws.ToBool(r.IsEgress) {
+				out[aws.ToString(r.SecurityGroupRuleId)] = aws.ToString(r.Description)
+			}
+		}
+		return out
+	}
+	web, tls := aws.ToString(added.SecurityGroupRules[0].SecurityGroupRuleId), aws.ToString(added.SecurityGroupRules[1].SecurityGroupRuleId)
+
+	web80 := tcp(80, 80)
+	web80.IpRanges = []types.IpRange{{CidrIp: aws.String("10.0.0.0/8"), Description: aws.String("office")}}
+	must[*ec2.UpdateSecurityGroupRuleDescriptionsIngressOutput](t)(e.EC2.UpdateSecurityGroupRuleDescriptionsIngress(e.ctx, &ec2.UpdateSecurityGroupRuleDescriptionsIngressInput{
+		GroupId: aws.String(id), IpPermissions: []types.IpPermission{web80},
+	}))
+	must[*ec2.UpdateSecurityGroupRuleDescriptionsIngressOutput](t)(e.EC2.UpdateSecurityGroupRuleDescriptionsIngress(e.ctx, &ec2.UpdateSecurityGroupRuleDescriptionsIngressInput{
+		GroupId: aws.String(id), SecurityGroupRuleDescriptions: []types.SecurityGroupRuleDescription{{SecurityGroupRuleId: aws.String(tls), Description: aws.String("anyone (TLS)")}},
+	}))
+	if got, want := descriptions(), map[string]string{web: "office", tls: "anyone (TLS)"}; !maps.Equal(got, want) {
+		t.Fatalf("descriptions %v, want %v", got, want)
+	}
+
+	missing := tcp(81, 81)
+	missing.IpRanges = []types.IpRange{{CidrIp: aws.String("10.0.0.0/8"), Description: aws.String("nobody")}}
+	_, err := e.EC2.UpdateSecurityGroupRuleDescriptionsIngress(e.ctx, &ec2.UpdateSecurityGroupRuleDescriptionsIngressInput{
+		GroupId: aws.String(id), IpPermissions: []types.IpPermission{web80, missing},
+	})
+	wantCode(t, err, "InvalidPermission.NotFound")
+	_, err = e.EC2.UpdateSecurityGroupRuleDescriptionsIngress(e.ctx, &ec2.UpdateSecurityGroupRuleDescriptionsIngressInput{
+		GroupId: aws.String(id), SecurityGroupRuleDescriptions: []types.SecurityGroupRuleDescription{{SecurityGroupRuleId: aws.String(tls), Description: aws.String("bad\x01")}},
+	})
+	wantCode(t, err, "InvalidParameterValue")
+	_, err = e.EC2.UpdateSecurityGroupRuleDescriptionsEgress(e.ctx, &ec2.UpdateSecurityGroupRuleDescriptionsEgressInput{
+		GroupId: aws.String(id), SecurityGroupRuleDescriptions: []types.SecurityGroupRuleDescription{{SecurityGroupRuleId: aws.String(web), Description: aws.String("x")}},
+	})
+	wantCode(t, err, "InvalidSecurityGroupRuleId.NotFound")
+	if got, want := descriptions(), map[string]string{web: "office", tls: "anyone (TLS)"}; !maps.Equal(got, want) {
+		t.Fatalf("failed updates changed descriptions: %v", got)
+	}
+}
+
+// TestFilterSpellings: filter names as AWS takes them, both spellings where it takes both.
+func TestFilterSpellings(t *testing.T) {
+	e := newEnv(t)
+	for _, name := range []string{"is-default", "isDefault"} {
+		vpcs := must[*ec2.DescribeVpcsOutput](t)(e.EC2.DescribeVpcs(e.ctx, &ec2.DescribeVpcsInput{Filters: []types.Filter{{Name: aws.String(name), Values: []string{"true"}}}}))
+		if len(vpcs.Vpcs) != 1 || !aws.ToBool(vpcs.Vpcs[0].IsDefault) {
+			t.Errorf("%s=true: %+v", name, vpcs.Vpcs)
+		}
+	}
+	attached := must[*ec2.DescribeNetworkInterfacesOutput](t)(e.EC2.DescribeNetworkInterfaces(e.ctx, &ec2.DescribeNetworkInterfacesInput{
+		Filters: []types.Filter{{Name: aws.String("attachment.instance-owner-id"), Values: []string{"123456789012"}}},
+	}))
+	if len(attached.NetworkInterfaces) == 0 {
+		t.Fatal("no interface is attached to an instance of the account")
+	}
+	for _, n := range attached.NetworkInterfaces {
+		if n.Attachment == nil || aws.ToString(n.Attachment.InstanceId) == "" {
+			t.Errorf("%s is not attached to an instance", aws.ToString(n.NetworkInterfaceId))
+		}
+	}
+	other := must[*ec2.DescribeNetworkInterfacesOutput](t)(e.EC2.DescribeNetworkInterfaces(e.ctx, &ec2.DescribeNetworkInterfacesInput{
+		Filters: []types.Filter{{Name: aws.String("attachment.instance-owner-id"), Values: []string{"210987654321"}}},
+	}))
+	if len(other.NetworkInterfaces) != 0 {
+		t.Errorf("another account's filter matched %d interfaces", len(other.NetworkInterfaces))
 	}
 }

@@ -84,6 +84,7 @@ type elbMatcher struct {
 type elbActionIn struct {
 	Type           string
 	TargetGroupArn string
+	Order          *int
 	ForwardConfig  *struct {
 		TargetGroups []struct {
 			TargetGroupArn string
@@ -157,7 +158,7 @@ func actionsIn(in []elbActionIn) []cloud.Action {
 	}
 	out := make([]cloud.Action, len(in))
 	for i, a := range in {
-		out[i] = cloud.Action{Type: a.Type, TargetGroupARN: a.TargetGroupArn}
+		out[i] = cloud.Action{Type: a.Type, TargetGroupARN: a.TargetGroupArn, Order: a.Order}
 		if fc := a.ForwardConfig; fc != nil {
 			cfc := &cloud.ForwardConfig{}
 			for _, tg := range fc.TargetGroups {
@@ -238,6 +239,7 @@ type elbListener struct {
 type elbAction struct {
 	Type           string
 	TargetGroupArn string
+	Order          int
 	ForwardConfig  elbForwardConfig
 }
 
@@ -340,16 +342,19 @@ func targetGroupOut(tg cloud.TargetGroup) elbTargetGroup {
 
 // forwardOut echoes a forward action as AWS does: the target group both plainly and as a
 // ForwardConfig of weight 1 without stickiness.
-func forwardOut(tgARN string) wire.Members[elbAction] {
+// forwardOut is a listener's or rule's one action. Its Order is the one given, or 1 as AWS answers
+// when none was: Terraform reads it back.
+func forwardOut(tgARN string, order int) wire.Members[elbAction] {
 	return wire.Members[elbAction]{{
 		Type:           "forward",
 		TargetGroupArn: tgARN,
+		Order:          max(order, 1),
 		ForwardConfig:  elbForwardConfig{TargetGroups: wire.Members[elbWeightedTargetGroup]{{tgARN, 1}}},
 	}}
 }
 
 func listenerOut(l cloud.Listener) elbListener {
-	return elbListener{ListenerArn: l.ARN, LoadBalancerArn: l.LoadBalancerARN, Port: l.Port, Protocol: l.Protocol, DefaultActions: forwardOut(l.TargetGroupARN)}
+	return elbListener{ListenerArn: l.ARN, LoadBalancerArn: l.LoadBalancerARN, Port: l.Port, Protocol: l.Protocol, DefaultActions: forwardOut(l.TargetGroupARN, l.ActionOrder)}
 }
 
 func listenersOut(ls ...cloud.Listener) wire.Members[elbListener] {
@@ -810,7 +815,7 @@ func (s *Server) describeRules(_ context.Context, in *describeRulesIn) (any, err
 	}
 	out := wire.Members[elbRule]{}
 	for _, r := range rules {
-		out = append(out, elbRule{RuleArn: r.ARN, Priority: r.Priority, Conditions: wire.Members[struct{}]{}, Actions: forwardOut(r.TargetGroupARN), IsDefault: r.IsDefault})
+		out = append(out, elbRule{RuleArn: r.ARN, Priority: r.Priority, Conditions: wire.Members[struct{}]{}, Actions: forwardOut(r.TargetGroupARN, r.ActionOrder), IsDefault: r.IsDefault})
 	}
 	return struct {
 		Rules      wire.Members[elbRule]

@@ -2,6 +2,7 @@ package awsapi_test
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -295,4 +296,33 @@ func TestListenerAttributes(t *testing.T) {
 	}
 	_, err := e.ELB.DescribeListenerAttributes(e.ctx, &elbv2.DescribeListenerAttributesInput{ListenerArn: aws.String(aws.ToString(l.ListenerArn) + "0")})
 	wantCode(t, err, "ListenerNotFound")
+}
+
+// TestListenerActionOrder: a default action's Order is answered as given, or 1 when none was, as
+// AWS does (Terraform reads it back); one out of range is refused.
+func TestListenerActionOrder(t *testing.T) {
+	e := newEnv(t)
+	lbARN := aws.ToString(e.createLB(t, "web").LoadBalancerArn)
+	tgARN := aws.ToString(e.createTG(t, "tcp").TargetGroupArn)
+	plain := e.createListener(t, lbARN, tgARN, 80, types.ProtocolEnumTcp)
+	ordered := forward(tgARN)
+	ordered[0].Order = aws.Int32(7)
+	created := must[*elbv2.CreateListenerOutput](t)(e.ELB.CreateListener(e.ctx, &elbv2.CreateListenerInput{
+		LoadBalancerArn: aws.String(lbARN), Protocol: types.ProtocolEnumTcp, Port: aws.Int32(81), DefaultActions: ordered,
+	})).Listeners[0]
+	listeners := must[*elbv2.DescribeListenersOutput](t)(e.ELB.DescribeListeners(e.ctx, &elbv2.DescribeListenersInput{LoadBalancerArn: aws.String(lbARN)})).Listeners
+	orders := map[string]int32{}
+	for _, l := range listeners {
+		orders[aws.ToString(l.ListenerArn)] = aws.ToInt32(l.DefaultActions[0].Order)
+	}
+	if got, want := orders, map[string]int32{aws.ToString(plain.ListenerArn): 1, aws.ToString(created.ListenerArn): 7}; !maps.Equal(got, want) {
+		t.Errorf("orders %v, want %v", got, want)
+	}
+	rules := must[*elbv2.DescribeRulesOutput](t)(e.ELB.DescribeRules(e.ctx, &elbv2.DescribeRulesInput{ListenerArn: created.ListenerArn})).Rules
+	if len(rules) != 1 || aws.ToInt32(rules[0].Actions[0].Order) != 7 {
+		t.Errorf("default rule %+v", rules)
+	}
+	ordered[0].Order = aws.Int32(50001)
+	_, err := e.ELB.ModifyListener(e.ctx, &elbv2.ModifyListenerInput{ListenerArn: created.ListenerArn, DefaultActions: ordered})
+	wantCode(t, err, "ValidationError")
 }

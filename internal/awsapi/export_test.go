@@ -5,7 +5,7 @@ import "slices"
 // ServedActions lists the actions s's dispatch tables serve, sorted, by service signing name.
 func (s *Server) ServedActions() map[string][]string {
 	out := map[string][]string{}
-	for _, svc := range []*service{s.ec2, s.elbv2} {
+	for _, svc := range []*service{s.ec2, s.elbv2, s.sts} {
 		for action := range svc.handlers {
 			out[svc.name] = append(out[svc.name], action)
 		}

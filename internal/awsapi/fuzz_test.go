@@ -38,6 +38,7 @@ func FuzzDispatch(f *testing.F) {
 		"Action=SetSecurityGroups&Version=2015-12-01&LoadBalancerArn=a&SecurityGroups=",
 		"Action=ModifyTargetGroupAttributes&Version=2015-12-01&TargetGroupArn=a&Attributes.member.1.Key=proxy_protocol_v2.enabled&Attributes.member.1.Value=true",
 		"Action=DescribeTags&Version=2015-12-01&ResourceArns.member.1=a",
+		"Action=GetCallerIdentity&Version=2011-06-15",
 	} {
 		f.Add(seed)
 	}
@@ -45,8 +46,11 @@ func FuzzDispatch(f *testing.F) {
 	client := &http.Client{Timeout: 10 * time.Second}
 	f.Fuzz(func(t *testing.T, body string) {
 		service := "elasticloadbalancing"
-		if strings.Contains(body, "2016-11-15") {
+		switch {
+		case strings.Contains(body, "2016-11-15"):
 			service = "ec2"
+		case strings.Contains(body, "2011-06-15"):
+			service = "sts"
 		}
 		req := httptest.NewRequest(http.MethodPost, e.URL+"/", strings.NewReader(body))
 		req.RequestURI = ""

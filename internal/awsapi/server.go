@@ -31,9 +31,10 @@ const maxBodyBytes = 1 << 20
 const (
 	elbv2Version = "2015-12-01"
 	ec2Version   = "2016-11-15"
+	stsVersion   = "2011-06-15"
 )
 
-// service is one of the two APIs the endpoint serves.
+// service is one of the APIs the endpoint serves.
 type service struct {
 	name        string // the SigV4 signing name
 	version     string
@@ -54,6 +55,7 @@ type Server struct {
 	log      *slog.Logger
 	ec2      *service
 	elbv2    *service
+	sts      *service
 	requests *prometheus.CounterVec
 }
 
@@ -69,7 +71,8 @@ func New(c *cloud.Cloud, v *sigv4.Verifier, log *slog.Logger, reg prometheus.Reg
 		reg.MustRegister(s.requests)
 	}
 	s.ec2 = &service{name: "ec2", version: ec2Version, style: wire.FlatLists, handlers: s.ec2Handlers(), reply: wire.EC2Reply, fail: writeEC2Error, internalErr: "InternalError"}
-	s.elbv2 = &service{name: "elasticloadbalancing", version: elbv2Version, style: wire.MemberLists, handlers: s.elbv2Handlers(), reply: wire.ELBv2Reply, fail: writeELBv2Error, internalErr: "InternalFailure"}
+	s.elbv2 = &service{name: "elasticloadbalancing", version: elbv2Version, style: wire.MemberLists, handlers: s.elbv2Handlers(), reply: wire.QueryReply(wire.ELBv2Namespace), fail: queryErrorWriter(wire.ELBv2Namespace), internalErr: "InternalFailure"}
+	s.sts = &service{name: "sts", version: stsVersion, style: wire.MemberLists, handlers: s.stsHandlers(), reply: wire.QueryReply(wire.STSNamespace), fail: queryErrorWriter(wire.STSNamespace), internalErr: "InternalFailure"}
 	return s
 }
 
@@ -150,7 +153,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	result, err := h(r.Context(), params)
+	result, err := h(context.WithValue(r.Context(), identityKey{}, id), params)
 	if err != nil {
 		aerr := s.toAPIError(svc, action, err)
 		s.count(svc, action, aerr.code)
@@ -220,10 +223,15 @@ func (s *Server) route(r *http.Request, params url.Values) *service {
 		return s.ec2
 	case elbv2Version:
 		return s.elbv2
+	case stsVersion:
+		return s.sts
 	}
 	scope := r.Header.Get("Authorization") + params.Get("X-Amz-Credential")
-	if strings.Contains(scope, "/ec2/aws4_request") {
+	switch {
+	case strings.Contains(scope, "/ec2/aws4_request"):
 		return s.ec2
+	case strings.Contains(scope, "/sts/aws4_request"):
+		return s.sts
 	}
 	return s.elbv2
 }
@@ -278,12 +286,15 @@ func statusFor(code string) int {
 	return 400
 }
 
-func writeELBv2Error(w http.ResponseWriter, requestID string, e *apiError) {
-	fault := "Sender"
-	if e.status >= 500 {
-		fault = "Receiver"
+// queryErrorWriter writes an awsQuery service's errors in its namespace.
+func queryErrorWriter(namespace string) func(w http.ResponseWriter, requestID string, e *apiError) {
+	return func(w http.ResponseWriter, requestID string, e *apiError) {
+		fault := "Sender"
+		if e.status >= 500 {
+			fault = "Receiver"
+		}
+		wire.Write(w, e.status, requestID, wire.QueryError(namespace, e.code, e.message, fault, requestID))
 	}
-	wire.Write(w, e.status, requestID, wire.ELBv2Error(e.code, e.message, fault, requestID))
 }
 
 func writeEC2Error(w http.ResponseWriter, requestID string, e *apiError) {

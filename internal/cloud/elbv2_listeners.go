@@ -18,6 +18,7 @@ type Listener struct {
 	Port            int
 	Protocol        string // TCP, UDP or TCP_UDP
 	TargetGroupARN  string // the default action: forward to this group
+	ActionOrder     int    `json:",omitempty"` // the default action's Order as given; 0 answers 1, as AWS
 	RuleARN         string // the default rule's ARN, fixed for the listener's life
 	Attributes      map[string]string
 	Tags            Tags
@@ -29,6 +30,7 @@ type Listener struct {
 type Action struct {
 	Type           string
 	TargetGroupARN string
+	Order          *int
 	ForwardConfig  *ForwardConfig
 }
 
@@ -75,6 +77,7 @@ type ListenerRule struct {
 	Priority       string
 	IsDefault      bool
 	TargetGroupARN string
+	ActionOrder    int
 }
 
 func listenerNotFound(arn string) *Error {
@@ -126,15 +129,28 @@ func checkTLSMembers(sslPolicy string, certs, alpn []string) error {
 	return nil
 }
 
-// forwardTarget returns the target group of the single forward action moat's listeners take.
-func forwardTarget(actions []Action) (string, error) {
+// forwardTarget returns the target group of the single forward action moat's listeners take, and
+// the action's Order as given (0 when it was not).
+func forwardTarget(actions []Action) (string, int, error) {
 	if len(actions) == 0 {
-		return "", missingError("defaultActions")
+		return "", 0, missingError("defaultActions")
 	}
 	if len(actions) > 1 {
-		return "", errorf("InvalidLoadBalancerAction", "A Network Load Balancer listener takes exactly one default action, a forward to one target group")
+		return "", 0, errorf("InvalidLoadBalancerAction", "A Network Load Balancer listener takes exactly one default action, a forward to one target group")
 	}
 	a := actions[0]
+	if err := checkRange("defaultActions.member.1.order", a.Order, 1, 50000); err != nil {
+		return "", 0, err
+	}
+	arn, err := forwardGroup(a)
+	if a.Order == nil || err != nil {
+		return arn, 0, err
+	}
+	return arn, *a.Order, nil
+}
+
+// forwardGroup returns the one target group a forward action names.
+func forwardGroup(a Action) (string, error) {
 	if a.Type == "" {
 		return "", missingError("defaultActions.member.1.type")
 	}
@@ -238,7 +254,7 @@ func (c *Cloud) CreateListener(in CreateListenerInput) (Listener, error) {
 	if err := checkTLSMembers(in.SslPolicy, in.Certificates, in.AlpnPolicy); err != nil {
 		return Listener{}, err
 	}
-	tgARN, err := forwardTarget(in.DefaultActions)
+	tgARN, order, err := forwardTarget(in.DefaultActions)
 	if err != nil {
 		return Listener{}, err
 	}
@@ -289,6 +305,7 @@ func (c *Cloud) CreateListener(in CreateListenerInput) (Listener, error) {
 			Port:            *in.Port,
 			Protocol:        in.Protocol,
 			TargetGroupARN:  tgARN,
+			ActionOrder:     order,
 			Attributes:      listenerAttributeDefaults(in.Protocol, nil),
 			Tags:            tags,
 			RuleTags:        Tags{},
@@ -369,10 +386,10 @@ func (c *Cloud) ModifyListener(in ModifyListenerInput) (Listener, error) {
 	if err := checkTLSMembers(in.SslPolicy, in.Certificates, in.AlpnPolicy); err != nil {
 		return Listener{}, err
 	}
-	tgARN := ""
+	tgARN, order := "", 0
 	if in.DefaultActions != nil {
 		var err error
-		if tgARN, err = forwardTarget(in.DefaultActions); err != nil {
+		if tgARN, order, err = forwardTarget(in.DefaultActions); err != nil {
 			return Listener{}, err
 		}
 	}
@@ -402,7 +419,7 @@ func (c *Cloud) ModifyListener(in ModifyListenerInput) (Listener, error) {
 			l.Protocol = in.Protocol
 		}
 		if tgARN != "" {
-			l.TargetGroupARN = tgARN
+			l.TargetGroupARN, l.ActionOrder = tgARN, order
 		}
 		if err := checkForward(tx, lb, l.Protocol, l.TargetGroupARN); err != nil {
 			return err
@@ -533,7 +550,7 @@ func (c *Cloud) DescribeRules(listenerARN string, ruleARNs []string, page ELBPag
 			listeners = append(listeners, l)
 		}
 		for _, l := range listeners {
-			out = append(out, ListenerRule{ARN: l.RuleARN, ListenerARN: l.ARN, Priority: "default", IsDefault: true, TargetGroupARN: l.TargetGroupARN})
+			out = append(out, ListenerRule{ARN: l.RuleARN, ListenerARN: l.ARN, Priority: "default", IsDefault: true, TargetGroupARN: l.TargetGroupARN, ActionOrder: l.ActionOrder})
 		}
 		return nil
 	})

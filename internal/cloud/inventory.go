@@ -147,7 +147,7 @@ func (c *Cloud) ApplyInventory(inv Inventory) error {
 			vpcIDs[v.Name], vpcIDs[id] = id, id
 			vpcCIDRs[id], vpcCIDRs6[id] = cidr.Masked(), cidr6
 			old, _ := store.Load[VPC](tx, bucketVPCs, id)
-			rec := VPC{ID: id, CIDR: cidr.Masked().String(), IPv6CIDR: prefixString(cidr6), Default: v.Default, Tags: mergeMaps(old.Tags, v.Tags)}
+			rec := VPC{ID: id, CIDR: cidr.Masked().String(), IPv6CIDR: prefixString(cidr6), Default: v.Default, Attrs: old.Attrs, Tags: mergeMaps(old.Tags, v.Tags)}
 			if err := store.Save(tx, bucketVPCs, id, rec); err != nil {
 				return err
 			}
@@ -187,7 +187,8 @@ func (c *Cloud) ApplyInventory(inv Inventory) error {
 			if count == 0 {
 				count = 1<<(32-cidr.Bits()) - 5 // AWS reserves five addresses per subnet
 			}
-			rec := Subnet{ID: id, VPCID: vpc, Zone: zone, ZoneID: zoneID(c.cfg.Region, zone), CIDR: cidr.Masked().String(), IPv6CIDR: prefixString(cidr6), AvailableIPAddressCount: count, Tags: mergeMaps(old.Tags, s.Tags)}
+			rec := Subnet{ID: id, VPCID: vpc, Zone: zone, ZoneID: zoneID(c.cfg.Region, zone), CIDR: cidr.Masked().String(), IPv6CIDR: prefixString(cidr6), AvailableIPAddressCount: count,
+				MapPublicIPOnLaunch: old.MapPublicIPOnLaunch, AssignIPv6AddressOnCreation: old.AssignIPv6AddressOnCreation, Tags: mergeMaps(old.Tags, s.Tags)}
 			subnets[s.Name], subnets[id] = rec, rec
 			if err := store.Save(tx, bucketSubnets, id, rec); err != nil {
 				return err

@@ -8,13 +8,14 @@ import (
 	"github.com/moatlb/moat/internal/store"
 )
 
-// VPC is a virtual network. moat's VPCs are declared by the inventory, not created by the API.
+// VPC is a virtual network, declared by the inventory or created by the API.
 type VPC struct {
 	ID       string
 	CIDR     string
 	IPv6CIDR string `json:",omitempty"`
 	// Default marks the VPC that calls without a VpcId (and GroupName look-ups) use.
 	Default bool
+	Attrs   *VPCAttributes `json:",omitempty"` // nil: AWS's defaults (see Attributes)
 	Tags    Tags
 }
 
@@ -27,7 +28,12 @@ type Subnet struct {
 	CIDR                    string
 	IPv6CIDR                string `json:",omitempty"`
 	AvailableIPAddressCount int
-	Tags                    Tags
+	// FromAPI marks a subnet made by CreateSubnet: moat lb may route its range to loopback.
+	FromAPI bool `json:",omitempty"`
+	// Attributes that change nothing moat serves, kept to read back as set.
+	MapPublicIPOnLaunch         bool `json:",omitempty"`
+	AssignIPv6AddressOnCreation bool `json:",omitempty"`
+	Tags                        Tags
 }
 
 // Instance is a machine (a Kubernetes node) with one primary network interface.
@@ -126,7 +132,7 @@ func unknownFilter(name string) *Error {
 }
 
 // DescribeVPCs lists VPCs by ID and filters (vpc-id, cidr, cidr-block-association.cidr-block,
-// tags).
+// is-default or isDefault — AWS takes both —, state, owner-id, tags).
 func (c *Cloud) DescribeVPCs(ids []string, filters []Filter) ([]VPC, error) {
 	return describe(c, bucketVPCs, ids, func(v VPC) string { return v.ID }, func(v VPC, f Filter) (bool, *Error) {
 		if m, ok := matchTagFilter(f, v.Tags); ok {
@@ -139,7 +145,7 @@ func (c *Cloud) DescribeVPCs(ids []string, filters []Filter) ([]VPC, error) {
 			return matchValue(f.Values, v.CIDR), nil
 		case "state":
 			return matchValue(f.Values, "available"), nil
-		case "is-default":
+		case "is-default", "isDefault":
 			return matchValue(f.Values, strconv.FormatBool(v.Default)), nil
 		case "owner-id":
 			return matchValue(f.Values, c.cfg.AccountID), nil
@@ -205,7 +211,8 @@ func (c *Cloud) DescribeInstances(ids []string, filters []Filter) ([]Instance, e
 }
 
 // DescribeNetworkInterfaces lists interfaces by ID and filters (vpc-id, subnet-id,
-// addresses.private-ip-address, private-ip-address, group-id, attachment.instance-id, tags).
+// addresses.private-ip-address, private-ip-address, group-id, attachment.instance-id,
+// attachment.instance-owner-id, owner-id, tags).
 func (c *Cloud) DescribeNetworkInterfaces(ids []string, filters []Filter) ([]NetworkInterface, error) {
 	return describe(c, bucketInterfaces, ids, func(n NetworkInterface) string { return n.ID }, func(n NetworkInterface, f Filter) (bool, *Error) {
 		if m, ok := matchTagFilter(f, n.Tags); ok {
@@ -224,6 +231,10 @@ func (c *Cloud) DescribeNetworkInterfaces(ids []string, filters []Filter) ([]Net
 			return slices.ContainsFunc(n.Groups, func(g string) bool { return matchValue(f.Values, g) }), nil
 		case "attachment.instance-id":
 			return matchValue(f.Values, n.InstanceID), nil
+		case "attachment.instance-owner-id":
+			return n.InstanceID != "" && matchValue(f.Values, c.cfg.AccountID), nil
+		case "owner-id":
+			return matchValue(f.Values, c.cfg.AccountID), nil
 		case "ipv6-addresses.ipv6-address":
 			return false, nil
 		case "description":

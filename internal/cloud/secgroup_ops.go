@@ -437,6 +437,62 @@ func (c *Cloud) RevokeRules(ref GroupRef, egress bool, perms []Permission, ruleI
 	return sg, revoked, nil
 }
 
+// RuleDescription names a rule by ID and gives its new description.
+type RuleDescription struct {
+	RuleID, Description string
+}
+
+// UpdateRuleDescriptions sets the descriptions of existing rules, named by permission (each peer
+// carries its new description; none clears it) or by rule ID, without re-creating them. If any is
+// not found, nothing changes.
+func (c *Cloud) UpdateRuleDescriptions(ref GroupRef, egress bool, perms []Permission, byID []RuleDescription) error {
+	if len(perms) == 0 && len(byID) == 0 {
+		return errorf("MissingParameter", "The request must contain the parameter ipPermissions or securityGroupRuleDescriptions")
+	}
+	for _, d := range byID {
+		if err := checkRuleDescription(d.Description); err != nil {
+			return err
+		}
+	}
+	return c.store.Update(func(tx store.Tx) error {
+		sg, err := c.resolveGroup(tx, ref)
+		if err != nil {
+			return err
+		}
+		rules := sg.Ingress
+		if egress {
+			rules = sg.Egress
+		}
+		describe := func(match func(Rule) bool, description string, notFound *Error) error {
+			i := slices.IndexFunc(rules, match)
+			if i < 0 {
+				return notFound
+			}
+			rules[i].Description = description
+			return nil
+		}
+		for _, p := range perms {
+			expanded, err := expandPermission(tx, p, sg.VPCID)
+			if err != nil {
+				return err
+			}
+			for _, r := range expanded {
+				if err := describe(func(e Rule) bool { return sameRule(e, r) }, r.Description,
+					errorf("InvalidPermission.NotFound", "The specified rule does not exist in this security group.")); err != nil {
+					return err
+				}
+			}
+		}
+		for _, d := range byID {
+			if err := describe(func(e Rule) bool { return e.ID == d.RuleID }, d.Description,
+				errorf("InvalidSecurityGroupRuleId.NotFound", "The security group rule ID '%s' does not exist", d.RuleID)); err != nil {
+				return err
+			}
+		}
+		return store.Save(tx, bucketSecurityGroups, sg.ID, sg)
+	})
+}
+
 // GroupRule is a rule with the group it belongs to, as DescribeSecurityGroupRules lists them.
 type GroupRule struct {
 	Rule

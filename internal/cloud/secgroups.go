@@ -90,6 +90,13 @@ type Peer struct {
 // Valid characters of group names, descriptions and rule descriptions (EC2's documented set).
 var ec2TextPattern = regexp.MustCompile(`^[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]*$`)
 
+func checkRuleDescription(desc string) error {
+	if len(desc) > 255 || !ec2TextPattern.MatchString(desc) {
+		return errorf("InvalidParameterValue", "Invalid rule description. Valid descriptions are strings less than 256 characters from the following set:  a-zA-Z0-9. _-:/()#,@[]+=&;{}!$*")
+	}
+	return nil
+}
+
 // expand validates a permission and returns its rules. tx resolves referenced groups and prefix
 // lists; vpcID is the VPC of the group being changed.
 func expandPermission(tx store.Tx, p Permission, vpcID string) ([]Rule, error) {
@@ -131,8 +138,8 @@ func expandPermission(tx store.Tx, p Permission, vpcID string) ([]Rule, error) {
 
 	var rules []Rule
 	add := func(r Rule, desc string) error {
-		if len(desc) > 255 || !ec2TextPattern.MatchString(desc) {
-			return errorf("InvalidParameterValue", "Invalid rule description. Valid descriptions are strings less than 256 characters from the following set:  a-zA-Z0-9. _-:/()#,@[]+=&;{}!$*")
+		if err := checkRuleDescription(desc); err != nil {
+			return err
 		}
 		r.Description = desc
 		rules = append(rules, r)

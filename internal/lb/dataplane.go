@@ -28,13 +28,13 @@ func (h healthReporter) TargetHealth(targetGroupARN, id string, port int) (cloud
 // the state, applies it (and the instance firewall's program, when fw runs), and reports back: a
 // load balancer whose listeners all serve is active, one with a listener that cannot serve is
 // active_impaired with the reason.
-func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine, fw *firewall.Firewall, sgMode firewall.Mode, kick <-chan struct{}, log *slog.Logger) {
+func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw *firewall.Firewall, sgMode firewall.Mode, kick <-chan struct{}, log *slog.Logger) {
 	changes, stop := c.Store().Changes()
 	defer stop()
 	drained := time.NewTimer(time.Hour)
 	defer drained.Stop()
 	for {
-		next, err := syncOnce(c, engine, fw, sgMode, log)
+		next, err := syncOnce(c, engine, routes, fw, sgMode, log)
 		if err != nil {
 			log.Error("data plane sync failed", "err", err)
 		}
@@ -54,11 +54,12 @@ func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine,
 
 // syncOnce applies the current state and returns when the next deregistered target finishes
 // draining (zero if none is draining).
-func syncOnce(c *cloud.Cloud, engine dataplane.Engine, fw *firewall.Firewall, sgMode firewall.Mode, log *slog.Logger) (time.Time, error) {
+func syncOnce(c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw *firewall.Firewall, sgMode firewall.Mode, log *slog.Logger) (time.Time, error) {
 	st, err := c.State()
 	if err != nil {
 		return time.Time{}, err
 	}
+	routes.Sync(localRanges(st))
 	// One index of the state serves both: resolving groups to addresses is the costly part.
 	n := newNetwork(st)
 	if fw != nil {
@@ -101,9 +102,35 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, fw *firewall.Firewall, sg
 }
 
 // canListen is the API's check before it accepts a listener: it binds every address on the port
-// and lets go at once, so a port that is taken or privileged fails CreateListener clearly instead
-// of leaving the load balancer impaired.
-func canListen(addrs []netip.Addr, protocol string, port int) error {
+// and lets go at once, so a port that is taken or privileged, or an address the host does not
+// have, fails CreateListener clearly instead of leaving the load balancer impaired. notLocal says
+// why moat lb could not make an address local, if it tried.
+func canListen(notLocal func(netip.Addr) error) cloud.PortChecker {
+	return func(addrs []netip.Addr, protocol string, port int) error {
+		err := bindEach(addrs, protocol, port)
+		var unbound *addrNotLocalError
+		if errors.As(err, &unbound) {
+			if why := notLocal(unbound.addr); why != nil {
+				return fmt.Errorf("%w; %w", err, why)
+			}
+		}
+		return err
+	}
+}
+
+// addrNotLocalError is a bind refused because the host does not have the address.
+type addrNotLocalError struct {
+	addr netip.Addr
+	err  error
+}
+
+func (e *addrNotLocalError) Error() string {
+	return fmt.Sprintf("%v: %s is not an address of this host (macOS has only 127.0.0.1 on loopback until others are added: sudo ifconfig lo0 alias %s)", e.err, e.addr, e.addr)
+}
+
+func (e *addrNotLocalError) Unwrap() error { return e.err }
+
+func bindEach(addrs []netip.Addr, protocol string, port int) error {
 	for _, a := range addrs {
 		addr := netip.AddrPortFrom(a, uint16(port)).String()
 		var err error
@@ -119,7 +146,7 @@ func canListen(addrs []netip.Addr, protocol string, port int) error {
 			}
 		}
 		if errors.Is(err, syscall.EADDRNOTAVAIL) {
-			return fmt.Errorf("%w: %s is not an address of this host (macOS has only 127.0.0.1 on loopback until others are added: sudo ifconfig lo0 alias %s)", err, a, a)
+			return &addrNotLocalError{a, err}
 		}
 		if err != nil {
 			return err

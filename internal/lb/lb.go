@@ -199,20 +199,22 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	readyz.engine.Store(engine)
 	logPortableDataPlane(log)
 	c.SetHealthReporter(healthReporter{engine})
-	c.SetPortChecker(canListen)
+	routes := newSubnetRouter(log)
+	c.SetPortChecker(canListen(routes.Why))
 	sgMode := cmp.Or(cfg.InstanceSGMode, firewall.Enforce)
 	fw, sgStatus := startFirewall(sgMode, cfg.DataDir, reg, log)
 	synced := make(chan struct{})
 	go func() {
 		defer close(synced)
-		syncDataPlane(ctx, c, engine, fw, sgMode, kick, log)
+		syncDataPlane(ctx, c, engine, routes, fw, sgMode, kick, log)
 	}()
-	// Stop in order: no more syncs, then the engine and the firewall, then (deferred above) the
-	// store.
+	// Stop in order: no more syncs, then the engine, the subnets' routes and the firewall, then
+	// (deferred above) the store.
 	defer func() {
 		cancel()
 		<-synced
 		engine.Close()
+		routes.Close()
 		if fw != nil {
 			stopFirewall(fw, log)
 		}

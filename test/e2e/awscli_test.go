@@ -9,7 +9,8 @@ import (
 )
 
 // TestAWSCLI drives moat lb with the real AWS CLI (Debian's awscli), as a user following the
-// README would: security group, rule, NLB, target group, listener, describe, delete.
+// README would: caller identity, a VPC and subnet of its own, security group, rule, NLB, target
+// group, listener, describe, delete.
 func TestAWSCLI(t *testing.T) {
 	// Debian's package (AWS CLI v2) is the CLI the issue names; another aws on PATH may be v1.
 	cli := "/usr/bin/aws"
@@ -58,6 +59,18 @@ func TestAWSCLI(t *testing.T) {
 		s, _ := v.(string)
 		return s
 	}
+
+	if id := aws("sts", "get-caller-identity"); str(id, "Arn") != "arn:aws:iam::000000000000:user/default" || str(id, "Account") != "000000000000" {
+		t.Fatalf("caller identity %v", id)
+	}
+
+	ownVPC := str(aws("ec2", "create-vpc", "--cidr-block", "127.60.0.0/16"), "Vpc", "VpcId")
+	ownSubnet := aws("ec2", "create-subnet", "--vpc-id", ownVPC, "--cidr-block", "127.60.1.0/24", "--availability-zone", "us-east-1a")
+	if str(ownSubnet, "Subnet", "CidrBlock") != "127.60.1.0/24" || str(ownSubnet, "Subnet", "VpcId") != ownVPC {
+		t.Fatalf("created subnet %v", ownSubnet)
+	}
+	aws("ec2", "delete-subnet", "--subnet-id", str(ownSubnet, "Subnet", "SubnetId"))
+	aws("ec2", "delete-vpc", "--vpc-id", ownVPC)
 
 	subnets := aws("ec2", "describe-subnets", "--filters", "Name=tag:kubernetes.io/role/internal-elb,Values=1")
 	subnetA, subnetB := str(subnets, "Subnets", 0, "SubnetId"), str(subnets, "Subnets", 1, "SubnetId")

@@ -138,20 +138,28 @@ func (p *lbProcess) kill() {
 	<-p.done
 }
 
-// clients returns SDK clients configured from the credentials file moat lb wrote, as a user would.
-func (p *lbProcess) clients(t *testing.T) (*ec2.Client, *elbv2.Client) {
+// config is an aws.Config for moat lb's endpoint, from the credentials file it wrote, as a user
+// would make it.
+func (p *lbProcess) config(t *testing.T) aws.Config {
 	t.Helper()
 	cfg, err := config.LoadDefaultConfig(context.Background(),
 		config.WithSharedCredentialsFiles([]string{p.Creds}),
 		config.WithSharedConfigFiles([]string{}),
 		config.WithRegion("us-east-1"),
 		config.WithRetryMaxAttempts(1),
+		config.WithBaseEndpoint(p.API),
 	)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(p.API) }),
-		elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(p.API) })
+	return cfg
+}
+
+// clients returns EC2 and ELBv2 clients of p.config.
+func (p *lbProcess) clients(t *testing.T) (*ec2.Client, *elbv2.Client) {
+	t.Helper()
+	cfg := p.config(t)
+	return ec2.NewFromConfig(cfg), elbv2.NewFromConfig(cfg)
 }
 
 // waitServing waits until the listener answers src: moat lb binds it just after CreateListener

@@ -67,6 +67,13 @@ func (d *decoder) decodeStruct(v reflect.Value, prefix string) error {
 	t := v.Type()
 	for i := range t.NumField() {
 		f := t.Field(i)
+		if f.Anonymous && f.Type.Kind() == reflect.Struct {
+			// An embedded struct's fields are the outer struct's, as in encoding/json.
+			if err := d.decodeStruct(v.Field(i), prefix); err != nil {
+				return err
+			}
+			continue
+		}
 		if !f.IsExported() || f.Tag.Get("query") == "-" {
 			continue
 		}

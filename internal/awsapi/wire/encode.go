@@ -6,10 +6,11 @@ import (
 	"net/http"
 )
 
-// Namespaces of the two protocols' replies.
+// Namespaces of the services' replies.
 const (
 	ELBv2Namespace = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/"
 	EC2Namespace   = "http://ec2.amazonaws.com/doc/2016-11-15/"
+	STSNamespace   = "https://sts.amazonaws.com/doc/2011-06-15/"
 )
 
 // Members is an awsQuery list: <Name><member>…</member></Name>. The element is written even when
@@ -40,15 +41,22 @@ func encodeList[T any](e *xml.Encoder, start xml.StartElement, item string, list
 	return e.EncodeToken(start.End())
 }
 
-// ELBv2Reply encodes an awsQuery success: <ActionResponse><ActionResult>result</ActionResult>
-// <ResponseMetadata><RequestId/></ResponseMetadata></ActionResponse>. The SDK requires the Result
-// element even for operations without output, so a nil result still writes it.
-func ELBv2Reply(action, requestID string, result any) ([]byte, error) {
+// QueryReply returns the encoder of an awsQuery service's successes in namespace:
+// <ActionResponse><ActionResult>result</ActionResult><ResponseMetadata><RequestId/>
+// </ResponseMetadata></ActionResponse>. The SDK requires the Result element even for operations
+// without output, so a nil result still writes it.
+func QueryReply(namespace string) func(action, requestID string, result any) ([]byte, error) {
+	return func(action, requestID string, result any) ([]byte, error) {
+		return queryReply(namespace, action, requestID, result)
+	}
+}
+
+func queryReply(namespace, action, requestID string, result any) ([]byte, error) {
 	var buf bytes.Buffer
 	e := xml.NewEncoder(&buf)
 	root := xml.StartElement{
 		Name: xml.Name{Local: action + "Response"},
-		Attr: []xml.Attr{{Name: xml.Name{Local: "xmlns"}, Value: ELBv2Namespace}},
+		Attr: []xml.Attr{{Name: xml.Name{Local: "xmlns"}, Value: namespace}},
 	}
 	resultStart := xml.StartElement{Name: xml.Name{Local: action + "Result"}}
 	if err := e.EncodeToken(root); err != nil {
@@ -107,8 +115,9 @@ func EC2Reply(action, requestID string, result any) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// ELBv2Error encodes an awsQuery error. fault is "Sender" for client errors, "Receiver" for ours.
-func ELBv2Error(code, message, fault, requestID string) []byte {
+// QueryError encodes an awsQuery service's error in namespace. fault is "Sender" for client
+// errors, "Receiver" for ours.
+func QueryError(namespace, code, message, fault, requestID string) []byte {
 	body, _ := xml.Marshal(struct {
 		XMLName xml.Name `xml:"ErrorResponse"`
 		Xmlns   string   `xml:"xmlns,attr"`
@@ -118,7 +127,7 @@ func ELBv2Error(code, message, fault, requestID string) []byte {
 			Message string
 		}
 		RequestID string `xml:"RequestId"`
-	}{Xmlns: ELBv2Namespace, Error: struct{ Type, Code, Message string }{fault, code, message}, RequestID: requestID})
+	}{Xmlns: namespace, Error: struct{ Type, Code, Message string }{fault, code, message}, RequestID: requestID})
 	return body
 }
 

@@ -1,0 +1,117 @@
+package awsapi_test
+
+import (
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+)
+
+// TestVPCLifecycle creates a VPC and subnets as a Terraform configuration does, checks AWS's range,
+// overlap and zone rules, attributes and dependencies, and deletes everything again.
+func TestVPCLifecycle(t *testing.T) {
+	e := newEnv(t)
+	vpc := must[*ec2.CreateVpcOutput](t)(e.EC2.CreateVpc(e.ctx, &ec2.CreateVpcInput{
+		CidrBlock:         aws.String("127.50.0.0/16"),
+		TagSpecifications: []types.TagSpecification{{ResourceType: types.ResourceTypeVpc, Tags: []types.Tag{{Key: aws.String("Name"), Value: aws.String("tf")}}}},
+	})).Vpc
+	vpcID := aws.ToString(vpc.VpcId)
+	if aws.ToString(vpc.CidrBlock) != "127.50.0.0/16" || vpc.State != types.VpcStateAvailable || aws.ToBool(vpc.IsDefault) || len(vpc.Tags) != 1 {
+		t.Fatalf("created %+v", vpc)
+	}
+	described := must[*ec2.DescribeVpcsOutput](t)(e.EC2.DescribeVpcs(e.ctx, &ec2.DescribeVpcsInput{VpcIds: []string{vpcID}})).Vpcs
+	if len(described) != 1 || aws.ToString(described[0].CidrBlock) != "127.50.0.0/16" {
+		t.Fatalf("described %+v", described)
+	}
+	groups := must[*ec2.DescribeSecurityGroupsOutput](t)(e.EC2.DescribeSecurityGroups(e.ctx, &ec2.DescribeSecurityGroupsInput{
+		Filters: []types.Filter{{Name: aws.String("vpc-id"), Values: []string{vpcID}}},
+	})).SecurityGroups
+	if len(groups) != 1 || aws.ToString(groups[0].GroupName) != "default" {
+		t.Fatalf("the new VPC's groups: %+v", groups)
+	}
+
+	for _, cidr := range []string{"127.50.0.0/8", "127.50.0.0/29", "not-a-cidr"} {
+		_, err := e.EC2.CreateVpc(e.ctx, &ec2.CreateVpcInput{CidrBlock: aws.String(cidr)})
+		if code := errorCode(err); code != "InvalidVpc.Range" && code != "InvalidParameterValue" {
+			t.Errorf("CreateVpc %s: %v", cidr, err)
+		}
+	}
+
+	attr := func(name types.VpcAttributeName) bool {
+		t.Helper()
+		out := must[*ec2.DescribeVpcAttributeOutput](t)(e.EC2.DescribeVpcAttribute(e.ctx, &ec2.DescribeVpcAttributeInput{VpcId: aws.String(vpcID), Attribute: name}))
+		switch name {
+		case types.VpcAttributeNameEnableDnsSupport:
+			return aws.ToBool(out.EnableDnsSupport.Value)
+		case types.VpcAttributeNameEnableDnsHostnames:
+			return aws.ToBool(out.EnableDnsHostnames.Value)
+		}
+		return aws.ToBool(out.EnableNetworkAddressUsageMetrics.Value)
+	}
+	if !attr(types.VpcAttributeNameEnableDnsSupport) || attr(types.VpcAttributeNameEnableDnsHostnames) {
+		t.Error("a new VPC's DNS attributes are not AWS's defaults (support on, host names off)")
+	}
+	must[*ec2.ModifyVpcAttributeOutput](t)(e.EC2.ModifyVpcAttribute(e.ctx, &ec2.ModifyVpcAttributeInput{VpcId: aws.String(vpcID), EnableDnsHostnames: &types.AttributeBooleanValue{Value: aws.Bool(true)}}))
+	if !attr(types.VpcAttributeNameEnableDnsHostnames) {
+		t.Error("enableDnsHostnames did not read back as set")
+	}
+	_, err := e.EC2.ModifyVpcAttribute(e.ctx, &ec2.ModifyVpcAttributeInput{VpcId: aws.String(vpcID),
+		EnableDnsHostnames: &types.AttributeBooleanValue{Value: aws.Bool(true)}, EnableDnsSupport: &types.AttributeBooleanValue{Value: aws.Bool(true)}})
+	wantCode(t, err, "InvalidParameterCombination")
+
+	subnet := func(cidr, zone string) (*types.Subnet, error) {
+		out, err := e.EC2.CreateSubnet(e.ctx, &ec2.CreateSubnetInput{VpcId: aws.String(vpcID), CidrBlock: aws.String(cidr), AvailabilityZone: aws.String(zone)})
+		if err != nil {
+			return nil, err
+		}
+		return out.Subnet, nil
+	}
+	a := must[*types.Subnet](t)(subnet("127.50.1.0/24", "us-east-1a"))
+	b := must[*types.Subnet](t)(subnet("127.50.2.0/24", "us-east-1b"))
+	if aws.ToInt32(a.AvailableIpAddressCount) != 251 || aws.ToString(a.AvailabilityZoneId) != "use1-az1" || aws.ToString(b.AvailabilityZone) != "us-east-1b" {
+		t.Errorf("subnets %+v %+v", a, b)
+	}
+	for _, tc := range []struct{ cidr, zone, code string }{
+		{"127.50.1.128/25", "us-east-1a", "InvalidSubnet.Conflict"},
+		{"127.51.0.0/24", "us-east-1a", "InvalidSubnet.Range"},
+		{"127.50.3.0/29", "us-east-1a", "InvalidSubnet.Range"},
+		{"127.50.3.0/24", "eu-west-1a", "InvalidParameterValue"},
+	} {
+		_, err := subnet(tc.cidr, tc.zone)
+		if errorCode(err) != tc.code {
+			t.Errorf("CreateSubnet %s in %s: %v, want %s", tc.cidr, tc.zone, err, tc.code)
+		}
+	}
+	must[*ec2.ModifySubnetAttributeOutput](t)(e.EC2.ModifySubnetAttribute(e.ctx, &ec2.ModifySubnetAttributeInput{SubnetId: a.SubnetId, MapPublicIpOnLaunch: &types.AttributeBooleanValue{Value: aws.Bool(true)}}))
+	if got := must[*ec2.DescribeSubnetsOutput](t)(e.EC2.DescribeSubnets(e.ctx, &ec2.DescribeSubnetsInput{SubnetIds: []string{aws.ToString(a.SubnetId)}})).Subnets[0]; !aws.ToBool(got.MapPublicIpOnLaunch) {
+		t.Error("mapPublicIpOnLaunch did not read back as set")
+	}
+
+	// A load balancer in the new subnets gets its addresses from them, and holds them.
+	lb := must[*elbv2.CreateLoadBalancerOutput](t)(e.ELB.CreateLoadBalancer(e.ctx, &elbv2.CreateLoadBalancerInput{
+		Name: aws.String("tf"), Type: "network", Scheme: "internal", Subnets: []string{aws.ToString(a.SubnetId), aws.ToString(b.SubnetId)},
+	})).LoadBalancers[0]
+	if aws.ToString(lb.VpcId) != vpcID {
+		t.Errorf("load balancer in %s, want %s", aws.ToString(lb.VpcId), vpcID)
+	}
+	_, err = e.EC2.DeleteSubnet(e.ctx, &ec2.DeleteSubnetInput{SubnetId: a.SubnetId})
+	wantCode(t, err, "DependencyViolation")
+	_, err = e.EC2.DeleteVpc(e.ctx, &ec2.DeleteVpcInput{VpcId: aws.String(vpcID)})
+	wantCode(t, err, "DependencyViolation")
+
+	must[*elbv2.DeleteLoadBalancerOutput](t)(e.ELB.DeleteLoadBalancer(e.ctx, &elbv2.DeleteLoadBalancerInput{LoadBalancerArn: lb.LoadBalancerArn}))
+	for _, sn := range []*types.Subnet{a, b} {
+		must[*ec2.DeleteSubnetOutput](t)(e.EC2.DeleteSubnet(e.ctx, &ec2.DeleteSubnetInput{SubnetId: sn.SubnetId}))
+	}
+	must[*ec2.DeleteVpcOutput](t)(e.EC2.DeleteVpc(e.ctx, &ec2.DeleteVpcInput{VpcId: aws.String(vpcID)}))
+	_, err = e.EC2.DescribeVpcs(e.ctx, &ec2.DescribeVpcsInput{VpcIds: []string{vpcID}})
+	wantCode(t, err, "InvalidVpcID.NotFound")
+	left := must[*ec2.DescribeSecurityGroupsOutput](t)(e.EC2.DescribeSecurityGroups(e.ctx, &ec2.DescribeSecurityGroupsInput{
+		Filters: []types.Filter{{Name: aws.String("vpc-id"), Values: []string{vpcID}}},
+	})).SecurityGroups
+	if len(left) != 0 {
+		t.Errorf("the deleted VPC's groups remain: %+v", left)
+	}
+}

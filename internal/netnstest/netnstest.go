@@ -1,0 +1,48 @@
+//go:build linux
+
+// Package netnstest runs a test in a network namespace of its own, so that the addresses, routes
+// and rules it makes touch nothing else on the host.
+package netnstest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// Enter runs the calling test again, alone, in a new network namespace with loopback up (the test
+// binary under ip netns exec). It returns true inside the namespace, where the test goes on; outside
+// it reports the inner run and returns false. Without root the test is skipped.
+func Enter(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv("MOAT_TEST_NETNS") == t.Name() {
+		return true
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN) and network namespaces")
+	}
+	ns := fmt.Sprintf("moatt%d%s", os.Getpid()%100000, strings.NewReplacer("/", "", "_", "").Replace(t.Name()))
+	if len(ns) > 15 {
+		ns = ns[:15]
+	}
+	for _, args := range [][]string{{"netns", "add", ns}, {"-n", ns, "link", "set", "lo", "up"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	args := []string{"netns", "exec", ns, os.Args[0], "-test.run", "^" + t.Name() + "$", "-test.v", "-test.count=1"}
+	if testing.Short() {
+		args = append(args, "-test.short")
+	}
+	cmd := exec.Command("ip", args...)
+	cmd.Env = append(os.Environ(), "MOAT_TEST_NETNS="+t.Name())
+	out, err := cmd.CombinedOutput()
+	t.Logf("in network namespace %s:\n%s", ns, out)
+	if err != nil {
+		t.Fatalf("the test failed in its network namespace: %v", err)
+	}
+	return false
+}
