@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"sync"
 	"time"
@@ -194,12 +195,16 @@ func (f *Firewall) sync() error {
 		f.c = c
 	}
 	var c []compiled
+	var shared []netip.Addr
 	if want.Mode != Off {
-		c = compile(want.Interfaces)
+		c, shared = compile(want.Interfaces)
 	}
 	if f.lastSet && f.lastMode == want.Mode && reflect.DeepEqual(f.last, c) {
 		f.setResult(gen, nil)
 		return nil
+	}
+	if len(shared) > 0 {
+		f.log.Warn("addresses on several instance interfaces are judged by the first interface's groups only", "addresses", shared)
 	}
 	var labels map[string][2]string
 	err := f.call(func(k kernelConn) error {

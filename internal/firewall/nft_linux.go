@@ -43,7 +43,7 @@ func dial(name string) (kernelConn, error) {
 	var err error
 	c.nft, err = nftables.New(nftables.AsLasting(), nftables.WithSockOptions(func(nl *netlink.Conn) error {
 		c.nl = nl
-		return nil
+		return nftutil.ForLargeBatches(nl)
 	}))
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
@@ -66,8 +66,9 @@ func (c *nftConn) replace(ifaces []compiled, p *Program) (map[string][2]string, 
 		return err
 	})
 	if err != nil {
-		c.nft.Flush() // drop what was queued
-		return nil, err
+		// Send nothing: what was queued (the table's deletion among it) goes
+		// with this connection, which the caller drops after any error.
+		return nil, fmt.Errorf("build instance firewall: %w", err)
 	}
 	if err := c.nft.Flush(); err != nil {
 		return nil, fmt.Errorf("replace instance firewall: %w", err)
