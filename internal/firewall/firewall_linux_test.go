@@ -343,13 +343,13 @@ func TestKernelRefusalKeepsTable(t *testing.T) {
 	}
 	defer c.close()
 	good, _ := compile([]Interface{node(true, true)})
-	if _, err := c.replace(good, &Program{Mode: Enforce}); err != nil {
+	if _, err := c.replace(good, &Program{Mode: Enforce}, -1); err != nil {
 		t.Fatal(err)
 	}
 	nodePort := listen(t, netip.AddrPortFrom(nodeA, 30080))
 	opened, _ := compile([]Interface{{ID: "eni-open", Instance: "i-open", Addrs: []netip.Addr{nodeA},
 		Inbound: []secgroup.Rule{{Protocol: secgroup.ProtocolAll, Sources: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}}}})
-	_, err = c.replace(append(opened, good...), &Program{Mode: Enforce})
+	_, err = c.replace(append(opened, good...), &Program{Mode: Enforce}, -1)
 	if err == nil || !strings.Contains(err.Error(), "replace instance firewall") || !errors.Is(err, unix.EEXIST) {
 		t.Fatalf("replace with a refused table: %v, want the kernel's EEXIST", err)
 	}
