@@ -1,0 +1,54 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net/netip"
+	"time"
+
+	"github.com/moatlb/moat/internal/firewall"
+	"github.com/moatlb/moat/internal/secgroup"
+)
+
+// benchFirewall measures direct connections from the client to the backends, which sit on an
+// instance's address, with the instance firewall off and enforcing, in turns (off, enforce, off,
+// …) so that a noisy machine weighs on both alike. The instance's group is a full one: 59 rules
+// that do not match the client, then the one that does, as real rule sets are. The firewall
+// judges a flow's first packet only; conntrack carries the rest, so the figures should be close.
+func benchFirewall(size int64, d time.Duration, requests, reps int) {
+	fw, err := firewall.New(firewall.Options{Table: "bench"})
+	check(err)
+	defer fw.Close()
+	var rules []secgroup.Rule
+	for i := range 59 {
+		rules = append(rules, secgroup.Rule{Protocol: secgroup.ProtocolTCP, FromPort: 1024, ToPort: 65535,
+			Sources: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", i))}})
+	}
+	rules = append(rules, secgroup.Rule{Protocol: secgroup.ProtocolTCP, FromPort: 1024, ToPort: 65535,
+		Sources: []netip.Prefix{netip.MustParsePrefix(clientIP + "/32")}})
+	instance := firewall.Interface{ID: "eni-bench", Instance: "i-bench", Addrs: []netip.Addr{netip.MustParseAddr(backendIP)},
+		Inbound:  rules,
+		Outbound: []secgroup.Rule{{Protocol: secgroup.ProtocolAll, Sources: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}}}
+	sink, echo := serveSink(), serveEcho()
+	modes := []struct {
+		t *target
+		p firewall.Program
+	}{
+		{&target{name: "sg-off", sinkAddr: sink, echoAddr: echo}, firewall.Program{Mode: firewall.Off}},
+		{&target{name: "sg-enforce", sinkAddr: sink, echoAddr: echo}, firewall.Program{Mode: firewall.Enforce, Interfaces: []firewall.Interface{instance}}},
+	}
+	for range reps {
+		for _, m := range modes {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := fw.Wait(ctx, fw.Apply(m.p))
+			cancel()
+			check(err)
+			m.t.measure(size, d, requests)
+		}
+	}
+	log.Printf("measured %d rounds of sg-off and sg-enforce", reps)
+	report([]*target{modes[0].t, modes[1].t})
+}
