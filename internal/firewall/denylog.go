@@ -57,12 +57,14 @@ func logGroups(table string, n int) []uint16 {
 // with the flow, the direction and the interface. IDs are cut to fit the
 // kernel's limit, which the ones moat makes never reach.
 func logPrefix(table, action, direction, instance, iface string) string {
-	field := func(s string) string {
-		s = strings.Join(strings.Fields(s), "_")
-		return s[:min(len(s), 45)]
-	}
-	p := strings.Join([]string{"moat", field(table), action, direction, field(instance), field(iface)}, " ")
-	return p[:min(len(p), logPrefixMax)]
+	return strings.Join([]string{"moat", prefixField(table), action, direction, prefixField(instance), prefixField(iface)}, " ")
+}
+
+// prefixField is a name as a log prefix holds it: one word, short enough
+// that six fit the kernel's limit.
+func prefixField(s string) string {
+	s = strings.Join(strings.Fields(s), "_")
+	return s[:min(len(s), (logPrefixMax-len("moat would_deny outbound")-5)/3)]
 }
 
 // parseDenial reads a packet that table's deny chains logged: the prefix
@@ -70,7 +72,7 @@ func logPrefix(table, action, direction, instance, iface string) string {
 // It reports false for anything else.
 func parseDenial(table, prefix string, payload []byte, now time.Time) (flowlog.Entry, bool) {
 	f := strings.Split(prefix, " ")
-	if len(f) != 6 || f[0] != "moat" || f[1] != table || (f[2] != flowlog.Deny && f[2] != flowlog.WouldDeny) {
+	if len(f) != 6 || f[0] != "moat" || f[1] != prefixField(table) || (f[2] != flowlog.Deny && f[2] != flowlog.WouldDeny) {
 		return flowlog.Entry{}, false
 	}
 	if len(payload) < 20 || payload[0]>>4 != 4 {

@@ -131,3 +131,14 @@ func FuzzParseDenial(f *testing.F) {
 		}
 	})
 }
+
+// TestParseDenialLongTable: a table name the prefix has to cut still
+// matches its own prefixes.
+func TestParseDenialLongTable(t *testing.T) {
+	table := strings.Repeat("t", 100) + " x"
+	prefix := logPrefix(table, flowlog.WouldDeny, "outbound", "i-a", "eni-a")
+	e, ok := parseDenial(table, prefix, ipv4(6, 5, 0, [4]byte{127, 1, 0, 10}, [4]byte{127, 0, 0, 5}, 1, 2), time.Now())
+	if !ok || e.Action != flowlog.WouldDeny || e.Direction != "outbound" {
+		t.Errorf("%q: %+v %v", prefix, e, ok)
+	}
+}
