@@ -45,6 +45,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./internal/awsapi/sigv4
 	$(GO) test -run '^$$' -fuzz '^FuzzPolicy$$' -fuzztime $(FUZZTIME) ./internal/secgroup
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenBolt$$' -fuzztime $(FUZZTIME) ./internal/store
+	$(GO) test -run '^$$' -fuzz '^FuzzParseDenial$$' -fuzztime $(FUZZTIME) ./internal/firewall
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/secgroup ./internal/dataplane

@@ -73,7 +73,7 @@ add-read-only NAME" adds one); any other valid key may do anything.`,
 	f.StringVar(&cfg.FastPath, "fast-path", lb.FastPathAuto, "kernel fast path for TCP flows on loopback (nftables DNAT + conntrack, needs CAP_NET_ADMIN): auto, kernel or off")
 	f.StringVar((*string)(&cfg.InstanceSGMode), "instance-sg-mode", string(firewall.Enforce), "security groups of the instances whose addresses are on this host, on all their traffic (nftables, needs CAP_NET_ADMIN): enforce, audit (count what enforce would drop) or off")
 	f.BoolVar(&cfg.StartFresh, "start-fresh", false, "start with empty state where <data-dir>/state.db is missing or empty although <data-dir>/credentials exists (refused otherwise, as lost state)")
-	f.StringVar(&flowLog, "flow-log", "", "write every flow denied by security groups as a JSON line (time, load balancer, listener, client, reason) to this file; - for stderr")
+	f.StringVar(&flowLog, "flow-log", "", "write every flow denied by security groups as a JSON line to this file (- for stderr): at a listener (load balancer, listener, client, reason) or, where moat may read the kernel's packet log, at a local instance (instance, interface, direction, 5-tuple)")
 	addAPILimitFlags(f, &cfg.API)
 	addQuotaFlags(f, &cfg.Quotas)
 	cmd.AddCommand(newLBBackupCommand())

@@ -3,8 +3,10 @@
 // Command lbbench measures moat lb's data plane side by side with a direct connection and with
 // HAProxy (TCP mode) in one run, against the same backends: throughput of one stream with large
 // writes, connections per second, and request/response latency (p50, p99), with the CPU seconds
-// each proxy spent. hack/bench-lb.sh builds and runs it; see the README. It is Linux's only: it
-// reads /proc for CPU time and pins processes with taskset.
+// each proxy spent. hack/bench-lb.sh builds and runs it; see the README. With -firewall it
+// measures the instance firewall instead: direct connections with enforcement off and on
+// (hack/bench-firewall.sh). It is Linux's only: it reads /proc for CPU time and pins processes
+// with taskset.
 package main
 
 import (
@@ -48,8 +50,13 @@ func main() {
 	duration := flag.Duration("duration", 5*time.Second, "length of the connections-per-second test")
 	requests := flag.Int("requests", 20000, "request/response round trips in the latency test")
 	reps := flag.Int("reps", 3, "repetitions of each test; the median is reported")
+	fw := flag.Bool("firewall", false, "measure the instance firewall: direct connections to an instance with enforcement off and on (root, in a network namespace of its own)")
 	flag.Parse()
 	log.SetFlags(0)
+	if *fw {
+		benchFirewall(*size, *duration, *requests, *reps)
+		return
+	}
 
 	dir, err := os.MkdirTemp("", "lbbench-")
 	check(err)
@@ -70,14 +77,7 @@ func main() {
 	for _, start := range paths {
 		t, stop := start()
 		for range *reps {
-			cpu0 := t.cpu()
-			mbps := throughput(t.sinkAddr, *size)
-			t.cpuPerGB = append(t.cpuPerGB, (t.cpu()-cpu0)/(float64(*size)/1e9))
-			t.mbps = append(t.mbps, mbps)
-			t.cps = append(t.cps, connsPerSecond(t.echoAddr, *duration))
-			p50, p99 := latency(t.echoAddr, *requests)
-			t.p50 = append(t.p50, p50)
-			t.p99 = append(t.p99, p99)
+			t.measure(*size, *duration, *requests)
 		}
 		stop()
 		targets = append(targets, t)
@@ -93,6 +93,18 @@ type target struct {
 	mbps, cps          []float64
 	p50, p99           []time.Duration
 	cpuPerGB           []float64
+}
+
+// measure runs each test once and records the results.
+func (t *target) measure(size int64, d time.Duration, requests int) {
+	cpu0 := t.cpu()
+	mbps := throughput(t.sinkAddr, size)
+	t.cpuPerGB = append(t.cpuPerGB, (t.cpu()-cpu0)/(float64(size)/1e9))
+	t.mbps = append(t.mbps, mbps)
+	t.cps = append(t.cps, connsPerSecond(t.echoAddr, d))
+	p50, p99 := latency(t.echoAddr, requests)
+	t.p50 = append(t.p50, p50)
+	t.p99 = append(t.p99, p99)
 }
 
 // cpu is the CPU seconds the proxy process has used so far (0 for the direct path).
@@ -115,13 +127,13 @@ func median[T int64 | float64 | time.Duration](v []T) T {
 }
 
 func report(ts []*target) {
-	fmt.Printf("\n%-8s %14s %12s %12s %10s %10s\n", "path", "throughput", "proxy cpu", "conn/s", "p50", "p99")
+	fmt.Printf("\n%-10s %14s %12s %12s %10s %10s\n", "path", "throughput", "proxy cpu", "conn/s", "p50", "p99")
 	for _, t := range ts {
 		cpu := "-"
 		if t.pid != 0 {
 			cpu = fmt.Sprintf("%.2f s/GB", median(t.cpuPerGB))
 		}
-		fmt.Printf("%-8s %9.0f MB/s %12s %12.0f %10v %10v\n", t.name, median(t.mbps), cpu, median(t.cps), median(t.p50).Round(time.Microsecond), median(t.p99).Round(time.Microsecond))
+		fmt.Printf("%-10s %9.0f MB/s %12s %12.0f %10v %10v\n", t.name, median(t.mbps), cpu, median(t.cps), median(t.p50).Round(time.Microsecond), median(t.p99).Round(time.Microsecond))
 	}
 	ratios := func(a, b *target) string {
 		return fmt.Sprintf("throughput %.2f, conn/s %.2f, p50 %.2f, p99 %.2f",
@@ -129,11 +141,11 @@ func report(ts []*target) {
 			float64(median(a.p50))/float64(median(b.p50)), float64(median(a.p99))/float64(median(b.p99)))
 	}
 	fmt.Println()
-	for _, m := range ts {
-		if !strings.HasPrefix(m.name, "moat") {
+	for _, m := range ts[1:] {
+		if m.name == "haproxy" {
 			continue
 		}
-		fmt.Printf("%s/direct:  %s\n", m.name, ratios(m, ts[0]))
+		fmt.Printf("%s/%s:  %s\n", m.name, ts[0].name, ratios(m, ts[0]))
 		if h := ts[len(ts)-1]; h.name == "haproxy" {
 			fmt.Printf("%s/haproxy: %s, cpu/GB %.2f\n", m.name, ratios(m, h), median(m.cpuPerGB)/median(h.cpuPerGB))
 		}

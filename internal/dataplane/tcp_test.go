@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/moatlb/moat/internal/flowlog"
 	"github.com/moatlb/moat/internal/secgroup"
 )
 
@@ -165,9 +166,9 @@ func TestTCPDenyByResetAndNoTarget(t *testing.T) {
 	}
 
 	// One JSON line per denial.
-	var entries []flowLogEntry
+	var entries []flowlog.Entry
 	for _, line := range strings.Split(strings.TrimSpace(h.log.String()), "\n") {
-		var e flowLogEntry
+		var e flowlog.Entry
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
 			t.Fatalf("flow log line %q: %v", line, err)
 		}
@@ -179,7 +180,7 @@ func TestTCPDenyByResetAndNoTarget(t *testing.T) {
 	}
 	for i, w := range want {
 		e := entries[i]
-		if e.LoadBalancer != "lb" || e.Listener != w.listener || e.Reason != w.reason || e.Protocol != "tcp" ||
+		if e.Action != flowlog.Deny || e.LoadBalancer != "lb" || e.Listener != w.listener || e.Reason != w.reason || e.Protocol != "tcp" ||
 			!strings.HasPrefix(e.Client, "127.0.0.3:") || time.Since(e.Time) > time.Minute {
 			t.Errorf("flow log entry %d = %+v, want listener %s, reason %s, client 127.0.0.3", i, e, w.listener, w.reason)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/moatlb/moat/internal/dataplane/kernel"
+	"github.com/moatlb/moat/internal/flowlog"
 	"github.com/moatlb/moat/internal/nftutil"
 	"github.com/moatlb/moat/internal/secgroup"
 )
@@ -29,7 +30,8 @@ type Options struct {
 	// Registerer receives the engine's metrics; nil keeps them in a private
 	// registry.
 	Registerer prometheus.Registerer
-	// FlowLog, when set, receives one JSON line per denied flow (see flowLog).
+	// FlowLog, when set, receives one JSON line per denied flow (package
+	// flowlog; pass a *flowlog.Log to share it with other writers).
 	FlowLog io.Writer
 	// OnListenerError is called (from the engine's goroutine, without locks
 	// held) when a listener that was serving loses its socket after Apply, so
@@ -143,7 +145,7 @@ func NewUserspace(opts Options) (*Userspace, error) {
 	u := &Userspace{
 		log:             log,
 		metrics:         m,
-		flowLog:         &flowLog{w: opts.FlowLog},
+		flowLog:         &flowLog{log: flowlog.New(opts.FlowLog)},
 		seed:            maphash.MakeSeed(),
 		connectTimeout:  opts.ConnectTimeout,
 		onListenerError: opts.OnListenerError,

@@ -80,9 +80,11 @@ type compiled struct {
 
 // compile turns the program's interfaces into match lists, merging rules
 // with the same protocol and ports. IPv6 addresses and peers are left out:
-// the firewall enforces IPv4.
-func compile(ifaces []Interface) []compiled {
-	var out []compiled
+// the firewall enforces IPv4. An address can be one interface's only (the
+// kernel refuses a table that sends it two ways): where a program gives it to
+// several, the first interface keeps it, and shared lists it.
+func compile(ifaces []Interface) (out []compiled, shared []netip.Addr) {
+	owner := map[netip.Addr]bool{}
 	for _, ifc := range ifaces {
 		c := compiled{id: ifc.ID, instance: ifc.Instance, in: compileRules(ifc.Inbound), out: compileRules(ifc.Outbound)}
 		for _, a := range ifc.Addrs {
@@ -92,11 +94,19 @@ func compile(ifaces []Interface) []compiled {
 		}
 		slices.SortFunc(c.addrs, netip.Addr.Compare)
 		c.addrs = slices.Compact(c.addrs)
+		c.addrs = slices.DeleteFunc(c.addrs, func(a netip.Addr) bool {
+			if owner[a] {
+				shared = append(shared, a)
+				return true
+			}
+			owner[a] = true
+			return false
+		})
 		if len(c.addrs) > 0 {
 			out = append(out, c)
 		}
 	}
-	return out
+	return out, shared
 }
 
 type matchKey struct {

@@ -31,3 +31,21 @@ func TestCompileOpenPortBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestCompileSharedAddress: an address that a program gives to two
+// interfaces stays with the first (the kernel would refuse the table), and
+// compile says which.
+func TestCompileSharedAddress(t *testing.T) {
+	a, b := netip.MustParseAddr("127.1.0.10"), netip.MustParseAddr("127.1.0.11")
+	c, shared := compile([]Interface{
+		{ID: "eni-1", Addrs: []netip.Addr{a}},
+		{ID: "eni-2", Addrs: []netip.Addr{b, a}},
+		{ID: "eni-3", Addrs: []netip.Addr{b}},
+	})
+	if len(c) != 2 || c[0].id != "eni-1" || len(c[0].addrs) != 1 || c[1].id != "eni-2" || len(c[1].addrs) != 1 || c[1].addrs[0] != b {
+		t.Errorf("compiled %+v, want eni-1 with %v and eni-2 with %v only", c, a, b)
+	}
+	if len(shared) != 2 || shared[0] != a || shared[1] != b {
+		t.Errorf("shared %v, want [%v %v]", shared, a, b)
+	}
+}

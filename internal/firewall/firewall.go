@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/moatlb/moat/internal/flowlog"
 	"github.com/moatlb/moat/internal/nftutil"
 )
 
@@ -28,14 +31,27 @@ type Options struct {
 	CallTimeout time.Duration
 	// PollInterval is how often the denial counters are read; 0 = 1 s.
 	PollInterval time.Duration
+	// FlowLog, when set, receives each denied flow (package flowlog), read
+	// from the kernel's packet log where moat may use it (CAP_NET_ADMIN);
+	// elsewhere denials are only counted, and New says so in one line. Pass
+	// a *flowlog.Log to share it with other writers.
+	FlowLog io.Writer
 }
 
 // Firewall programs the kernel from the latest Program, in a worker of its
 // own: Apply never waits on the kernel.
 type Firewall struct {
-	opts   Options
-	log    *slog.Logger
-	denied *prometheus.CounterVec
+	opts     Options
+	log      *slog.Logger
+	denied   *prometheus.CounterVec
+	unlogged *prometheus.CounterVec
+
+	// The packet log the deny chains write to, and its reader; plog is nil
+	// (and logGroup -1) when denials are only counted.
+	plog     packetLog
+	logGroup int
+	flows    *flowlog.Log
+	logDone  chan struct{}
 
 	kick   chan struct{}
 	ctx    context.Context
@@ -60,11 +76,34 @@ type Firewall struct {
 }
 
 // kernelConn is one connection to nftables, replacing the firewall's table.
+// After an error the caller closes it: what it had queued goes with it.
 type kernelConn interface {
-	replace(c []compiled, p *Program) (labels map[string][2]string, err error)
+	// replace puts the table in place; its deny chains log to logGroup
+	// unless it is negative.
+	replace(c []compiled, p *Program, logGroup int) (labels map[string][2]string, err error)
 	denials() (map[string]uint64, error)
 	close()
 }
+
+// packetLog is an NFLOG group's socket: the packets the deny chains log.
+type packetLog interface {
+	group() uint16
+	// read blocks until packets arrive, the reader fell behind (errOverrun:
+	// the kernel dropped some) or the log is closed.
+	read() ([]loggedPacket, error)
+	close()
+}
+
+type loggedPacket struct {
+	prefix  string
+	payload []byte
+}
+
+var errOverrun = errors.New("packet log overrun")
+
+// unloggedCounter is the table's counter of denials the log's rate limit held
+// back.
+const unloggedCounter = "unlogged"
 
 // New connects to the kernel and starts the worker. It fails where moat may
 // not program nftables (no CAP_NET_ADMIN) or the system has none.
@@ -83,20 +122,38 @@ func New(opts Options) (*Firewall, error) {
 		return nil, err
 	}
 	f := &Firewall{opts: opts, log: opts.Log, c: c, kick: make(chan struct{}, 1), done: make(chan struct{}),
-		progress: make(chan struct{}),
+		progress: make(chan struct{}), logGroup: -1, flows: flowlog.New(opts.FlowLog),
 		denied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moat_instance_sg_denied_flows_total",
 			Help: "New flows to (inbound) or from (outbound) an instance that no rule of its security groups admits: dropped in enforce mode, let through in audit mode."},
-			[]string{"instance", "direction"})}
+			[]string{"instance", "direction"}),
+		unlogged: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moat_instance_sg_flow_log_dropped_total",
+			Help: "Instance firewall denials not written to the flow log: held back by its rate limit (rate_limit, one per packet), or lost because the reader fell behind (overrun, at least one per event)."},
+			[]string{"reason"}),
+	}
 	reg := opts.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	if err := reg.Register(f.denied); err != nil {
-		c.close()
-		return nil, fmt.Errorf("register firewall metrics: %w", err)
+	for _, c := range []prometheus.Collector{f.denied, f.unlogged} {
+		if err := reg.Register(c); err != nil {
+			f.c.close()
+			return nil, fmt.Errorf("register firewall metrics: %w", err)
+		}
+	}
+	if f.flows != nil {
+		if f.plog, err = openPacketLog(opts.Table); err != nil {
+			f.log.Warn("denied flows to instances are counted, not written to the flow log: moat may not read the kernel's packet log (NFLOG needs CAP_NET_ADMIN)", "reason", err)
+		} else {
+			f.logGroup = int(f.plog.group())
+			f.log.Info("denied flows to instances go to the flow log", "nflog_group", f.logGroup)
+		}
 	}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	go f.run()
+	if f.plog != nil {
+		f.logDone = make(chan struct{})
+		go f.readDenials()
+	}
 	return f, nil
 }
 
@@ -148,6 +205,10 @@ func (f *Firewall) Wait(ctx context.Context, gen uint64) error {
 func (f *Firewall) Close() {
 	f.cancel()
 	<-f.done
+	if f.plog != nil {
+		f.plog.close()
+		<-f.logDone
+	}
 }
 
 func (f *Firewall) run() {
@@ -194,17 +255,21 @@ func (f *Firewall) sync() error {
 		f.c = c
 	}
 	var c []compiled
+	var shared []netip.Addr
 	if want.Mode != Off {
-		c = compile(want.Interfaces)
+		c, shared = compile(want.Interfaces)
 	}
 	if f.lastSet && f.lastMode == want.Mode && reflect.DeepEqual(f.last, c) {
 		f.setResult(gen, nil)
 		return nil
 	}
+	if len(shared) > 0 {
+		f.log.Warn("addresses on several instance interfaces are judged by the first interface's groups only", "addresses", shared)
+	}
 	var labels map[string][2]string
 	err := f.call(func(k kernelConn) error {
 		var err error
-		labels, err = k.replace(c, want)
+		labels, err = k.replace(c, want, f.logGroup)
 		return err
 	})
 	if err != nil {
@@ -245,6 +310,36 @@ func (f *Firewall) pollDenials() {
 	for name, n := range got {
 		if l, ok := f.labels[name]; ok && n > 0 {
 			f.denied.WithLabelValues(l[0], l[1]).Add(float64(n))
+		}
+	}
+	if n := got[unloggedCounter]; n > 0 {
+		f.unlogged.WithLabelValues("rate_limit").Add(float64(n))
+	}
+}
+
+// readDenials writes each denied flow that the kernel logs to the flow log,
+// once per flow, until Close closes the packet log. It holds no lock that
+// the worker or Apply take.
+func (f *Firewall) readDenials() {
+	defer close(f.logDone)
+	seen := newFirstSeen(2*time.Minute, 1<<14) // a refused TCP client retries for about two minutes
+	for {
+		pkts, err := f.plog.read()
+		if errors.Is(err, errOverrun) {
+			f.unlogged.WithLabelValues("overrun").Inc()
+			continue
+		}
+		if err != nil {
+			if f.ctx.Err() == nil {
+				f.log.Warn("denied flows to instances are counted, no longer written to the flow log", "error", err)
+			}
+			return
+		}
+		now := time.Now()
+		for _, p := range pkts {
+			if e, ok := parseDenial(f.opts.Table, p.prefix, p.payload, now); ok && seen.first(e) {
+				f.flows.Add(e)
+			}
 		}
 	}
 }

@@ -5,12 +5,14 @@ package firewall
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -279,5 +281,93 @@ func waitCounted(t *testing.T, reg *prometheus.Registry, instance, direction str
 			t.Fatalf("no %s denial of %s counted", direction, instance)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestLargeRuleSets: a full group (60 inbound and 60 outbound rules) and
+// AWS's ceiling for one interface (1,000 rules over its groups) are
+// programmed and enforced. Each rule's acknowledgement used to echo its whole
+// request, and a table of 60 rules overflowed the socket (ENOBUFS).
+func TestLargeRuleSets(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	f, err := New(Options{Table: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const base = 31000
+	// Rule i admits port base+i from its own /24 of 10.x, and from the client
+	// too when i is even.
+	rules := func(n int) []secgroup.Rule {
+		var out []secgroup.Rule
+		for i := range n {
+			r := secgroup.Rule{Protocol: secgroup.ProtocolTCP, FromPort: base + i, ToPort: base + i,
+				Sources: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", i/256, i%256))}}
+			if i%2 == 0 {
+				r.Sources = append(r.Sources, netip.PrefixFrom(client, 32))
+			}
+			out = append(out, r)
+		}
+		return out
+	}
+	ports := map[int]netip.AddrPort{}
+	for _, n := range []int{60, 1000} {
+		ifc := Interface{ID: "eni-a", Instance: "i-a", Addrs: []netip.Addr{nodeA}, Inbound: rules(n), Outbound: rules(60)}
+		apply(t, f, Program{Mode: Enforce, Interfaces: []Interface{ifc}})
+		for _, i := range []int{0, 1, n - 2, n - 1} {
+			port, ok := ports[i]
+			if !ok {
+				port = listen(t, netip.AddrPortFrom(nodeA, uint16(base+i)))
+				ports[i] = port
+			}
+			if got, want := admitted(t, client, port), i%2 == 0; got != want {
+				t.Errorf("%d rules: the client admitted to rule %d's port: %v, want %v", n, i, got, want)
+			}
+		}
+	}
+}
+
+// TestKernelRefusalKeepsTable: a table the kernel refuses (here two
+// interfaces claiming one address, which compile never emits) fails as a
+// whole with the kernel's error, and the rules before it stay in force: the
+// replace is one transaction.
+func TestKernelRefusalKeepsTable(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	c, err := dial("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	good, _ := compile([]Interface{node(true, true)})
+	if _, err := c.replace(good, &Program{Mode: Enforce}, -1); err != nil {
+		t.Fatal(err)
+	}
+	nodePort := listen(t, netip.AddrPortFrom(nodeA, 30080))
+	opened, _ := compile([]Interface{{ID: "eni-open", Instance: "i-open", Addrs: []netip.Addr{nodeA},
+		Inbound: []secgroup.Rule{{Protocol: secgroup.ProtocolAll, Sources: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}}}})
+	_, err = c.replace(append(opened, good...), &Program{Mode: Enforce}, -1)
+	if err == nil || !strings.Contains(err.Error(), "replace instance firewall") || !errors.Is(err, unix.EEXIST) {
+		t.Fatalf("replace with a refused table: %v, want the kernel's EEXIST", err)
+	}
+	if !admitted(t, lbAddr, nodePort) || admitted(t, client, nodePort) {
+		t.Error("the rules in force before the refused replace changed")
+	}
+	chains, err := (&nftables.Conn{}).ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, ch := range chains {
+		if ch.Table.Name == "moat_fw_test" {
+			names = append(names, ch.Name)
+		}
+	}
+	slices.Sort(names)
+	if want := []string{"in_0", "input", "out_0", "output"}; !slices.Equal(names, want) {
+		t.Errorf("chains after the refused replace: %v, want the old table's %v", names, want)
 	}
 }

@@ -11,7 +11,9 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
+	"github.com/moatlb/moat/internal/flowlog"
 	"github.com/moatlb/moat/internal/nftutil"
 )
 
@@ -25,6 +27,13 @@ import (
 //	chain in_<n>, out_<n>: one rule per (protocol, ports) with its peers → accept; then the
 //	                       denial counter and drop (enforce) or return (audit).
 //
+// When denials go to the flow log, the end of each interface chain is instead
+//
+//	counter deny_<chain>; limit name log_rate; log group G prefix "moat …"; drop | return
+//	counter unlogged; drop (enforce) | nothing (audit)
+//
+// so every denial is counted, at most the shared log_rate is logged, and what
+// the limit holds back is counted in unlogged.
 // The whole table is replaced in one transaction (add, delete, add), so the
 // kernel goes from one complete rule set to the next.
 
@@ -33,17 +42,18 @@ import (
 const ctStateEstablishedRelated = 0x2 | 0x4 // NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | (IP_CT_RELATED)
 
 type nftConn struct {
+	name  string // the table's, without moat_fw_
 	nft   *nftables.Conn
 	nl    *netlink.Conn
 	table *nftables.Table
 }
 
 func dial(name string) (kernelConn, error) {
-	c := &nftConn{table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: "moat_fw_" + name}}
+	c := &nftConn{name: name, table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: "moat_fw_" + name}}
 	var err error
 	c.nft, err = nftables.New(nftables.AsLasting(), nftables.WithSockOptions(func(nl *netlink.Conn) error {
 		c.nl = nl
-		return nil
+		return nftutil.ForLargeBatches(nl)
 	}))
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
@@ -59,15 +69,16 @@ func dial(name string) (kernelConn, error) {
 
 func (c *nftConn) close() { c.nl.Close() }
 
-func (c *nftConn) replace(ifaces []compiled, p *Program) (map[string][2]string, error) {
+func (c *nftConn) replace(ifaces []compiled, p *Program, logGroup int) (map[string][2]string, error) {
 	var labels map[string][2]string
 	err := nftutil.Build(func() (err error) {
-		labels, err = c.queue(ifaces, p)
+		labels, err = c.queue(ifaces, p, logGroup)
 		return err
 	})
 	if err != nil {
-		c.nft.Flush() // drop what was queued
-		return nil, err
+		// Send nothing: what was queued (the table's deletion among it) goes
+		// with this connection, which the caller drops after any error.
+		return nil, fmt.Errorf("build instance firewall: %w", err)
 	}
 	if err := c.nft.Flush(); err != nil {
 		return nil, fmt.Errorf("replace instance firewall: %w", err)
@@ -75,7 +86,7 @@ func (c *nftConn) replace(ifaces []compiled, p *Program) (map[string][2]string, 
 	return labels, nil
 }
 
-func (c *nftConn) queue(ifaces []compiled, p *Program) (map[string][2]string, error) {
+func (c *nftConn) queue(ifaces []compiled, p *Program, logGroup int) (map[string][2]string, error) {
 	t := c.table
 	c.nft.AddTable(t)
 	c.nft.DelTable(t)
@@ -113,6 +124,11 @@ func (c *nftConn) queue(ifaces []compiled, p *Program) (map[string][2]string, er
 	}
 	c.nft.AddRule(&nftables.Rule{Table: t, Chain: output, Exprs: append(moatFlow(&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}),
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true}, accept)})
+	if logGroup >= 0 {
+		c.nft.AddObj(&nftables.NamedObj{Table: t, Name: "log_rate", Type: nftables.ObjTypeLimit,
+			Obj: &expr.Limit{Type: expr.LimitTypePkts, Rate: logRate, Unit: expr.LimitTimeSecond, Burst: logBurst}})
+		c.nft.AddObj(&nftables.NamedObj{Table: t, Name: unloggedCounter, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
+	}
 	labels := map[string][2]string{}
 	var inElems, outElems []nftables.SetElement
 	for n, ifc := range ifaces {
@@ -131,11 +147,7 @@ func (c *nftConn) queue(ifaces []compiled, p *Program) (map[string][2]string, er
 					return nil, err
 				}
 			}
-			last := []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counter}}
-			if p.Mode == Enforce {
-				last = append(last, &expr.Verdict{Kind: expr.VerdictDrop})
-			}
-			c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: last})
+			c.denyRules(ch, p.Mode, counter, logGroup, dir.direction, ifc)
 		}
 		for _, a := range ifc.addrs {
 			b := a.As4()
@@ -162,6 +174,32 @@ func (c *nftConn) queue(ifaces []compiled, p *Program) (map[string][2]string, er
 		}})
 	}
 	return labels, nil
+}
+
+// denyRules end an interface chain: count the denial, and log it when
+// logGroup is not negative (see the table's layout above).
+func (c *nftConn) denyRules(ch *nftables.Chain, mode Mode, counter string, logGroup int, direction string, ifc compiled) {
+	count := func(name string) expr.Any { return &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: name} }
+	var end []expr.Any
+	if mode == Enforce {
+		end = []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}
+	}
+	if logGroup < 0 {
+		c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: ch, Exprs: append([]expr.Any{count(counter)}, end...)})
+		return
+	}
+	action, verdict := flowlog.Deny, expr.VerdictDrop
+	if mode != Enforce {
+		action, verdict = flowlog.WouldDeny, expr.VerdictReturn
+	}
+	c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: ch, Exprs: []expr.Any{
+		count(counter),
+		&expr.Objref{Type: int(nftables.ObjTypeLimit), Name: "log_rate"},
+		&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_SNAPLEN,
+			Group: uint16(logGroup), Snaplen: logSnap, Data: []byte(logPrefix(c.name, action, direction, ifc.instance, ifc.id))},
+		&expr.Verdict{Kind: verdict},
+	}})
+	c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: ch, Exprs: append([]expr.Any{count(unloggedCounter)}, end...)})
 }
 
 // matchRule adds: [meta l4proto P] [th dport from-to] ip saddr|daddr @peers accept.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -16,14 +17,15 @@ import (
 	"github.com/moatlb/moat/internal/firewall"
 )
 
-// startFirewall starts the instance firewall as mode asks. Where moat may not
-// enforce, it says so in one line and returns nil with the status to show
-// beside the endpoints: nothing is ever silently unenforced.
-func startFirewall(mode firewall.Mode, dataDir string, reg prometheus.Registerer, log *slog.Logger) (*firewall.Firewall, string) {
+// startFirewall starts the instance firewall as mode asks, writing the
+// denials it sees to flowLog (when set). Where moat may not enforce, it says
+// so in one line and returns nil with the status to show beside the
+// endpoints: nothing is ever silently unenforced.
+func startFirewall(mode firewall.Mode, dataDir string, flowLog io.Writer, reg prometheus.Registerer, log *slog.Logger) (*firewall.Firewall, string) {
 	if mode == firewall.Off {
 		return nil, string(firewall.Off)
 	}
-	fw, err := firewall.New(firewall.Options{Table: firewallTable(dataDir), Registerer: reg, Log: log})
+	fw, err := firewall.New(firewall.Options{Table: firewallTable(dataDir), FlowLog: flowLog, Registerer: reg, Log: log})
 	if err != nil {
 		log.Warn("instance security groups are NOT enforced: moat lb may not program the kernel's firewall (it needs root or CAP_NET_ADMIN and nftables)", "reason", err)
 		return nil, "not enforced: " + err.Error()

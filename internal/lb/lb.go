@@ -26,6 +26,7 @@ import (
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/dataplane"
 	"github.com/moatlb/moat/internal/firewall"
+	"github.com/moatlb/moat/internal/flowlog"
 )
 
 // Config is how moat lb runs; the flags of `moat lb` fill it.
@@ -40,7 +41,7 @@ type Config struct {
 	MetricsAddr   string
 	TLSCertFile   string
 	TLSKeyFile    string
-	FlowLog       io.Writer // denied flows as JSON lines; nil: not logged
+	FlowLog       io.Writer // denied flows (listeners' and instances') as JSON lines (package flowlog); nil: not logged
 	FastPath      string    // FastPathAuto (""), FastPathKernel or FastPathOff
 	Quotas        cloud.Quotas
 	API           APILimits // zero: DefaultAPILimits
@@ -184,6 +185,9 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		return fmt.Errorf("dns: %w", err)
 	}
 	kick := make(chan struct{}, 1)
+	if cfg.FlowLog != nil {
+		cfg.FlowLog = flowlog.New(cfg.FlowLog) // one Log for the data plane and the firewall, so their lines never interleave
+	}
 	engine, err := newEngine(cfg.FastPath, dataplane.Options{
 		Log: log, Registerer: reg, FlowLog: cfg.FlowLog,
 		OnListenerError: func(*dataplane.ListenerError) {
@@ -202,7 +206,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	routes := newSubnetRouter(log)
 	c.SetPortChecker(canListen(routes.Why))
 	sgMode := cmp.Or(cfg.InstanceSGMode, firewall.Enforce)
-	fw, sgStatus := startFirewall(sgMode, cfg.DataDir, reg, log)
+	fw, sgStatus := startFirewall(sgMode, cfg.DataDir, cfg.FlowLog, reg, log)
 	synced := make(chan struct{})
 	go func() {
 		defer close(synced)

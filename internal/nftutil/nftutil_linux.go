@@ -169,3 +169,37 @@ func IntervalElements(rs []netipx.IPRange) []nftables.SetElement {
 	}
 	return elems
 }
+
+// batchBuffer bounds one transaction: a whole table is one sendmsg, and the
+// kernel refuses a message larger than the socket's send buffer (by default
+// about 200 KiB, a few dozen rules with their sets). SO_SNDBUF only sets a
+// limit; no memory is reserved.
+const batchBuffer = 64 << 20
+
+// ForLargeBatches lets nl (a github.com/google/nftables connection's socket,
+// captured with nftables.WithSockOptions) send a large ruleset in one
+// transaction: a send buffer that holds it, and acknowledgements that do not
+// echo every request back (by default each ack carries its whole request,
+// and hundreds of them overflow the receive buffer with ENOBUFS). The
+// *FORCE options exceed the system's maximum; they need CAP_NET_ADMIN, as
+// changing nftables does, so without it the plain ones are tried.
+func ForLargeBatches(nl *netlink.Conn) error {
+	if err := nl.SetOption(netlink.CapAcknowledge, true); err != nil {
+		return fmt.Errorf("netlink capped acks: %w", err)
+	}
+	rc, err := nl.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		for _, o := range [][2]int{{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}, {unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}} {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[0], batchBuffer) != nil {
+				serr = errors.Join(serr, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[1], batchBuffer))
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return serr
+}

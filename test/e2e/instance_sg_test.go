@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -84,10 +85,27 @@ func instanceGroupsInNetns(t *testing.T, id string, n int, fastPath string) {
 	reachable := func(target, source string) bool { return dial(target, source) == nil }
 
 	dir := t.TempDir()
+	flowLog := filepath.Join(dir, "flows.jsonl")
 	p := startLBIn(t, []string{"ip", "netns", "exec", ns}, nsAddr, filepath.Join(dir, "lb"),
-		"--instance-sg-mode=enforce", "--fast-path="+fastPath)
-	if !strings.Contains(p.stderr.String(), "instance security groups enforced") {
-		t.Fatalf("moat lb does not say it enforces instance groups:\n%s", p.stderr)
+		"--instance-sg-mode=enforce", "--fast-path="+fastPath, "--flow-log", flowLog)
+	if !strings.Contains(p.stderr.String(), "instance security groups enforced") || !strings.Contains(p.stderr.String(), "denied flows to instances go to the flow log") {
+		t.Fatalf("moat lb does not say it enforces instance groups and logs their denials:\n%s", p.stderr)
+	}
+	// logged waits for the flow log's line of a denial at node-a's interface.
+	logged := func(what, direction, source, destination string) {
+		t.Helper()
+		waitFor(t, 10*time.Second, what+" in the flow log", func() bool {
+			data, _ := os.ReadFile(flowLog)
+			for _, line := range strings.Split(string(data), "\n") {
+				var e struct{ Action, Instance, Interface, Direction, Protocol, Source, Destination, Reason string }
+				if json.Unmarshal([]byte(line), &e) == nil && e.Action == "deny" && strings.HasPrefix(e.Instance, "i-") &&
+					strings.HasPrefix(e.Interface, "eni-") && e.Direction == direction && e.Protocol == "tcp" &&
+					strings.HasPrefix(e.Source, source) && strings.HasPrefix(e.Destination, destination) && e.Reason == "no_rule_matched" {
+					return true
+				}
+			}
+			return false
+		})
 	}
 	ec2c, elbc := p.clients(t)
 	ctx := context.Background()
@@ -111,6 +129,7 @@ func instanceGroupsInNetns(t *testing.T, id string, n int, fastPath string) {
 	if err := dial(nodePort, "127.0.0.3"); err == nil || !strings.Contains(err.Error(), "timeout") {
 		t.Errorf("a client no rule admits, straight to the NodePort: %v, want a timeout", err)
 	}
+	logged("the direct denial of 127.0.0.3", "inbound", "127.0.0.3:", nodePort)
 
 	// Outbound: revoking the allow-all rule keeps node-a from opening flows.
 	if !reachable("127.0.0.5:9000", "127.1.0.10") {
@@ -121,6 +140,7 @@ func instanceGroupsInNetns(t *testing.T, id string, n int, fastPath string) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the revoke of node-a's outbound rule to apply", func() bool { return !reachable("127.0.0.5:9000", "127.1.0.10") })
+	logged("node-a's denied flow out", "outbound", "127.1.0.10:", "127.0.0.5:9000")
 	if _, err := ec2c.AuthorizeSecurityGroupEgress(ctx, &ec2.AuthorizeSecurityGroupEgressInput{GroupId: nodesGroup, IpPermissions: allOut}); err != nil {
 		t.Fatal(err)
 	}

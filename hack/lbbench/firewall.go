@@ -1,0 +1,78 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net/netip"
+	"time"
+
+	"github.com/moatlb/moat/internal/firewall"
+	"github.com/moatlb/moat/internal/secgroup"
+)
+
+// benchFirewall measures direct connections from the client to the backends, which sit on an
+// instance's address, with the instance firewall off (no table, so no connection tracking
+// either), with its table but no instance in it (ct-only: the cost of tracking connections) and
+// enforcing, in turns (off, ct-only, enforce, off, …) so that a noisy machine weighs on all
+// alike. The instance's group is a full one: 59 rules that do not match the client, then the one
+// that does, as real rule sets are. The firewall judges a flow's first packet only; conntrack
+// carries the rest, so the figures should be close.
+func benchFirewall(size int64, d time.Duration, requests, reps int) {
+	fw, err := firewall.New(firewall.Options{Table: "bench"})
+	check(err)
+	defer fw.Close()
+	var rules []secgroup.Rule
+	for i := range 59 {
+		rules = append(rules, secgroup.Rule{Protocol: secgroup.ProtocolTCP, FromPort: 1024, ToPort: 65535,
+			Sources: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", i))}})
+	}
+	rules = append(rules, secgroup.Rule{Protocol: secgroup.ProtocolTCP, FromPort: 1024, ToPort: 65535,
+		Sources: []netip.Prefix{netip.MustParsePrefix(clientIP + "/32")}})
+	instance := firewall.Interface{ID: "eni-bench", Instance: "i-bench", Addrs: []netip.Addr{netip.MustParseAddr(backendIP)},
+		Inbound:  rules,
+		Outbound: []secgroup.Rule{{Protocol: secgroup.ProtocolAll, Sources: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}}}
+	sink, echo := serveSink(), serveEcho()
+	modes := []struct {
+		t *target
+		p firewall.Program
+	}{
+		{&target{name: "sg-off", sinkAddr: sink, echoAddr: echo}, firewall.Program{Mode: firewall.Off}},
+		{&target{name: "ct-only", sinkAddr: sink, echoAddr: echo}, firewall.Program{Mode: firewall.Enforce}},
+		{&target{name: "sg-enforce", sinkAddr: sink, echoAddr: echo}, firewall.Program{Mode: firewall.Enforce, Interfaces: []firewall.Interface{instance}}},
+	}
+	for range reps {
+		for _, m := range modes {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := fw.Wait(ctx, fw.Apply(m.p))
+			cancel()
+			check(err)
+			m.t.measure(size, d, requests)
+		}
+	}
+	log.Printf("measured %d rounds of each", reps)
+	var ts []*target
+	for _, m := range modes {
+		ts = append(ts, m.t)
+	}
+	report(ts)
+	// The rounds of all paths are neighbours in time: the median of each round's ratio cancels
+	// the machine's drift over the run better than the ratio of the medians.
+	// sg-enforce/ct-only is what enforcing adds on a host that tracks connections already (any
+	// Kubernetes node does, for its services).
+	fmt.Println("\nmedian of the per-round ratios:")
+	ratio := func(a, b []float64) float64 {
+		r := make([]float64, len(a))
+		for i := range a {
+			r[i] = a[i] / b[i]
+		}
+		return median(r)
+	}
+	for i, b := range ts {
+		for _, a := range ts[i+1:] {
+			fmt.Printf("%s/%s:  throughput %.2f, conn/s %.2f\n", a.name, b.name, ratio(a.mbps, b.mbps), ratio(a.cps, b.cps))
+		}
+	}
+}

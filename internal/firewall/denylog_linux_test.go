@@ -1,0 +1,243 @@
+//go:build linux && !moat_portable
+
+package firewall
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
+
+	"github.com/moatlb/moat/internal/flowlog"
+)
+
+// lockedBuffer is a flow log or a log that tests read while the firewall writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *lockedBuffer) entries(t *testing.T) []flowlog.Entry {
+	t.Helper()
+	var out []flowlog.Entry
+	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var e flowlog.Entry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("flow log line %q: %v", line, err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// waitEntry waits for a flow log entry that match accepts.
+func waitEntry(t *testing.T, b *lockedBuffer, what string, match func(flowlog.Entry) bool) flowlog.Entry {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		for _, e := range b.entries(t) {
+			if match(e) {
+				return e
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no flow log entry for %s; the log has:\n%s", what, b.String())
+		}
+	}
+}
+
+// sendUDP sends n datagrams from src (one socket, one flow) to dst.
+func sendUDP(t *testing.T, src netip.AddrPort, dst netip.AddrPort, n int) {
+	t.Helper()
+	c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(src), net.UDPAddrFromAddrPort(dst))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range n {
+		c.Write([]byte("x")) // a refused datagram may come back as an error; it is sent all the same
+	}
+}
+
+// TestDenialsLogged: each denied flow reaches the flow log once, with the
+// interface, the direction, its 5-tuple and the reason; audit mode logs what
+// it would deny; a flood is held back by the rate limit and what is held back
+// is counted; Close stops the reader.
+func TestDenialsLogged(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	reg := prometheus.NewRegistry()
+	flows := &lockedBuffer{}
+	f, err := New(Options{Table: "test", Registerer: reg, FlowLog: flows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			f.Close()
+		}
+	}()
+	if f.plog == nil {
+		t.Fatal("no packet log in a network namespace where moat is root")
+	}
+	nodePort := listen(t, netip.AddrPortFrom(nodeA, 30080))
+	away := listen(t, netip.AddrPortFrom(outside, 0))
+	apply(t, f, Program{Mode: Enforce, Interfaces: []Interface{node(true, false)}})
+
+	if admitted(t, client, nodePort) {
+		t.Fatal("a client no rule admits reached the NodePort")
+	}
+	e := waitEntry(t, flows, "the inbound denial", func(e flowlog.Entry) bool { return e.Direction == "inbound" })
+	if e.Action != flowlog.Deny || e.Instance != "i-a" || e.Interface != "eni-a" || e.Protocol != "tcp" || e.Reason != ReasonNoRule ||
+		!strings.HasPrefix(e.Source, client.String()+":") || e.Destination != nodePort.String() || time.Since(e.Time) > time.Minute {
+		t.Errorf("inbound entry %+v", e)
+	}
+	if admitted(t, nodeA, away) {
+		t.Fatal("the node opened a flow out without an outbound rule")
+	}
+	e = waitEntry(t, flows, "the outbound denial", func(e flowlog.Entry) bool { return e.Direction == "outbound" })
+	if e.Action != flowlog.Deny || e.Instance != "i-a" || !strings.HasPrefix(e.Source, nodeA.String()+":") || e.Destination != away.String() {
+		t.Errorf("outbound entry %+v", e)
+	}
+
+	// One line per flow: a sender's retries are new to the kernel each time.
+	udpPort := netip.AddrPortFrom(nodeA, 30081)
+	sendUDP(t, netip.AddrPortFrom(client, 0), udpPort, 5)
+	waitEntry(t, flows, "the udp denial", func(e flowlog.Entry) bool { return e.Protocol == "udp" })
+	waitCounted(t, reg, "i-a", "inbound")
+
+	apply(t, f, Program{Mode: Audit, Interfaces: []Interface{node(true, true)}})
+	if !admitted(t, client, nodePort) {
+		t.Fatal("audit mode dropped a flow")
+	}
+	waitEntry(t, flows, "audit's would-deny", func(e flowlog.Entry) bool { return e.Action == flowlog.WouldDeny && e.Protocol == "tcp" })
+	if n := len(filter(flows.entries(t), func(e flowlog.Entry) bool { return e.Protocol == "udp" })); n != 1 {
+		t.Errorf("%d lines for one udp flow of 5 datagrams, want 1", n)
+	}
+
+	// A flood of distinct flows (source ports of their own: an ephemeral port
+	// used twice would be one flow): the log takes its burst, the rest is
+	// counted.
+	apply(t, f, Program{Mode: Enforce, Interfaces: []Interface{node(true, true)}})
+	const flood = 1000
+	before := len(flows.entries(t))
+	for i := range flood {
+		sendUDP(t, netip.AddrPortFrom(client, uint16(40000+i)), netip.AddrPortFrom(nodeA, 30082), 1)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		logged := len(filter(flows.entries(t)[before:], func(e flowlog.Entry) bool { return e.Destination == "127.1.0.10:30082" }))
+		held := testutil.ToFloat64(f.unlogged.WithLabelValues("rate_limit"))
+		if logged+int(held) == flood {
+			if held == 0 || logged == 0 {
+				t.Errorf("flood of %d: %d logged, %v held back by the rate limit; want both", flood, logged, held)
+			}
+			t.Logf("flood of %d flows: %d logged, %v held back", flood, logged, held)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("flood of %d: %d logged + %v held back (overruns %v)", flood, logged, held, testutil.ToFloat64(f.unlogged.WithLabelValues("overrun")))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// Close ends the reader, which is blocked reading.
+	done := make(chan struct{})
+	go func() { f.Close(); close(done) }()
+	closed = true
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not stop the packet log's reader")
+	}
+}
+
+func filter(es []flowlog.Entry, keep func(flowlog.Entry) bool) []flowlog.Entry {
+	var out []flowlog.Entry
+	for _, e := range es {
+		if keep(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// TestPacketLogGroupTaken: a firewall whose first group is taken binds the
+// next one; one that finds all its groups taken says so in one line, and
+// counts denials without logging them.
+func TestPacketLogGroupTaken(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	groups := logGroups("test", logGroupAttempts)
+	take := func(gs []uint16) {
+		for _, g := range gs {
+			nl, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { nl.Close() })
+			if err := configure(nl, g); err != nil {
+				t.Fatalf("bind group %d: %v", g, err)
+			}
+		}
+	}
+	take(groups[:1])
+	f, err := New(Options{Table: "test", FlowLog: &lockedBuffer{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.logGroup != int(groups[1]) {
+		t.Errorf("group %d with %d taken, want the next, %d", f.logGroup, groups[0], groups[1])
+	}
+	f.Close()
+
+	take(groups[1:])
+	var logs lockedBuffer
+	reg := prometheus.NewRegistry()
+	flows := &lockedBuffer{}
+	f, err = New(Options{Table: "test", FlowLog: flows, Registerer: reg, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 1 || !strings.Contains(lines[0], "counted, not written to the flow log") {
+		t.Errorf("start logged %q, want one line saying denials are only counted", logs.String())
+	}
+	nodePort := listen(t, netip.AddrPortFrom(nodeA, 30080))
+	apply(t, f, Program{Mode: Enforce, Interfaces: []Interface{node(true, true)}})
+	if admitted(t, client, nodePort) {
+		t.Fatal("a client no rule admits reached the NodePort")
+	}
+	waitCounted(t, reg, "i-a", "inbound")
+	if flows.String() != "" {
+		t.Errorf("flow log without a packet log: %q", flows.String())
+	}
+}
