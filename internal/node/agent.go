@@ -38,11 +38,12 @@ type agent struct {
 	dialer func(*net.Dialer) // sets up the agent's sockets (marks them), nil for none
 
 	// The poll loop's own.
-	reader  *reader
-	last    *firewall.Program // the last program applied
-	problem string            // what the last failure was, "" after a good read: logged once per change
-	since   time.Time         // when the current failure began
-	warned  string            // the last warning about what this host protects, logged once
+	reader   *reader
+	last     *firewall.Program // the last program applied
+	problem  string            // what the last failure was, "" after a good read: logged once per change
+	since    time.Time         // when the current failure began
+	warned   string            // the last warning about what this host protects, logged once
+	reported bool              // whether what this host protects was logged yet
 
 	apiUp, lastSync, interfaces prometheus.Gauge
 	failures                    *prometheus.CounterVec
@@ -193,13 +194,15 @@ func (a *agent) warnCoverage(st cloud.State, p firewall.Program) {
 	case len(p.Interfaces) == 0:
 		msg = fmt.Sprintf("no instance interface of moat lb (%d known) has an address on this host: nothing to enforce here (or name instances with --instance-id)", len(st.Interfaces))
 	}
-	if msg != a.warned && msg != "" {
-		a.log.Warn(msg)
+	if a.reported && msg == a.warned {
+		return
 	}
-	if msg != a.warned && msg == "" {
+	if msg != "" {
+		a.log.Warn(msg)
+	} else {
 		a.log.Info("enforcing instance security groups", "interfaces", len(p.Interfaces), "mode", p.Mode)
 	}
-	a.warned = msg
+	a.warned, a.reported = msg, true
 }
 
 // protect selects what this host protects: the named instances, or the interfaces with an

@@ -266,17 +266,20 @@ func TestAgentAppliesChanges(t *testing.T) {
 	w := startWorld(t)
 	creds := filepath.Join(t.TempDir(), "credentials")
 	credentials(t, creds, lbtest.ReadOnlyAccessKey, lbtest.ReadOnlySecretKey)
-	a, fw, _, reg := newTestAgent(t, w.env.URL, creds)
+	a, fw, logs, reg := newTestAgent(t, w.env.URL, creds)
 	ctx := context.Background()
 	a.poll(ctx)
 	if fw.count() != 1 {
 		t.Fatalf("%d programs after the first poll, want 1", fw.count())
 	}
+	a.poll(ctx)
+	if infos := logs.lines("INFO"); len(infos) != 1 || !strings.Contains(infos[0], "enforcing instance security groups") {
+		t.Errorf("info lines %q, want one saying what is enforced", infos)
+	}
 	p := fw.last()
 	if !p.SkipLoopback || p.Mode != firewall.Enforce || len(p.Interfaces) != 1 || p.Interfaces[0].Instance != nodeA || len(p.Interfaces[0].Inbound) != 0 {
 		t.Fatalf("first program %+v, want node-a with no inbound rule, loopback skipped", p)
 	}
-	a.poll(ctx)
 	if fw.count() != 1 {
 		t.Errorf("a poll that found no change applied a program")
 	}
