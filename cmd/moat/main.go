@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/moatlb/moat/internal/node"
 	"github.com/moatlb/moat/internal/up"
 )
 
@@ -47,6 +48,6 @@ func newRootCommand() *cobra.Command {
 		}
 		return nil, fmt.Errorf("--log-format must be text or json, not %q", logFormat)
 	}
-	root.AddCommand(newLBCommand(logger), newUpCommand(logger, up.Run), newControllerCommand(logger), newNodeCommand(logger))
+	root.AddCommand(newLBCommand(logger), newUpCommand(logger, up.Run), newControllerCommand(logger), newNodeCommand(logger, node.Run))
 	return root
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -13,7 +14,8 @@ import (
 	"github.com/moatlb/moat/internal/node"
 )
 
-func newNodeCommand(logger func() (*slog.Logger, error)) *cobra.Command {
+// newNodeCommand is `moat node`; run is node.Run (tests pass a stand-in to see the config).
+func newNodeCommand(logger func() (*slog.Logger, error), run func(context.Context, node.Config, func(string)) error) *cobra.Command {
 	cfg := node.Config{Mode: firewall.Audit, PollInterval: node.DefaultPollInterval}
 	cmd := &cobra.Command{
 		Use:   "node",
@@ -40,7 +42,7 @@ too; --instance-sg-mode=off removes them.`,
 			cfg.Log = log
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return node.Run(ctx, cfg, func(metrics string) {
+			return run(ctx, cfg, func(metrics string) {
 				fmt.Fprintf(os.Stderr, "moat node: metrics on http://%s/metrics\n", metrics)
 			})
 		},
