@@ -29,7 +29,7 @@ func main() {
 		}
 	}
 	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: echoserver <addr> | echoserver dial|hold <addr> [source-ip] | echoserver get <url>")
+		fmt.Fprintln(os.Stderr, "usage: echoserver <addr> | echoserver dial|hold <addr> [source-ip [timeout]] | echoserver get <url>")
 		os.Exit(2)
 	}
 	// Hold as many connections as the hard limit allows: the soft limit a child inherits can be
@@ -90,10 +90,18 @@ func dial(args []string) {
 	os.Exit(1)
 }
 
+// connect dials args[0] from args[1] (optional) within args[2] (optional, default 1 s).
 func connect(args []string) (net.Conn, error) {
 	d := net.Dialer{Timeout: time.Second}
 	if len(args) > 1 {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(args[1])}
+	}
+	if len(args) > 2 {
+		timeout, err := time.ParseDuration(args[2])
+		if err != nil {
+			return nil, err
+		}
+		d.Timeout = timeout
 	}
 	return d.Dial("tcp", args[0])
 }
