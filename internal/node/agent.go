@@ -42,8 +42,8 @@ type agent struct {
 	last     *firewall.Program // the last program applied
 	problem  string            // what the last failure was, "" after a good read: logged once per change
 	since    time.Time         // when the current failure began
-	warned   string            // the last warning about what this host protects, logged once
-	reported bool              // whether what this host protects was logged yet
+	warned   string            // what the last line about what this host protects said
+	reported bool              // whether that line was logged yet
 
 	apiUp, lastSync, interfaces prometheus.Gauge
 	failures                    *prometheus.CounterVec
@@ -153,16 +153,16 @@ func (a *agent) failed(ctx context.Context, reason, key string, err error) {
 	}
 	a.failures.WithLabelValues(reason).Inc()
 	a.apiUp.Set(0)
-	what := map[string]string{
+	problem := map[string]string{
 		"unreachable": "moat lb's API is unreachable",
 		"credentials": "moat lb refused the agent's key",
-		"error":       "reading moat lb's API failed",
+		"error":       "moat lb's API answered with an error",
 	}[reason]
-	kept := "the kernel keeps the last rules"
+	rules := "the last ones read"
 	if a.last == nil {
-		kept = "no rules read yet: the kernel keeps what it has (a previous run's table, or none); nothing is programmed until a whole answer comes"
+		rules = "none read yet: a previous run's table, or none; nothing is programmed before a whole answer"
 	}
-	a.setReady(fmt.Errorf("%s: %v", what, err))
+	a.setReady(fmt.Errorf("%s: %v", problem, err))
 	if key == a.problem {
 		return
 	}
@@ -170,39 +170,39 @@ func (a *agent) failed(ctx context.Context, reason, key string, err error) {
 		a.since = time.Now()
 	}
 	a.problem = key
-	a.log.Error(what+"; "+kept+"; retrying every poll", "endpoint", a.endpoint(), "error", err)
+	a.log.Error("cannot read moat lb's API; the kernel keeps the rules it has; retrying every poll",
+		"problem", problem, "rules", rules, "endpoint", a.endpoint(), "error", err)
 }
 
-// warnCoverage says once when the agent protects nothing, or fewer instances than named.
+// warnCoverage says once when the agent protects nothing, or fewer instances than named, and
+// once what it enforces otherwise.
 func (a *agent) warnCoverage(st cloud.State, p firewall.Program) {
-	msg := ""
-	switch {
-	case len(a.cfg.InstanceIDs) > 0:
+	var missing []string
+	if len(a.cfg.InstanceIDs) > 0 {
 		found := map[string]bool{}
 		for _, ifc := range p.Interfaces {
 			found[ifc.Instance] = true
 		}
-		var missing []string
 		for _, id := range a.cfg.InstanceIDs {
 			if !found[id] {
 				missing = append(missing, id)
 			}
 		}
-		if len(missing) > 0 {
-			msg = fmt.Sprintf("moat lb knows no interface of instance(s) %v: nothing enforced for them", missing)
-		}
-	case len(p.Interfaces) == 0:
-		msg = fmt.Sprintf("no instance interface of moat lb (%d known) has an address on this host: nothing to enforce here (or name instances with --instance-id)", len(st.Interfaces))
 	}
-	if a.reported && msg == a.warned {
+	key := fmt.Sprint(missing, len(p.Interfaces) == 0)
+	if a.reported && key == a.warned {
 		return
 	}
-	if msg != "" {
-		a.log.Warn(msg)
-	} else {
+	a.warned, a.reported = key, true
+	switch {
+	case len(missing) > 0:
+		a.log.Warn("moat lb knows no interface of some --instance-id: nothing enforced for them", "instances", missing)
+	case len(p.Interfaces) == 0:
+		a.log.Warn("no instance interface of moat lb has an address on this host: nothing to enforce here (or name instances with --instance-id)",
+			"interfaces_known", len(st.Interfaces))
+	default:
 		a.log.Info("enforcing instance security groups", "interfaces", len(p.Interfaces), "mode", p.Mode)
 	}
-	a.warned, a.reported = msg, true
 }
 
 // protect selects what this host protects: the named instances, or the interfaces with an

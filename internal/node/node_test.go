@@ -316,7 +316,7 @@ func TestAgentBadCredentials(t *testing.T) {
 		t.Fatalf("applied %d programs with a refused key", fw.count())
 	}
 	errs := logs.lines("ERROR")
-	if len(errs) != 1 || !strings.Contains(errs[0], "moat lb refused the agent's key") || !strings.Contains(errs[0], "AuthFailure") || !strings.Contains(errs[0], "no rules read yet") {
+	if len(errs) != 1 || !strings.Contains(errs[0], "moat lb refused the agent's key") || !strings.Contains(errs[0], "AuthFailure") || !strings.Contains(errs[0], "none read yet") {
 		t.Errorf("error lines %q, want one naming the refused key", errs)
 	}
 	if v := testutil.ToFloat64(a.failures.WithLabelValues("credentials")); v != 5 {
@@ -376,7 +376,7 @@ func TestAgentUnreachable(t *testing.T) {
 		t.Errorf("applied a program while moat lb was unreachable")
 	}
 	errs := logs.lines("ERROR")
-	if len(errs) != 1 || !strings.Contains(errs[0], "unreachable") || !strings.Contains(errs[0], "the kernel keeps the last rules") {
+	if len(errs) != 1 || !strings.Contains(errs[0], "unreachable") || !strings.Contains(errs[0], "the kernel keeps the rules it has") || !strings.Contains(errs[0], "the last ones read") {
 		t.Errorf("error lines %q, want one saying moat lb is unreachable and the rules are kept", errs)
 	}
 	if v := testutil.ToFloat64(a.failures.WithLabelValues("unreachable")); v != 5 {
@@ -416,5 +416,23 @@ func TestValidate(t *testing.T) {
 		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), flag) {
 			t.Errorf("%s: %v, want an error naming it", flag, err)
 		}
+	}
+}
+
+// An --instance-id moat lb does not know is said once, with the instance, however many polls.
+func TestAgentWarnsUnknownInstance(t *testing.T) {
+	w := startWorld(t)
+	creds := filepath.Join(t.TempDir(), "credentials")
+	credentials(t, creds, lbtest.ReadOnlyAccessKey, lbtest.ReadOnlySecretKey)
+	a, fw, logs, _ := newTestAgent(t, w.env.URL, creds)
+	a.cfg.InstanceIDs = []string{nodeA, "i-0123456789abcdef0"}
+	for range 3 {
+		a.poll(context.Background())
+	}
+	if warns := logs.lines("WARN"); len(warns) != 1 || !strings.Contains(warns[0], "i-0123456789abcdef0") {
+		t.Errorf("warnings %q, want one naming the unknown instance", warns)
+	}
+	if fw.count() != 1 || len(fw.last().Interfaces) != 1 {
+		t.Errorf("node-a, which moat lb knows, is not protected: %d programs", fw.count())
 	}
 }

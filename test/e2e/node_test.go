@@ -144,7 +144,7 @@ func TestNodeAgentFaults(t *testing.T) {
 	if n := strings.Count(wrong.stderr.String(), "level=ERROR"); n != 1 {
 		t.Errorf("%d error lines for one unreachable endpoint, want 1:\n%s", n, wrong.stderr)
 	}
-	if !strings.Contains(wrong.stderr.String(), "no rules read yet") {
+	if !strings.Contains(wrong.stderr.String(), "none read yet") {
 		t.Errorf("the error line does not say that nothing is programmed yet:\n%s", wrong.stderr)
 	}
 	if !w.reachable(nodePort, w.clientB) {
