@@ -44,10 +44,12 @@ func New(st cloud.State) *Resolver {
 			carry(eni.Groups, ip)
 		}
 	}
-	// A load balancer's interfaces carry its groups: rules that reference them admit its addresses.
+	// A load balancer's interfaces carry its groups: rules that reference them admit its
+	// addresses, IPv6 ones too.
 	for _, lb := range st.LoadBalancers {
 		for _, z := range lb.Zones {
 			carry(lb.SecurityGroups, z.Address)
+			carry(lb.SecurityGroups, z.IPv6Address)
 		}
 	}
 	for _, pl := range st.PrefixLists {

@@ -18,7 +18,7 @@ func world() cloud.State {
 	return cloud.State{
 		ELBSnapshot: cloud.ELBSnapshot{LoadBalancers: []cloud.LoadBalancer{{
 			ARN: "lb", SecurityGroups: []string{"sg-front", "sg-back"},
-			Zones: []cloud.LoadBalancerZone{{Address: "198.18.1.100"}, {Address: "198.18.2.100"}},
+			Zones: []cloud.LoadBalancerZone{{Address: "198.18.1.100", IPv6Address: "2001:db8:0:1::100"}, {Address: "198.18.2.100"}},
 		}}},
 		SecurityGroups: []cloud.SecurityGroup{
 			{ID: "sg-nodes", Ingress: []cloud.Rule{
@@ -53,14 +53,15 @@ func prefixes(ss ...string) []netip.Prefix {
 }
 
 // Every kind of peer resolves to the addresses it names: a group to its members' private IPs
-// (every one of an interface's) and to the addresses of the load balancers carrying it, a
+// (every one of an interface's) and to the addresses (both families) of the load balancers
+// carrying it, a
 // prefix list to its entries (masked), a CIDR to itself; a group or list that names nothing
 // admits no one.
 func TestRules(t *testing.T) {
 	r := New(world())
 	got := r.Rules([]string{"sg-nodes"}, false)
 	want := []secgroup.Rule{
-		{Protocol: secgroup.ProtocolTCP, FromPort: 30000, ToPort: 32767, Sources: prefixes("198.18.1.100/32", "198.18.2.100/32")},
+		{Protocol: secgroup.ProtocolTCP, FromPort: 30000, ToPort: 32767, Sources: prefixes("198.18.1.100/32", "2001:db8:0:1::100/128", "198.18.2.100/32")},
 		{Protocol: secgroup.ProtocolTCP, FromPort: 22, ToPort: 22, Sources: prefixes("198.18.1.11/32", "198.18.1.12/32", "198.18.1.22/32")},
 		{Protocol: secgroup.ProtocolUDP, FromPort: 53, ToPort: 53, Sources: prefixes("198.18.0.4/31", "198.18.0.0/24")},
 		{Protocol: secgroup.ProtocolICMP, FromPort: 8, ToPort: -1, Sources: prefixes("198.18.0.0/24")},

@@ -47,9 +47,16 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 	}
 	id := fmt.Sprint(os.Getpid() % 100000)
 	client, lbns, target := "moatc"+id, "moatl"+id, "moatt"+id
-	run := func(args ...string) { t.Helper(); ip(t, args...) }
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
 	for _, ns := range []string{client, lbns, target} {
-		addNetns(t, ns)
+		run("netns", "add", ns)
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+		run("-n", ns, "link", "set", "lo", "up")
 	}
 	veth := func(a, nsA, addrA, b, nsB, addrB string) {
 		run("link", "add", a, "type", "veth", "peer", "name", b)
