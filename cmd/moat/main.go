@@ -1,6 +1,7 @@
 // Command moat gives Kubernetes Services of type LoadBalancer a Network Load Balancer with
-// security groups, on AWS or anywhere: `moat lb` is the load balancer service, and more
-// subcommands follow (the controller, and `moat up` to run everything on one machine).
+// security groups, on AWS or anywhere: `moat lb` is the load balancer service, `moat controller`
+// the Kubernetes controller, `moat node` the agent enforcing instance security groups on other
+// hosts, and `moat up` runs everything on one machine.
 package main
 
 import (
@@ -10,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/moatlb/moat/internal/node"
 	"github.com/moatlb/moat/internal/up"
 )
 
@@ -46,6 +48,6 @@ func newRootCommand() *cobra.Command {
 		}
 		return nil, fmt.Errorf("--log-format must be text or json, not %q", logFormat)
 	}
-	root.AddCommand(newLBCommand(logger), newUpCommand(logger, up.Run), newControllerCommand(logger))
+	root.AddCommand(newLBCommand(logger), newUpCommand(logger, up.Run), newControllerCommand(logger), newNodeCommand(logger, node.Run))
 	return root
 }

@@ -59,6 +59,11 @@ type Interface struct {
 type Program struct {
 	Mode       Mode
 	Interfaces []Interface
+	// SkipLoopback admits whatever crosses the loopback interface unjudged: traffic between a
+	// host's own addresses never leaves the host, as on AWS traffic within an instance never
+	// reaches its interface's groups. moat node sets it; moat lb cannot, because the instances
+	// it protects live on loopback.
+	SkipLoopback bool
 }
 
 // match is one compiled rule: a protocol, a port range and the peers it

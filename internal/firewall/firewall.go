@@ -70,9 +70,10 @@ type Firewall struct {
 	labels map[string][2]string // counter name → instance, direction
 	// last is what the kernel has (lastSet: since this process programmed
 	// it), so that a commit that changes no rule costs nothing.
-	last     []compiled
-	lastSet  bool
-	lastMode Mode
+	last         []compiled
+	lastSet      bool
+	lastMode     Mode
+	lastLoopback bool
 }
 
 // kernelConn is one connection to nftables, replacing the firewall's table.
@@ -259,7 +260,7 @@ func (f *Firewall) sync() error {
 	if want.Mode != Off {
 		c, shared = compile(want.Interfaces)
 	}
-	if f.lastSet && f.lastMode == want.Mode && reflect.DeepEqual(f.last, c) {
+	if f.lastSet && f.lastMode == want.Mode && f.lastLoopback == want.SkipLoopback && reflect.DeepEqual(f.last, c) {
 		f.setResult(gen, nil)
 		return nil
 	}
@@ -277,7 +278,7 @@ func (f *Firewall) sync() error {
 		return err
 	}
 	f.labels = labels
-	f.last, f.lastSet, f.lastMode = c, true, want.Mode
+	f.last, f.lastSet, f.lastMode, f.lastLoopback = c, true, want.Mode, want.SkipLoopback
 	f.setResult(gen, nil)
 	return nil
 }

@@ -19,9 +19,11 @@ import (
 
 // The table, ip moat_fw_<name>:
 //
-//	chain input  (filter, hook input):  established/related → accept; moat lb's flows → accept;
+//	chain input  (filter, hook input):  established/related → accept; [iif lo → accept;]
+//	                                    moat's flows → accept;
 //	                                    ip daddr vmap { <interface address> : jump in_<n> }
-//	chain output (filter, hook output): established/related → accept; moat lb's flows → accept
+//	chain output (filter, hook output): established/related → accept; [oif lo → accept;]
+//	                                    moat's flows → accept
 //	                                    (a packet marked by its socket marks its flow too);
 //	                                    ip saddr vmap { … : jump out_<n> }
 //	chain in_<n>, out_<n>: one rule per (protocol, ports) with its peers → accept; then the
@@ -108,6 +110,19 @@ func (c *nftConn) queue(ifaces []compiled, p *Program, logGroup int) (map[string
 	}
 	for _, ch := range []*nftables.Chain{input, output} {
 		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: established})
+	}
+	if p.SkipLoopback {
+		// The loopback interface has index 1 in every network namespace.
+		for _, d := range []struct {
+			chain *nftables.Chain
+			key   expr.MetaKey
+		}{{input, expr.MetaKeyIIF}, {output, expr.MetaKeyOIF}} {
+			c.nft.AddRule(&nftables.Rule{Table: t, Chain: d.chain, Exprs: []expr.Any{
+				&expr.Meta{Key: d.key, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(1)},
+				accept,
+			}})
+		}
 	}
 	// moat lb's flows: the fast path marks them in conntrack; the userspace
 	// proxy marks its sockets (SO_MARK), which the flow's conntrack entry

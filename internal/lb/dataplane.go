@@ -13,6 +13,7 @@ import (
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/dataplane"
 	"github.com/moatlb/moat/internal/firewall"
+	"github.com/moatlb/moat/internal/sgresolve"
 )
 
 // healthReporter shows the engine's target health to the API (DescribeTargetHealth).
@@ -63,7 +64,7 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw 
 	// One index of the state serves both: resolving groups to addresses is the costly part.
 	n := newNetwork(st)
 	if fw != nil {
-		fw.Apply(desiredFirewall(st, n, sgMode, hostAddrs()))
+		fw.Apply(desiredFirewall(st, n, sgMode, sgresolve.HostAddrs()))
 	}
 	now := time.Now()
 	if err := engine.Apply(desiredConfig(st, n, now)); err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/dataplane"
 	"github.com/moatlb/moat/internal/secgroup"
+	"github.com/moatlb/moat/internal/sgresolve"
 )
 
 // desiredConfig turns the control plane's state into the data plane's desired state: addresses,
@@ -66,15 +67,14 @@ func desiredConfig(st cloud.State, n *network, now time.Time) dataplane.Config {
 	return cfg
 }
 
-// network indexes the state's security groups and the addresses that carry them.
+// network indexes the state's security groups (the resolver, shared with the instance
+// firewall and moat node) and what the data plane needs to find targets' interfaces.
 type network struct {
-	groups      map[string]cloud.SecurityGroup
-	members     map[string][]netip.Prefix // group ID -> addresses of the interfaces and load balancers carrying it
-	prefixLists map[string][]netip.Prefix
-	instances   map[string]cloud.Instance
-	interfaces  map[string]cloud.NetworkInterface
-	byAddr      map[netip.Addr]cloud.NetworkInterface
-	zoneOf      map[string]string // subnet ID -> zone
+	*sgresolve.Resolver
+	instances  map[string]cloud.Instance
+	interfaces map[string]cloud.NetworkInterface
+	byAddr     map[netip.Addr]cloud.NetworkInterface
+	zoneOf     map[string]string // subnet ID -> zone
 	// policies memoises compiled decisions: every target of a group behind the same load
 	// balancer (and every interface with the same groups) asks the same question.
 	policies map[policyKey]*secgroup.Policy
@@ -92,7 +92,7 @@ func (n *network) policy(groups []string, egress bool, protocol int, port uint16
 	key := policyKey{strings.Join(groups, ","), egress, protocol, port}
 	p, ok := n.policies[key]
 	if !ok {
-		p = secgroup.Compile(n.rules(groups, egress), protocol, port)
+		p = secgroup.Compile(n.Rules(groups, egress), protocol, port)
 		n.policies[key] = p
 	}
 	return p
@@ -100,43 +100,15 @@ func (n *network) policy(groups []string, egress bool, protocol int, port uint16
 
 func newNetwork(st cloud.State) *network {
 	n := &network{
-		groups: map[string]cloud.SecurityGroup{}, members: map[string][]netip.Prefix{}, prefixLists: map[string][]netip.Prefix{},
+		Resolver:  sgresolve.New(st),
 		instances: map[string]cloud.Instance{}, interfaces: map[string]cloud.NetworkInterface{}, byAddr: map[netip.Addr]cloud.NetworkInterface{}, zoneOf: map[string]string{},
 		policies: map[policyKey]*secgroup.Policy{},
-	}
-	for _, g := range st.SecurityGroups {
-		n.groups[g.ID] = g
-	}
-	carry := func(groups []string, addr string) {
-		a, err := netip.ParseAddr(addr)
-		if err != nil {
-			return
-		}
-		for _, g := range groups {
-			n.members[g] = append(n.members[g], netip.PrefixFrom(a, a.BitLen()))
-		}
 	}
 	for _, eni := range st.Interfaces {
 		n.interfaces[eni.ID] = eni
 		for _, ip := range eni.PrivateIPs {
-			carry(eni.Groups, ip)
 			if a, err := netip.ParseAddr(ip); err == nil {
 				n.byAddr[a] = eni
-			}
-		}
-	}
-	// A load balancer's interfaces carry its groups: rules that reference them admit its addresses,
-	// IPv6 ones too.
-	for _, lb := range st.LoadBalancers {
-		for _, z := range lb.Zones {
-			carry(lb.SecurityGroups, z.Address)
-			carry(lb.SecurityGroups, z.IPv6Address)
-		}
-	}
-	for _, pl := range st.PrefixLists {
-		for _, e := range pl.Entries {
-			if p, err := netip.ParsePrefix(e.CIDR); err == nil {
-				n.prefixLists[pl.ID] = append(n.prefixLists[pl.ID], p.Masked())
 			}
 		}
 	}
@@ -147,37 +119,6 @@ func newNetwork(st cloud.State) *network {
 		n.zoneOf[s.ID] = s.Zone
 	}
 	return n
-}
-
-// rules returns the inbound (or outbound) rules of groups with their peers resolved to prefixes.
-func (n *network) rules(groups []string, egress bool) []secgroup.Rule {
-	var out []secgroup.Rule
-	for _, id := range groups {
-		g := n.groups[id]
-		rules := g.Ingress
-		if egress {
-			rules = g.Egress
-		}
-		for _, r := range rules {
-			proto, err := secgroup.ParseProtocol(r.Protocol)
-			if err != nil {
-				continue
-			}
-			sr := secgroup.Rule{Protocol: proto, FromPort: r.FromPort, ToPort: r.ToPort}
-			switch {
-			case r.CIDRv4 != "":
-				sr.Sources = []netip.Prefix{netip.MustParsePrefix(r.CIDRv4)}
-			case r.CIDRv6 != "":
-				sr.Sources = []netip.Prefix{netip.MustParsePrefix(r.CIDRv6)}
-			case r.GroupID != "":
-				sr.Sources = n.members[r.GroupID]
-			default:
-				sr.Sources = n.prefixLists[r.PrefixListID]
-			}
-			out = append(out, sr)
-		}
-	}
-	return out
 }
 
 // reachable is the backend security-group decision for the load balancer's own traffic to a

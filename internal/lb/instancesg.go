@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"path/filepath"
 	"time"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/firewall"
+	"github.com/moatlb/moat/internal/sgresolve"
 )
 
 // startFirewall starts the instance firewall as mode asks, writing the
@@ -59,47 +59,8 @@ func firewallTable(dataDir string) string {
 	return hex.EncodeToString(sum[:4])
 }
 
-// hostAddrs reports which addresses are this host's: those on its
-// interfaces, and all of 127.0.0.0/8, which Linux delivers locally.
-func hostAddrs() func(netip.Addr) bool {
-	local := map[netip.Addr]bool{}
-	if addrs, err := net.InterfaceAddrs(); err == nil {
-		for _, a := range addrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil {
-				local[p.Addr().Unmap()] = true
-			}
-		}
-	}
-	return func(a netip.Addr) bool {
-		a = a.Unmap()
-		return local[a] || a.Is4() && a.IsLoopback()
-	}
-}
-
-// desiredFirewall is the firewall program for the instance interfaces whose
-// private addresses are on this host: each interface's groups' rules, with
-// peers resolved as for the load balancers (a referenced group means the
-// addresses of the interfaces and load balancers carrying it). It is pure.
+// desiredFirewall is the firewall program for the instance interfaces whose private addresses
+// are on this host (local). It is pure.
 func desiredFirewall(st cloud.State, n *network, mode firewall.Mode, local func(netip.Addr) bool) firewall.Program {
-	p := firewall.Program{Mode: mode}
-	if mode == firewall.Off {
-		return p
-	}
-	for _, eni := range st.Interfaces {
-		if eni.InstanceID == "" {
-			continue
-		}
-		var addrs []netip.Addr
-		for _, ip := range eni.PrivateIPs {
-			if a, err := netip.ParseAddr(ip); err == nil && local(a) {
-				addrs = append(addrs, a)
-			}
-		}
-		if len(addrs) == 0 {
-			continue
-		}
-		p.Interfaces = append(p.Interfaces, firewall.Interface{ID: eni.ID, Instance: eni.InstanceID, Addrs: addrs,
-			Inbound: n.rules(eni.Groups, false), Outbound: n.rules(eni.Groups, true)})
-	}
-	return p
+	return sgresolve.Firewall(st, n.Resolver, mode, func(_ cloud.NetworkInterface, a netip.Addr) bool { return local(a) })
 }

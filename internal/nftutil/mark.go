@@ -11,6 +11,8 @@ import (
 //
 //	bit 31      MarkFlow: moat lb forwarded it; the instance firewall admits such flows, which
 //	            moat lb judged with the load balancer's groups as their source before they left
+//	            (moat node marks its own connections to moat lb's API so too: the firewall it
+//	            programs must never cut it off from the rules)
 //	bits 30-12  the ID of the data plane that forwarded it (random per process)
 //	bits 11-0   the kernel fast path's socket slot; 0 for the userspace proxy and health checks
 const (

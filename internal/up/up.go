@@ -19,7 +19,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -35,6 +34,7 @@ import (
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/firewall"
 	"github.com/moatlb/moat/internal/lb"
+	"github.com/moatlb/moat/internal/lockfile"
 )
 
 // Options configure moat up; the flags of `moat up` fill them.
@@ -369,18 +369,11 @@ func writeState(path string, st State) error {
 // lockStateDir makes sure one moat up at a time uses a state directory: two would share etcd's
 // and moat lb's data.
 func lockStateDir(dir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
+	release, err := lockfile.Acquire(filepath.Join(dir, "lock"))
+	if errors.Is(err, lockfile.ErrHeld) {
+		return nil, fmt.Errorf("another moat up is using %s: stop it, or give this one another --state-dir", dir)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("another moat up is using %s: stop it, or give this one another --state-dir", dir)
-		}
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
-	}
-	return func() { f.Close() }, nil
+	return release, err
 }
 
 // fileLogger is a logger writing to path in the configured format.

@@ -167,8 +167,14 @@ func metricValue(t *testing.T, p *lbProcess, name string) float64 {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	return metricSum(t, resp.Body, name)
+}
+
+// metricSum sums the samples of one metric in a Prometheus text exposition.
+func metricSum(t *testing.T, metrics io.Reader, name string) float64 {
+	t.Helper()
 	var sum float64
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(metrics)
 	for sc.Scan() {
 		line := sc.Text()
 		rest, ok := strings.CutPrefix(line, name)

@@ -75,8 +75,8 @@ func dryRunApply(t *testing.T, what string, objs []*unstructured.Unstructured) {
 	}
 }
 
-// TestConfigManifests: config/ (the CRD, RBAC and the Deployment running `moat controller`)
-// applies to the API server (server-side dry run), and the Deployment binds metrics and probes
+// TestConfigManifests: config/ (the CRD, RBAC, the Deployment running `moat controller` and
+// config/node's DaemonSet running `moat node`) applies to the API server (server-side dry run), and the Deployment binds metrics and probes
 // on the pod's addresses explicitly.
 func TestConfigManifests(t *testing.T) {
 	var objs []*unstructured.Unstructured
@@ -100,6 +100,13 @@ func TestConfigManifests(t *testing.T) {
 	}
 	dryRunApply(t, "config", objs)
 	for _, o := range objs {
+		if o.GetKind() == "DaemonSet" {
+			// config/node: moat node in the host's network namespace (its flags are checked
+			// by cmd/moat's TestNodeDeployments).
+			if hostNetwork, _, _ := unstructured.NestedBool(o.Object, "spec", "template", "spec", "hostNetwork"); !hostNetwork || deploymentArgs(t, o)[0] != "node" {
+				t.Errorf("DaemonSet %s does not run moat node in the host's network namespace", o.GetName())
+			}
+		}
 		if o.GetKind() != "Deployment" {
 			continue
 		}
@@ -164,7 +171,8 @@ func TestHelmChart(t *testing.T) {
 	values := []string{"--set", "clusterName=my-cluster,region=us-east-1,vpcId=vpc-0123456789abcdef0,awsCredentialsSecret=moat-lb-credentials",
 		"--set-json", `apiEndpoints={"EC2":"http://moat-lb:7080","Elastic Load Balancing v2":"http://moat-lb:7080"}`,
 		"--set-json", `featureGates={"NLBSecurityGroup":true,"EnableTCPUDPListener":false}`,
-		"--set", "extraArgs={--sync-period=1h}"}
+		"--set", "extraArgs={--sync-period=1h}",
+		"--set", "node.enabled=true,node.endpoint=http://moat-lb:7080"}
 	run(append([]string{"lint", chart, "--strict"}, values...)...)
 	out := run(append([]string{"template", "moat", chart, "--namespace", "moat-helm", "--include-crds"}, values...)...)
 	objs := decodeYAML(t, "helm template", out)
@@ -180,6 +188,33 @@ func TestHelmChart(t *testing.T) {
 			if !strings.Contains(args, want) {
 				t.Errorf("chart deployment args %q lack %q", args, want)
 			}
+		}
+	}
+
+	// The node agent: a DaemonSet in the host's network namespace with NET_ADMIN, whose pods the
+	// controller's Deployment does not select; off by default.
+	var daemonSets int
+	for _, o := range objs {
+		if o.GetKind() != "DaemonSet" {
+			continue
+		}
+		daemonSets++
+		hostNetwork, _, _ := unstructured.NestedBool(o.Object, "spec", "template", "spec", "hostNetwork")
+		args := strings.Join(deploymentArgs(t, o), " ")
+		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		caps, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "securityContext", "capabilities", "add")
+		labels, _, _ := unstructured.NestedStringMap(o.Object, "spec", "template", "metadata", "labels")
+		if !hostNetwork || !strings.HasPrefix(args, "node --endpoint-url=http://moat-lb:7080 --region=us-east-1") || !strings.Contains(args, "--instance-sg-mode=audit") ||
+			strings.Join(caps, ",") != "NET_ADMIN" || labels["app.kubernetes.io/name"] == "moat" {
+			t.Errorf("node DaemonSet: hostNetwork %v, args %q, capabilities %v, pod labels %v", hostNetwork, args, caps, labels)
+		}
+	}
+	if daemonSets != 1 {
+		t.Errorf("%d DaemonSets with node.enabled, want 1", daemonSets)
+	}
+	for _, o := range decodeYAML(t, "helm template (defaults)", run("template", "moat", chart, "--set", "clusterName=my-cluster")) {
+		if o.GetKind() == "DaemonSet" {
+			t.Error("the chart runs the node agent by default")
 		}
 	}
 

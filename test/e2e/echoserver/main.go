@@ -5,7 +5,9 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"time"
 
@@ -13,12 +15,21 @@ import (
 )
 
 func main() {
-	if len(os.Args) >= 3 && os.Args[1] == "dial" {
-		dial(os.Args[2:])
-		return
+	if len(os.Args) >= 3 {
+		switch os.Args[1] {
+		case "dial":
+			dial(os.Args[2:])
+			return
+		case "hold":
+			hold(os.Args[2:])
+			return
+		case "get":
+			get(os.Args[2])
+			return
+		}
 	}
 	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: echoserver <addr> | echoserver dial <addr> [source-ip]")
+		fmt.Fprintln(os.Stderr, "usage: echoserver <addr> | echoserver dial|hold <addr> [source-ip [timeout]] | echoserver get <url>")
 		os.Exit(2)
 	}
 	// Hold as many connections as the hard limit allows: the soft limit a child inherits can be
@@ -64,11 +75,7 @@ func main() {
 // dial connects to addr (from source-ip, if given), prints the greeting and exits 0, or prints
 // the error and exits 1. Tests run it inside network namespaces as a client host.
 func dial(args []string) {
-	d := net.Dialer{Timeout: time.Second}
-	if len(args) > 1 {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(args[1])}
-	}
-	c, err := d.Dial("tcp", args[0])
+	c, err := connect(args)
 	if err == nil {
 		_ = c.SetReadDeadline(time.Now().Add(time.Second))
 		var line string
@@ -81,4 +88,62 @@ func dial(args []string) {
 	}
 	fmt.Println("error:", err)
 	os.Exit(1)
+}
+
+// connect dials args[0] from args[1] (optional) within args[2] (optional, default 1 s).
+func connect(args []string) (net.Conn, error) {
+	d := net.Dialer{Timeout: time.Second}
+	if len(args) > 1 {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(args[1])}
+	}
+	if len(args) > 2 {
+		timeout, err := time.ParseDuration(args[2])
+		if err != nil {
+			return nil, err
+		}
+		d.Timeout = timeout
+	}
+	return d.Dial("tcp", args[0])
+}
+
+// hold connects as dial does, prints the greeting, then sends each line of its standard input
+// and prints the echo (each within 2 s), so that a test can keep one flow open across rule
+// changes. It exits 1 at the first error, which it prints.
+func hold(args []string) {
+	c, err := connect(args)
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	r := bufio.NewReader(c)
+	in := bufio.NewScanner(os.Stdin)
+	for first := true; first || in.Scan(); first = false {
+		if !first {
+			if _, err := fmt.Fprintln(c, in.Text()); err != nil {
+				fmt.Println("error:", err)
+				os.Exit(1)
+			}
+		}
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		line, err := r.ReadString('\n')
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Print(line)
+	}
+}
+
+// get prints the body of an HTTP GET, for tests that read a server inside a namespace.
+func get(url string) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err == nil {
+		defer resp.Body.Close()
+		_, err = io.Copy(os.Stdout, resp.Body)
+	}
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
 }
