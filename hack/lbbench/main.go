@@ -283,7 +283,7 @@ func startMoat(name, fastPath, bin, cpus, dir, sink, echo string) (*target, func
 	check(err)
 	cmd.Stderr = logf
 	check(cmd.Start())
-	var eps struct{ API, CredentialsFile string }
+	var eps struct{ API, DNS, CredentialsFile string }
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		raw, err := os.ReadFile(filepath.Join(data, "endpoints.json"))
 		if err == nil && json.Unmarshal(raw, &eps) == nil {
@@ -322,12 +322,14 @@ func startMoat(name, fastPath, bin, cpus, dir, sink, echo string) (*target, func
 	out, err := lb.CreateLoadBalancer(ctx, &elbv2.CreateLoadBalancerInput{Name: aws.String("bench"), Type: elbtypes.LoadBalancerTypeEnumNetwork, Scheme: elbtypes.LoadBalancerSchemeEnumInternal, Subnets: ids, SecurityGroups: []string{*sg.GroupId}})
 	check(err)
 	nlb := out.LoadBalancers[0]
-	front := ""
-	for _, z := range nlb.AvailabilityZones {
-		if strings.HasSuffix(*z.ZoneName, "a") {
-			front = *z.LoadBalancerAddresses[0].IpAddress
-		}
-	}
+	// Zone a's address, as its zonal name answers at moat lb's DNS server (AWS describes an
+	// address only where the subnet mapping asked for one).
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "udp", eps.DNS)
+	}}
+	addrs, err := resolver.LookupHost(ctx, "us-east-1a."+*nlb.DNSName)
+	check(err)
+	front := addrs[0]
 	t := &target{name: name, pid: cmd.Process.Pid}
 	for i, backend := range []string{sink, echo} {
 		host, port, _ := net.SplitHostPort(backend)

@@ -2,8 +2,6 @@ package awsapi
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"net/netip"
 	"strings"
 
@@ -58,8 +56,7 @@ func ipv6Associations(prefix, id, cidr string) wire.Items[ec2IPv6Association] {
 	if cidr == "" {
 		return out
 	}
-	sum := sha256.Sum256([]byte(id + "/" + cidr)) // stable, and apart from the IPv4 association's ID
-	a := ec2IPv6Association{AssociationID: prefix + "-cidr-assoc-" + hex.EncodeToString(sum[:])[:17], Ipv6CidrBlock: cidr,
+	a := ec2IPv6Association{AssociationID: cloud.IPv6AssociationID(prefix, id, cidr), Ipv6CidrBlock: cidr,
 		Ipv6AddressAttribute: "public", IPSource: "amazon"}
 	if p, err := netip.ParsePrefix(cidr); err == nil && netip.MustParsePrefix("fc00::/7").Contains(p.Addr()) {
 		a.Ipv6AddressAttribute, a.IPSource = "private", "none"

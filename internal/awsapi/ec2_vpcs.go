@@ -16,14 +16,14 @@ type createVpcIn struct {
 }
 
 func (s *Server) createVpc(_ context.Context, in *createVpcIn) (any, error) {
-	if in.AmazonProvidedIpv6CidrBlock || in.Ipv4IpamPoolId != "" {
-		return nil, &cloud.Error{Code: "InvalidParameterValue", Message: "moat assigns no Amazon-provided IPv6 blocks and has no IPAM pools: give CidrBlock."}
+	if in.Ipv4IpamPoolId != "" {
+		return nil, &cloud.Error{Code: "InvalidParameterValue", Message: "moat has no IPAM pools: give CidrBlock."}
 	}
 	tags, err := specTags(in.TagSpecifications, "vpc")
 	if err != nil {
 		return nil, err
 	}
-	v, err := s.cloud.CreateVPC(in.CidrBlock, tags)
+	v, err := s.cloud.CreateVPC(in.CidrBlock, in.AmazonProvidedIpv6CidrBlock, tags)
 	if err != nil {
 		return nil, err
 	}
@@ -97,14 +97,11 @@ type createSubnetIn struct {
 }
 
 func (s *Server) createSubnet(_ context.Context, in *createSubnetIn) (any, error) {
-	if in.Ipv6CidrBlock != "" {
-		return nil, &cloud.Error{Code: "InvalidParameterValue", Message: "moat's API-made subnets are IPv4: declare IPv6 subnets in the inventory."}
-	}
 	tags, err := specTags(in.TagSpecifications, "subnet")
 	if err != nil {
 		return nil, err
 	}
-	sn, err := s.cloud.CreateSubnet(cloud.CreateSubnetInput{VPCID: in.VpcId, CIDR: in.CidrBlock, Zone: in.AvailabilityZone, ZoneID: in.AvailabilityZoneId, Tags: tags})
+	sn, err := s.cloud.CreateSubnet(cloud.CreateSubnetInput{VPCID: in.VpcId, CIDR: in.CidrBlock, IPv6CIDR: in.Ipv6CidrBlock, Zone: in.AvailabilityZone, ZoneID: in.AvailabilityZoneId, Tags: tags})
 	if err != nil {
 		return nil, err
 	}
@@ -129,4 +126,77 @@ type modifySubnetAttributeIn struct {
 
 func (s *Server) modifySubnetAttribute(_ context.Context, in *modifySubnetAttributeIn) (any, error) {
 	return returnTrue(s.cloud.ModifySubnetAttribute(in.SubnetId, in.MapPublicIpOnLaunch.Value, in.AssignIpv6AddressOnCreation.Value))
+}
+
+type associateVpcCidrBlockIn struct {
+	VpcId                       string
+	CidrBlock                   string
+	Ipv6CidrBlock               string
+	AmazonProvidedIpv6CidrBlock bool
+}
+
+// associationOut is an IPv6 block as Associate/Disassociate answer it: on its way.
+func (s *Server) associationOut(kind, id, cidr, state string) ec2IPv6Association {
+	a := ipv6Associations(kind, id, cidr)[0]
+	a.Ipv6CidrBlockState.State = state
+	if kind == "vpc" {
+		a.NetworkBorderGroup = s.cloud.Config().Region
+	}
+	return a
+}
+
+func (s *Server) associateVpcCidrBlock(_ context.Context, in *associateVpcCidrBlockIn) (any, error) {
+	if in.CidrBlock != "" {
+		return nil, &cloud.Error{Code: "CidrLimitExceeded", Message: "moat's VPCs have one IPv4 block: give an IPv6 block."}
+	}
+	v, err := s.cloud.AssociateVPCIPv6(in.VpcId, in.Ipv6CidrBlock, in.AmazonProvidedIpv6CidrBlock)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		VpcID       string             `xml:"vpcId"`
+		Association ec2IPv6Association `xml:"ipv6CidrBlockAssociation"`
+	}{v.ID, s.associationOut("vpc", v.ID, v.IPv6CIDR, "associating")}, nil
+}
+
+type associationIDIn struct {
+	AssociationId string
+}
+
+func (s *Server) disassociateVpcCidrBlock(_ context.Context, in *associationIDIn) (any, error) {
+	v, err := s.cloud.DisassociateVPCIPv6(in.AssociationId)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		VpcID       string             `xml:"vpcId"`
+		Association ec2IPv6Association `xml:"ipv6CidrBlockAssociation"`
+	}{v.ID, s.associationOut("vpc", v.ID, v.IPv6CIDR, "disassociating")}, nil
+}
+
+type associateSubnetCidrBlockIn struct {
+	SubnetId      string
+	Ipv6CidrBlock string
+}
+
+func (s *Server) associateSubnetCidrBlock(_ context.Context, in *associateSubnetCidrBlockIn) (any, error) {
+	sn, err := s.cloud.AssociateSubnetIPv6(in.SubnetId, in.Ipv6CidrBlock)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		SubnetID    string             `xml:"subnetId"`
+		Association ec2IPv6Association `xml:"ipv6CidrBlockAssociation"`
+	}{sn.ID, s.associationOut("subnet", sn.ID, sn.IPv6CIDR, "associating")}, nil
+}
+
+func (s *Server) disassociateSubnetCidrBlock(_ context.Context, in *associationIDIn) (any, error) {
+	sn, err := s.cloud.DisassociateSubnetIPv6(in.AssociationId)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		SubnetID    string             `xml:"subnetId"`
+		Association ec2IPv6Association `xml:"ipv6CidrBlockAssociation"`
+	}{sn.ID, s.associationOut("subnet", sn.ID, sn.IPv6CIDR, "disassociating")}, nil
 }

@@ -1,6 +1,7 @@
 package awsapi_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -113,5 +114,60 @@ func TestVPCLifecycle(t *testing.T) {
 	})).SecurityGroups
 	if len(left) != 0 {
 		t.Errorf("the deleted VPC's groups remain: %+v", left)
+	}
+}
+
+// TestIPv6Blocks: a VPC gets an Amazon-provided /56 and its subnets /64s inside it, as a dualstack
+// Terraform configuration asks; blocks in use cannot be taken away, and association IDs name
+// what they associate.
+func TestIPv6Blocks(t *testing.T) {
+	e := newEnv(t)
+	vpc := must[*ec2.CreateVpcOutput](t)(e.EC2.CreateVpc(e.ctx, &ec2.CreateVpcInput{CidrBlock: aws.String("127.80.0.0/16")})).Vpc
+	assoc := must[*ec2.AssociateVpcCidrBlockOutput](t)(e.EC2.AssociateVpcCidrBlock(e.ctx, &ec2.AssociateVpcCidrBlockInput{VpcId: vpc.VpcId, AmazonProvidedIpv6CidrBlock: aws.Bool(true)}))
+	block := aws.ToString(assoc.Ipv6CidrBlockAssociation.Ipv6CidrBlock)
+	if !strings.HasPrefix(block, "2001:db8:") || !strings.HasSuffix(block, "/56") {
+		t.Fatalf("Amazon-provided block %q", block)
+	}
+	described := must[*ec2.DescribeVpcsOutput](t)(e.EC2.DescribeVpcs(e.ctx, &ec2.DescribeVpcsInput{VpcIds: []string{aws.ToString(vpc.VpcId)}})).Vpcs[0]
+	if len(described.Ipv6CidrBlockAssociationSet) != 1 || aws.ToString(described.Ipv6CidrBlockAssociationSet[0].AssociationId) != aws.ToString(assoc.Ipv6CidrBlockAssociation.AssociationId) ||
+		described.Ipv6CidrBlockAssociationSet[0].Ipv6CidrBlockState.State != types.VpcCidrBlockStateCodeAssociated {
+		t.Fatalf("described %+v", described.Ipv6CidrBlockAssociationSet)
+	}
+	_, err := e.EC2.AssociateVpcCidrBlock(e.ctx, &ec2.AssociateVpcCidrBlockInput{VpcId: vpc.VpcId, AmazonProvidedIpv6CidrBlock: aws.Bool(true)})
+	wantCode(t, err, "CidrLimitExceeded")
+
+	first := strings.TrimSuffix(block, "/56")
+	first = strings.TrimSuffix(first, "::") + "::/64"
+	sn := must[*ec2.CreateSubnetOutput](t)(e.EC2.CreateSubnet(e.ctx, &ec2.CreateSubnetInput{VpcId: vpc.VpcId, CidrBlock: aws.String("127.80.1.0/24"), AvailabilityZone: aws.String("us-east-1a")})).Subnet
+	sub := must[*ec2.AssociateSubnetCidrBlockOutput](t)(e.EC2.AssociateSubnetCidrBlock(e.ctx, &ec2.AssociateSubnetCidrBlockInput{SubnetId: sn.SubnetId, Ipv6CidrBlock: aws.String(first)}))
+	if aws.ToString(sub.Ipv6CidrBlockAssociation.Ipv6CidrBlock) != first {
+		t.Fatalf("subnet block %+v", sub.Ipv6CidrBlockAssociation)
+	}
+	for _, tc := range []struct{ cidr, code string }{
+		{first, "InvalidSubnet.Conflict"},
+		{"2001:db9::/64", "InvalidSubnet.Range"},
+		{"not-a-block", "InvalidParameterValue"},
+	} {
+		_, err := e.EC2.CreateSubnet(e.ctx, &ec2.CreateSubnetInput{VpcId: vpc.VpcId, CidrBlock: aws.String("127.80.2.0/24"), Ipv6CidrBlock: aws.String(tc.cidr), AvailabilityZone: aws.String("us-east-1b")})
+		if errorCode(err) != tc.code {
+			t.Errorf("CreateSubnet with IPv6 %s: %v, want %s", tc.cidr, err, tc.code)
+		}
+	}
+
+	// A dualstack load balancer in the subnet holds its block.
+	lb := must[*elbv2.CreateLoadBalancerOutput](t)(e.ELB.CreateLoadBalancer(e.ctx, &elbv2.CreateLoadBalancerInput{
+		Name: aws.String("v6"), Type: "network", Scheme: "internal", IpAddressType: "dualstack", Subnets: []string{aws.ToString(sn.SubnetId)},
+	})).LoadBalancers[0]
+	_, err = e.EC2.DisassociateVpcCidrBlock(e.ctx, &ec2.DisassociateVpcCidrBlockInput{AssociationId: assoc.Ipv6CidrBlockAssociation.AssociationId})
+	wantCode(t, err, "DependencyViolation")
+	_, err = e.EC2.DisassociateSubnetCidrBlock(e.ctx, &ec2.DisassociateSubnetCidrBlockInput{AssociationId: sub.Ipv6CidrBlockAssociation.AssociationId})
+	wantCode(t, err, "DependencyViolation")
+	must[*elbv2.DeleteLoadBalancerOutput](t)(e.ELB.DeleteLoadBalancer(e.ctx, &elbv2.DeleteLoadBalancerInput{LoadBalancerArn: lb.LoadBalancerArn}))
+	must[*ec2.DisassociateSubnetCidrBlockOutput](t)(e.EC2.DisassociateSubnetCidrBlock(e.ctx, &ec2.DisassociateSubnetCidrBlockInput{AssociationId: sub.Ipv6CidrBlockAssociation.AssociationId}))
+	must[*ec2.DisassociateVpcCidrBlockOutput](t)(e.EC2.DisassociateVpcCidrBlock(e.ctx, &ec2.DisassociateVpcCidrBlockInput{AssociationId: assoc.Ipv6CidrBlockAssociation.AssociationId}))
+	_, err = e.EC2.DisassociateVpcCidrBlock(e.ctx, &ec2.DisassociateVpcCidrBlockInput{AssociationId: assoc.Ipv6CidrBlockAssociation.AssociationId})
+	wantCode(t, err, "InvalidVpcCidrBlockAssociationID.NotFound")
+	if got := must[*ec2.DescribeSubnetsOutput](t)(e.EC2.DescribeSubnets(e.ctx, &ec2.DescribeSubnetsInput{SubnetIds: []string{aws.ToString(sn.SubnetId)}})).Subnets[0]; len(got.Ipv6CidrBlockAssociationSet) != 0 {
+		t.Errorf("the subnet still has %+v", got.Ipv6CidrBlockAssociationSet)
 	}
 }

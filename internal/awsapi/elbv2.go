@@ -285,11 +285,20 @@ func elbTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.00
 func zonesOut(lb cloud.LoadBalancer) wire.Members[elbZone] {
 	out := wire.Members[elbZone]{}
 	for _, z := range lb.Zones {
-		addr := elbAddress{IpAddress: z.Address, IPv6Address: z.IPv6Address}
-		if lb.Scheme == "internal" {
-			addr.PrivateIPv4Address = z.Address
+		// As AWS: the IPv4 address only where the subnet mapping asked for it; a dualstack zone's
+		// IPv6 address always.
+		addr := elbAddress{IPv6Address: z.IPv6Address}
+		if z.AddressRequested {
+			addr.IpAddress = z.Address
+			if lb.Scheme == "internal" {
+				addr.PrivateIPv4Address = z.Address
+			}
 		}
-		out = append(out, elbZone{ZoneName: z.Zone, SubnetId: z.SubnetID, LoadBalancerAddresses: wire.Members[elbAddress]{addr}})
+		addrs := wire.Members[elbAddress]{}
+		if addr != (elbAddress{}) {
+			addrs = append(addrs, addr)
+		}
+		out = append(out, elbZone{ZoneName: z.Zone, SubnetId: z.SubnetID, LoadBalancerAddresses: addrs})
 	}
 	return out
 }

@@ -43,6 +43,9 @@ type LoadBalancerZone struct {
 	Zone        string
 	Address     string
 	IPv6Address string `json:",omitempty"`
+	// AddressRequested says the subnet mapping named the IPv4 address. AWS describes a zone's
+	// IPv4 address only then; otherwise Terraform would see a change on every plan.
+	AddressRequested bool `json:",omitempty"`
 }
 
 // Load balancer states, as State.Code reports them.
@@ -321,7 +324,7 @@ func (c *Cloud) placeZones(tx store.Tx, mappings []SubnetMapping, scheme, ipType
 		if ipType == "dualstack" && sn.IPv6CIDR == "" {
 			return "", nil, errNoIPv6Subnet
 		}
-		zone := LoadBalancerZone{SubnetID: sn.ID, Zone: sn.Zone}
+		zone := LoadBalancerZone{SubnetID: sn.ID, Zone: sn.Zone, AddressRequested: m.PrivateIPv4Address != ""}
 		if i := slices.IndexFunc(keep, func(z LoadBalancerZone) bool { return z.SubnetID == sn.ID }); i >= 0 {
 			zone = keep[i]
 			if m.PrivateIPv4Address != "" && m.PrivateIPv4Address != zone.Address {

@@ -39,8 +39,9 @@ func parseBlock(cidr string) (netip.Prefix, *Error) {
 	return p.Masked(), nil
 }
 
-// CreateVPC creates a VPC with its default security group, in one transaction.
-func (c *Cloud) CreateVPC(cidr string, tags []Tag) (VPC, error) {
+// CreateVPC creates a VPC with its default security group, in one transaction, and with an
+// Amazon-provided IPv6 block if asked.
+func (c *Cloud) CreateVPC(cidr string, amazonIPv6 bool, tags []Tag) (VPC, error) {
 	if cidr == "" {
 		return VPC{}, errorf("MissingParameter", "The request must contain the parameter cidrBlock or ipv4IpamPoolId")
 	}
@@ -59,6 +60,9 @@ func (c *Cloud) CreateVPC(cidr string, tags []Tag) (VPC, error) {
 		return VPC{}, err
 	}
 	v := VPC{ID: newID("vpc"), CIDR: block.String(), Tags: vpcTags}
+	if amazonIPv6 {
+		v.IPv6CIDR = amazonIPv6Block(v.ID).String()
+	}
 	err = c.store.Update(func(tx store.Tx) error {
 		if err := store.Save(tx, bucketVPCs, v.ID, v); err != nil {
 			return err
@@ -194,6 +198,7 @@ func (c *Cloud) DescribeVPCAttribute(id, attribute string) (bool, error) {
 // CreateSubnetInput is CreateSubnet's request.
 type CreateSubnetInput struct {
 	VPCID, CIDR  string
+	IPv6CIDR     string
 	Zone, ZoneID string
 	Tags         []Tag
 }
@@ -244,9 +249,15 @@ func (c *Cloud) CreateSubnet(in CreateSubnetInput) (Subnet, error) {
 		if err != nil {
 			return err
 		}
+		var block6 netip.Prefix
+		if in.IPv6CIDR != "" {
+			if block6, err = subnetIPv6Block(in.IPv6CIDR, v, subnets, ""); err != nil {
+				return err
+			}
+		}
 		sn = Subnet{
 			ID: newID("subnet"), VPCID: v.ID, Zone: zone, ZoneID: zoneID(c.cfg.Region, zone), CIDR: block.String(),
-			AvailableIPAddressCount: 1<<(32-block.Bits()) - 5, FromAPI: true, Tags: tags,
+			IPv6CIDR: prefixString(block6), AvailableIPAddressCount: 1<<(32-block.Bits()) - 5, FromAPI: true, Tags: tags,
 		}
 		return store.Save(tx, bucketSubnets, sn.ID, sn)
 	})

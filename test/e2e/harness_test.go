@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 )
 
 var moatBin, echoBin string
@@ -160,6 +161,18 @@ func (p *lbProcess) clients(t *testing.T) (*ec2.Client, *elbv2.Client) {
 	t.Helper()
 	cfg := p.config(t)
 	return ec2.NewFromConfig(cfg), elbv2.NewFromConfig(cfg)
+}
+
+// zoneAddress is a load balancer's address of qtype (dns.TypeA or dns.TypeAAAA) in zone, as its
+// zonal name answers at p's DNS server: AWS describes an address only where the subnet mapping
+// asked for one.
+func (p *lbProcess) zoneAddress(t *testing.T, lb elbtypes.LoadBalancer, zone string, qtype uint16) string {
+	t.Helper()
+	addrs := lookup(t, p.DNS, zone+"."+aws.ToString(lb.DNSName), qtype)
+	if len(addrs) != 1 {
+		t.Fatalf("%s.%s answers %v, want one address", zone, aws.ToString(lb.DNSName), addrs)
+	}
+	return addrs[0]
 }
 
 // waitServing waits until the listener answers src: moat lb binds it just after CreateListener

@@ -215,6 +215,11 @@ func TestNoDriftAcrossRestart(t *testing.T) {
 		return err == nil && out.LoadBalancers[0].State.Code == elbtypes.LoadBalancerStateEnumActive
 	})
 	before := read(ec2c, elbc)
+	for _, z := range before[0].([]elbtypes.LoadBalancer)[0].AvailabilityZones {
+		if len(z.LoadBalancerAddresses) != 0 {
+			t.Errorf("a load balancer created without addresses describes %+v in %s, as AWS does not", z.LoadBalancerAddresses, aws.ToString(z.ZoneName))
+		}
+	}
 
 	p.kill()
 	p = startLB(t, dataDir)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/miekg/dns"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -117,7 +118,7 @@ func TestLBSurvivesKill9(t *testing.T) {
 
 	p := startLB(t, dataDir)
 	ec2c, elbc := p.clients(t)
-	checkStacks(t, elbc, ackedLBs, ackedTGs, ackedListeners)
+	checkStacks(t, p, elbc, ackedLBs, ackedTGs, ackedListeners)
 	out, err := ec2c.DescribeSecurityGroups(context.Background(), &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{{Name: aws.String("description"), Values: []string{"crash test"}}}})
 	if err != nil {
 		t.Fatal(err)
@@ -151,9 +152,10 @@ func TestLBSurvivesKill9(t *testing.T) {
 }
 
 // checkStacks verifies every acknowledged load balancer, target group and listener exists, and
-// that what exists is whole: each load balancer has its two zone addresses, each listener points
-// at an existing load balancer and target group.
-func checkStacks(t *testing.T, elbc *elbv2.Client, lbs, tgs, listeners []string) {
+// that what exists is whole: each load balancer has its two zones, each with its address (as its
+// zonal DNS name answers at p), and each listener points at an existing load balancer and target
+// group.
+func checkStacks(t *testing.T, p *lbProcess, elbc *elbv2.Client, lbs, tgs, listeners []string) {
 	t.Helper()
 	ctx := context.Background()
 	lbSet := map[string]bool{}
@@ -165,8 +167,11 @@ func checkStacks(t *testing.T, elbc *elbv2.Client, lbs, tgs, listeners []string)
 		}
 		for _, lb := range page.LoadBalancers {
 			lbSet[*lb.LoadBalancerArn] = true
-			if len(lb.AvailabilityZones) != 2 || len(lb.AvailabilityZones[0].LoadBalancerAddresses) != 1 {
+			if len(lb.AvailabilityZones) != 2 {
 				t.Errorf("load balancer %s is not whole: %+v", *lb.LoadBalancerArn, lb.AvailabilityZones)
+			}
+			for _, z := range lb.AvailabilityZones {
+				p.zoneAddress(t, lb, aws.ToString(z.ZoneName), dns.TypeA)
 			}
 			ls, err := elbc.DescribeListeners(ctx, &elbv2.DescribeListenersInput{LoadBalancerArn: lb.LoadBalancerArn})
 			if err != nil {

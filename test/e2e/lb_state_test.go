@@ -287,7 +287,7 @@ func TestLBBackupWhileRunningRestores(t *testing.T) {
 	}
 	p = startLB(t, dataDir, "--fast-path", "off")
 	ec2c, elbc = p.clients(t)
-	checkStacks(t, elbc, lbs, tgs, listeners)
+	checkStacks(t, p, elbc, lbs, tgs, listeners)
 	for _, id := range groups {
 		out, err := ec2c.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{GroupIds: []string{id}})
 		if err != nil {

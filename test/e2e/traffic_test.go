@@ -314,11 +314,7 @@ func createStack(t *testing.T, p *lbProcess, name string, backendPort, listenPor
 		return err == nil && out.LoadBalancers[0].State.Code == elbtypes.LoadBalancerStateEnumActive
 	})
 	st := stack{lb: lb, tg: tg, sg: sg.GroupId, rule: rule}
-	for _, z := range lb.AvailabilityZones {
-		if *z.ZoneName == "us-east-1a" {
-			st.front = net.JoinHostPort(*z.LoadBalancerAddresses[0].IpAddress, fmt.Sprint(listenPort))
-		}
-	}
+	st.front = net.JoinHostPort(p.zoneAddress(t, lb, "us-east-1a", dns.TypeA), fmt.Sprint(listenPort))
 	return st
 }
 

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"github.com/miekg/dns"
 	"net"
 	"strconv"
 	"testing"
@@ -70,12 +71,7 @@ func TestUDPThroughSecurityGroups(t *testing.T) {
 		DefaultActions: []elbtypes.Action{{Type: elbtypes.ActionTypeEnumForward, TargetGroupArn: tg.TargetGroupArn}}}); err != nil {
 		t.Fatal(err)
 	}
-	front := ""
-	for _, z := range lb.AvailabilityZones {
-		if *z.ZoneName == "us-east-1a" {
-			front = net.JoinHostPort(*z.LoadBalancerAddresses[0].IpAddress, strconv.Itoa(listenPort))
-		}
-	}
+	front := net.JoinHostPort(p.zoneAddress(t, lb, "us-east-1a", dns.TypeA), strconv.Itoa(listenPort))
 	waitFor(t, 10*time.Second, "load balancer active", func() bool {
 		out, err := elbc.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{LoadBalancerArns: []string{*lb.LoadBalancerArn}})
 		return err == nil && out.LoadBalancers[0].State.Code == elbtypes.LoadBalancerStateEnumActive
