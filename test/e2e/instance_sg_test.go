@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/miekg/dns"
 	"io"
 	"os"
 	"os/exec"
@@ -431,12 +432,7 @@ func instanceGroupCases(t *testing.T, w *sgWorld) {
 		t.Fatal(err)
 	}
 	lb := lbOut.LoadBalancers[0]
-	var lbAddr string // in node-a's zone: cross-zone is off
-	for _, z := range lb.AvailabilityZones {
-		if *z.ZoneName == "us-east-1a" {
-			lbAddr = *z.LoadBalancerAddresses[0].IpAddress
-		}
-	}
+	lbAddr := w.p.zoneAddress(t, lb, "us-east-1a", dns.TypeA) // in node-a's zone: cross-zone is off
 	insts, err := ec2c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []ec2types.Filter{{Name: aws.String("private-ip-address"), Values: []string{w.nodeA}}}})
 	if err != nil {
 		t.Fatal(err)

@@ -214,19 +214,6 @@ func (w *netnsWorld) waitHealthy(t *testing.T, s netnsStack) {
 	})
 }
 
-// zoneAddress is the load balancer's address in zone, of the IPv4 or IPv6 family.
-func zoneAddress(lb elbtypes.LoadBalancer, zone string, v6 bool) string {
-	for _, z := range lb.AvailabilityZones {
-		if *z.ZoneName == zone {
-			if v6 {
-				return aws.ToString(z.LoadBalancerAddresses[0].IPv6Address)
-			}
-			return aws.ToString(z.LoadBalancerAddresses[0].IpAddress)
-		}
-	}
-	return ""
-}
-
 // TestAcrossNetworkNamespaces checks, across netnsWorld's namespaces, the frontend group (one
 // client admitted, the other timing out) and the backend group (the target's group must admit
 // the load balancer's group, or the target is unreachable).
@@ -234,7 +221,7 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 	w := newNetnsWorld(t)
 	s := w.createStack(t, elbtypes.IpAddressTypeIpv4,
 		ec2types.IpPermission{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(80), ToPort: aws.Int32(80), IpRanges: []ec2types.IpRange{{CidrIp: aws.String("198.18.0.2/32")}}})
-	zoneB := zoneAddress(s.lb, "us-east-1b", false)
+	zoneB := w.lb.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA)
 	if zoneB != "198.18.2.100" {
 		t.Fatalf("zone b address %s, want 198.18.2.100 (the first the allocator hands out)", zoneB)
 	}
@@ -270,7 +257,7 @@ func TestDualstackAcrossNetworkNamespaces(t *testing.T) {
 	if s.lb.IpAddressType != elbtypes.IpAddressTypeDualstack {
 		t.Fatalf("ip address type %s", s.lb.IpAddressType)
 	}
-	zoneB6 := zoneAddress(s.lb, "us-east-1b", true)
+	zoneB6 := w.lb.zoneAddress(t, s.lb, "us-east-1b", dns.TypeAAAA)
 	if zoneB6 != "2001:db8:0:2::64" {
 		t.Fatalf("zone b IPv6 address %q, want 2001:db8:0:2::64 (the first the allocator hands out)", zoneB6)
 	}
@@ -282,8 +269,8 @@ func TestDualstackAcrossNetworkNamespaces(t *testing.T) {
 	if got := lookup(t, w.lb.DNS, name, dns.TypeAAAA); len(got) != 1 || got[0] != zoneB6 {
 		t.Errorf("AAAA %s: %v, want [%s]", name, got, zoneB6)
 	}
-	if got := lookup(t, w.lb.DNS, name, dns.TypeA); len(got) != 1 || got[0] != zoneAddress(s.lb, "us-east-1b", false) {
-		t.Errorf("A %s: %v, want [%s]", name, got, zoneAddress(s.lb, "us-east-1b", false))
+	if got := lookup(t, w.lb.DNS, name, dns.TypeA); len(got) != 1 || got[0] != w.lb.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA) {
+		t.Errorf("A %s: %v, want [%s]", name, got, w.lb.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA))
 	}
 	v4only, err := w.elb.CreateLoadBalancer(context.Background(), &elbv2.CreateLoadBalancerInput{Name: aws.String("v4only"), Type: elbtypes.LoadBalancerTypeEnumNetwork,
 		Scheme: elbtypes.LoadBalancerSchemeEnumInternal, Subnets: []string{*s.lb.AvailabilityZones[0].SubnetId}})
@@ -303,7 +290,7 @@ func TestDualstackAcrossNetworkNamespaces(t *testing.T) {
 	if out, err := w.dial(target, "2001:db8::3"); err == nil || !strings.Contains(out, "timeout") {
 		t.Errorf("denied IPv6 client: %q, %v; want a timeout", out, err)
 	}
-	if got, err := w.dial(zoneAddress(s.lb, "us-east-1b", false)+":80", "198.18.0.2"); err != nil || got != "hello from 198.18.2.10:8080" {
+	if got, err := w.dial(w.lb.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA)+":80", "198.18.0.2"); err != nil || got != "hello from 198.18.2.10:8080" {
 		t.Errorf("admitted IPv4 client: %q, %v", got, err)
 	}
 }
