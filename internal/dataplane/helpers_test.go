@@ -376,10 +376,11 @@ type backend struct {
 }
 
 func newBackend(t testing.TB, name string, addr netip.Addr, zone string, hcPort uint16) *backend {
-	tt := &backend{name: name, zone: zone, echo: echoServer(t, ap(addr, 0), name, false)}
-	if hcPort != 0 {
+	tt := &backend{name: name, zone: zone}
+	if hcPort != 0 { // first: the echo server's ephemeral port could be hcPort
 		tt.hc = acceptServer(t, ap(addr, hcPort))
 	}
+	tt.echo = echoServer(t, ap(addr, 0), name, false)
 	return tt
 }
 
