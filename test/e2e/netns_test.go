@@ -33,27 +33,34 @@ instances:
   - {name: target, subnet: b, privateIp: 198.18.2.10, securityGroups: [targets]}
 `
 
-// TestAcrossNetworkNamespaces puts a client host, moat lb and a target host in three network
-// namespaces joined by veth pairs, so addresses, zones and the listener's privileged port are
-// real routing rather than loopback:
+// netnsLab is a client host, moat lb's host and a target host in three network namespaces joined
+// by veth pairs, so that addresses, zones and privileged ports are real routing rather than
+// loopback:
 //
 //	client (198.18.0.2, .3) ── veth ── lb (198.18.0.1; load balancer addresses 198.18.{1,2}.96/27 routed locally) ── veth ── target 198.18.2.10
 //
-// It checks the frontend group (one client admitted, the other timing out) and the backend group
-// (the target's group must admit the load balancer's group, or the target is unreachable).
-func TestAcrossNetworkNamespaces(t *testing.T) {
+// plus a veth from the test's own namespace to lb, for the API (a /30 in 198.18.9.0/24).
+type netnsLab struct {
+	t                  *testing.T
+	client, lb, target string // the namespaces
+	apiHost            string // lb's end of the test's veth
+}
+
+// newNetnsLab builds a lab named after tag and the test process, so that labs of other tests and
+// runs do not collide.
+func newNetnsLab(t *testing.T, tag string) *netnsLab {
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root")
 	}
-	id := fmt.Sprint(os.Getpid() % 100000)
-	client, lbns, target := "moatc"+id, "moatl"+id, "moatt"+id
+	id := fmt.Sprintf("%s%d", tag, os.Getpid()%10000)
+	l := &netnsLab{t: t, client: "moatc" + id, lb: "moatl" + id, target: "moatt" + id}
 	run := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	for _, ns := range []string{client, lbns, target} {
+	for _, ns := range []string{l.client, l.lb, l.target} {
 		run("netns", "add", ns)
 		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 		run("-n", ns, "link", "set", "lo", "up")
@@ -72,108 +79,201 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 			}
 		}
 	}
-	veth("c"+id, client, "198.18.0.2/24", "lc"+id, lbns, "198.18.0.1/24")
-	veth("t"+id, target, "198.18.2.10/24", "lt"+id, lbns, "198.18.2.1/24")
-	veth("r"+id, "", "198.18.9.1/30", "lr"+id, lbns, "198.18.9.2/30") // the test's own path to the API
-	run("-n", client, "addr", "add", "198.18.0.3/24", "dev", "c"+id)
-	run("-n", client, "route", "add", "198.18.0.0/15", "via", "198.18.0.1")
-	run("-n", target, "route", "add", "default", "via", "198.18.2.1")
+	// The API's /30, apart from other labs' and from the leftovers of a killed run.
+	octet := 4 * ((os.Getpid() + int(tag[0])) % 64)
+	l.apiHost = fmt.Sprintf("198.18.9.%d", octet+2)
+	veth("c"+id, l.client, "198.18.0.2/24", "lc"+id, l.lb, "198.18.0.1/24")
+	veth("t"+id, l.target, "198.18.2.10/24", "lt"+id, l.lb, "198.18.2.1/24")
+	veth("r"+id, "", fmt.Sprintf("198.18.9.%d/30", octet+1), "lr"+id, l.lb, l.apiHost+"/30")
+	run("-n", l.client, "addr", "add", "198.18.0.3/24", "dev", "c"+id)
+	run("-n", l.client, "route", "add", "198.18.0.0/15", "via", "198.18.0.1")
+	run("-n", l.target, "route", "add", "default", "via", "198.18.2.1")
 	// The load balancer addresses moat allocates (from the 100th of each subnet) are routed to
 	// the lb host, as a cloud routes an NLB's addresses to its nodes.
-	run("-n", lbns, "route", "add", "local", "198.18.1.96/27", "dev", "lo")
-	run("-n", lbns, "route", "add", "local", "198.18.2.96/27", "dev", "lo")
+	run("-n", l.lb, "route", "add", "local", "198.18.1.96/27", "dev", "lo")
+	run("-n", l.lb, "route", "add", "local", "198.18.2.96/27", "dev", "lo")
+	return l
+}
 
-	backend := exec.Command("ip", "netns", "exec", target, echoBin, "198.18.2.10:8080")
-	backend.SysProcAttr = dieWithTest()
-	if err := backend.Start(); err != nil {
-		t.Fatal(err)
+// in is a command run in namespace ns.
+func (l *netnsLab) in(ns string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+}
+
+// serve starts a server in namespace ns for the rest of the test.
+func (l *netnsLab) serve(ns string, args ...string) {
+	l.t.Helper()
+	cmd := l.in(ns, args...)
+	cmd.SysProcAttr = dieWithTest()
+	if err := cmd.Start(); err != nil {
+		l.t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = backend.Process.Kill(); _ = backend.Wait() })
+	l.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+}
 
-	dir := t.TempDir()
+// sysctl sets a sysctl of namespace ns.
+func (l *netnsLab) sysctl(ns, setting string) {
+	l.t.Helper()
+	if out, err := l.in(ns, "sysctl", "-w", setting).CombinedOutput(); err != nil {
+		l.t.Fatalf("sysctl %s in %s: %v\n%s", setting, ns, err, out)
+	}
+}
+
+// dial runs an echoserver client mode (dial or dial-udp) on the client host from source and
+// returns what it printed: the target's answer, or the error.
+func (l *netnsLab) dial(mode, addr, source string) (string, error) {
+	out, err := l.in(l.client, echoBin, mode, addr, source).Output()
+	return strings.TrimSpace(string(out)), err
+}
+
+// startLB starts moat lb on the lb host with the lab's inventory, its API on the test's veth.
+func (l *netnsLab) startLB(args ...string) *lbProcess {
+	l.t.Helper()
+	dir := l.t.TempDir()
 	inventory := filepath.Join(dir, "inventory.yaml")
 	if err := os.WriteFile(inventory, []byte(netnsInventory), 0o600); err != nil {
-		t.Fatal(err)
+		l.t.Fatal(err)
 	}
-	p := startLBIn(t, []string{"ip", "netns", "exec", lbns}, "198.18.9.2", filepath.Join(dir, "lb"), "--inventory", inventory)
-	ec2c, elbc := p.clients(t)
-	ctx := context.Background()
+	return startLBIn(l.t, []string{"ip", "netns", "exec", l.lb}, l.apiHost, filepath.Join(dir, "lb"),
+		append([]string{"--inventory", inventory}, args...)...)
+}
 
-	vpc, subnetIDs := vpcSubnets(t, ec2c)
+// netnsStack is a load balancer of the lab in both zones, with a frontend group, and the target
+// instance.
+type netnsStack struct {
+	lbARN       string
+	zoneB       string // the load balancer's address in zone b, the target's
+	front       *string
+	instance    *string
+	targetGroup *string // the instance's group
+	vpc         *string
+}
+
+// newStack creates the frontend group with rules, and the load balancer with it.
+func newNetnsStack(t *testing.T, ec2c *ec2.Client, elbc *elbv2.Client, rules []ec2types.IpPermission) *netnsStack {
+	t.Helper()
+	ctx := context.Background()
+	st := &netnsStack{}
+	var subnetIDs []string
+	st.vpc, subnetIDs = vpcSubnets(t, ec2c)
 	insts, err := ec2c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	instance := insts.Reservations[0].Instances[0]
-	targetGroup := instance.SecurityGroups[0].GroupId
-
-	front, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String("front"), Description: aws.String("clients"), VpcId: vpc})
+	st.instance, st.targetGroup = instance.InstanceId, instance.SecurityGroups[0].GroupId
+	front, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String("front"), Description: aws.String("clients"), VpcId: st.vpc})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ec2c.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: front.GroupId, IpPermissions: []ec2types.IpPermission{
-		{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(80), ToPort: aws.Int32(80), IpRanges: []ec2types.IpRange{{CidrIp: aws.String("198.18.0.2/32")}}},
-	}}); err != nil {
+	st.front = front.GroupId
+	if _, err := ec2c.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: st.front, IpPermissions: rules}); err != nil {
 		t.Fatal(err)
 	}
 	lbOut, err := elbc.CreateLoadBalancer(ctx, &elbv2.CreateLoadBalancerInput{Name: aws.String("netns"), Type: elbtypes.LoadBalancerTypeEnumNetwork,
-		Scheme: elbtypes.LoadBalancerSchemeEnumInternal, Subnets: subnetIDs, SecurityGroups: []string{*front.GroupId}})
+		Scheme: elbtypes.LoadBalancerSchemeEnumInternal, Subnets: subnetIDs, SecurityGroups: []string{*st.front}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	lb := lbOut.LoadBalancers[0]
-	zoneB := ""
+	st.lbARN = *lb.LoadBalancerArn
 	for _, z := range lb.AvailabilityZones {
 		if *z.ZoneName == "us-east-1b" {
-			zoneB = *z.LoadBalancerAddresses[0].IpAddress
+			st.zoneB = *z.LoadBalancerAddresses[0].IpAddress
 		}
 	}
-	if zoneB != "198.18.2.100" {
-		t.Fatalf("zone b address %s, want 198.18.2.100 (the first the allocator hands out)", zoneB)
+	if st.zoneB != "198.18.2.100" {
+		t.Fatalf("zone b address %s, want 198.18.2.100 (the first the allocator hands out)", st.zoneB)
 	}
-	tg, err := elbc.CreateTargetGroup(ctx, &elbv2.CreateTargetGroupInput{Name: aws.String("netns"), Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(8080),
-		VpcId: vpc, TargetType: elbtypes.TargetTypeEnumInstance, HealthCheckIntervalSeconds: aws.Int32(5), HealthyThresholdCount: aws.Int32(2)})
+	return st
+}
+
+// forward creates a target group with one target — the instance, or the address ipTarget — and a
+// listener on listenPort forwarding to it, waits for the load balancer to be active, and returns
+// the target group's and the listener's ARNs.
+func (st *netnsStack) forward(t *testing.T, elbc *elbv2.Client, proto elbtypes.ProtocolEnum, listenPort, targetPort int32, ipTarget string) (tg, listener *string) {
+	t.Helper()
+	ctx := context.Background()
+	in := &elbv2.CreateTargetGroupInput{Name: aws.String(fmt.Sprintf("%s%d", strings.ToLower(string(proto)), listenPort)), Protocol: proto,
+		Port: aws.Int32(targetPort), VpcId: st.vpc, TargetType: elbtypes.TargetTypeEnumInstance, HealthCheckIntervalSeconds: aws.Int32(5), HealthyThresholdCount: aws.Int32(2)}
+	target := elbtypes.TargetDescription{Id: st.instance}
+	if ipTarget != "" {
+		in.TargetType, target.Id = elbtypes.TargetTypeEnumIp, aws.String(ipTarget)
+	}
+	if proto == elbtypes.ProtocolEnumUdp { // checked over TCP, on the TCP echo's port
+		in.HealthCheckProtocol, in.HealthCheckPort = elbtypes.ProtocolEnumTcp, aws.String("8080")
+	}
+	out, err := elbc.CreateTargetGroup(ctx, in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := elbc.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: tg.TargetGroups[0].TargetGroupArn, Targets: []elbtypes.TargetDescription{{Id: instance.InstanceId}}}); err != nil {
+	tg = out.TargetGroups[0].TargetGroupArn
+	if _, err := elbc.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: tg, Targets: []elbtypes.TargetDescription{target}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := elbc.CreateListener(ctx, &elbv2.CreateListenerInput{LoadBalancerArn: lb.LoadBalancerArn, Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(80),
-		DefaultActions: []elbtypes.Action{{Type: elbtypes.ActionTypeEnumForward, TargetGroupArn: tg.TargetGroups[0].TargetGroupArn}}}); err != nil {
+	l, err := elbc.CreateListener(ctx, &elbv2.CreateListenerInput{LoadBalancerArn: &st.lbARN, Protocol: proto, Port: aws.Int32(listenPort),
+		DefaultActions: []elbtypes.Action{{Type: elbtypes.ActionTypeEnumForward, TargetGroupArn: tg}}})
+	if err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "load balancer active", func() bool {
-		out, err := elbc.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{LoadBalancerArns: []string{*lb.LoadBalancerArn}})
+		out, err := elbc.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{LoadBalancerArns: []string{st.lbARN}})
 		return err == nil && out.LoadBalancers[0].State.Code == elbtypes.LoadBalancerStateEnumActive
 	})
+	return tg, l.Listeners[0].ListenerArn
+}
 
-	dialFromClient := func(source string) (string, error) {
-		out, err := exec.Command("ip", "netns", "exec", client, echoBin, "dial", zoneB+":80", source).Output()
-		return strings.TrimSpace(string(out)), err
+// admitFront lets the target's group admit the load balancer's group on the ports.
+func (st *netnsStack) admitFront(t *testing.T, ec2c *ec2.Client, perms ...ec2types.IpPermission) {
+	t.Helper()
+	for i := range perms {
+		perms[i].UserIdGroupPairs = []ec2types.UserIdGroupPair{{GroupId: st.front}}
 	}
-	// The target's group does not admit the load balancer yet: it is unreachable, as on AWS.
-	if out, err := dialFromClient("198.18.0.2"); err == nil {
-		t.Fatalf("reached a target whose group does not admit the load balancer: %s", out)
-	}
-	if _, err := ec2c.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: targetGroup, IpPermissions: []ec2types.IpPermission{
-		{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(8080), ToPort: aws.Int32(8080), UserIdGroupPairs: []ec2types.UserIdGroupPair{{GroupId: front.GroupId}}},
-	}}); err != nil {
+	if _, err := ec2c.AuthorizeSecurityGroupIngress(context.Background(), &ec2.AuthorizeSecurityGroupIngressInput{GroupId: st.targetGroup, IpPermissions: perms}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func portRule(proto string, port int32, cidrs ...string) ec2types.IpPermission {
+	r := ec2types.IpPermission{IpProtocol: aws.String(proto), FromPort: aws.Int32(port), ToPort: aws.Int32(port)}
+	for _, c := range cidrs {
+		r.IpRanges = append(r.IpRanges, ec2types.IpRange{CidrIp: aws.String(c)})
+	}
+	return r
+}
+
+// TestAcrossNetworkNamespaces runs moat lb in a lab (see netnsLab). It checks the frontend group
+// (one client admitted, the other timing out) and the backend group (the target's group must
+// admit the load balancer's group, or the target is unreachable).
+func TestAcrossNetworkNamespaces(t *testing.T) {
+	lab := newNetnsLab(t, "n")
+	lab.serve(lab.target, echoBin, "198.18.2.10:8080")
+	p := lab.startLB()
+	ec2c, elbc := p.clients(t)
+	ctx := context.Background()
+	st := newNetnsStack(t, ec2c, elbc, []ec2types.IpPermission{portRule("tcp", 80, "198.18.0.2/32")})
+	tg, _ := st.forward(t, elbc, elbtypes.ProtocolEnumTcp, 80, 8080, "")
+
+	front := st.zoneB + ":80"
+	// The target's group does not admit the load balancer yet: it is unreachable, as on AWS.
+	if out, err := lab.dial("dial", front, "198.18.0.2"); err == nil {
+		t.Fatalf("reached a target whose group does not admit the load balancer: %s", out)
+	}
+	st.admitFront(t, ec2c, portRule("tcp", 8080))
 	var greeting string
+	var err error
 	waitFor(t, 5*time.Second, "the backend rule to apply", func() bool {
-		greeting, err = dialFromClient("198.18.0.2")
+		greeting, err = lab.dial("dial", front, "198.18.0.2")
 		return err == nil
 	})
-	if greeting != "hello from 198.18.2.10:8080" {
+	if !strings.HasPrefix(greeting, "hello from 198.18.2.10:8080,") {
 		t.Errorf("allowed client got %q", greeting)
 	}
-	if out, err := dialFromClient("198.18.0.3"); err == nil || !strings.Contains(out, "timeout") {
+	if out, err := lab.dial("dial", front, "198.18.0.3"); err == nil || !strings.Contains(out, "timeout") {
 		t.Errorf("denied client: %q, %v; want a timeout", out, err)
 	}
 	waitFor(t, 30*time.Second, "target healthy", func() bool {
-		out, err := elbc.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: tg.TargetGroups[0].TargetGroupArn})
+		out, err := elbc.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: tg})
 		return err == nil && out.TargetHealthDescriptions[0].TargetHealth.State == elbtypes.TargetHealthStateEnumHealthy
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -159,8 +160,9 @@ func dataPlaneMetrics(t *testing.T, p *lbProcess) string {
 	return strings.Join(out, "\n")
 }
 
-// metricValue sums the samples of one metric on moat lb's /metrics.
-func metricValue(t *testing.T, p *lbProcess, name string) float64 {
+// metricValue sums the samples of one metric on moat lb's /metrics, of the series whose labels
+// include every one of labels (each written as on the page: protocol="udp").
+func metricValue(t *testing.T, p *lbProcess, name string, labels ...string) float64 {
 	t.Helper()
 	resp, err := http.Get(p.Metrics + "/metrics")
 	if err != nil {
@@ -173,6 +175,9 @@ func metricValue(t *testing.T, p *lbProcess, name string) float64 {
 		line := sc.Text()
 		rest, ok := strings.CutPrefix(line, name)
 		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		if slices.ContainsFunc(labels, func(l string) bool { return !strings.Contains(rest, l) }) {
 			continue
 		}
 		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
