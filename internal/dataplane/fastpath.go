@@ -9,39 +9,41 @@ import (
 	"github.com/moatlb/moat/internal/secgroup"
 )
 
-// The kernel fast path (package kernel) forwards the TCP flows it can:
-// nftables rules in the output hook, where locally originated connections
-// pass, match a new flow to a listening socket's address and port, admit it
-// by the listener's policy and DNAT it to one of the targets this engine
-// would choose from; conntrack carries the rest of the flow. Everything else
-// stays with the userspace engine, which keeps its listening socket (it
-// reserves the address and port, and receives what the kernel does not
-// forward):
+// The kernel fast path (package kernel) forwards the TCP and UDP flows it
+// can: nftables rules where a new flow first meets nat — the output hook for
+// flows that start on this host, prerouting for flows that arrive on an
+// interface — match it to a listening socket's address and port, admit it by
+// the listener's policy and DNAT it to one of the targets this engine would
+// choose from; conntrack carries the rest of the flow. Everything else stays
+// with the userspace engine, which keeps its listening socket (it reserves
+// the address and port, and receives what the kernel does not forward):
 //
-//   - a denied client is not forwarded, so its SYN reaches the listening
-//     socket and its filter drops it, exactly as without the fast path;
+//   - a denied client is not forwarded, so its SYN or datagram reaches the
+//     listening socket and its filter drops it, exactly as without the fast
+//     path;
 //   - a scope with no eligible target leaves its new flows to the socket,
-//     which resets them (no_target), while the flows the kernel already
-//     carries go on;
+//     which resets (TCP) or drops (UDP) them (no_target), while the flows the
+//     kernel already carries go on;
 //   - health checks, draining and the decision of which targets are eligible
-//     are this engine's; the kernel follows them through kernelSockets.
+//     are this engine's; the kernel follows them through kernelSockets;
+//   - flows from other hosts that the kernel may not take (loopback targets,
+//     or targets on other hosts without net.ipv4.ip_forward): the kernel
+//     package decides, and leaves them to the socket.
 //
-// Only load balancer addresses and targets on IPv4 loopback qualify: that is
-// where a local client's packets can be redirected without forwarding or
-// route_localnet, and it is moat's default deployment.
+// Only IPv4 load balancer addresses and targets qualify.
 
 // kernelApplyWait bounds how long Apply waits for the kernel to take its
 // change; the kernel's own call deadline ends a stuck call sooner.
 const kernelApplyWait = 10 * time.Second
 
 // kernelSocketFor says what the kernel does with the socket's new flows: ok
-// is false for a socket the fast path never serves (UDP, addresses off IPv4
-// loopback); a nil Forward takes no new flows but keeps the established ones.
+// is false for a socket the fast path never serves (IPv6); a nil Forward
+// takes no new flows but keeps the established ones.
 func kernelSocketFor(key sockKey, r *route) (s kernel.Socket, ok bool) {
-	if key.network != "tcp" || !isLoopback4(key.addr) {
+	if !key.addr.Unmap().Is4() {
 		return kernel.Socket{}, false
 	}
-	s.Addr = netip.AddrPortFrom(key.addr.Unmap(), key.port)
+	s.Key = kernelKey(key)
 	if r.tg == nil {
 		return s, true
 	}
@@ -56,7 +58,7 @@ func kernelSocketFor(key sockKey, r *route) (s kernel.Socket, ok bool) {
 	f := &kernel.Forward{Sticky: sel.set.StickinessSourceIP, Idle: r.idle}
 	for _, t := range ts {
 		a := netip.AddrPortFrom(t.addr.Addr().Unmap(), t.addr.Port())
-		if !isLoopback4(a.Addr()) {
+		if !a.Addr().Is4() {
 			return s, true
 		}
 		f.Targets = append(f.Targets, a)
@@ -73,12 +75,18 @@ func kernelSocketFor(key sockKey, r *route) (s kernel.Socket, ok bool) {
 	return s, true
 }
 
-func isLoopback4(a netip.Addr) bool { a = a.Unmap(); return a.Is4() && a.IsLoopback() }
+func kernelKey(key sockKey) kernel.Key {
+	proto := kernel.TCP
+	if key.network == "udp" {
+		proto = kernel.UDP
+	}
+	return kernel.Key{Proto: proto, Addr: netip.AddrPortFrom(key.addr.Unmap(), key.port)}
+}
 
 // kernelSockets is the fast path's desired state, computed from the routes of
 // the last Apply and the target groups' current selections. It takes no lock.
 func (u *Userspace) kernelSockets() []kernel.Socket {
-	routes := u.tcpRoutes.Load()
+	routes := u.kernelRoutes.Load()
 	if routes == nil {
 		return nil
 	}
@@ -100,42 +108,45 @@ type kernelReported struct {
 
 // reportKernel adds the fast path's counts to the socket's listener metrics.
 // Only the kernel's worker calls it.
-func (u *Userspace) reportKernel(addr netip.AddrPort, c kernel.Counts) {
+func (u *Userspace) reportKernel(k kernel.Key, c kernel.Counts) {
 	var m *listenerMetrics
-	if routes := u.tcpRoutes.Load(); routes != nil {
-		if r := (*routes)[sockKey{addr: addr.Addr(), port: addr.Port(), network: "tcp"}]; r != nil {
+	if routes := u.kernelRoutes.Load(); routes != nil {
+		if r := (*routes)[sockKey{addr: k.Addr.Addr(), port: k.Addr.Port(), network: k.Proto.String()}]; r != nil {
 			m = r.m
 		}
 	}
-	last := u.kernelReported[addr]
+	last := u.kernelReported[k]
 	if last.m != nil && last.m != m {
 		last.m.active.Sub(float64(last.active))
 		last.active = 0
 	}
 	if m == nil {
-		delete(u.kernelReported, addr)
+		delete(u.kernelReported, k)
 		return
 	}
 	m.newFlows.Add(float64(c.NewFlows))
 	m.bytesIn.Add(float64(c.BytesIn))
 	m.bytesOut.Add(float64(c.BytesOut))
 	m.active.Add(float64(c.Active - last.active))
-	u.kernelReported[addr] = kernelReported{m: m, active: c.Active}
+	u.kernelReported[k] = kernelReported{m: m, active: c.Active}
 }
 
-// kickKernelLocked hands the fast path the routes of every TCP socket (the
-// end of an Apply) and returns the change's generation.
+// kickKernelLocked hands the fast path the routes of every socket (the end
+// of an Apply) and returns the change's generation.
 func (u *Userspace) kickKernelLocked() uint64 {
 	if u.kernel == nil {
 		return 0
 	}
 	routes := map[sockKey]*route{}
 	for key, s := range u.sockets {
-		if ts, ok := s.(*tcpSocket); ok {
-			routes[key] = ts.r.Load()
+		switch s := s.(type) {
+		case *tcpSocket:
+			routes[key] = s.r.Load()
+		case *udpSocket:
+			routes[key] = s.r.Load()
 		}
 	}
-	u.tcpRoutes.Store(&routes)
+	u.kernelRoutes.Store(&routes)
 	return u.kernel.Kick()
 }
 
@@ -158,18 +169,18 @@ func (u *Userspace) terminateKernelFlows(t *target, unlessFailingOpen bool) {
 	if u.kernel == nil {
 		return
 	}
-	routes := u.tcpRoutes.Load()
+	routes := u.kernelRoutes.Load()
 	if routes == nil {
 		return
 	}
 	sel := t.tg.sel.Load()
-	var addrs []netip.AddrPort
+	var keys []kernel.Key
 	for key, r := range *routes {
 		if r.tg == t.tg && (!unlessFailingOpen || !sel.scope(r.zone, r.crossZone).failingOpen()) {
-			addrs = append(addrs, netip.AddrPortFrom(key.addr.Unmap(), key.port))
+			keys = append(keys, kernelKey(key))
 		}
 	}
-	u.kernel.Terminate(addrs, netip.AddrPortFrom(t.addr.Addr().Unmap(), t.addr.Port()))
+	u.kernel.Terminate(keys, netip.AddrPortFrom(t.addr.Addr().Unmap(), t.addr.Port()))
 }
 
 // KernelLag is the age of the oldest change the kernel fast path does not

@@ -191,9 +191,10 @@ func TestKernelLargeConfig(t *testing.T) {
 	}
 }
 
-// kernelCarries reports whether the kernel fast path carries the client's
-// flow: conntrack has it with a mark of the engine's path.
-func kernelCarries(t testing.TB, e *Userspace, c *client) bool {
+// kernelCarries reports whether the kernel fast path carries the flow from
+// the client's local address (proto: unix.IPPROTO_TCP or _UDP): conntrack has
+// it with a mark of the engine's path.
+func kernelCarries(t testing.TB, e *Userspace, local netip.AddrPort, proto uint8) bool {
 	t.Helper()
 	ct, err := conntrack.Dial(nil)
 	if err != nil {
@@ -204,10 +205,9 @@ func kernelCarries(t testing.TB, e *Userspace, c *client) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	local := addrPortOf(c.c.LocalAddr())
 	for _, f := range flows {
 		o := f.TupleOrig
-		if o.IP.SourceAddress == local.Addr() && o.Proto.SourcePort == local.Port() && e.kernel.IsOwnMark(f.Mark) {
+		if o.Proto.Protocol == proto && o.IP.SourceAddress == local.Addr() && o.Proto.SourcePort == local.Port() && e.kernel.IsOwnMark(f.Mark) {
 			return true
 		}
 	}

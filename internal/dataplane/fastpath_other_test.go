@@ -2,7 +2,10 @@
 
 package dataplane
 
-import "testing"
+import (
+	"net/netip"
+	"testing"
+)
 
 // kernelCarries: there is no kernel fast path off Linux.
-func kernelCarries(testing.TB, *Userspace, *client) bool { return false }
+func kernelCarries(testing.TB, *Userspace, netip.AddrPort, uint8) bool { return false }

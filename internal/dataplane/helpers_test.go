@@ -376,10 +376,11 @@ type backend struct {
 }
 
 func newBackend(t testing.TB, name string, addr netip.Addr, zone string, hcPort uint16) *backend {
-	tt := &backend{name: name, zone: zone, echo: echoServer(t, ap(addr, 0), name, false)}
-	if hcPort != 0 {
+	tt := &backend{name: name, zone: zone}
+	if hcPort != 0 { // first: the echo server's ephemeral port could be hcPort
 		tt.hc = acceptServer(t, ap(addr, hcPort))
 	}
+	tt.echo = echoServer(t, ap(addr, 0), name, false)
 	return tt
 }
 
@@ -476,8 +477,11 @@ func names(t testing.TB, src netip.Addr, dst netip.AddrPort, n int) map[string]i
 }
 
 // echo sends a line and expects it back.
-func (c *client) echo(msg string) error {
-	c.c.SetDeadline(time.Now().Add(10 * time.Second))
+func (c *client) echo(msg string) error { return c.echoWithin(msg, 10*time.Second) }
+
+// echoWithin is echo with a deadline.
+func (c *client) echoWithin(msg string, wait time.Duration) error {
+	c.c.SetDeadline(time.Now().Add(wait))
 	defer c.c.SetDeadline(time.Time{})
 	if _, err := io.WriteString(c.c, msg+"\n"); err != nil {
 		return err

@@ -28,6 +28,7 @@ const (
 type metrics struct {
 	activeFlows      *prometheus.GaugeVec
 	newFlows         *prometheus.CounterVec
+	proxiedFlows     *prometheus.CounterVec
 	deniedFlows      *prometheus.CounterVec
 	bytes            *prometheus.CounterVec
 	connectErrors    *prometheus.CounterVec
@@ -47,6 +48,11 @@ func newMetrics(reg prometheus.Registerer, drops *dropCollector) (*metrics, erro
 		newFlows: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "moat_dataplane_new_flows_total",
 			Help: "Flows admitted and forwarded to a target, per listener.",
+		}, listener),
+		proxiedFlows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moat_dataplane_proxied_flows_total",
+			Help: "Flows the userspace proxy accepted and forwarded itself, per listener: the part of " +
+				"moat_dataplane_new_flows_total that the kernel fast path did not carry.",
 		}, listener),
 		deniedFlows: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "moat_dataplane_denied_flows_total",
@@ -90,7 +96,7 @@ func newMetrics(reg prometheus.Registerer, drops *dropCollector) (*metrics, erro
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.activeFlows, m.newFlows, m.deniedFlows, m.bytes, m.connectErrors,
+	return []prometheus.Collector{m.activeFlows, m.newFlows, m.proxiedFlows, m.deniedFlows, m.bytes, m.connectErrors,
 		m.healthyTargets, m.unhealthyTargets, m.healthCheck, m.drops}
 }
 
@@ -105,7 +111,7 @@ func (m *metrics) unregister(reg prometheus.Registerer) {
 // route is built so that the per-flow and per-chunk paths do no label lookups.
 type listenerMetrics struct {
 	active                   prometheus.Gauge
-	newFlows                 prometheus.Counter
+	newFlows, proxied        prometheus.Counter
 	deniedSG, deniedNoTarget prometheus.Counter
 	bytesIn, bytesOut        prometheus.Counter
 	connectErrors            prometheus.Counter
@@ -115,6 +121,7 @@ func (m *metrics) listener(lb, listener, proto string) *listenerMetrics {
 	return &listenerMetrics{
 		active:         m.activeFlows.WithLabelValues(lb, listener, proto),
 		newFlows:       m.newFlows.WithLabelValues(lb, listener, proto),
+		proxied:        m.proxiedFlows.WithLabelValues(lb, listener, proto),
 		deniedSG:       m.deniedFlows.WithLabelValues(lb, listener, proto, DenySecurityGroup),
 		deniedNoTarget: m.deniedFlows.WithLabelValues(lb, listener, proto, DenyNoTarget),
 		bytesIn:        m.bytes.WithLabelValues(lb, listener, proto, "in"),
@@ -128,6 +135,7 @@ func (m *metrics) forgetListener(lb, listener string) {
 	l := prometheus.Labels{labelLB: lb, labelListener: listener}
 	m.activeFlows.DeletePartialMatch(l)
 	m.newFlows.DeletePartialMatch(l)
+	m.proxiedFlows.DeletePartialMatch(l)
 	m.deniedFlows.DeletePartialMatch(l)
 	m.bytes.DeletePartialMatch(l)
 	m.connectErrors.DeletePartialMatch(l)

@@ -215,6 +215,7 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 		}
 	}
 	r.m.newFlows.Inc()
+	r.m.proxied.Inc()
 	r.m.active.Inc()
 	defer r.m.active.Dec()
 	f.run(s.u)

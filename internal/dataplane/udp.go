@@ -170,6 +170,7 @@ func (s *udpSocket) flowFor(client netip.AddrPort) *udpFlow {
 	s.flows[client] = f
 	t.addFlow(f)
 	r.m.newFlows.Inc()
+	r.m.proxied.Inc()
 	r.m.active.Inc()
 	s.u.wg.Go(f.replyLoop)
 	return f

@@ -41,7 +41,7 @@ type Options struct {
 	// ConnectTimeout bounds connecting to a target for a new TCP flow; 0 = 10 s.
 	ConnectTimeout time.Duration
 	// Kernel turns on the kernel fast path (see fastpath.go): the kernel
-	// forwards the TCP flows it can, through nftables and conntrack. It needs
+	// forwards the TCP and UDP flows it can, through nftables and conntrack. It needs
 	// CAP_NET_ADMIN; NewUserspace fails when the kernel refuses.
 	Kernel bool
 	// KernelCallTimeout bounds every call into the kernel; 0 = 5 s.
@@ -65,13 +65,13 @@ type Userspace struct {
 	// mark is the engine's mark (nftutil's layout: the fast path's ID, or a
 	// fresh one), on every socket it opens to a target.
 	mark uint32
-	// tcpRoutes are the TCP sockets' routes as of the last Apply, read by
+	// kernelRoutes are the sockets' routes as of the last Apply, read by
 	// the fast path's worker; kernelReported is that worker's own.
-	tcpRoutes atomic.Pointer[map[sockKey]*route]
+	kernelRoutes atomic.Pointer[map[sockKey]*route]
 	// groupsView is groups as of the last Apply, so that health reports
 	// never wait for an Apply under way.
 	groupsView     atomic.Pointer[map[string]*targetGroup]
-	kernelReported map[netip.AddrPort]kernelReported
+	kernelReported map[kernel.Key]kernelReported
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -158,7 +158,7 @@ func NewUserspace(opts Options) (*Userspace, error) {
 	}
 	u.ctx, u.cancel = context.WithCancel(context.Background())
 	if opts.Kernel {
-		u.kernelReported = map[netip.AddrPort]kernelReported{}
+		u.kernelReported = map[kernel.Key]kernelReported{}
 		u.kernel, err = kernel.New(kernel.Options{Log: log, Registerer: reg,
 			Desired: u.kernelSockets, Report: u.reportKernel, CallTimeout: opts.KernelCallTimeout,
 			NetlinkDial: opts.KernelNetlink})

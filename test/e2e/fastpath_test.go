@@ -4,12 +4,22 @@ package e2e
 
 import (
 	"encoding/binary"
+	"fmt"
+	"net/netip"
 	"os"
 	"regexp"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 	"github.com/google/nftables"
+	"github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+
+	"github.com/moatlb/moat/internal/nftutil"
 )
 
 // TestFastPathTableDiesWithProcess: moat lb's nftables table is owned by its netlink socket, so
@@ -86,4 +96,169 @@ func nftTable(t *testing.T, name string) *nftables.Table {
 		}
 	}
 	return nil
+}
+
+// TestFastPathAcrossNamespaces runs moat lb with --fast-path=kernel in a lab (see netnsLab), with
+// net.ipv4.ip_forward on in the lb host. The admitted client's flows, which arrive on an
+// interface, are carried by the kernel: TCP and UDP to the target host (forwarded, client IP
+// preserved: the instance targets' default), and TCP to a target on the lb host itself (an ip
+// target, whose default hides the client behind the load balancer's address). Each is proved so
+// by its conntrack entry in the lb host carrying moat's mark with a fast-path slot, and by the
+// userspace proxy having accepted no flow on its listener. The client no rule admits is dropped.
+// With forwarding turned off moat lb says so, and the flows to the target host go through the
+// userspace proxy instead of being dropped, while the kernel keeps the local target's.
+func TestFastPathAcrossNamespaces(t *testing.T) {
+	lab := newNetnsLab(t, "f")
+	lab.sysctl(lab.lb, "net.ipv4.ip_forward=1")
+	lab.serve(lab.target, echoBin, "198.18.2.10:8080")
+	lab.serve(lab.target, echoBin, "udp", "198.18.2.10:8081")
+	lab.serve(lab.lb, echoBin, "198.18.2.1:8082")
+	p := lab.startLB("--fast-path=kernel")
+	ec2c, elbc := p.clients(t)
+	st := newLabStack(t, p, ec2c, elbc, []ec2types.IpPermission{
+		portRule("tcp", 80, "198.18.0.2/32"), portRule("udp", 53, "198.18.0.2/32"), portRule("tcp", 81, "198.18.0.2/32")})
+	st.admitFront(t, ec2c, portRule("tcp", 8080), portRule("udp", 8081))
+	_, tcpListener := st.forward(t, elbc, elbtypes.ProtocolEnumTcp, 80, 8080, "")
+	_, udpListener := st.forward(t, elbc, elbtypes.ProtocolEnumUdp, 53, 8081, "")
+	_, localListener := st.forward(t, elbc, elbtypes.ProtocolEnumTcp, 81, 8082, "198.18.2.1")
+	client, lbAddr := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr(st.zoneB)
+
+	type flowCase struct {
+		name, mode string
+		port       uint16
+		l4         uint8
+		listener   *string
+		seen       netip.Addr // the client address the target sees
+		target     netip.Addr
+	}
+	remoteTCP := flowCase{"tcp", "dial", 80, unix.IPPROTO_TCP, tcpListener, client, netip.MustParseAddr("198.18.2.10")}
+	remoteUDP := flowCase{"udp", "dial-udp", 53, unix.IPPROTO_UDP, udpListener, client, netip.MustParseAddr("198.18.2.10")}
+	localTCP := flowCase{"tcp to the lb host", "dial", 81, unix.IPPROTO_TCP, localListener, lbAddr, netip.MustParseAddr("198.18.2.1")}
+	proxied := func(c flowCase) float64 {
+		return metricValue(t, p, "moat_dataplane_proxied_flows_total", `listener="`+*c.listener+`"`)
+	}
+	// open opens a flow of the admitted client and returns the target's answer and the client's
+	// address, once it goes through.
+	open := func(c flowCase) (seen, local netip.AddrPort) {
+		t.Helper()
+		var out string
+		var err error
+		waitFor(t, 10*time.Second, "the admitted client's flow ("+c.name+")", func() bool {
+			out, err = lab.dial(c.mode, netip.AddrPortFrom(lbAddr, c.port).String(), client.String())
+			return err == nil
+		})
+		return answerAddr(t, out, "you are "), answerAddr(t, out, "local ")
+	}
+	inKernel := func(c flowCase) (seen netip.AddrPort) {
+		t.Helper()
+		seen, local := open(c)
+		if seen.Addr() != c.seen {
+			t.Errorf("%s: the target saw %v, want %v", c.name, seen, c.seen)
+		}
+		front := netip.AddrPortFrom(lbAddr, c.port)
+		f, ok := conntrackFlow(t, lab.lb, c.l4, local, front)
+		switch {
+		case !ok:
+			t.Errorf("%s: no conntrack entry for %v → %v in the lb host", c.name, local, front)
+		case f.Mark&nftutil.MarkFlow == 0 || f.Mark&(1<<nftutil.MarkSlotBits-1) == 0:
+			t.Errorf("%s: conntrack mark %#x: not a fast-path flow of moat lb", c.name, f.Mark)
+		case f.TupleReply.IP.SourceAddress != c.target:
+			t.Errorf("%s: conntrack sends the flow to %v, want %v", c.name, f.TupleReply.IP.SourceAddress, c.target)
+		}
+		if n := proxied(c); n != 0 {
+			t.Errorf("%s: the userspace proxy accepted %v flows, want 0", c.name, n)
+		}
+		return seen
+	}
+
+	for _, c := range []flowCase{remoteTCP, remoteUDP, localTCP} {
+		seen := inKernel(c)
+		waitFor(t, 10*time.Second, "the kernel's count of the flow ("+c.name+")", func() bool {
+			return metricValue(t, p, "moat_dataplane_new_flows_total", `listener="`+*c.listener+`"`) >= 1
+		})
+		if c == remoteUDP {
+			// One datagram each way, "ping" and the answer, each counted once as IP bytes (28
+			// bytes of headers), in prerouting as it arrived.
+			in, out := 4+28, len("you are "+seen.String()+"\n")+28
+			bytes := func(dir string) float64 {
+				return metricValue(t, p, "moat_dataplane_bytes_total", `listener="`+*c.listener+`"`, `direction="`+dir+`"`)
+			}
+			waitFor(t, 10*time.Second, fmt.Sprintf("%d bytes in and %d out", in, out), func() bool {
+				return bytes("in") == float64(in) && bytes("out") == float64(out)
+			})
+		}
+		if out, err := lab.dial(c.mode, netip.AddrPortFrom(lbAddr, c.port).String(), "198.18.0.3"); err == nil || !strings.Contains(out, "timeout") {
+			t.Errorf("%s: denied client: %q, %v; want a timeout", c.name, out, err)
+		}
+	}
+
+	// Without forwarding the kernel cannot take the flows to the target host: they go through the
+	// userspace proxy, which shows the target the load balancer's address.
+	lab.sysctl(lab.lb, "net.ipv4.ip_forward=0")
+	waitFor(t, 10*time.Second, "moat lb to say that forwarding is off", func() bool {
+		return strings.Contains(p.stderr.String(), "net.ipv4.ip_forward is 0")
+	})
+	for _, c := range []flowCase{remoteTCP, remoteUDP} {
+		waitFor(t, 10*time.Second, "the flow to go through the proxy ("+c.name+")", func() bool {
+			out, err := lab.dial(c.mode, netip.AddrPortFrom(lbAddr, c.port).String(), client.String())
+			return err == nil && answerAddr(t, out, "you are ").Addr() == lbAddr
+		})
+		if n := proxied(c); n < 1 {
+			t.Errorf("%s: the userspace proxy accepted %v flows, want at least 1", c.name, n)
+		}
+	}
+	inKernel(localTCP) // needs no forwarding
+}
+
+// answerAddr is the address after label in an echoserver client's output ("you are <address>",
+// the client as the target saw it; "local <address>", the client's own end).
+func answerAddr(t *testing.T, out, label string) netip.AddrPort {
+	t.Helper()
+	_, rest, ok := strings.Cut(out, label)
+	rest, _, _ = strings.Cut(rest, "\n")
+	ap, err := netip.ParseAddrPort(strings.TrimSpace(rest))
+	if !ok || err != nil {
+		t.Fatalf("output %q names no address after %q", out, label)
+	}
+	return ap
+}
+
+// conntrackFlow finds the conntrack entry of a flow from src to dst in namespace ns.
+func conntrackFlow(t *testing.T, ns string, proto uint8, src, dst netip.AddrPort) (conntrack.Flow, bool) {
+	t.Helper()
+	var flows []conntrack.Flow
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// The thread enters ns and stays locked, so it ends with the goroutine instead of serving
+		// others from the wrong namespace.
+		runtime.LockOSThread()
+		var f *os.File
+		if f, err = os.Open("/var/run/netns/" + ns); err != nil {
+			return
+		}
+		defer f.Close()
+		if err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			return
+		}
+		var c *conntrack.Conn
+		if c, err = conntrack.Dial(nil); err != nil {
+			return
+		}
+		defer c.Close()
+		flows, err = c.Dump(nil)
+	}()
+	<-done
+	if err != nil {
+		t.Fatalf("conntrack in %s: %v", ns, err)
+	}
+	for _, f := range flows {
+		o := f.TupleOrig
+		if o.Proto.Protocol == proto && netip.AddrPortFrom(o.IP.SourceAddress, o.Proto.SourcePort) == src &&
+			netip.AddrPortFrom(o.IP.DestinationAddress, o.Proto.DestinationPort) == dst {
+			return f, true
+		}
+	}
+	return conntrack.Flow{}, false
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -159,19 +160,21 @@ func dataPlaneMetrics(t *testing.T, p *lbProcess) string {
 	return strings.Join(out, "\n")
 }
 
-// metricValue sums the samples of one metric on moat lb's /metrics.
-func metricValue(t *testing.T, p *lbProcess, name string) float64 {
+// metricValue sums the samples of one metric on moat lb's /metrics, of the series whose labels
+// include every one of labels (each written as on the page: protocol="udp").
+func metricValue(t *testing.T, p *lbProcess, name string, labels ...string) float64 {
 	t.Helper()
 	resp, err := http.Get(p.Metrics + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	return metricSum(t, resp.Body, name)
+	return metricSum(t, resp.Body, name, labels...)
 }
 
-// metricSum sums the samples of one metric in a Prometheus text exposition.
-func metricSum(t *testing.T, metrics io.Reader, name string) float64 {
+// metricSum sums the samples of one metric in a Prometheus text exposition, of the series whose
+// labels include every one of labels.
+func metricSum(t *testing.T, metrics io.Reader, name string, labels ...string) float64 {
 	t.Helper()
 	var sum float64
 	sc := bufio.NewScanner(metrics)
@@ -179,6 +182,9 @@ func metricSum(t *testing.T, metrics io.Reader, name string) float64 {
 		line := sc.Text()
 		rest, ok := strings.CutPrefix(line, name)
 		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		if slices.ContainsFunc(labels, func(l string) bool { return !strings.Contains(rest, l) }) {
 			continue
 		}
 		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)

@@ -77,9 +77,9 @@ func TestUDPThroughSecurityGroups(t *testing.T) {
 		return err == nil && out.LoadBalancers[0].State.Code == elbtypes.LoadBalancerStateEnumActive
 	})
 
-	if !udpEcho(t, "127.0.0.2", front) {
-		t.Fatal("the admitted client got no echo")
-	}
+	// The listener serves once the data plane has applied it, just after CreateListener answers
+	// (a datagram before that is refused).
+	waitFor(t, 10*time.Second, "the admitted client's echo", func() bool { return udpEcho(t, "127.0.0.2", front) })
 	if udpEcho(t, "127.0.0.3", front) {
 		t.Error("the denied client's datagram got through")
 	}

@@ -43,7 +43,7 @@ const (
 // (admit_N, count_N) and counters (new_N, in_N, out_N) and elements in the
 // maps, so a change touches only its own slot.
 const (
-	mapSockets  = "sockets"  // ip daddr . tcp dport → jump admit_N, for sockets taking new flows
+	mapSockets  = "sockets"  // meta l4proto . ip daddr . th dport → jump admit_N, for sockets taking new flows
 	mapCounting = "counting" // ct mark → jump count_N, for every slot
 	mapSNAT     = "snat_to"  // ct mark → address, for sockets that hide the client
 )
@@ -67,7 +67,7 @@ type nftConn struct {
 	table *nftables.Table
 	maps  struct{ sockets, counting, snat *nftables.Set }
 
-	timeouts map[uint32]bool // ct timeout objects, by idle seconds
+	timeouts map[timeoutKey]bool // ct timeout objects
 }
 
 var errTableExists = nftutil.ErrTableExists
@@ -76,7 +76,7 @@ var errTableExists = nftutil.ErrTableExists
 // creates the path's table with its base chains and maps, and returns the
 // connection.
 func dialNFT(id uint32, testDial func([]netlink.Message) ([]netlink.Message, error)) (conn, error) {
-	c := &nftConn{id: id, timeouts: map[uint32]bool{},
+	c := &nftConn{id: id, timeouts: map[timeoutKey]bool{},
 		table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName(id)}}
 	capture := func(nl *netlink.Conn) error {
 		c.nl = nl
@@ -143,43 +143,65 @@ func (c *nftConn) queueBase() error {
 	chain := func(name string, ty nftables.ChainType, h *nftables.ChainHook, p *nftables.ChainPriority) *nftables.Chain {
 		return c.nft.AddChain(&nftables.Chain{Name: name, Table: t, Type: ty, Hooknum: h, Priority: p})
 	}
-	dnat := chain("dnat", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest)
-	snat := chain("snat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
+	// A new flow meets nat once, where its first packet enters: output when
+	// it starts on this host, prerouting when it arrives on an interface (a
+	// flow that starts here and loops back over lo met nat in output).
+	dnat := []*nftables.Chain{
+		chain("dnat", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest),
+		chain("dnat_in", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest),
+	}
+	// Its source is rewritten where its first packet leaves for the target:
+	// postrouting, or input for a target on this host reached from an
+	// interface.
+	snat := []*nftables.Chain{
+		chain("snat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource),
+		chain("snat_in", nftables.ChainTypeNAT, nftables.ChainHookInput, nftables.ChainPriorityNATSource),
+	}
+	// Each packet is counted once: in output when this host sent it, in
+	// prerouting when it arrived on an interface other than lo (a packet
+	// looping back over lo was counted in output).
 	acct := chain("acct", nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityFilter)
-	c.maps.sockets = &nftables.Set{Table: t, Name: mapSockets, IsMap: true,
-		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService), DataType: nftables.TypeVerdict}
+	acctIn := chain("acct_in", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityFilter)
+	c.maps.sockets = &nftables.Set{Table: t, Name: mapSockets, IsMap: true, DataType: nftables.TypeVerdict,
+		KeyType: nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeIPAddr, nftables.TypeInetService)}
 	c.maps.counting = &nftables.Set{Table: t, Name: mapCounting, IsMap: true,
 		KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
 	c.maps.snat = &nftables.Set{Table: t, Name: mapSNAT, IsMap: true,
 		KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeIPAddr}
-	var err error
 	for _, s := range []*nftables.Set{c.maps.sockets, c.maps.counting, c.maps.snat} {
-		if err = c.nft.AddSet(s, nil); err != nil {
-			break
+		if err := c.nft.AddSet(s, nil); err != nil {
+			return err
 		}
 	}
-	if err == nil {
-		// meta l4proto tcp ip daddr . tcp dport vmap @sockets
-		c.nft.AddRule(&nftables.Rule{Table: t, Chain: dnat, Exprs: []expr.Any{
+	for _, ch := range dnat {
+		// meta l4proto . ip daddr . th dport vmap @sockets
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: c.maps.sockets.Name, SetID: c.maps.sockets.ID},
 		}})
-		// ct mark vmap @counting
-		c.nft.AddRule(&nftables.Rule{Table: t, Chain: acct, Exprs: []expr.Any{
-			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
-			&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: c.maps.counting.Name, SetID: c.maps.counting.ID},
-		}})
+	}
+	countByMark := []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: c.maps.counting.Name, SetID: c.maps.counting.ID},
+	}
+	// ct mark vmap @counting
+	c.nft.AddRule(&nftables.Rule{Table: t, Chain: acct, Exprs: countByMark})
+	// meta iiftype != loopback ct mark vmap @counting
+	c.nft.AddRule(&nftables.Rule{Table: t, Chain: acctIn, Exprs: append([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFTYPE, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint16(unix.ARPHRD_LOOPBACK)},
+	}, countByMark...)})
+	for _, ch := range snat {
 		// snat ip to ct mark map @snat_to
-		c.nft.AddRule(&nftables.Rule{Table: t, Chain: snat, Exprs: []expr.Any{
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
 			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
 			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: c.maps.snat.Name, SetID: c.maps.snat.ID},
 			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
 		}})
 	}
-	return err
+	return nil
 }
 
 func (c *nftConn) program(changes []change) error {
@@ -204,7 +226,7 @@ func (c *nftConn) queue(ch change) error {
 	name := strconv.Itoa(int(ch.slot))
 	admit := &nftables.Chain{Name: "admit_" + name, Table: c.table}
 	count := &nftables.Chain{Name: "count_" + name, Table: c.table}
-	sockElem := []nftables.SetElement{{Key: addrPortKey(ch.addr),
+	sockElem := []nftables.SetElement{{Key: socketKey(ch.key),
 		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: admit.Name}}}
 	snatElem := func(a netip.Addr) []nftables.SetElement {
 		b := a.As4()
@@ -256,7 +278,7 @@ func (c *nftConn) queue(ch change) error {
 	if ch.to == nil {
 		return nil
 	}
-	if err := c.admitRules(admit, ch.to, mark, name); err != nil {
+	if err := c.admitRules(admit, ch, mark, name); err != nil {
 		return err
 	}
 	if ch.from == nil || !ch.existed {
@@ -293,18 +315,33 @@ func (c *nftConn) countRules(chain *nftables.Chain, slot string) {
 	}})
 }
 
-// admitRules fill a slot's admit chain: return unless the client is admitted,
-// mark the flow, count it, set its idle timeout, DNAT it to a target.
-func (c *nftConn) admitRules(chain *nftables.Chain, f *Forward, mark []byte, slot string) error {
-	// Only a SYN opens a flow. A segment of a flow conntrack no longer knows
-	// (idle timeout, termination) is left to the listening socket, which
-	// answers it with a reset, as AWS does after an idle timeout.
-	c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpSYN | tcpACK}, Xor: []byte{0}},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{tcpSYN}},
-		&expr.Verdict{Kind: expr.VerdictReturn},
-	}})
+// admitRules fill a slot's admit chain, which sees the first packet of every
+// new flow to the socket (nat chains see no other): return unless the kernel
+// takes it and the client is admitted, then mark the flow, count it, set its
+// idle timeout, DNAT it to a target.
+func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot string) error {
+	f := ch.to
+	if !ch.ingress {
+		// meta iif != 0 return: a flow from an interface that the kernel
+		// must not take (see hostNet.ingress); output has no input interface.
+		c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+			&expr.Verdict{Kind: expr.VerdictReturn},
+		}})
+	}
+	if ch.key.Proto == TCP {
+		// Only a SYN opens a flow. A segment of a flow conntrack no longer
+		// knows (idle timeout, termination) is left to the listening socket,
+		// which answers it with a reset, as AWS does after an idle timeout.
+		// Any UDP datagram opens one, as in userspace.
+		c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpSYN | tcpACK}, Xor: []byte{0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{tcpSYN}},
+			&expr.Verdict{Kind: expr.VerdictReturn},
+		}})
+	}
 	if !f.AdmitAll {
 		if len(f.Admit) == 0 {
 			c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}})
@@ -344,7 +381,7 @@ func (c *nftConn) admitRules(chain *nftables.Chain, f *Forward, mark []byte, slo
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
 		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counterNew + slot},
 		// The flow is not confirmed yet: its idle timeout can still be set.
-		&expr.Objref{Type: int(nftables.ObjTypeCtTimeout), Name: c.timeout(f.Idle)},
+		&expr.Objref{Type: int(nftables.ObjTypeCtTimeout), Name: c.timeout(ch.key.Proto, f.Idle)},
 	}
 	exprs = append(exprs, pick...)
 	exprs = append(exprs,
@@ -355,24 +392,37 @@ func (c *nftConn) admitRules(chain *nftables.Chain, f *Forward, mark []byte, slo
 	return nil
 }
 
-// timeout returns the name of the ct timeout object for an idle timeout,
-// creating it on first use. Objects stay for the table's life: conntrack
-// entries hold references to them.
-func (c *nftConn) timeout(idle time.Duration) string {
+// timeout returns the name of the ct timeout object for a protocol's idle
+// timeout, creating it on first use. Objects stay for the table's life:
+// conntrack entries hold references to them.
+func (c *nftConn) timeout(proto Proto, idle time.Duration) string {
 	secs := max(uint32(idle/time.Second), 1)
-	name := "idle_" + strconv.Itoa(int(secs))
-	if c.timeouts[secs] {
+	key := timeoutKey{proto, secs}
+	name := "idle_" + proto.String() + "_" + strconv.Itoa(int(secs))
+	if c.timeouts[key] {
 		return name
 	}
 	policy := expr.CtStatePolicyTimeout{}
-	for state, v := range expr.CtStateTCPTimeoutDefaults {
-		policy[state] = v
+	if proto == UDP {
+		// A UDP flow lives while datagrams pass either way, answered or
+		// not, as in userspace.
+		policy[expr.CtStateUDPUNREPLIED] = secs
+		policy[expr.CtStateUDPREPLIED] = secs
+	} else {
+		for state, v := range expr.CtStateTCPTimeoutDefaults {
+			policy[state] = v
+		}
+		policy[expr.CtStateTCPESTABLISHED] = secs
 	}
-	policy[expr.CtStateTCPESTABLISHED] = secs
 	c.nft.AddObj(&nftables.NamedObj{Table: c.table, Name: name, Type: nftables.ObjTypeCtTimeout,
-		Obj: &expr.CtTimeout{L3Proto: unix.NFPROTO_IPV4, L4Proto: unix.IPPROTO_TCP, Policy: policy}})
-	c.timeouts[secs] = true
+		Obj: &expr.CtTimeout{L3Proto: unix.NFPROTO_IPV4, L4Proto: uint8(proto), Policy: policy}})
+	c.timeouts[key] = true
 	return name
+}
+
+type timeoutKey struct {
+	proto Proto
+	secs  uint32
 }
 
 // setElementsPerMessage keeps a message's element list under netlink's
@@ -471,12 +521,20 @@ func (c *nftConn) close() {
 	}
 }
 
-// addrPortKey encodes an IPv4 address and port as nftables concatenates
-// them: each field padded to 4 bytes, the port in network order.
-func addrPortKey(ap netip.AddrPort) []byte {
-	a := ap.Addr().Unmap().As4()
-	b := make([]byte, 8)
-	copy(b, a[:])
-	binary.BigEndian.PutUint16(b[4:], ap.Port())
+// socketKey encodes a socket as the sockets map's key: protocol, IPv4
+// address and port, each padded to 4 bytes as nftables concatenates them,
+// the port in network order.
+func socketKey(k Key) []byte {
+	b := make([]byte, 12)
+	b[0] = byte(k.Proto)
+	a := k.Addr.Addr().Unmap().As4()
+	copy(b[4:], a[:])
+	binary.BigEndian.PutUint16(b[8:], k.Addr.Port())
 	return b
+}
+
+// addrPortKey encodes an IPv4 address and port as nftables concatenates
+// them (see socketKey).
+func addrPortKey(ap netip.AddrPort) []byte {
+	return socketKey(Key{Addr: ap})[4:]
 }

@@ -9,3 +9,5 @@ var errTableExists = ErrUnsupported
 func dialNFT(uint32, func([]netlink.Message) ([]netlink.Message, error)) (conn, error) {
 	return nil, ErrUnsupported
 }
+
+func readHostNet() (hostNet, error) { return hostNet{}, ErrUnsupported }

@@ -1,7 +1,10 @@
 // Package kernel is the data plane's kernel fast path: it has the kernel
-// forward the TCP flows of listening sockets that it may (nftables DNAT,
-// conntrack), so that an established flow costs no file descriptor, goroutine
-// or copy in moat.
+// forward the TCP and UDP flows of listening sockets that it may (nftables
+// DNAT, conntrack), so that an established flow costs no file descriptor,
+// goroutine or copy in moat. It takes new flows in two places: in the output
+// hook, where flows that start on this host pass, and in prerouting, where
+// flows arriving on an interface from other hosts or network namespaces pass
+// (see hostNet.ingress for which of those it may take).
 //
 // One worker goroutine owns everything the fast path does in the kernel: it
 // programs the table from the latest desired state (coalescing changes), reads
@@ -40,10 +43,32 @@ import (
 	"github.com/moatlb/moat/internal/nftutil"
 )
 
+// Proto is a socket's transport protocol, as its IP protocol number.
+type Proto uint8
+
+// The protocols the fast path carries.
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	if p == UDP {
+		return "udp"
+	}
+	return "tcp"
+}
+
+// Key names a listening socket: its protocol, IPv4 address and port.
+type Key struct {
+	Proto Proto
+	Addr  netip.AddrPort
+}
+
 // Socket is one listening socket whose flows the fast path may carry: a TCP
-// listener on an IPv4 loopback address.
+// or UDP listener on an IPv4 address.
 type Socket struct {
-	Addr netip.AddrPort
+	Key
 	// Forward is how the kernel takes the socket's new flows; nil takes none
 	// (they reach the listening socket) but keeps the socket's established
 	// fast-path flows, their counters and their termination.
@@ -53,7 +78,7 @@ type Socket struct {
 // Forward is what the kernel does with a new flow to a socket.
 type Forward struct {
 	// AdmitAll admits every client; otherwise Admit lists the admitted IPv4
-	// ranges (empty: no one, so every SYN reaches the listening socket).
+	// ranges (empty: no one, so every new flow reaches the listening socket).
 	AdmitAll bool
 	Admit    []netipx.IPRange
 	// Targets are the addresses new flows are spread over, in a stable
@@ -93,7 +118,7 @@ type Options struct {
 	Desired func() []Socket
 	// Report receives each socket's counts, from the worker, about once per
 	// PollInterval.
-	Report func(netip.AddrPort, Counts)
+	Report func(Key, Counts)
 	// Registerer receives the fast path's own metrics; nil keeps them private.
 	Registerer prometheus.Registerer
 	// CallTimeout bounds every kernel call; 0 = 5 s.
@@ -107,6 +132,8 @@ type Options struct {
 	ID uint32
 	// dial opens a connection to the kernel (dialNFT by default).
 	dial func(log *slog.Logger, id uint32) (conn, error)
+	// readHost reads what the host's network allows (readHostNet by default).
+	readHost func() (hostNet, error)
 }
 
 // conn is one connection to the kernel's packet filter and connection
@@ -129,10 +156,11 @@ type conn interface {
 // table was rebuilt) to to (nil when the slot goes away).
 type change struct {
 	slot     uint32
-	addr     netip.AddrPort
+	key      Key
 	existed  bool // the slot is in the table already
 	remove   bool // the socket left: delete the slot
 	from, to *Forward
+	ingress  bool // to also takes new flows that arrive on an interface
 }
 
 // Slots: the conntrack mark of a fast-path flow is the path's ID (which also
@@ -167,25 +195,28 @@ type Path struct {
 	progress chan struct{} // closed and replaced whenever applied or down changes
 
 	// The worker's own state.
-	c       conn // nil while disconnected
-	closing bool // the worker is shutting down: calls no longer end early
-	slots   map[netip.AddrPort]*slot
-	leaving []*slot // slots of sockets that left, whose flows are still to end
-	free    []uint32
+	c        conn // nil while disconnected
+	closing  bool // the worker is shutting down: calls no longer end early
+	host     hostNet
+	hostRead bool // host has been read once
+	slots    map[Key]*slot
+	leaving  []*slot // slots of sockets that left, whose flows are still to end
+	free     []uint32
 }
 
 // slot is a socket the fast path knows: its mark and what the current table
 // has for it.
 type slot struct {
-	n    uint32
-	addr netip.AddrPort
-	set  bool     // the current table has the slot's chains and counters
-	fwd  *Forward // how the table takes its new flows; nil: it does not
+	n       uint32
+	key     Key
+	set     bool     // the current table has the slot's chains and counters
+	fwd     *Forward // how the table takes its new flows; nil: it does not
+	ingress bool     // the table takes its new flows from interfaces too
 }
 
 type termination struct {
 	gen    uint64
-	addrs  []netip.AddrPort
+	keys   []Key
 	target netip.AddrPort // invalid: every flow of the sockets
 }
 
@@ -212,10 +243,13 @@ func New(opts Options) (*Path, error) {
 		opts.Desired = func() []Socket { return nil }
 	}
 	if opts.Report == nil {
-		opts.Report = func(netip.AddrPort, Counts) {}
+		opts.Report = func(Key, Counts) {}
+	}
+	if opts.readHost == nil {
+		opts.readHost = readHostNet
 	}
 	p := &Path{opts: opts, log: opts.Log, kick: make(chan struct{}, 1), done: make(chan struct{}),
-		progress: make(chan struct{}), slots: map[netip.AddrPort]*slot{}}
+		progress: make(chan struct{}), slots: map[Key]*slot{}}
 	for n := uint32(maxSlots); n >= 1; n-- {
 		p.free = append(p.free, n)
 	}
@@ -248,8 +282,9 @@ func New(opts Options) (*Path, error) {
 		return nil, err
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.refreshHost()
 	go p.run()
-	p.log.Info("kernel fast path on: eligible TCP flows are forwarded by nftables and conntrack",
+	p.log.Info("kernel fast path on: eligible TCP and UDP flows are forwarded by nftables and conntrack",
 		"nftables_table", "ip "+TableName(p.id))
 	return p, nil
 }
@@ -329,13 +364,13 @@ func (p *Path) Lag() time.Duration {
 }
 
 // Terminate ends the fast-path flows to target that came through the sockets
-// at addrs, once the kernel no longer sends new flows there as of now.
-func (p *Path) Terminate(addrs []netip.AddrPort, target netip.AddrPort) {
-	if len(addrs) == 0 {
+// keys name, once the kernel no longer sends new flows there as of now.
+func (p *Path) Terminate(keys []Key, target netip.AddrPort) {
+	if len(keys) == 0 {
 		return
 	}
 	p.mu.Lock()
-	p.terms = append(p.terms, termination{gen: p.gen, addrs: addrs, target: target})
+	p.terms = append(p.terms, termination{gen: p.gen, keys: keys, target: target})
 	p.mu.Unlock()
 	select {
 	case p.kick <- struct{}{}:
@@ -369,7 +404,9 @@ func (p *Path) run() {
 			if p.c != nil && len(p.slots) > 0 {
 				p.pollCounts()
 			}
-			continue
+			if !p.refreshHost() || p.c == nil {
+				continue // unchanged, or the retry timer reprograms
+			}
 		}
 		if err := p.sync(); err != nil {
 			if errors.Is(err, errClosed) {
@@ -428,8 +465,8 @@ func (p *Path) sync() error {
 	}
 	p.leaving = nil
 	for _, t := range terms {
-		for _, a := range t.addrs {
-			if s := p.slots[a]; s != nil {
+		for _, k := range t.keys {
+			if s := p.slots[k]; s != nil {
 				p.endFlows(s.n, t.target)
 			}
 		}
@@ -473,33 +510,34 @@ func (ch change) weight() int {
 // plan compares the desired sockets with the slots and returns what to
 // program, and the slots of sockets that left.
 func (p *Path) plan(want []Socket) (changes []change, removed []*slot) {
-	seen := make(map[netip.AddrPort]bool, len(want))
+	seen := make(map[Key]bool, len(want))
 	for _, w := range want {
-		if seen[w.Addr] {
+		if seen[w.Key] {
 			continue
 		}
-		seen[w.Addr] = true
-		s := p.slots[w.Addr]
+		seen[w.Key] = true
+		ingress := p.host.ingress(w)
+		s := p.slots[w.Key]
 		if s == nil {
 			if len(p.free) == 0 {
 				continue // out of marks: the userspace engine serves it
 			}
-			s = &slot{n: p.free[len(p.free)-1], addr: w.Addr}
+			s = &slot{n: p.free[len(p.free)-1], key: w.Key}
 			p.free = p.free[:len(p.free)-1]
-			p.slots[w.Addr] = s
-			changes = append(changes, change{slot: s.n, addr: w.Addr, to: w.Forward})
+			p.slots[w.Key] = s
+			changes = append(changes, change{slot: s.n, key: w.Key, to: w.Forward, ingress: ingress})
 			continue
 		}
-		if !s.set || !s.fwd.equal(w.Forward) {
-			changes = append(changes, change{slot: s.n, addr: w.Addr, existed: s.set, from: s.fwd, to: w.Forward})
+		if !s.set || !s.fwd.equal(w.Forward) || s.ingress != ingress {
+			changes = append(changes, change{slot: s.n, key: w.Key, existed: s.set, from: s.fwd, to: w.Forward, ingress: ingress})
 		}
 	}
-	for a, s := range p.slots {
-		if !seen[a] {
-			delete(p.slots, a)
+	for k, s := range p.slots {
+		if !seen[k] {
+			delete(p.slots, k)
 			removed = append(removed, s)
 			if s.set {
-				changes = append(changes, change{slot: s.n, addr: a, existed: true, remove: true, from: s.fwd})
+				changes = append(changes, change{slot: s.n, key: k, existed: true, remove: true, from: s.fwd})
 			}
 		}
 	}
@@ -512,8 +550,8 @@ func (p *Path) commit(changes []change) {
 		if ch.remove {
 			continue
 		}
-		if s := p.slots[ch.addr]; s != nil {
-			s.fwd = ch.to
+		if s := p.slots[ch.key]; s != nil {
+			s.fwd, s.ingress = ch.to, ch.ingress
 			s.set = true
 		}
 	}
@@ -568,12 +606,12 @@ func (p *Path) pollCounts(leaving ...*slot) {
 		return
 	}
 	for _, s := range p.slots {
-		p.opts.Report(s.addr, got[s.n])
+		p.opts.Report(s.key, got[s.n])
 	}
 	for _, s := range leaving {
 		c := got[s.n]
 		c.Active = 0 // its flows end now
-		p.opts.Report(s.addr, c)
+		p.opts.Report(s.key, c)
 	}
 }
 
@@ -607,7 +645,7 @@ func (p *Path) disconnect() {
 	p.c.close()
 	p.c = nil
 	for _, s := range p.slots {
-		s.set, s.fwd = false, nil // the table went with the connection
+		s.set, s.fwd, s.ingress = false, nil, false // the table went with the connection
 	}
 	p.mu.Lock()
 	p.down = true

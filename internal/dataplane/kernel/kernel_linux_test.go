@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -57,7 +58,7 @@ func manySockets(n int, targetPort uint16) []Socket {
 	out := make([]Socket, n)
 	for i := range out {
 		out[i] = Socket{
-			Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 3, byte(i / 200), byte(1 + i%200)}), 20000),
+			Key: Key{Proto: TCP, Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 3, byte(i / 200), byte(1 + i%200)}), 20000)},
 			Forward: &Forward{Admit: admit, Idle: 350 * time.Second, Targets: []netip.AddrPort{
 				netip.MustParseAddrPort(fmt.Sprintf("127.4.0.1:%d", targetPort)),
 				netip.MustParseAddrPort(fmt.Sprintf("127.4.0.2:%d", targetPort)),
@@ -199,7 +200,7 @@ func TestBlockingPeer(t *testing.T) {
 	if took := time.Since(start); took > 100*time.Millisecond {
 		t.Fatalf("Kick took %v while the kernel hangs", took)
 	}
-	p.Terminate([]netip.AddrPort{netip.MustParseAddrPort("127.3.0.1:20000")}, netip.MustParseAddrPort("127.4.0.1:8080"))
+	p.Terminate([]Key{{TCP, netip.MustParseAddrPort("127.3.0.1:20000")}}, netip.MustParseAddrPort("127.4.0.1:8080"))
 	if err := p.Wait(ctx, gen); err != nil {
 		t.Fatalf("wait for a change while the kernel hangs: %v", err)
 	}
@@ -253,5 +254,68 @@ func TestBlockingPeer(t *testing.T) {
 	closed = true
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("Close took %v with a hung kernel", took)
+	}
+}
+
+// TestForwardingChangeReprograms: the path reads net.ipv4.ip_forward every
+// poll; when it turns on, a socket whose target is on another host starts
+// taking flows from interfaces too (its admit chain loses the rule that
+// leaves them to the listening socket), and when it turns off again, stops.
+func TestForwardingChangeReprograms(t *testing.T) {
+	needRoot(t)
+	var forwarding atomic.Bool
+	d := &desired{}
+	d.set([]Socket{{Key: Key{UDP, netip.MustParseAddrPort("198.51.100.1:53")}, Forward: &Forward{AdmitAll: true,
+		Idle: time.Minute, Targets: []netip.AddrPort{netip.MustParseAddrPort("203.0.113.5:53")}}}})
+	p, err := New(Options{Log: testLog(t), Desired: d.get, PollInterval: 20 * time.Millisecond,
+		readHost: func() (hostNet, error) { return hostNet{forwarding: forwarding.Load()}, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Wait(ctx, p.Kick()); err != nil {
+		t.Fatal(err)
+	}
+	admitRules := func() int {
+		c, err := nftables.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		table := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: p.Table()}
+		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, ch := range chains {
+			if ch.Table.Name == table.Name && strings.HasPrefix(ch.Name, "admit_") {
+				rules, err := c.GetRules(table, ch)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n += len(rules)
+			}
+		}
+		return n
+	}
+	// Off: the rule for flows from interfaces, then the DNAT (UDP has no SYN
+	// check; admitting all, no admission set).
+	if n := admitRules(); n != 2 {
+		t.Fatalf("%d admit rules with forwarding off, want 2", n)
+	}
+	for _, c := range []struct {
+		on    bool
+		rules int
+	}{{true, 1}, {false, 2}} {
+		forwarding.Store(c.on)
+		deadline := time.Now().Add(10 * time.Second)
+		for admitRules() != c.rules {
+			if time.Now().After(deadline) {
+				t.Fatalf("forwarding %v: %d admit rules, want %d", c.on, admitRules(), c.rules)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }

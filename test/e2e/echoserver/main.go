@@ -1,5 +1,7 @@
 // Command echoserver is a backend for moat's end-to-end tests that need more sockets than the test
-// process may hold: it greets every connection with its address and echoes lines.
+// process may hold, or a host in a network namespace: it greets every connection with its address
+// and the client's (as the target sees it) and echoes lines; over UDP it answers every datagram
+// with the client's address. Its dial modes are clients.
 package main
 
 import (
@@ -15,21 +17,24 @@ import (
 )
 
 func main() {
-	if len(os.Args) >= 3 {
-		switch os.Args[1] {
-		case "dial":
-			dial(os.Args[2:])
-			return
-		case "hold":
-			hold(os.Args[2:])
-			return
-		case "get":
-			get(os.Args[2])
-			return
-		}
-	}
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: echoserver <addr> | echoserver dial|hold <addr> [source-ip [timeout]] | echoserver get <url>")
+	switch {
+	case len(os.Args) >= 3 && os.Args[1] == "dial":
+		dial(os.Args[2:])
+		return
+	case len(os.Args) >= 3 && os.Args[1] == "hold":
+		hold(os.Args[2:])
+		return
+	case len(os.Args) == 3 && os.Args[1] == "get":
+		get(os.Args[2])
+		return
+	case len(os.Args) >= 3 && os.Args[1] == "dial-udp":
+		dialUDP(os.Args[2:])
+		return
+	case len(os.Args) == 3 && os.Args[1] == "udp":
+		serveUDP(os.Args[2])
+		return
+	case len(os.Args) != 2:
+		fmt.Fprintln(os.Stderr, "usage: echoserver <addr> | echoserver udp <addr> | echoserver dial|hold <addr> [source-ip [timeout]] | echoserver dial-udp <addr> [source-ip] | echoserver get <url>")
 		os.Exit(2)
 	}
 	// Hold as many connections as the hard limit allows: the soft limit a child inherits can be
@@ -53,7 +58,7 @@ func main() {
 		}
 		go func() {
 			defer c.Close()
-			fmt.Fprintf(c, "hello from %s\n", ln.Addr())
+			fmt.Fprintf(c, "hello from %s, you are %s\n", ln.Addr(), c.RemoteAddr())
 			// A plain buffer, not io.Copy: splicing a socket to itself holds a pipe (two more
 			// descriptors) for as long as the connection waits for data.
 			buf := make([]byte, 4096)
@@ -72,8 +77,9 @@ func main() {
 	}
 }
 
-// dial connects to addr (from source-ip, if given), prints the greeting and exits 0, or prints
-// the error and exits 1. Tests run it inside network namespaces as a client host.
+// dial connects to addr (from source-ip, if given), prints the greeting and a line "local
+// <address>" (its own end) and exits 0, or prints the error and exits 1. Tests run it inside
+// network namespaces as a client host.
 func dial(args []string) {
 	c, err := connect(args)
 	if err == nil {
@@ -82,7 +88,7 @@ func dial(args []string) {
 		line, err = bufio.NewReader(c).ReadString('\n')
 		c.Close()
 		if err == nil {
-			fmt.Print(line)
+			fmt.Print(line, "local ", c.LocalAddr(), "\n")
 			return
 		}
 	}
@@ -146,4 +152,51 @@ func get(url string) {
 		fmt.Println("error:", err)
 		os.Exit(1)
 	}
+}
+
+// serveUDP answers every datagram with "you are <client address>".
+func serveUDP(addr string) {
+	c, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println(c.LocalAddr())
+	buf := make([]byte, 65535)
+	for {
+		_, from, err := c.ReadFrom(buf)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "echoserver:", err)
+			os.Exit(1)
+		}
+		_, _ = c.WriteTo([]byte("you are "+from.String()+"\n"), from)
+	}
+}
+
+// dialUDP sends a datagram to addr (from source-ip, if given), prints the answer and its own end
+// as dial does and exits 0, or prints the error (no answer within a second: a timeout) and exits 1.
+func dialUDP(args []string) {
+	var laddr *net.UDPAddr
+	if len(args) > 1 {
+		laddr = &net.UDPAddr{IP: net.ParseIP(args[1])}
+	}
+	raddr, err := net.ResolveUDPAddr("udp", args[0])
+	if err == nil {
+		var c *net.UDPConn
+		if c, err = net.DialUDP("udp", laddr, raddr); err == nil {
+			_ = c.SetDeadline(time.Now().Add(time.Second))
+			buf := make([]byte, 1500)
+			var n int
+			if _, err = c.Write([]byte("ping")); err == nil {
+				n, err = c.Read(buf)
+			}
+			c.Close()
+			if err == nil {
+				fmt.Print(string(buf[:n]), "local ", c.LocalAddr(), "\n")
+				return
+			}
+		}
+	}
+	fmt.Println("error:", err)
+	os.Exit(1)
 }

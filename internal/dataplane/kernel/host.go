@@ -1,0 +1,73 @@
+package kernel
+
+import (
+	"errors"
+	"maps"
+	"net/netip"
+
+	"github.com/moatlb/moat/internal/nftutil"
+)
+
+// hostNet is what the host's network lets the fast path do with flows that
+// arrive on an interface (prerouting), as opposed to flows that start on this
+// host (output), which need nothing of it.
+type hostNet struct {
+	// forwarding is net.ipv4.ip_forward: without it the kernel drops a packet
+	// DNATed to another host's address.
+	forwarding bool
+	// local are this host's addresses, read only while forwarding is off: a
+	// target there is reached without forwarding.
+	local map[netip.Addr]bool
+}
+
+func (h hostNet) equal(g hostNet) bool {
+	return h.forwarding == g.forwarding && maps.Equal(h.local, g.local)
+}
+
+// ingress reports whether the kernel may take the socket's new flows that
+// arrive on an interface too. A packet from an interface to or DNATed to a
+// loopback address is a martian (it would take route_localnet, which moat
+// leaves alone), and one DNATed to another host needs forwarding; the
+// listening socket, and so the userspace proxy, serves those flows instead of
+// the kernel dropping them.
+func (h hostNet) ingress(s Socket) bool {
+	if s.Forward == nil || s.Addr.Addr().IsLoopback() {
+		return false
+	}
+	for _, t := range s.Forward.Targets {
+		if t.Addr().IsLoopback() || !h.forwarding && !h.local[t.Addr()] {
+			return false
+		}
+	}
+	return true
+}
+
+// refreshHost reads the host's network, within the call deadline, and
+// reports whether it changed what the fast path may do. Forwarding off is
+// logged (at start, and whenever it turns off), since it decides which flows
+// from other hosts the kernel carries. A failed read keeps what was known
+// (before the first: forwarding off, the safe side).
+func (p *Path) refreshHost() bool {
+	var h hostNet
+	err := nftutil.Call(p.closingCtx(), p.opts.CallTimeout, func() (err error) {
+		h, err = p.opts.readHost()
+		return err
+	})
+	if err != nil {
+		if !errors.Is(err, errClosed) {
+			p.log.Error("could not read the host's network settings", "error", err)
+		}
+		return false
+	}
+	if p.hostRead && h.equal(p.host) {
+		return false
+	}
+	switch {
+	case !h.forwarding && (!p.hostRead || p.host.forwarding):
+		p.log.Warn("net.ipv4.ip_forward is 0: flows from other hosts to targets on other hosts go through the userspace proxy; set it to 1 for the kernel fast path to forward them")
+	case h.forwarding && p.hostRead && !p.host.forwarding:
+		p.log.Info("net.ipv4.ip_forward is 1: the kernel fast path forwards flows from other hosts to targets on other hosts")
+	}
+	p.host, p.hostRead = h, true
+	return true
+}
