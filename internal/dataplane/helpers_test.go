@@ -58,11 +58,22 @@ func (n testNet) zones() []Zone                { return []Zone{{"zone-a", n.lbA(
 func (n testNet) zoneA() []Zone                { return []Zone{{"zone-a", n.lbA()}} }
 func ap(a netip.Addr, p uint16) netip.AddrPort { return netip.AddrPortFrom(a, p) }
 
-// freePort finds a port free for both TCP and UDP on every addr. The engine
-// binds it right after; another process taking it in between is unlikely on
-// these per-test addresses.
+// handedOut are the ports freePort has returned: the kernel may offer a
+// closed port again at once, and a test asking for several must get distinct
+// ones.
+var handedOut = struct {
+	sync.Mutex
+	ports map[uint16]bool
+}{ports: map[uint16]bool{}}
+
+// freePort finds a port free for both TCP and UDP on every addr, and not
+// returned before in this test process. The engine binds it right after;
+// another process taking it in between is unlikely on these per-test
+// addresses.
 func freePort(t testing.TB, addrs ...netip.Addr) uint16 {
 	t.Helper()
+	handedOut.Lock()
+	defer handedOut.Unlock()
 	for range 100 {
 		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap(addrs[0], 0)))
 		if err != nil {
@@ -87,7 +98,8 @@ func freePort(t testing.TB, addrs ...netip.Addr) uint16 {
 		for _, c := range closers {
 			c.Close()
 		}
-		if ok {
+		if ok && !handedOut.ports[port] {
+			handedOut.ports[port] = true
 			return port
 		}
 	}

@@ -55,10 +55,6 @@ const (
 	counterOut = "out_"
 )
 
-// socketBuffer is the netlink socket's send and receive buffer
-// (SO_SNDBUFFORCE, SO_RCVBUFFORCE: they need the same privilege as nftables).
-const socketBuffer = 16 << 20
-
 type nftConn struct {
 	id    uint32
 	nft   *nftables.Conn
@@ -83,18 +79,7 @@ func dialNFT(id uint32, testDial func([]netlink.Message) ([]netlink.Message, err
 		if testDial != nil {
 			return nil
 		}
-		rc, err := nl.SyscallConn()
-		if err != nil {
-			return err
-		}
-		var serr error
-		if err := rc.Control(func(fd uintptr) {
-			serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer),
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer))
-		}); err != nil {
-			return err
-		}
-		return serr
+		return nftutil.ForLargeBatches(nl)
 	}
 	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(capture)}
 	if testDial != nil {
