@@ -76,7 +76,17 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw 
 	}
 	for _, lb := range st.LoadBalancers {
 		state, reason := cloud.StateActive, ""
+		for _, z := range lb.Zones {
+			if a, err := netip.ParseAddr(z.Address); err == nil {
+				if why := routes.Why(a); why != nil {
+					state, reason = cloud.StateActiveImpaired, fmt.Sprintf("its address %s cannot be served: %v", a, why)
+				}
+			}
+		}
 		for _, l := range st.Listeners {
+			if state != cloud.StateActive {
+				break
+			}
 			if l.LoadBalancerARN != lb.ARN {
 				continue
 			}
@@ -104,18 +114,25 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw 
 
 // canListen is the API's check before it accepts a listener: it binds every address on the port
 // and lets go at once, so a port that is taken or privileged, or an address the host does not
-// have, fails CreateListener clearly instead of leaving the load balancer impaired. notLocal says
-// why moat lb could not make an address local, if it tried.
+// have, fails CreateListener clearly instead of leaving the load balancer impaired. The one
+// exception is an address that moat lb tried and failed to make local (notLocal says why): that
+// listener is accepted, and the sync reports its load balancer active_impaired with the reason,
+// as AWS reports a load balancer it cannot serve.
 func canListen(notLocal func(netip.Addr) error) cloud.PortChecker {
 	return func(addrs []netip.Addr, protocol string, port int) error {
-		err := bindEach(addrs, protocol, port)
-		var unbound *addrNotLocalError
-		if errors.As(err, &unbound) {
-			if why := notLocal(unbound.addr); why != nil {
-				return fmt.Errorf("%w; %w", err, why)
+		for _, a := range addrs {
+			err := bindOnce(a, protocol, port)
+			if errors.Is(err, syscall.EADDRNOTAVAIL) {
+				if notLocal(a) != nil {
+					continue
+				}
+				return &addrNotLocalError{a, err}
+			}
+			if err != nil {
+				return err
 			}
 		}
-		return err
+		return nil
 	}
 }
 
@@ -131,27 +148,18 @@ func (e *addrNotLocalError) Error() string {
 
 func (e *addrNotLocalError) Unwrap() error { return e.err }
 
-func bindEach(addrs []netip.Addr, protocol string, port int) error {
-	for _, a := range addrs {
-		addr := netip.AddrPortFrom(a, uint16(port)).String()
-		var err error
-		if protocol == "UDP" {
-			var pc net.PacketConn
-			if pc, err = net.ListenPacket("udp", addr); err == nil {
-				pc.Close()
-			}
-		} else {
-			var ln net.Listener
-			if ln, err = net.Listen("tcp", addr); err == nil {
-				ln.Close()
-			}
+func bindOnce(a netip.Addr, protocol string, port int) error {
+	addr := netip.AddrPortFrom(a, uint16(port)).String()
+	if protocol == "UDP" {
+		pc, err := net.ListenPacket("udp", addr)
+		if err == nil {
+			pc.Close()
 		}
-		if errors.Is(err, syscall.EADDRNOTAVAIL) {
-			return &addrNotLocalError{a, err}
-		}
-		if err != nil {
-			return err
-		}
+		return err
 	}
-	return nil
+	ln, err := net.Listen("tcp", addr)
+	if err == nil {
+		ln.Close()
+	}
+	return err
 }
