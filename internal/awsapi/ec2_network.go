@@ -274,6 +274,8 @@ type ec2NetworkInterface struct {
 	OwnerID               string                         `xml:"ownerId"`
 	Status                string                         `xml:"status"`
 	InterfaceType         string                         `xml:"interfaceType"`
+	RequesterID           string                         `xml:"requesterId,omitempty"`
+	RequesterManaged      bool                           `xml:"requesterManaged"`
 	PrivateIPAddress      string                         `xml:"privateIpAddress"`
 	PrivateIPAddressesSet wire.Items[ec2PrivateIP]       `xml:"privateIpAddressesSet"`
 	GroupSet              wire.Items[ec2GroupIdentifier] `xml:"groupSet"`
@@ -284,7 +286,8 @@ type ec2NetworkInterface struct {
 func (s *Server) interfaceOut(eni cloud.NetworkInterface, names map[string]string) ec2NetworkInterface {
 	out := ec2NetworkInterface{
 		NetworkInterfaceID: eni.ID, SubnetID: eni.SubnetID, VpcID: eni.VPCID, Description: eni.Description,
-		OwnerID: s.cloud.Config().AccountID, Status: "in-use", InterfaceType: "interface",
+		OwnerID: s.cloud.Config().AccountID, Status: "in-use", InterfaceType: eni.Type(),
+		RequesterID: eni.RequesterID, RequesterManaged: eni.RequesterID != "",
 		PrivateIPAddressesSet: wire.Items[ec2PrivateIP]{}, GroupSet: wire.Items[ec2GroupIdentifier]{}, TagSet: tagsOut(eni.Tags),
 	}
 	for i, ip := range eni.PrivateIPs {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
@@ -570,5 +571,39 @@ func TestLoadBalancerState(t *testing.T) {
 	}
 	if err := e.Cloud.SetLoadBalancerState(arn+"0", cloud.StateActive, ""); err == nil {
 		t.Error("a missing load balancer's state was set")
+	}
+}
+
+// TestLoadBalancerInterfaces: a load balancer's own interfaces are described as AWS describes
+// them (one per zone, requester-managed, "ELB net/<name>/<id>", its groups and address), so that
+// resolving a group to its members through the API finds the load balancer.
+func TestLoadBalancerInterfaces(t *testing.T) {
+	e := newEnv(t)
+	sg := e.createGroup(t, "front")
+	lb := e.createLB(t, "web", func(in *elbv2.CreateLoadBalancerInput) { in.SecurityGroups = []string{sg} })
+	out := must[*ec2.DescribeNetworkInterfacesOutput](t)(e.EC2.DescribeNetworkInterfaces(e.ctx, &ec2.DescribeNetworkInterfacesInput{
+		Filters: []ec2types.Filter{{Name: aws.String("group-id"), Values: []string{sg}}},
+	}))
+	want := map[string]bool{}
+	for _, a := range e.addresses(t, aws.ToString(lb.LoadBalancerArn)) {
+		want[a.String()] = true
+	}
+	arnParts := strings.Split(aws.ToString(lb.LoadBalancerArn), "/")
+	description := "ELB net/web/" + arnParts[len(arnParts)-1]
+	if len(out.NetworkInterfaces) != len(want) {
+		t.Fatalf("the group's members are %d interfaces, want the load balancer's %d", len(out.NetworkInterfaces), len(want))
+	}
+	for _, n := range out.NetworkInterfaces {
+		if !want[aws.ToString(n.PrivateIpAddress)] || n.InterfaceType != ec2types.NetworkInterfaceTypeNetworkLoadBalancer ||
+			!aws.ToBool(n.RequesterManaged) || aws.ToString(n.RequesterId) != "amazon-elb" || aws.ToString(n.Description) != description {
+			t.Errorf("interface %+v", n)
+		}
+	}
+	must[*elbv2.DeleteLoadBalancerOutput](t)(e.ELB.DeleteLoadBalancer(e.ctx, &elbv2.DeleteLoadBalancerInput{LoadBalancerArn: lb.LoadBalancerArn}))
+	left := must[*ec2.DescribeNetworkInterfacesOutput](t)(e.EC2.DescribeNetworkInterfaces(e.ctx, &ec2.DescribeNetworkInterfacesInput{
+		Filters: []ec2types.Filter{{Name: aws.String("interface-type"), Values: []string{"network_load_balancer"}}},
+	}))
+	if len(left.NetworkInterfaces) != 0 {
+		t.Errorf("a deleted load balancer's interfaces remain: %+v", left.NetworkInterfaces)
 	}
 }

@@ -56,7 +56,19 @@ type NetworkInterface struct {
 	Groups      []string
 	InstanceID  string `json:",omitempty"`
 	Description string `json:",omitempty"`
-	Tags        Tags
+	// A load balancer's interfaces are network_load_balancer, managed by amazon-elb; the
+	// inventory's are plain ("").
+	InterfaceType string `json:",omitempty"`
+	RequesterID   string `json:",omitempty"`
+	Tags          Tags
+}
+
+// Type is the interface's type as EC2 names it.
+func (n NetworkInterface) Type() string {
+	if n.InterfaceType == "" {
+		return "interface"
+	}
+	return n.InterfaceType
 }
 
 // PrefixList is a managed prefix list: a named set of CIDRs that rules can reference.
@@ -86,6 +98,12 @@ func describe[T any](c *Cloud, bucket string, ids []string, id func(T) string, m
 	}); err != nil {
 		return nil, err
 	}
+	return selectMatching(all, ids, id, match, filters, notFound)
+}
+
+// selectMatching keeps the resources of all named by ids (all when ids is empty) and matching
+// filters, and reports an id that does not exist with notFound.
+func selectMatching[T any](all []T, ids []string, id func(T) string, match func(T, Filter) (bool, *Error), filters []Filter, notFound func(string) *Error) ([]T, error) {
 	byID := map[string]T{}
 	for _, r := range all {
 		byID[id(r)] = r
@@ -213,8 +231,27 @@ func (c *Cloud) DescribeInstances(ids []string, filters []Filter) ([]Instance, e
 // DescribeNetworkInterfaces lists interfaces by ID and filters (vpc-id, subnet-id,
 // addresses.private-ip-address, private-ip-address, group-id, attachment.instance-id,
 // attachment.instance-owner-id, owner-id, tags).
+//
+// The load balancers' own interfaces are among them, as on AWS: one per zone, carrying the load
+// balancer's groups and address, so that whoever resolves a group to its members' addresses
+// through the API (moat node, the AWS controller) finds the load balancers too.
 func (c *Cloud) DescribeNetworkInterfaces(ids []string, filters []Filter) ([]NetworkInterface, error) {
-	return describe(c, bucketInterfaces, ids, func(n NetworkInterface) string { return n.ID }, func(n NetworkInterface, f Filter) (bool, *Error) {
+	var all []NetworkInterface
+	if err := c.store.View(func(tx store.Tx) error {
+		ifaces, err := store.List[NetworkInterface](tx, bucketInterfaces)
+		if err != nil {
+			return err
+		}
+		lbs, err := store.List[LoadBalancer](tx, bucketLoadBalancers)
+		if err != nil {
+			return err
+		}
+		all = append(ifaces, loadBalancerInterfaces(lbs)...)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return selectMatching(all, ids, func(n NetworkInterface) string { return n.ID }, func(n NetworkInterface, f Filter) (bool, *Error) {
 		if m, ok := matchTagFilter(f, n.Tags); ok {
 			return m, nil
 		}
@@ -239,11 +276,32 @@ func (c *Cloud) DescribeNetworkInterfaces(ids []string, filters []Filter) ([]Net
 			return false, nil
 		case "description":
 			return matchValue(f.Values, n.Description), nil
+		case "interface-type":
+			return matchValue(f.Values, n.Type()), nil
+		case "requester-managed":
+			return matchValue(f.Values, strconv.FormatBool(n.RequesterID != "")), nil
 		}
 		return false, unknownFilter(f.Name)
 	}, filters, func(id string) *Error {
 		return errorf("InvalidNetworkInterfaceID.NotFound", "The networkInterface ID '%s' does not exist", id)
 	})
+}
+
+// loadBalancerInterfaces are the interfaces AWS makes for network load balancers: one per zone,
+// requester-managed by amazon-elb, described "ELB net/<name>/<id>", with the load balancer's
+// groups and the zone's IPv4 address.
+func loadBalancerInterfaces(lbs []LoadBalancer) []NetworkInterface {
+	var out []NetworkInterface
+	for _, lb := range lbs {
+		for _, z := range lb.Zones {
+			out = append(out, NetworkInterface{
+				ID: derivedID("eni", lb.ARN+"/"+z.SubnetID), SubnetID: z.SubnetID, VPCID: lb.VPCID,
+				PrivateIPs: []string{z.Address}, Groups: slices.Clone(lb.SecurityGroups),
+				Description: "ELB net/" + lb.Name + "/" + lb.ID, InterfaceType: "network_load_balancer", RequesterID: "amazon-elb",
+			})
+		}
+	}
+	return out
 }
 
 // DescribePrefixLists lists managed prefix lists by ID and filters (prefix-list-id,

@@ -8,7 +8,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
-	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 
 	"github.com/moatlb/moat/internal/cloud"
 )
@@ -17,17 +16,16 @@ import (
 // read actions only (a read-only key suffices).
 type reader struct {
 	ec2 *ec2.Client
-	elb *elbv2.Client
 }
 
 func newReader(cfg aws.Config) *reader {
-	return &reader{ec2: ec2.NewFromConfig(cfg), elb: elbv2.NewFromConfig(cfg)}
+	return &reader{ec2: ec2.NewFromConfig(cfg)}
 }
 
 // read returns the resources that resolve the rules of the interfaces that protect selects:
-// every interface (any may carry a referenced group), the groups of the selected interfaces,
-// and — only when those groups' rules need them — the load balancers (their addresses carry
-// their groups) and the prefix lists named. Anything failing fails the whole read: a partial
+// every interface (any may carry a referenced group; the load balancers' own interfaces carry
+// theirs, as on AWS), the groups of the selected interfaces, and — only when those groups' rules
+// need them — the prefix lists named. Anything failing fails the whole read: a partial
 // answer must never become a program.
 func (r *reader) read(ctx context.Context, protect func(cloud.NetworkInterface, netip.Addr) bool) (cloud.State, error) {
 	var st cloud.State
@@ -70,21 +68,7 @@ func (r *reader) read(ctx context.Context, protect func(cloud.NetworkInterface, 
 			st.SecurityGroups = append(st.SecurityGroups, groupFrom(g))
 		}
 	}
-	refGroups, refLists := referenced(st.SecurityGroups)
-	if len(refGroups) > 0 {
-		lbs := elbv2.NewDescribeLoadBalancersPaginator(r.elb, &elbv2.DescribeLoadBalancersInput{})
-		for lbs.HasMorePages() {
-			page, err := lbs.NextPage(ctx)
-			if err != nil {
-				return st, fmt.Errorf("DescribeLoadBalancers: %w", err)
-			}
-			for _, lb := range page.LoadBalancers {
-				if len(lb.SecurityGroups) > 0 {
-					st.LoadBalancers = append(st.LoadBalancers, loadBalancerFrom(lb))
-				}
-			}
-		}
-	}
+	refLists := referencedPrefixLists(st.SecurityGroups)
 	if len(refLists) > 0 {
 		var found []ec2types.ManagedPrefixList
 		lists := ec2.NewDescribeManagedPrefixListsPaginator(r.ec2, &ec2.DescribeManagedPrefixListsInput{

@@ -3,7 +3,6 @@ package node
 import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
-	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
 	"github.com/moatlb/moat/internal/cloud"
 )
@@ -72,33 +71,19 @@ func rulesFrom(perms []ec2types.IpPermission) []cloud.Rule {
 	return out
 }
 
-func loadBalancerFrom(lb elbtypes.LoadBalancer) cloud.LoadBalancer {
-	out := cloud.LoadBalancer{ARN: aws.ToString(lb.LoadBalancerArn), SecurityGroups: lb.SecurityGroups}
-	for _, z := range lb.AvailabilityZones {
-		for _, a := range z.LoadBalancerAddresses {
-			out.Zones = append(out.Zones, cloud.LoadBalancerZone{SubnetID: aws.ToString(z.SubnetId), Zone: aws.ToString(z.ZoneName),
-				Address: aws.ToString(a.IpAddress), IPv6Address: aws.ToString(a.IPv6Address)})
-		}
-	}
-	return out
-}
-
-// referenced returns the groups and prefix lists that groups' rules name as peers.
-func referenced(groups []cloud.SecurityGroup) (groupIDs, prefixLists []string) {
-	seenG, seenP := map[string]bool{}, map[string]bool{}
+// referencedPrefixLists returns the prefix lists that groups' rules name as peers.
+func referencedPrefixLists(groups []cloud.SecurityGroup) []string {
+	var out []string
+	seen := map[string]bool{}
 	for _, g := range groups {
 		for _, rules := range [][]cloud.Rule{g.Ingress, g.Egress} {
 			for _, r := range rules {
-				if r.GroupID != "" && !seenG[r.GroupID] {
-					seenG[r.GroupID] = true
-					groupIDs = append(groupIDs, r.GroupID)
-				}
-				if r.PrefixListID != "" && !seenP[r.PrefixListID] {
-					seenP[r.PrefixListID] = true
-					prefixLists = append(prefixLists, r.PrefixListID)
+				if r.PrefixListID != "" && !seen[r.PrefixListID] {
+					seen[r.PrefixListID] = true
+					out = append(out, r.PrefixListID)
 				}
 			}
 		}
 	}
-	return groupIDs, prefixLists
+	return out
 }

@@ -177,7 +177,7 @@ func TestReadMatchesStore(t *testing.T) {
 		t.Errorf("from the API:\n%+v\nfrom the store:\n%+v", got, want)
 	}
 	calls := w.env.Calls(t).Since(before)
-	for _, action := range []string{"DescribeNetworkInterfaces", "DescribeSecurityGroups", "DescribeLoadBalancers", "DescribeManagedPrefixLists", "GetManagedPrefixListEntries"} {
+	for _, action := range []string{"DescribeNetworkInterfaces", "DescribeSecurityGroups", "DescribeManagedPrefixLists", "GetManagedPrefixListEntries"} {
 		if calls.Count(action) != 1 {
 			t.Errorf("%d %s calls in one reading, want 1 (calls: %v)", calls.Count(action), action, calls)
 		}
