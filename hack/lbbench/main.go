@@ -43,7 +43,7 @@ func main() {
 	size := flag.Int64("bytes", 2<<30, "bytes sent in the throughput test")
 	duration := flag.Duration("duration", 5*time.Second, "length of the connections-per-second and UDP tests")
 	requests := flag.Int("requests", 20000, "request/response round trips in the latency test")
-	reps := flag.Int("reps", 3, "repetitions of each test; the median is reported")
+	reps := flag.Int("reps", 3, "rounds: each path runs each test once per round; the median is reported (odd is best)")
 	clientNS := flag.String("client-ns", "", "network namespace of the client host (hack/bench-lb.sh makes it)")
 	targetNS := flag.String("target-ns", "", "network namespace of the target host (hack/bench-lb.sh makes it)")
 	fw := flag.Bool("firewall", false, "measure the instance firewall: direct connections to an instance with enforcement off and on (root, in a network namespace of its own)")
