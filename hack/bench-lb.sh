@@ -1,22 +1,56 @@
 #!/usr/bin/env bash
-# Measures moat lb's data plane beside a direct connection and HAProxy (TCP mode), in one run on
-# this machine, against the same backends: throughput (1 stream, 1 MiB writes), connections per
-# second, request/response latency p50/p99, and the proxies' CPU seconds per GB moved.
+# Measures moat lb's data plane beside a direct connection, HAProxy (TCP mode) and nginx's stream
+# module (UDP; HAProxy 2.6 has none), in one run on this machine, against the same backends, with
+# the client, the proxies and the backends in three network namespaces that it creates: TCP
+# throughput (1 stream, 1 MiB writes), connections per second, request/response latency p50/p99,
+# UDP datagrams per second, and the proxies' CPU seconds per GB moved. Needs root.
 # Usage: hack/bench-lb.sh [lbbench flags, e.g. -reps 5 -bytes 4294967296]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v haproxy >/dev/null; then
-  echo "installing haproxy (Debian) ..." >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null
+if [ "$(id -u)" != 0 ]; then
+  echo "bench-lb.sh: needs root (network namespaces and nftables)" >&2
+  exit 1
+fi
+if ! command -v haproxy >/dev/null || ! [ -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+  echo "installing haproxy and nginx's stream module (Debian) ..." >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy libnginx-mod-stream >/dev/null
 fi
 mkdir -p bin
 go build -o bin/moat ./cmd/moat
 go build -o bin/lbbench ./hack/lbbench
-# On a 2-core machine, pin the proxy to CPU 1 and the load (client and backends) to CPU 0, so the
-# two do not steal each other's time.
-cpus=""
+
+# The lab (see hack/lbbench/lab.go): client ── proxies (a router, and moat lb's host) ── target.
+id=$$
+client=mbenchc$id lb=mbenchl$id target=mbencht$id
+cleanup() {
+  for ns in "$client" "$lb" "$target"; do ip netns del "$ns" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+for ns in "$client" "$lb" "$target"; do
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+done
+# veth joins namespace $1 (address $3) and $4 (address $6) by interfaces $2 and $5.
+veth() {
+  ip link add "$2" netns "$1" type veth peer name "$5" netns "$4"
+  ip -n "$1" addr add "$3" dev "$2" && ip -n "$1" link set "$2" up
+  ip -n "$4" addr add "$6" dev "$5" && ip -n "$4" link set "$5" up
+}
+veth "$client" c0 198.18.0.2/24 "$lb" c1 198.18.0.1/24
+veth "$target" t0 198.18.2.10/24 "$lb" t1 198.18.2.1/24
+ip -n "$client" route add 198.18.0.0/15 via 198.18.0.1
+ip -n "$target" route add default via 198.18.2.1
+# The load balancer addresses moat allocates (from the 100th of each subnet) are routed to its
+# host, as a cloud routes an NLB's addresses to its nodes; the host forwards to the target.
+ip -n "$lb" route add local 198.18.1.96/27 dev lo
+ip -n "$lb" route add local 198.18.2.96/27 dev lo
+ip netns exec "$lb" sysctl -q -w net.ipv4.ip_forward=1
+
+# On a 2-core machine, pin the proxies to CPU 1 and the load (client and backends) to CPU 0, so
+# that the two do not steal each other's time.
+pin=() cpus=""
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  cpus=1
-  exec taskset -c 0 bin/lbbench -moat bin/moat -haproxy "$(command -v haproxy)" -proxy-cpus "$cpus" "$@"
+  pin=(taskset -c 0) cpus=1
 fi
-exec bin/lbbench -moat bin/moat -haproxy "$(command -v haproxy)" "$@"
+ip netns exec "$lb" "${pin[@]}" bin/lbbench -client-ns "$client" -target-ns "$target" -moat bin/moat \
+  -haproxy "$(command -v haproxy)" -nginx "$(command -v nginx)" -proxy-cpus "$cpus" "$@"

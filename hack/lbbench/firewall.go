@@ -20,7 +20,7 @@ import (
 // alike. The instance's group is a full one: 59 rules that do not match the client, then the one
 // that does, as real rule sets are. The firewall judges a flow's first packet only; conntrack
 // carries the rest, so the figures should be close.
-func benchFirewall(size int64, d time.Duration, requests, reps int) {
+func benchFirewall(o testOpts, reps int) {
 	fw, err := firewall.New(firewall.Options{Table: "bench"})
 	check(err)
 	defer fw.Close()
@@ -49,7 +49,7 @@ func benchFirewall(size int64, d time.Duration, requests, reps int) {
 			err := fw.Wait(ctx, fw.Apply(m.p))
 			cancel()
 			check(err)
-			m.t.measure(size, d, requests)
+			m.t.measure(func(test, addr string) result { return runTest(test, addr, o) }, o.size)
 		}
 	}
 	log.Printf("measured %d rounds of each", reps)
@@ -58,21 +58,12 @@ func benchFirewall(size int64, d time.Duration, requests, reps int) {
 		ts = append(ts, m.t)
 	}
 	report(ts)
-	// The rounds of all paths are neighbours in time: the median of each round's ratio cancels
-	// the machine's drift over the run better than the ratio of the medians.
 	// sg-enforce/ct-only is what enforcing adds on a host that tracks connections already (any
 	// Kubernetes node does, for its services).
 	fmt.Println("\nmedian of the per-round ratios:")
-	ratio := func(a, b []float64) float64 {
-		r := make([]float64, len(a))
-		for i := range a {
-			r[i] = a[i] / b[i]
-		}
-		return median(r)
-	}
 	for i, b := range ts {
 		for _, a := range ts[i+1:] {
-			fmt.Printf("%s/%s:  throughput %.2f, conn/s %.2f\n", a.name, b.name, ratio(a.mbps, b.mbps), ratio(a.cps, b.cps))
+			ratios(a, b)
 		}
 	}
 }

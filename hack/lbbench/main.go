@@ -1,25 +1,25 @@
 //go:build linux
 
-// Command lbbench measures moat lb's data plane side by side with a direct connection and with
-// HAProxy (TCP mode) in one run, against the same backends: throughput of one stream with large
-// writes, connections per second, and request/response latency (p50, p99), with the CPU seconds
-// each proxy spent. hack/bench-lb.sh builds and runs it; see the README. With -firewall it
-// measures the instance firewall instead: direct connections with enforcement off and on
-// (hack/bench-firewall.sh). It is Linux's only: it reads /proc for CPU time and pins processes
-// with taskset.
+// Command lbbench measures moat lb's data plane side by side with a direct connection, HAProxy
+// (TCP mode) and nginx's stream module (UDP) in one run, against the same backends: throughput of
+// one stream with large writes, connections per second, request/response latency (p50, p99) and
+// UDP datagrams per second, with the CPU seconds each proxy spent. The client, the proxies and
+// the backends sit in three network namespaces that hack/bench-lb.sh creates (see lab.go). With
+// -firewall it measures the instance firewall instead: direct connections with enforcement off
+// and on (hack/bench-firewall.sh). It is Linux's only: it reads /proc for CPU time and pins
+// processes with taskset.
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log"
+	"math"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,84 +27,107 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/service/ec2"
-	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
-	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
-	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 )
 
-const (
+// The addresses of the firewall bench, on loopback; the lab's are in lab.go.
+var (
 	backendIP = "127.1.0.60" // in subnet a of moat's default inventory
-	haproxyIP = "127.0.0.20"
 	clientIP  = "127.0.0.2"
 )
 
 func main() {
 	moat := flag.String("moat", "bin/moat", "the moat binary")
 	haproxy := flag.String("haproxy", "haproxy", "the haproxy binary (empty: skip HAProxy)")
+	nginx := flag.String("nginx", "nginx", "the nginx binary, with the stream module installed (empty: skip nginx)")
 	proxyCPU := flag.String("proxy-cpus", "", "CPU list to pin the proxies to with taskset (e.g. 1)")
 	size := flag.Int64("bytes", 2<<30, "bytes sent in the throughput test")
-	duration := flag.Duration("duration", 5*time.Second, "length of the connections-per-second test")
+	duration := flag.Duration("duration", 5*time.Second, "length of the connections-per-second and UDP tests")
 	requests := flag.Int("requests", 20000, "request/response round trips in the latency test")
-	reps := flag.Int("reps", 3, "repetitions of each test; the median is reported")
+	reps := flag.Int("reps", 3, "rounds: each path runs each test once per round; the median is reported (odd is best)")
+	clientNS := flag.String("client-ns", "", "network namespace of the client host (hack/bench-lb.sh makes it)")
+	targetNS := flag.String("target-ns", "", "network namespace of the target host (hack/bench-lb.sh makes it)")
 	fw := flag.Bool("firewall", false, "measure the instance firewall: direct connections to an instance with enforcement off and on (root, in a network namespace of its own)")
+	// The lab runs lbbench itself in the client's and the target's namespaces for these.
+	test := flag.String("test", "", "internal: run one client test (throughput, conns, latency, udp) against -addr and print its result")
+	addr := flag.String("addr", "", "internal: the address -test measures")
+	serveAt := flag.String("serve", "", "internal: serve the backends on this IP until killed")
 	flag.Parse()
 	log.SetFlags(0)
-	if *fw {
-		benchFirewall(*size, *duration, *requests, *reps)
-		return
+	opts := testOpts{size: *size, duration: *duration, requests: *requests}
+	switch {
+	case *fw:
+		benchFirewall(opts, *reps)
+	case *test != "":
+		clientIP = labClientIP
+		check(json.NewEncoder(os.Stdout).Encode(runTest(*test, *addr, opts)))
+	case *serveAt != "":
+		backendIP = *serveAt
+		serve(strconv.Itoa(sinkPort), sink)
+		serve(strconv.Itoa(echoPort), echo)
+		serveUDPEcho(strconv.Itoa(udpPort))
+		select {}
+	case *clientNS == "" || *targetNS == "":
+		log.Fatal("lbbench: -client-ns and -target-ns are needed (hack/bench-lb.sh makes them), or -firewall")
+	default:
+		benchLab(lab{client: *clientNS, target: *targetNS, moat: *moat, haproxy: *haproxy, nginx: *nginx, cpus: *proxyCPU}, opts, *reps)
 	}
+}
 
-	dir, err := os.MkdirTemp("", "lbbench-")
-	check(err)
-	defer os.RemoveAll(dir)
-	sink, echo := serveSink(), serveEcho()
+type testOpts struct {
+	size     int64
+	duration time.Duration
+	requests int
+}
 
-	// One path at a time, so that they do not compete for the CPUs: the direct connection, moat
-	// lb with its kernel fast path and without it, and HAProxy.
-	paths := []func() (*target, func()){
-		func() (*target, func()) { return &target{name: "direct", sinkAddr: sink, echoAddr: echo}, func() {} },
-		func() (*target, func()) { return startMoat("moat", "auto", *moat, *proxyCPU, dir, sink, echo) },
-		func() (*target, func()) { return startMoat("moat-us", "off", *moat, *proxyCPU, dir, sink, echo) },
+// result is one test's outcome: a rate (MB/s, conn/s or datagrams/s), or latency percentiles.
+type result struct {
+	Rate     float64       `json:",omitempty"`
+	P50, P99 time.Duration `json:",omitempty"`
+}
+
+func runTest(test, addr string, o testOpts) result {
+	switch test {
+	case "throughput":
+		return result{Rate: throughput(addr, o.size)}
+	case "conns":
+		return result{Rate: connsPerSecond(addr, o.duration)}
+	case "latency":
+		p50, p99 := latency(addr, o.requests)
+		return result{P50: p50, P99: p99}
+	case "udp":
+		return result{Rate: udpRate(addr, o.duration)}
 	}
-	if *haproxy != "" {
-		paths = append(paths, func() (*target, func()) { return startHAProxy(*haproxy, *proxyCPU, dir, sink, echo) })
-	}
-	var targets []*target
-	for _, start := range paths {
-		t, stop := start()
-		for range *reps {
-			t.measure(*size, *duration, *requests)
-		}
-		stop()
-		targets = append(targets, t)
-		log.Printf("measured %s", t.name)
-	}
-	report(targets)
+	log.Fatalf("lbbench: unknown test %q", test)
+	return result{}
 }
 
 type target struct {
-	name               string
-	sinkAddr, echoAddr string
-	pid                int
-	mbps, cps          []float64
-	p50, p99           []time.Duration
-	cpuPerGB           []float64
+	name                        string
+	sinkAddr, echoAddr, udpAddr string // empty: the path does not serve that protocol
+	pid                         int
+	metrics                     string // moat lb's metrics address
+	mbps, cps, pps              []float64
+	p50, p99                    []time.Duration
+	cpuPerGB                    []float64
 }
 
-// measure runs each test once and records the results.
-func (t *target) measure(size int64, d time.Duration, requests int) {
-	cpu0 := t.cpu()
-	mbps := throughput(t.sinkAddr, size)
-	t.cpuPerGB = append(t.cpuPerGB, (t.cpu()-cpu0)/(float64(size)/1e9))
-	t.mbps = append(t.mbps, mbps)
-	t.cps = append(t.cps, connsPerSecond(t.echoAddr, d))
-	p50, p99 := latency(t.echoAddr, requests)
-	t.p50 = append(t.p50, p50)
-	t.p99 = append(t.p99, p99)
+// measure runs each test the path serves once, through run, and records the results.
+func (t *target) measure(run func(test, addr string) result, size int64) {
+	if t.sinkAddr != "" {
+		cpu0 := t.cpu()
+		r := run("throughput", t.sinkAddr)
+		t.cpuPerGB = append(t.cpuPerGB, (t.cpu()-cpu0)/(float64(size)/1e9))
+		t.mbps = append(t.mbps, r.Rate)
+	}
+	if t.echoAddr != "" {
+		t.cps = append(t.cps, run("conns", t.echoAddr).Rate)
+		r := run("latency", t.echoAddr)
+		t.p50 = append(t.p50, r.P50)
+		t.p99 = append(t.p99, r.P99)
+	}
+	if t.udpAddr != "" {
+		t.pps = append(t.pps, run("udp", t.udpAddr).Rate)
+	}
 }
 
 // cpu is the CPU seconds the proxy process has used so far (0 for the direct path).
@@ -120,66 +143,103 @@ func (t *target) cpu() float64 {
 	return (utime + stime) / 100 // USER_HZ
 }
 
-func median[T int64 | float64 | time.Duration](v []T) T {
+// median is v's median, or NaN for a test the path did not run.
+func median[T float64 | time.Duration](v []T) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
 	s := slices.Clone(v)
 	slices.Sort(s)
-	return s[len(s)/2]
+	return float64(s[len(s)/2])
+}
+
+// cell formats v, or "-" where the path has no such figure.
+func cell(format string, v float64) string {
+	if math.IsNaN(v) {
+		return "-"
+	}
+	return fmt.Sprintf(format, v)
 }
 
 func report(ts []*target) {
-	fmt.Printf("\n%-10s %14s %12s %12s %10s %10s\n", "path", "throughput", "proxy cpu", "conn/s", "p50", "p99")
+	fmt.Printf("\n%-10s %14s %12s %10s %10s %10s %14s\n", "path", "throughput", "proxy cpu", "conn/s", "p50", "p99", "udp")
+	us := func(d float64) string { return cell("%.0f µs", d/1e3) }
 	for _, t := range ts {
 		cpu := "-"
 		if t.pid != 0 {
-			cpu = fmt.Sprintf("%.2f s/GB", median(t.cpuPerGB))
+			cpu = cell("%.2f s/GB", median(t.cpuPerGB))
 		}
-		fmt.Printf("%-10s %9.0f MB/s %12s %12.0f %10v %10v\n", t.name, median(t.mbps), cpu, median(t.cps), median(t.p50).Round(time.Microsecond), median(t.p99).Round(time.Microsecond))
+		fmt.Printf("%-10s %14s %12s %10s %10s %10s %14s\n", t.name, cell("%.0f MB/s", median(t.mbps)), cpu, cell("%.0f", median(t.cps)),
+			us(median(t.p50)), us(median(t.p99)), cell("%.0f dgram/s", median(t.pps)))
 	}
-	ratios := func(a, b *target) string {
-		return fmt.Sprintf("throughput %.2f, conn/s %.2f, p50 %.2f, p99 %.2f",
-			median(a.mbps)/median(b.mbps), median(a.cps)/median(b.cps),
-			float64(median(a.p50))/float64(median(b.p50)), float64(median(a.p99))/float64(median(b.p99)))
-	}
-	fmt.Println()
-	for _, m := range ts[1:] {
-		if m.name == "haproxy" {
-			continue
-		}
-		fmt.Printf("%s/%s:  %s\n", m.name, ts[0].name, ratios(m, ts[0]))
-		if h := ts[len(ts)-1]; h.name == "haproxy" {
-			fmt.Printf("%s/haproxy: %s, cpu/GB %.2f\n", m.name, ratios(m, h), median(m.cpuPerGB)/median(h.cpuPerGB))
-		}
-	}
-	fmt.Println("(higher is better for throughput and conn/s; lower for latency and cpu)")
+	fmt.Println("(higher is better for throughput, conn/s and udp; lower for latency and cpu)")
 }
 
-// The backends: a sink that discards, and an echo server for latency and connection tests.
+// ratios prints the median of the per-round ratios of a's figures to b's, for those both have.
+// The rounds of all paths are neighbours in time, so this cancels the machine's drift over the
+// run better than the ratio of the medians.
+func ratios(a, b *target) {
+	var out []string
+	add := func(name string, x, y []float64) {
+		if len(x) == 0 || len(x) != len(y) {
+			return
+		}
+		r := make([]float64, len(x))
+		for i := range x {
+			r[i] = x[i] / y[i]
+		}
+		out = append(out, fmt.Sprintf("%s %.2f", name, median(r)))
+	}
+	secs := func(v []time.Duration) []float64 {
+		f := make([]float64, len(v))
+		for i, d := range v {
+			f[i] = d.Seconds()
+		}
+		return f
+	}
+	add("throughput", a.mbps, b.mbps)
+	add("conn/s", a.cps, b.cps)
+	add("p50", secs(a.p50), secs(b.p50))
+	add("p99", secs(a.p99), secs(b.p99))
+	add("udp", a.pps, b.pps)
+	if a.pid != 0 && b.pid != 0 {
+		add("cpu/GB", a.cpuPerGB, b.cpuPerGB)
+	}
+	fmt.Printf("%s/%s: %s\n", a.name, b.name, strings.Join(out, ", "))
+}
+
+// The backends: a sink that discards, an echo server for latency and connection tests, and a UDP
+// echo server.
 
 func serveSink() string {
-	return serve(func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
+	return serve("0", sink)
 }
 
+func sink(c net.Conn) { _, _ = io.Copy(io.Discard, c) }
+
 func serveEcho() string {
-	return serve(func(c net.Conn) {
-		buf := make([]byte, 4096)
-		for {
-			n, err := c.Read(buf)
-			if n > 0 {
-				if _, err := c.Write(buf[:n]); err != nil {
-					return
-				}
-			}
-			if err != nil {
+	return serve("0", echo)
+}
+
+func echo(c net.Conn) {
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, err := c.Write(buf[:n]); err != nil {
 				return
 			}
 		}
-	})
+		if err != nil {
+			return
+		}
+	}
 }
 
-// serve runs handle on every connection to a new backend listener, closing the connection
-// after, and returns the listener's address.
-func serve(handle func(net.Conn)) string {
-	ln, err := net.Listen("tcp", backendIP+":0")
+// serve runs handle on every connection to a new backend listener on port, closing the
+// connection after, and returns the listener's address.
+func serve(port string, handle func(net.Conn)) string {
+	ln, err := net.Listen("tcp", net.JoinHostPort(backendIP, port))
 	check(err)
 	go func() {
 		for {
@@ -193,6 +253,22 @@ func serve(handle func(net.Conn)) string {
 	return ln.Addr().String()
 }
 
+// serveUDPEcho answers every datagram on port with itself, from two readers.
+func serveUDPEcho(port string) {
+	c, err := net.ListenPacket("udp", net.JoinHostPort(backendIP, port))
+	check(err)
+	for range 2 {
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				n, from, err := c.ReadFrom(buf)
+				check(err)
+				_, _ = c.WriteTo(buf[:n], from)
+			}
+		}()
+	}
+}
+
 func dial(addr string) (net.Conn, error) {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}, Timeout: 5 * time.Second}
 	return d.Dial("tcp", addr)
@@ -200,6 +276,7 @@ func dial(addr string) (net.Conn, error) {
 
 // throughput sends size bytes over one connection with 1 MiB writes and returns MB/s.
 func throughput(addr string, size int64) float64 {
+	waitServing(addr)
 	c, err := dial(addr)
 	check(err)
 	defer c.Close()
@@ -216,13 +293,12 @@ func throughput(addr string, size int64) float64 {
 
 // connsPerSecond opens connections from 8 workers, each doing a 1-byte exchange then closing.
 func connsPerSecond(addr string, d time.Duration) float64 {
+	waitServing(addr)
 	var n atomic.Int64
 	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
 	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			b := []byte{'x'}
 			for time.Now().Before(deadline) {
 				c, err := dial(addr)
@@ -234,10 +310,10 @@ func connsPerSecond(addr string, d time.Duration) float64 {
 						n.Add(1)
 					}
 				}
-				c.(*net.TCPConn).SetLinger(0)
+				_ = c.(*net.TCPConn).SetLinger(0)
 				c.Close()
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	return float64(n.Load()) / d.Seconds()
@@ -245,6 +321,7 @@ func connsPerSecond(addr string, d time.Duration) float64 {
 
 // latency measures round trips of 64 bytes on one connection.
 func latency(addr string, n int) (p50, p99 time.Duration) {
+	waitServing(addr)
 	c, err := dial(addr)
 	check(err)
 	defer c.Close()
@@ -262,6 +339,59 @@ func latency(addr string, n int) (p50, p99 time.Duration) {
 	return samples[n/2], samples[n*99/100]
 }
 
+// udpRate is the datagrams per second echoed through addr to 4 flows (client sockets) of 64-byte
+// datagrams, each keeping 16 in flight: an answer sends the next, and a pause of 50 ms (a lost
+// window) sends a new window, so that loss slows a flow down rather than stopping it.
+func udpRate(addr string, d time.Duration) float64 {
+	const flows, window = 4, 16
+	to, err := net.ResolveUDPAddr("udp", addr)
+	check(err)
+	conns := make([]*net.UDPConn, flows)
+	for i := range conns {
+		conns[i], err = net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(clientIP)}, to)
+		check(err)
+		defer conns[i].Close()
+	}
+	// Wait until the path answers (health checks, the kernel's rules).
+	buf := make([]byte, 2048)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		_, _ = conns[0].Write(buf[:64])
+		_ = conns[0].SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := conns[0].Read(buf); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			log.Fatalf("lbbench: %s does not answer UDP", addr)
+		}
+	}
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	end := start.Add(d)
+	for _, c := range conns {
+		wg.Go(func() {
+			msg, in := make([]byte, 64), make([]byte, 2048)
+			burst := func() {
+				for range window {
+					_, _ = c.Write(msg)
+				}
+			}
+			burst()
+			for time.Now().Before(end) {
+				_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+				if _, err := c.Read(in); err != nil {
+					burst()
+					continue
+				}
+				n.Add(1)
+				_, _ = c.Write(msg)
+			}
+		})
+	}
+	wg.Wait()
+	return float64(n.Load()) / time.Since(start).Seconds()
+}
+
 // The proxies.
 
 func pinned(cpus string, name string, args ...string) *exec.Cmd {
@@ -274,118 +404,6 @@ func pinned(cpus string, name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-func startMoat(name, fastPath, bin, cpus, dir, sink, echo string) (*target, func()) {
-	data := filepath.Join(dir, name)
-	// taskset execs the program in place, so the pid is the proxy's own either way.
-	cmd := pinned(cpus, bin, "lb", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
-		"--metrics-addr", "127.0.0.1:0", "--fast-path", fastPath)
-	logf, err := os.Create(filepath.Join(dir, name+".log"))
-	check(err)
-	cmd.Stderr = logf
-	check(cmd.Start())
-	var eps struct{ API, DNS, CredentialsFile string }
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		raw, err := os.ReadFile(filepath.Join(data, "endpoints.json"))
-		if err == nil && json.Unmarshal(raw, &eps) == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			log.Fatalf("moat lb did not start; see %s", logf.Name())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	ctx := context.Background()
-	cfg, err := config.LoadDefaultConfig(ctx, config.WithSharedCredentialsFiles([]string{eps.CredentialsFile}), config.WithRegion("us-east-1"))
-	check(err)
-	e := ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(eps.API) })
-	lb := elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(eps.API) })
-
-	subnets, err := e.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{})
-	check(err)
-	var ids []string
-	for _, s := range subnets.Subnets {
-		ids = append(ids, *s.SubnetId)
-	}
-	vpc := subnets.Subnets[0].VpcId
-	sg, err := e.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String("bench"), Description: aws.String("bench clients"), VpcId: vpc})
-	check(err)
-	// Real rule sets are not one CIDR: 60 rules, the client's among them.
-	var ranges []ec2types.IpRange
-	for i := range 59 {
-		ranges = append(ranges, ec2types.IpRange{CidrIp: aws.String(fmt.Sprintf("10.%d.0.0/16", i))})
-	}
-	ranges = append(ranges, ec2types.IpRange{CidrIp: aws.String(clientIP + "/32")})
-	_, err = e.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: sg.GroupId, IpPermissions: []ec2types.IpPermission{
-		{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(1024), ToPort: aws.Int32(65535), IpRanges: ranges},
-	}})
-	check(err)
-	out, err := lb.CreateLoadBalancer(ctx, &elbv2.CreateLoadBalancerInput{Name: aws.String("bench"), Type: elbtypes.LoadBalancerTypeEnumNetwork, Scheme: elbtypes.LoadBalancerSchemeEnumInternal, Subnets: ids, SecurityGroups: []string{*sg.GroupId}})
-	check(err)
-	nlb := out.LoadBalancers[0]
-	// Zone a's address, as its zonal name answers at moat lb's DNS server (AWS describes an
-	// address only where the subnet mapping asked for one).
-	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "udp", eps.DNS)
-	}}
-	addrs, err := resolver.LookupHost(ctx, "us-east-1a."+*nlb.DNSName)
-	check(err)
-	front := addrs[0]
-	t := &target{name: name, pid: cmd.Process.Pid}
-	for i, backend := range []string{sink, echo} {
-		host, port, _ := net.SplitHostPort(backend)
-		p, _ := strconv.Atoi(port)
-		tg, err := lb.CreateTargetGroup(ctx, &elbv2.CreateTargetGroupInput{Name: aws.String(fmt.Sprintf("bench%d", i)), Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(int32(p)), VpcId: vpc, TargetType: elbtypes.TargetTypeEnumIp})
-		check(err)
-		_, err = lb.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: tg.TargetGroups[0].TargetGroupArn, Targets: []elbtypes.TargetDescription{{Id: aws.String(host), Port: aws.Int32(int32(p))}}})
-		check(err)
-		listen := freePort()
-		_, err = lb.CreateListener(ctx, &elbv2.CreateListenerInput{LoadBalancerArn: nlb.LoadBalancerArn, Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(int32(listen)),
-			DefaultActions: []elbtypes.Action{{Type: elbtypes.ActionTypeEnumForward, TargetGroupArn: tg.TargetGroups[0].TargetGroupArn}}})
-		check(err)
-		addr := net.JoinHostPort(front, strconv.Itoa(listen))
-		if i == 0 {
-			t.sinkAddr = addr
-		} else {
-			t.echoAddr = addr
-		}
-	}
-	waitServing(t.sinkAddr)
-	waitServing(t.echoAddr)
-	return t, func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
-}
-
-func startHAProxy(bin, cpus, dir, sink, echo string) (*target, func()) {
-	sinkPort, echoPort := freePort(), freePort()
-	cfg := fmt.Sprintf(`global
-  maxconn 9000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 350s
-  timeout server 350s
-frontend sink
-  bind %[1]s:%[2]d
-  default_backend sink
-backend sink
-  server s %[3]s
-frontend echo
-  bind %[1]s:%[4]d
-  default_backend echo
-backend echo
-  server e %[5]s
-`, haproxyIP, sinkPort, sink, echoPort, echo)
-	path := filepath.Join(dir, "haproxy.cfg")
-	check(os.WriteFile(path, []byte(cfg), 0o600))
-	cmd := pinned(cpus, bin, "-db", "-f", path)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	check(cmd.Start())
-	t := &target{name: "haproxy", pid: cmd.Process.Pid,
-		sinkAddr: net.JoinHostPort(haproxyIP, strconv.Itoa(sinkPort)), echoAddr: net.JoinHostPort(haproxyIP, strconv.Itoa(echoPort))}
-	waitServing(t.sinkAddr)
-	waitServing(t.echoAddr)
-	return t, func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
-}
-
 func waitServing(addr string) {
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		c, err := dial(addr)
@@ -394,14 +412,7 @@ func waitServing(addr string) {
 			return
 		}
 	}
-	log.Fatalf("%s does not answer", addr)
-}
-
-func freePort() int {
-	ln, err := net.Listen("tcp", "0.0.0.0:0")
-	check(err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	log.Fatalf("lbbench: %s does not answer", addr)
 }
 
 func check(err error) {

@@ -1,0 +1,317 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
+)
+
+// The lab that hack/bench-lb.sh builds: a client host, the proxies' host (where lbbench itself
+// runs) and a target host, in three network namespaces joined by veth pairs:
+//
+//	client 198.18.0.2 ── veth ── proxies 198.18.0.1, 198.18.2.1 (load balancer addresses 198.18.{1,2}.96/27 routed locally, forwarding on) ── veth ── target 198.18.2.10
+//
+// The direct path is the client to the target through the proxies' host as a router, so that
+// every path crosses the same links.
+const (
+	labClientIP = "198.18.0.2"
+	labTargetIP = "198.18.2.10"
+	labProxyIP  = "198.18.0.1" // HAProxy's and nginx's listeners
+	// The backends' ports on the target: TCP sink, TCP echo, UDP echo.
+	sinkPort, echoPort, udpPort = 9000, 9001, 9002
+)
+
+// labInventory is moat lb's: the target in subnet b, so that the load balancer's zone b address
+// serves it (cross-zone load balancing is off, as on AWS).
+const labInventory = `
+vpcs:
+  - {name: bench, cidr: 198.18.0.0/16, default: true}
+subnets:
+  - {name: a, vpc: bench, zone: a, cidr: 198.18.1.0/24, tags: {kubernetes.io/role/internal-elb: "1"}}
+  - {name: b, vpc: bench, zone: b, cidr: 198.18.2.0/24, tags: {kubernetes.io/role/internal-elb: "1"}}
+`
+
+type lab struct {
+	client, target             string // network namespaces
+	moat, haproxy, nginx, cpus string
+}
+
+// benchLab measures every path one at a time (so that they do not compete for the CPUs), each
+// test run by lbbench in the client's namespace.
+func benchLab(l lab, o testOpts, reps int) {
+	dir, err := os.MkdirTemp("", "lbbench-")
+	check(err)
+	defer os.RemoveAll(dir)
+	self, err := os.Executable()
+	check(err)
+	backends := exec.Command("ip", "netns", "exec", l.target, self, "-serve", labTargetIP)
+	backends.Stderr = os.Stderr
+	backends.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	check(backends.Start())
+	defer func() { _ = backends.Process.Kill(); _ = backends.Wait() }()
+
+	run := func(test, addr string) result {
+		cmd := exec.Command("ip", "netns", "exec", l.client, self, "-test", test, "-addr", addr,
+			"-bytes", strconv.FormatInt(o.size, 10), "-duration", o.duration.String(), "-requests", strconv.Itoa(o.requests))
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
+		if err != nil {
+			log.Fatalf("lbbench: %s test of %s: %v", test, addr, err)
+		}
+		var r result
+		check(json.Unmarshal(out, &r))
+		log.Printf("  %s %s: %s", addr, test, out)
+		return r
+	}
+	hostPort := func(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
+	type path struct {
+		t     *target
+		start func(*target) (stop func())
+	}
+	paths := []path{
+		{&target{name: "direct"}, func(t *target) func() {
+			t.sinkAddr, t.echoAddr, t.udpAddr = hostPort(labTargetIP, sinkPort), hostPort(labTargetIP, echoPort), hostPort(labTargetIP, udpPort)
+			return func() {}
+		}},
+		{&target{name: "moat"}, func(t *target) func() { return l.startMoat(t, "kernel", dir, 10000) }},
+		{&target{name: "moat-us"}, func(t *target) func() { return l.startMoat(t, "off", dir, 10100) }},
+	}
+	if l.haproxy != "" {
+		paths = append(paths, path{&target{name: "haproxy"}, func(t *target) func() { return l.startHAProxy(t, dir, 10200) }})
+	}
+	if l.nginx != "" {
+		paths = append(paths, path{&target{name: "nginx"}, func(t *target) func() { return l.startNginx(t, dir, 10300) }})
+	}
+	// The paths take turns, round after round, and only one runs at a time: a busy machine then
+	// weighs on all alike, and no path's kernel state (moat's table turns on connection tracking
+	// for the whole namespace) is there while another is measured.
+	for round := range reps {
+		for _, p := range paths {
+			stop := p.start(p.t)
+			p.t.measure(run, o.size)
+			if p.t.metrics != "" {
+				log.Printf("%s: %s", p.t.name, flowCounts(p.t.metrics))
+			}
+			stop()
+		}
+		log.Printf("measured round %d of %d", round+1, reps)
+	}
+	var ts []*target
+	for _, p := range paths {
+		ts = append(ts, p.t)
+	}
+	report(ts)
+	fmt.Println("\nmedian of the per-round ratios:")
+	byName := map[string]*target{}
+	for _, t := range ts {
+		byName[t.name] = t
+	}
+	for _, pair := range [][2]string{{"moat", "direct"}, {"moat-us", "direct"}, {"moat-us", "haproxy"}, {"moat-us", "nginx"}, {"moat", "nginx"}} {
+		if a, b := byName[pair[0]], byName[pair[1]]; a != nil && b != nil {
+			ratios(a, b)
+		}
+	}
+}
+
+// startMoat starts moat lb with fastPath, a load balancer whose group admits the client among 60
+// rules, and listeners from port on for the TCP sink, the TCP echo and the UDP echo, and waits
+// until the target is healthy in all three groups.
+func (l lab) startMoat(t *target, fastPath, dir string, port int) (stop func()) {
+	data, err := os.MkdirTemp(dir, t.name)
+	check(err)
+	inventory := filepath.Join(dir, "inventory.yaml")
+	check(os.WriteFile(inventory, []byte(labInventory), 0o600))
+	// taskset execs the program in place, so the pid is the proxy's own either way.
+	cmd := pinned(l.cpus, l.moat, "lb", "--data-dir", data, "--inventory", inventory, "--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
+		"--metrics-addr", "127.0.0.1:0", "--fast-path", fastPath)
+	logf, err := os.Create(filepath.Join(data, "log"))
+	check(err)
+	cmd.Stderr = logf
+	check(cmd.Start())
+	var eps struct{ API, DNS, Metrics, CredentialsFile string }
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		raw, err := os.ReadFile(filepath.Join(data, "endpoints.json"))
+		if err == nil && json.Unmarshal(raw, &eps) == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			log.Fatalf("lbbench: moat lb did not start; see %s", logf.Name())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ctx := context.Background()
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithSharedCredentialsFiles([]string{eps.CredentialsFile}), config.WithRegion("us-east-1"))
+	check(err)
+	e := ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(eps.API) })
+	lb := elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(eps.API) })
+
+	subnets, err := e.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{})
+	check(err)
+	var ids []string
+	for _, s := range subnets.Subnets {
+		ids = append(ids, *s.SubnetId)
+	}
+	vpc := subnets.Subnets[0].VpcId
+	sg, err := e.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String("bench"), Description: aws.String("bench clients"), VpcId: vpc})
+	check(err)
+	// Real rule sets are not one CIDR: 60 rules (the limit per group), 30 for each protocol, the
+	// client's among them.
+	var ranges []ec2types.IpRange
+	for i := range 29 {
+		ranges = append(ranges, ec2types.IpRange{CidrIp: aws.String(fmt.Sprintf("10.%d.0.0/16", i))})
+	}
+	ranges = append(ranges, ec2types.IpRange{CidrIp: aws.String(labClientIP + "/32")})
+	var perms []ec2types.IpPermission
+	for _, proto := range []string{"tcp", "udp"} {
+		perms = append(perms, ec2types.IpPermission{IpProtocol: aws.String(proto), FromPort: aws.Int32(1024), ToPort: aws.Int32(65535), IpRanges: ranges})
+	}
+	_, err = e.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: sg.GroupId, IpPermissions: perms})
+	check(err)
+	out, err := lb.CreateLoadBalancer(ctx, &elbv2.CreateLoadBalancerInput{Name: aws.String("bench"), Type: elbtypes.LoadBalancerTypeEnumNetwork, Scheme: elbtypes.LoadBalancerSchemeEnumInternal, Subnets: ids, SecurityGroups: []string{*sg.GroupId}})
+	check(err)
+	nlb := out.LoadBalancers[0]
+	// Zone b's address, as its zonal name answers at moat lb's DNS server (AWS describes an
+	// address only where the subnet mapping asked for one).
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "udp", eps.DNS)
+	}}
+	addrs, err := resolver.LookupHost(ctx, "us-east-1b."+*nlb.DNSName)
+	check(err)
+	front := addrs[0]
+	t.pid, t.metrics = cmd.Process.Pid, eps.Metrics
+	var groups []*string
+	for i, backend := range []struct {
+		proto elbtypes.ProtocolEnum
+		port  int
+		addr  *string
+	}{{elbtypes.ProtocolEnumTcp, sinkPort, &t.sinkAddr}, {elbtypes.ProtocolEnumTcp, echoPort, &t.echoAddr}, {elbtypes.ProtocolEnumUdp, udpPort, &t.udpAddr}} {
+		tg, err := lb.CreateTargetGroup(ctx, &elbv2.CreateTargetGroupInput{Name: aws.String(fmt.Sprintf("bench%d", i)), Protocol: backend.proto,
+			Port: aws.Int32(int32(backend.port)), VpcId: vpc, TargetType: elbtypes.TargetTypeEnumIp,
+			// Checked over TCP, on the echo's port, every 5 s, so that the bench starts soon.
+			HealthCheckProtocol: elbtypes.ProtocolEnumTcp, HealthCheckPort: aws.String(strconv.Itoa(echoPort)),
+			HealthCheckIntervalSeconds: aws.Int32(5), HealthyThresholdCount: aws.Int32(2)})
+		check(err)
+		arn := tg.TargetGroups[0].TargetGroupArn
+		groups = append(groups, arn)
+		_, err = lb.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: arn, Targets: []elbtypes.TargetDescription{{Id: aws.String(labTargetIP)}}})
+		check(err)
+		_, err = lb.CreateListener(ctx, &elbv2.CreateListenerInput{LoadBalancerArn: nlb.LoadBalancerArn, Protocol: backend.proto, Port: aws.Int32(int32(port + i)),
+			DefaultActions: []elbtypes.Action{{Type: elbtypes.ActionTypeEnumForward, TargetGroupArn: arn}}})
+		check(err)
+		*backend.addr = net.JoinHostPort(front, strconv.Itoa(port+i))
+	}
+	for _, arn := range groups {
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			h, err := lb.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: arn})
+			check(err)
+			if len(h.TargetHealthDescriptions) == 1 && h.TargetHealthDescriptions[0].TargetHealth.State == elbtypes.TargetHealthStateEnumHealthy {
+				break
+			}
+			if time.Now().After(deadline) {
+				log.Fatalf("lbbench: %s's target is not healthy after 60s; see %s", t.name, logf.Name())
+			}
+		}
+	}
+	return func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+}
+
+// flowCounts is what moat lb's metrics say of the flows: how many it saw, and how many of those
+// its userspace proxy carried (on the kernel path, only the tests' readiness probes should be).
+func flowCounts(metrics string) string {
+	resp, err := http.Get(strings.TrimSuffix(metrics, "/") + "/metrics")
+	check(err)
+	defer resp.Body.Close()
+	sums := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, rest, _ := strings.Cut(sc.Text(), "{")
+		if name == "moat_dataplane_new_flows_total" || name == "moat_dataplane_proxied_flows_total" {
+			fields := strings.Fields(rest)
+			v, _ := strconv.ParseFloat(fields[len(fields)-1], 64)
+			sums[name] += v
+		}
+	}
+	check(sc.Err())
+	return fmt.Sprintf("%.0f new flows, %.0f of them through the userspace proxy", sums["moat_dataplane_new_flows_total"], sums["moat_dataplane_proxied_flows_total"])
+}
+
+// startProxy writes cfg to a file in dir and starts bin with args (where "CFG" is the file),
+// pinned, as t's proxy.
+func (l lab) startProxy(t *target, bin, dir, cfg string, args ...string) (stop func()) {
+	path := filepath.Join(dir, t.name+".cfg")
+	check(os.WriteFile(path, []byte(cfg), 0o600))
+	for i := range args {
+		args[i] = strings.ReplaceAll(args[i], "CFG", path)
+	}
+	cmd := pinned(l.cpus, bin, args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	check(cmd.Start())
+	t.pid = cmd.Process.Pid
+	return func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+}
+
+// startHAProxy starts HAProxy in TCP mode (it has no UDP) on port (sink) and port+1 (echo).
+func (l lab) startHAProxy(t *target, dir string, port int) (stop func()) {
+	cfg := fmt.Sprintf(`global
+  maxconn 9000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 350s
+  timeout server 350s
+frontend sink
+  bind %[1]s:%[2]d
+  default_backend sink
+backend sink
+  server s %[3]s:%[4]d
+frontend echo
+  bind %[1]s:%[5]d
+  default_backend echo
+backend echo
+  server e %[3]s:%[6]d
+`, labProxyIP, port, labTargetIP, sinkPort, port+1, echoPort)
+	t.sinkAddr, t.echoAddr = net.JoinHostPort(labProxyIP, strconv.Itoa(port)), net.JoinHostPort(labProxyIP, strconv.Itoa(port+1))
+	return l.startProxy(t, l.haproxy, dir, cfg, "-db", "-f", "CFG")
+}
+
+// startNginx starts nginx's stream module proxying UDP on port, as one process (no master, so
+// that its CPU time is the one process's) on the proxies' CPU.
+func (l lab) startNginx(t *target, dir string, port int) (stop func()) {
+	cfg := fmt.Sprintf(`load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+master_process off;
+worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+stream {
+  server {
+    listen %[2]s:%[3]d udp;
+    proxy_pass %[4]s:%[5]d;
+    proxy_timeout 30s;
+  }
+}
+`, dir, labProxyIP, port, labTargetIP, udpPort)
+	t.udpAddr = net.JoinHostPort(labProxyIP, strconv.Itoa(port))
+	return l.startProxy(t, l.nginx, dir, cfg, "-p", dir, "-e", "stderr", "-c", "CFG")
+}
