@@ -322,11 +322,12 @@ func routedWorld(t *testing.T, id string, n int, enforcer string) *sgWorld {
 	if err := os.WriteFile(inventory, []byte(routedInventory), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	switch enforcer {
-	case "lb":
+	if enforcer == "lb" {
 		w.enforceByLB(t, router, nsAddr, dir, "--inventory", inventory, "--fast-path=off")
-	case "node":
-		w.p = startLBIn(t, []string{"ip", "netns", "exec", router}, nsAddr, filepath.Join(dir, "lb"), "--inventory", inventory, "--instance-sg-mode=off", "--fast-path=off")
+		return w
+	}
+	w.p = startLBIn(t, []string{"ip", "netns", "exec", router}, nsAddr, filepath.Join(dir, "lb"), "--inventory", inventory, "--instance-sg-mode=off", "--fast-path=off")
+	if enforcer == "node" {
 		agent := w.startNode(t, filepath.Join(dir, "node"), w.readOnlyCredentials(t))
 		agent.waitLog(t, "enforcing instance security groups")
 		w.denied = func(t *testing.T) float64 { return agent.metric(t, "moat_instance_sg_denied_flows_total") }
