@@ -75,9 +75,9 @@ type lbProp struct {
 const propTargetPort = 30080
 
 func throughLBProperty(t *testing.T, w *sgWorld, rng *rand.Rand, audit bool) {
-	rounds, probes := 10, 24
+	rounds, probes := 12, 24
 	if testing.Short() {
-		rounds, probes = 4, 16
+		rounds, probes = 6, 16
 	}
 	ec2c, elbc := w.p.clients(t)
 	ctx := context.Background()
@@ -122,7 +122,9 @@ func throughLBProperty(t *testing.T, w *sgWorld, rng *rand.Rand, audit bool) {
 		return metricValue(t, w.p, "moat_instance_sg_denied_flows_total", `instance="`+nodeID+`"`, `direction="inbound"`)
 	}
 	deniedBefore := deniedAtTarget()
-	var directDenials, lbAdmits int
+	// How often each of the target's and the outbound side's decisions kept the load balancer
+	// out, so that a run shows what it covered.
+	var directDenials, lbAdmits, outboundDenies, targetDenies int
 
 	for round := range rounds {
 		nodesIn, frontIn, frontOut := f.draw(rng, frontAddr)
@@ -131,13 +133,19 @@ func throughLBProperty(t *testing.T, w *sgWorld, rng *rand.Rand, audit bool) {
 		// The rules are in force once both markers are: the data plane then forwards flows by a
 		// state with all of them, and the firewall enforces one.
 		f.waitMarkers(t, marker, frontEnd, audit)
+		outboundOK, targetOK := refAdmits(frontOut, propTargetPort, netip.MustParseAddr(w.nodeA)), refAdmits(nodesIn, propTargetPort, frontAddr, *f.front)
+		if !outboundOK {
+			outboundDenies++
+		}
+		if !targetOK {
+			targetDenies++
+		}
 
 		var wg sync.WaitGroup
 		limit := make(chan struct{}, 8) // each probe is a process; a 2-core machine runs few at once
 		for range probes {
 			client := netip.AddrFrom4([4]byte{127, 0, 0, byte(2 + rng.IntN(126))})
-			wantLB := refAdmits(frontIn, f.listenPort, client) && refAdmits(frontOut, propTargetPort, netip.MustParseAddr(w.nodeA)) &&
-				refAdmits(nodesIn, propTargetPort, frontAddr, *f.front)
+			wantLB := refAdmits(frontIn, f.listenPort, client) && outboundOK && targetOK
 			wantDirect := refAdmits(nodesIn, propTargetPort, client)
 			if !wantDirect {
 				directDenials++
@@ -175,7 +183,8 @@ func throughLBProperty(t *testing.T, w *sgWorld, rng *rand.Rand, audit bool) {
 	if audit && counted != float64(directDenials) {
 		t.Errorf("%v denied direct flows counted in audit mode, the reference denies %d", counted, directDenials)
 	}
-	t.Logf("%d rounds of %d probes: the reference admits %d through the load balancer, denies %d straight to the target", rounds, probes, lbAdmits, directDenials)
+	t.Logf("%d rounds of %d probes: the reference admits %d through the load balancer, denies %d straight to the target; in %d rounds the outbound rules, in %d the target's, keep the load balancer out",
+		rounds, probes, lbAdmits, directDenials, outboundDenies, targetDenies)
 }
 
 // draw returns random rules: the target group's inbound ones, the frontend group's inbound and
@@ -194,17 +203,17 @@ func (f *lbProp) draw(rng *rand.Rand, lbAddr netip.Addr) (nodesIn, frontIn, fron
 		r.proto, r.from = "tcp", port-rng.IntN(3)
 		r.to = r.from + rng.IntN(4)
 	}
-	for range 1 + rng.IntN(4) {
+	for range 1 + rng.IntN(3) {
 		var r refRule
 		ports(&r, propTargetPort)
-		switch rng.IntN(4) {
+		switch rng.IntN(5) {
 		case 0:
 			r.group = *f.front
 		case 1: // around the load balancer's address: a /27 holds it, a /32 or /30 may miss it
 			b := lbAddr.As4()
 			b[3] += byte(rng.IntN(5)) - 2
 			r.cidr = netip.PrefixFrom(netip.AddrFrom4(b), []int{27, 30, 32}[rng.IntN(3)]).Masked()
-		case 2:
+		case 2, 3:
 			r.cidr = clientCIDR()
 		default: // clients and the load balancer alike
 			r.cidr = netip.MustParsePrefix([]string{"127.0.0.0/8", "127.0.0.0/14"}[rng.IntN(2)])
@@ -216,10 +225,10 @@ func (f *lbProp) draw(rng *rand.Rand, lbAddr netip.Addr) (nodesIn, frontIn, fron
 		ports(&r, f.listenPort)
 		frontIn = append(frontIn, r)
 	}
-	if rng.IntN(2) == 0 {
+	if rng.IntN(3) == 0 {
 		return nodesIn, frontIn, []refRule{{proto: "-1", cidr: netip.MustParsePrefix("0.0.0.0/0")}}
 	}
-	for range 1 + rng.IntN(3) {
+	for range 1 + rng.IntN(2) {
 		r := refRule{cidr: netip.MustParsePrefix([]string{"127.1.0.10/32", "127.1.0.0/16", "127.1.0.12/30", "127.2.0.0/16"}[rng.IntN(4)])}
 		ports(&r, propTargetPort)
 		frontOut = append(frontOut, r)
