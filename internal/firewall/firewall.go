@@ -267,6 +267,9 @@ func (f *Firewall) sync() error {
 	if len(shared) > 0 {
 		f.log.Warn("addresses on several instance interfaces are judged by the first interface's groups only", "addresses", shared)
 	}
+	// Replacing the table resets its counters: take what they hold first, or the denials since
+	// the last poll would go uncounted.
+	f.pollDenials()
 	var labels map[string][2]string
 	err := f.call(func(k kernelConn) error {
 		var err error

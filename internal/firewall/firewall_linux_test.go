@@ -258,6 +258,33 @@ func TestEnforce(t *testing.T) {
 	}
 }
 
+// TestDenialsCountedAcrossRuleChanges: replacing the table resets its
+// counters, so the denials since the last poll are read first and none is
+// lost to a rule change.
+func TestDenialsCountedAcrossRuleChanges(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	// Polled only on a change: what is counted then was read before the replace.
+	f, err := New(Options{Table: "test", Registerer: prometheus.NewRegistry(), PollInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	nodePort := listen(t, netip.AddrPortFrom(nodeA, 30080))
+	apply(t, f, Program{Mode: Audit, Interfaces: []Interface{node(false, true)}})
+	const flows = 3
+	for range flows {
+		if !admitted(t, client, nodePort) {
+			t.Fatal("audit mode dropped a flow")
+		}
+	}
+	apply(t, f, Program{Mode: Audit, Interfaces: []Interface{node(false, false)}})
+	if n := testutil.ToFloat64(f.denied.WithLabelValues("i-a", "inbound")); n != flows {
+		t.Errorf("%v denials counted across a rule change, want %d", n, flows)
+	}
+}
+
 func waitCounted(t *testing.T, reg *prometheus.Registry, instance, direction string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)

@@ -35,7 +35,7 @@ func TestInstanceGroupsEnforcedByLB(t *testing.T) {
 	for i, fastPath := range []string{"kernel", "off"} {
 		t.Run("loopback/fast-path="+fastPath, func(t *testing.T) {
 			t.Parallel()
-			instanceGroupCases(t, loopbackWorld(t, fmt.Sprintf("%d%d", os.Getpid()%10000, i), i, fastPath))
+			instanceGroupCases(t, loopbackWorld(t, fmt.Sprintf("%d%d", os.Getpid()%10000, i), i, fastPath, "enforce"))
 		})
 	}
 	t.Run("routed", func(t *testing.T) {
@@ -95,13 +95,13 @@ func (w *sgWorld) logged(t *testing.T, what, direction, source, destination stri
 	})
 }
 
-// enforceByLB starts moat lb in ns enforcing instance groups, with its flow log, and checks that
-// it says so.
-func (w *sgWorld) enforceByLB(t *testing.T, ns, nsAddr, dir string, args ...string) {
+// enforceByLB starts moat lb in ns enforcing instance groups (mode enforce or audit), with its
+// flow log, and checks that it says so.
+func (w *sgWorld) enforceByLB(t *testing.T, ns, nsAddr, dir, mode string, args ...string) {
 	t.Helper()
 	w.flowLog = filepath.Join(dir, "flows.jsonl")
 	w.p = startLBIn(t, []string{"ip", "netns", "exec", ns}, nsAddr, filepath.Join(dir, "lb"),
-		append(args, "--instance-sg-mode=enforce", "--flow-log", w.flowLog)...)
+		append(args, "--instance-sg-mode="+mode, "--flow-log", w.flowLog)...)
 	if out := w.p.stderr.String(); !strings.Contains(out, "instance security groups enforced") || !strings.Contains(out, "denied flows to instances go to the flow log") {
 		t.Fatalf("moat lb does not say it enforces instance groups and logs their denials:\n%s", out)
 	}
@@ -227,8 +227,9 @@ instances:
 `
 
 // loopbackWorld: moat lb in a namespace of its own whose loopback is the whole world
-// (instances at 127.1.0.x, clients at 127.0.0.x), enforcing the groups of every instance.
-func loopbackWorld(t *testing.T, id string, n int, fastPath string) *sgWorld {
+// (instances at 127.1.0.x, clients at 127.0.0.x), enforcing (or auditing: mode) the groups of
+// every instance.
+func loopbackWorld(t *testing.T, id string, n int, fastPath, mode string) *sgWorld {
 	ns := "moatsg" + id
 	addNetns(t, ns)
 	nsAddr := apiLink(t, id, n, ns)
@@ -244,7 +245,7 @@ func loopbackWorld(t *testing.T, id string, n int, fastPath string) *sgWorld {
 	if err := os.WriteFile(inventory, []byte(loopbackInventory), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w.enforceByLB(t, ns, nsAddr, dir, "--inventory", inventory, "--fast-path="+fastPath)
+	w.enforceByLB(t, ns, nsAddr, dir, mode, "--inventory", inventory, "--fast-path="+fastPath)
 	return w
 }
 
@@ -323,7 +324,7 @@ func routedWorld(t *testing.T, id string, n int, enforcer string) *sgWorld {
 		t.Fatal(err)
 	}
 	if enforcer == "lb" {
-		w.enforceByLB(t, router, nsAddr, dir, "--inventory", inventory, "--fast-path=off")
+		w.enforceByLB(t, router, nsAddr, dir, "enforce", "--inventory", inventory, "--fast-path=off")
 		return w
 	}
 	w.p = startLBIn(t, []string{"ip", "netns", "exec", router}, nsAddr, filepath.Join(dir, "lb"), "--inventory", inventory, "--instance-sg-mode=off", "--fast-path=off")

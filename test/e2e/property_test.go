@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -14,18 +15,22 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 )
 
-// refRule is a rule as the reference evaluator sees it.
+// refRule is a rule as the reference evaluator sees it. Its peer is a CIDR, or (group set) a
+// referenced group.
 type refRule struct {
 	proto    string // tcp, udp, icmp or -1
 	from, to int
 	cidr     netip.Prefix
+	group    string
 }
 
-// refAdmits is the reference: a TCP flow to port from addr is admitted iff some rule has protocol
-// -1, or tcp with a port range covering port, and a CIDR containing addr. Linear and obvious.
-func refAdmits(rules []refRule, port int, addr netip.Addr) bool {
+// refAdmits is the reference: a TCP flow to port from addr, which carries groups, is admitted iff
+// some rule has protocol -1, or tcp with a port range covering port, and a CIDR containing addr or
+// a reference to one of groups. Linear and obvious.
+func refAdmits(rules []refRule, port int, addr netip.Addr, groups ...string) bool {
 	for _, r := range rules {
-		if (r.proto == "-1" || (r.proto == "tcp" && r.from <= port && port <= r.to)) && r.cidr.Contains(addr) {
+		if (r.proto == "-1" || (r.proto == "tcp" && r.from <= port && port <= r.to)) &&
+			((r.group == "" && r.cidr.Contains(addr)) || (r.group != "" && slices.Contains(groups, r.group))) {
 			return true
 		}
 	}
@@ -122,11 +127,27 @@ func toPermissions(rules []refRule) []ec2types.IpPermission {
 			continue
 		}
 		seen[key] = true
-		p := ec2types.IpPermission{IpProtocol: aws.String(r.proto), IpRanges: []ec2types.IpRange{{CidrIp: aws.String(r.cidr.String())}}}
+		p := ec2types.IpPermission{IpProtocol: aws.String(r.proto)}
+		if r.group != "" {
+			p.UserIdGroupPairs = []ec2types.UserIdGroupPair{{GroupId: aws.String(r.group)}}
+		} else {
+			p.IpRanges = []ec2types.IpRange{{CidrIp: aws.String(r.cidr.String())}}
+		}
 		if r.proto != "-1" {
 			p.FromPort, p.ToPort = aws.Int32(int32(r.from)), aws.Int32(int32(r.to))
 		}
 		out = append(out, p)
 	}
 	return out
+}
+
+func (r refRule) String() string {
+	peer := r.cidr.String()
+	if r.group != "" {
+		peer = r.group
+	}
+	if r.proto == "-1" {
+		return "all from " + peer
+	}
+	return fmt.Sprintf("%s %d-%d from %s", r.proto, r.from, r.to, peer)
 }
