@@ -264,6 +264,8 @@ type state struct {
 	cur     size
 	// churn is each mutating worker's temporary target group, created and deleted in turn.
 	churn []string
+	// dns is each resolving worker's socket.
+	dns sync.Map
 }
 
 type lbState struct {
@@ -503,17 +505,15 @@ func (s *state) describe(ctx context.Context, w, i int) error {
 	return err
 }
 
-var dnsClients sync.Map // worker -> *dns.Conn
-
 // resolve asks moat lb's DNS server for a random load balancer's name.
 func (s *state) resolve(_ context.Context, w, _ int) error {
-	v, ok := dnsClients.Load(w)
+	v, ok := s.dns.Load(w)
 	if !ok {
 		c, err := dns.Dial("udp", s.m.dnsAddr)
 		if err != nil {
 			return err
 		}
-		v, _ = dnsClients.LoadOrStore(w, c)
+		v, _ = s.dns.LoadOrStore(w, c)
 	}
 	conn := v.(*dns.Conn)
 	lb := s.lbs[rand.IntN(len(s.lbs))]
@@ -528,7 +528,7 @@ func (s *state) resolve(_ context.Context, w, _ int) error {
 		if errors.As(err, &ne) && ne.Timeout() {
 			// A lost datagram: start again on a fresh socket, so a late answer is not taken for
 			// the next question's.
-			dnsClients.Delete(w)
+			s.dns.Delete(w)
 			conn.Close()
 		}
 		return err

@@ -344,7 +344,8 @@ func (c *Cloud) elbTags(tx store.Tx, arn string, edit func(Tags) (Tags, error), 
 }
 
 func recordTags[T any](tx store.Tx, bucket, key string, tags func(*T) *Tags, edit func(Tags) (Tags, error), write bool, notFound *Error) error {
-	rec, err := store.Load[T](tx, bucket, key)
+	// Shared: edit returns new tags and the record is changed only by assigning them.
+	rec, err := store.LoadShared[T](tx, bucket, key)
 	if err == store.ErrNotFound {
 		return notFound
 	} else if err != nil {
@@ -425,7 +426,8 @@ func attributeCheck(known map[string]nlbattr.Check, foreign []string, what strin
 
 // ELBSnapshot is every load balancer, listener and target group at one instant: the desired
 // state the data plane serves. Target groups carry their LoadBalancerARNs, and only the targets
-// that are registered or still draining.
+// that are registered or still draining. Its maps and slices are shared with the store's cache:
+// read them, never write through them (see store.ListShared).
 type ELBSnapshot struct {
 	LoadBalancers []LoadBalancer
 	Listeners     []Listener
@@ -444,13 +446,13 @@ func (c *Cloud) ELBSnapshot() (ELBSnapshot, error) {
 }
 
 func (c *Cloud) elbSnapshot(tx store.Tx) (snap ELBSnapshot, err error) {
-	if snap.LoadBalancers, err = store.List[LoadBalancer](tx, bucketLoadBalancers); err != nil {
+	if snap.LoadBalancers, err = store.ListShared[LoadBalancer](tx, bucketLoadBalancers); err != nil {
 		return snap, err
 	}
-	if snap.Listeners, err = store.List[Listener](tx, bucketListeners); err != nil {
+	if snap.Listeners, err = store.ListShared[Listener](tx, bucketListeners); err != nil {
 		return snap, err
 	}
-	if snap.TargetGroups, err = store.List[TargetGroup](tx, bucketTargetGroups); err != nil {
+	if snap.TargetGroups, err = store.ListShared[TargetGroup](tx, bucketTargetGroups); err != nil {
 		return snap, err
 	}
 	users, err := tgUsers(tx)

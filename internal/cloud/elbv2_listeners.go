@@ -179,7 +179,7 @@ var listenerTargetProtocols = map[string][]string{
 
 // checkForward validates forwarding from a listener of lb with protocol to the target group.
 func checkForward(tx store.Tx, lb LoadBalancer, protocol, tgARN string) error {
-	tg, err := loadTG(tx, tgARN)
+	tg, err := peekTG(tx, tgARN)
 	if err != nil {
 		return err
 	}
@@ -251,11 +251,11 @@ func (c *Cloud) CreateListener(in CreateListenerInput) (Listener, error) {
 	}
 	var l Listener
 	err = c.store.Update(func(tx store.Tx) error {
-		lb, err := loadLB(tx, in.LoadBalancerARN)
+		lb, err := peekLB(tx, in.LoadBalancerARN)
 		if err != nil {
 			return err
 		}
-		listeners, err := store.List[Listener](tx, bucketListeners)
+		listeners, err := store.ListShared[Listener](tx, bucketListeners)
 		if err != nil {
 			return err
 		}
@@ -326,11 +326,11 @@ func (c *Cloud) DescribeListeners(lbARN string, arns []string, page ELBPage) ([]
 	var out []Listener
 	err := c.store.View(func(tx store.Tx) error {
 		if lbARN != "" {
-			if _, err := loadLB(tx, lbARN); err != nil {
+			if _, err := peekLB(tx, lbARN); err != nil {
 				return err
 			}
 		}
-		all, err := store.List[Listener](tx, bucketListeners)
+		all, err := store.ListShared[Listener](tx, bucketListeners)
 		if err != nil {
 			return err
 		}
@@ -381,13 +381,13 @@ func (c *Cloud) ModifyListener(in ModifyListenerInput) (Listener, error) {
 		if l, err = loadListener(tx, in.ListenerARN); err != nil {
 			return err
 		}
-		lb, err := loadLB(tx, l.LoadBalancerARN)
+		lb, err := peekLB(tx, l.LoadBalancerARN)
 		if err != nil {
 			return err
 		}
 		oldPort, oldProtocol := l.Port, l.Protocol
 		if in.Port != nil && *in.Port != l.Port {
-			listeners, err := store.List[Listener](tx, bucketListeners)
+			listeners, err := store.ListShared[Listener](tx, bucketListeners)
 			if err != nil {
 				return err
 			}

@@ -113,7 +113,16 @@ func tgNotFound(arn string) *Error {
 }
 
 func loadTG(tx store.Tx, arn string) (TargetGroup, error) {
-	tg, err := store.Load[TargetGroup](tx, bucketTargetGroups, arn)
+	return lookupTG(tx, arn, store.Load[TargetGroup])
+}
+
+// peekTG is loadTG for readers: the group is shared (see store.LoadShared).
+func peekTG(tx store.Tx, arn string) (TargetGroup, error) {
+	return lookupTG(tx, arn, store.LoadShared[TargetGroup])
+}
+
+func lookupTG(tx store.Tx, arn string, load func(store.Tx, string, string) (TargetGroup, error)) (TargetGroup, error) {
+	tg, err := load(tx, bucketTargetGroups, arn)
 	if err == store.ErrNotFound {
 		return tg, tgNotFound(arn)
 	}
@@ -122,7 +131,7 @@ func loadTG(tx store.Tx, arn string) (TargetGroup, error) {
 
 // tgUsers maps each target group to the load balancers whose listeners forward to it.
 func tgUsers(tx store.Tx) (map[string][]string, error) {
-	listeners, err := store.List[Listener](tx, bucketListeners)
+	listeners, err := store.ListShared[Listener](tx, bucketListeners)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +205,7 @@ func (c *Cloud) CreateTargetGroup(in CreateTargetGroupInput) (TargetGroup, error
 	}
 	var tg TargetGroup
 	err = c.store.Update(func(tx store.Tx) error {
-		vpc, err := store.Load[VPC](tx, bucketVPCs, in.VPCID)
+		vpc, err := store.LoadShared[VPC](tx, bucketVPCs, in.VPCID)
 		if err == store.ErrNotFound {
 			return errorf("ValidationError", "The VPC ID '%s' is not found", in.VPCID)
 		} else if err != nil {
@@ -205,7 +214,7 @@ func (c *Cloud) CreateTargetGroup(in CreateTargetGroupInput) (TargetGroup, error
 		if in.IPAddressType == "ipv6" && vpc.IPv6CIDR == "" {
 			return errorf("InvalidConfigurationRequest", "VPC '%s' has no IPv6 CIDR block: an ipv6 target group needs one", vpc.ID)
 		}
-		all, err := store.List[TargetGroup](tx, bucketTargetGroups)
+		all, err := store.ListShared[TargetGroup](tx, bucketTargetGroups)
 		if err != nil {
 			return err
 		}
@@ -375,7 +384,7 @@ func (c *Cloud) DescribeTargetGroups(lbARN string, arns, names []string, page EL
 	}
 	var out []TargetGroup
 	err := c.store.View(func(tx store.Tx) error {
-		all, err := store.List[TargetGroup](tx, bucketTargetGroups)
+		all, err := store.ListShared[TargetGroup](tx, bucketTargetGroups)
 		if err != nil {
 			return err
 		}
@@ -384,7 +393,7 @@ func (c *Cloud) DescribeTargetGroups(lbARN string, arns, names []string, page EL
 			return err
 		}
 		if lbARN != "" {
-			if _, err := loadLB(tx, lbARN); err != nil {
+			if _, err := peekLB(tx, lbARN); err != nil {
 				return err
 			}
 		}
@@ -448,7 +457,7 @@ func (c *Cloud) DeleteTargetGroup(arn string) error {
 		return err
 	}
 	return c.store.Update(func(tx store.Tx) error {
-		if _, err := store.Load[TargetGroup](tx, bucketTargetGroups, arn); err == store.ErrNotFound {
+		if _, err := store.LoadShared[TargetGroup](tx, bucketTargetGroups, arn); err == store.ErrNotFound {
 			return nil
 		} else if err != nil {
 			return err
@@ -499,7 +508,7 @@ func (c *Cloud) TargetGroupAttributes(arn string) ([]Attribute, error) {
 	}
 	var tg TargetGroup
 	err := c.store.View(func(tx store.Tx) (err error) {
-		tg, err = loadTG(tx, arn)
+		tg, err = peekTG(tx, arn)
 		return err
 	})
 	if err != nil {
@@ -620,7 +629,7 @@ var privateRanges = []netip.Prefix{
 // targetZone validates a target for tg and returns the zone it is in.
 func (c *Cloud) targetZone(tx store.Tx, tg TargetGroup, in TargetInput) (string, error) {
 	if tg.TargetType == "instance" {
-		inst, err := store.Load[Instance](tx, bucketInstances, in.ID)
+		inst, err := store.LoadShared[Instance](tx, bucketInstances, in.ID)
 		if err == store.ErrNotFound {
 			return "", errorf("InvalidTarget", "The following targets are not valid instances or do not exist: '%s'", in.ID)
 		} else if err != nil {
@@ -629,7 +638,7 @@ func (c *Cloud) targetZone(tx store.Tx, tg TargetGroup, in TargetInput) (string,
 		if inst.State != "running" {
 			return "", errorf("InvalidTarget", "The following targets are not in a running state and cannot be registered: '%s'", in.ID)
 		}
-		sn, err := store.Load[Subnet](tx, bucketSubnets, inst.SubnetID)
+		sn, err := store.LoadShared[Subnet](tx, bucketSubnets, inst.SubnetID)
 		if err != nil {
 			return "", err
 		}
@@ -645,7 +654,7 @@ func (c *Cloud) targetZone(tx store.Tx, tg TargetGroup, in TargetInput) (string,
 	if addr.Is4() != (tg.IPAddressType == "ipv4") {
 		return "", errorf("InvalidTarget", "The IP address '%s' does not match the IP address type '%s' of the target group", in.ID, tg.IPAddressType)
 	}
-	subnets, err := store.List[Subnet](tx, bucketSubnets)
+	subnets, err := store.ListShared[Subnet](tx, bucketSubnets)
 	if err != nil {
 		return "", err
 	}
@@ -664,7 +673,7 @@ func (c *Cloud) targetZone(tx store.Tx, tg TargetGroup, in TargetInput) (string,
 			}
 		}
 	}
-	vpc, err := store.Load[VPC](tx, bucketVPCs, tg.VPCID)
+	vpc, err := store.LoadShared[VPC](tx, bucketVPCs, tg.VPCID)
 	if err != nil {
 		return "", err
 	}
@@ -770,7 +779,7 @@ func (c *Cloud) DescribeTargetHealth(arn string, targets []TargetInput) ([]Targe
 	var out []TargetHealthDescription
 	var ask []int // indexes of out to ask the health reporter about
 	err := c.store.View(func(tx store.Tx) error {
-		tg, err := loadTG(tx, arn)
+		tg, err := peekTG(tx, arn)
 		if err != nil {
 			return err
 		}
@@ -797,7 +806,7 @@ func (c *Cloud) DescribeTargetHealth(arn string, targets []TargetInput) ([]Targe
 			default:
 				d.Health = healthInitial
 				if tg.TargetType == "instance" {
-					inst, err := store.Load[Instance](tx, bucketInstances, t.ID)
+					inst, err := store.LoadShared[Instance](tx, bucketInstances, t.ID)
 					state := inst.State
 					if err != nil {
 						state = "terminated"

@@ -84,7 +84,16 @@ func lbNotFound(arn string) *Error {
 }
 
 func loadLB(tx store.Tx, arn string) (LoadBalancer, error) {
-	lb, err := store.Load[LoadBalancer](tx, bucketLoadBalancers, arn)
+	return lookupLB(tx, arn, store.Load[LoadBalancer])
+}
+
+// peekLB is loadLB for readers: the load balancer is shared (see store.LoadShared).
+func peekLB(tx store.Tx, arn string) (LoadBalancer, error) {
+	return lookupLB(tx, arn, store.LoadShared[LoadBalancer])
+}
+
+func lookupLB(tx store.Tx, arn string, load func(store.Tx, string, string) (LoadBalancer, error)) (LoadBalancer, error) {
+	lb, err := load(tx, bucketLoadBalancers, arn)
 	if err == store.ErrNotFound {
 		return lb, lbNotFound(arn)
 	}
@@ -147,7 +156,7 @@ func (c *Cloud) CreateLoadBalancer(in CreateLoadBalancerInput) (LoadBalancer, er
 
 	var lb LoadBalancer
 	err = c.store.Update(func(tx store.Tx) error {
-		all, err := store.List[LoadBalancer](tx, bucketLoadBalancers)
+		all, err := store.ListShared[LoadBalancer](tx, bucketLoadBalancers)
 		if err != nil {
 			return err
 		}
@@ -290,7 +299,7 @@ func (c *Cloud) placeZones(tx store.Tx, mappings []SubnetMapping, scheme, ipType
 	zones := make([]LoadBalancerZone, 0, len(mappings))
 	seenZone := map[string]string{}
 	for _, m := range mappings {
-		sn, err := store.Load[Subnet](tx, bucketSubnets, m.SubnetID)
+		sn, err := store.LoadShared[Subnet](tx, bucketSubnets, m.SubnetID)
 		if err == store.ErrNotFound {
 			return "", nil, errorf("SubnetNotFound", "The subnet ID '%s' was not found", m.SubnetID)
 		} else if err != nil {
@@ -428,14 +437,14 @@ func usedAddresses(tx store.Tx, self string) (map[netip.Addr]bool, error) {
 			used[a] = true
 		}
 	}
-	instances, err := store.List[Instance](tx, bucketInstances)
+	instances, err := store.ListShared[Instance](tx, bucketInstances)
 	if err != nil {
 		return nil, err
 	}
 	for _, in := range instances {
 		add(in.PrivateIP)
 	}
-	enis, err := store.List[NetworkInterface](tx, bucketInterfaces)
+	enis, err := store.ListShared[NetworkInterface](tx, bucketInterfaces)
 	if err != nil {
 		return nil, err
 	}
@@ -444,7 +453,7 @@ func usedAddresses(tx store.Tx, self string) (map[netip.Addr]bool, error) {
 			add(ip)
 		}
 	}
-	lbs, err := store.List[LoadBalancer](tx, bucketLoadBalancers)
+	lbs, err := store.ListShared[LoadBalancer](tx, bucketLoadBalancers)
 	if err != nil {
 		return nil, err
 	}
@@ -476,7 +485,7 @@ func (c *Cloud) DescribeLoadBalancers(arns, names []string, page ELBPage) ([]Loa
 	}
 	var all []LoadBalancer
 	if err := c.store.View(func(tx store.Tx) (err error) {
-		all, err = store.List[LoadBalancer](tx, bucketLoadBalancers)
+		all, err = store.ListShared[LoadBalancer](tx, bucketLoadBalancers)
 		return err
 	}); err != nil {
 		return nil, "", err
@@ -511,7 +520,7 @@ func (c *Cloud) DeleteLoadBalancer(arn string) error {
 		return err
 	}
 	return c.store.Update(func(tx store.Tx) error {
-		lb, err := store.Load[LoadBalancer](tx, bucketLoadBalancers, arn)
+		lb, err := store.LoadShared[LoadBalancer](tx, bucketLoadBalancers, arn)
 		if err == store.ErrNotFound {
 			return nil
 		} else if err != nil {
@@ -520,7 +529,7 @@ func (c *Cloud) DeleteLoadBalancer(arn string) error {
 		if lb.Attributes["deletion_protection.enabled"] == "true" {
 			return errorf("OperationNotPermitted", "Load balancer '%s' cannot be deleted because deletion protection is enabled", arn)
 		}
-		listeners, err := store.List[Listener](tx, bucketListeners)
+		listeners, err := store.ListShared[Listener](tx, bucketListeners)
 		if err != nil {
 			return err
 		}
@@ -665,7 +674,7 @@ func checkDualstackListeners(tx store.Tx, lb LoadBalancer, ipType string) error 
 	if ipType != "dualstack" {
 		return nil
 	}
-	listeners, err := store.List[Listener](tx, bucketListeners)
+	listeners, err := store.ListShared[Listener](tx, bucketListeners)
 	if err != nil {
 		return err
 	}
@@ -735,7 +744,7 @@ func (c *Cloud) LoadBalancerAttributes(arn string) ([]Attribute, error) {
 	}
 	var lb LoadBalancer
 	err := c.store.View(func(tx store.Tx) (err error) {
-		lb, err = loadLB(tx, arn)
+		lb, err = peekLB(tx, arn)
 		return err
 	})
 	if err != nil {

@@ -108,7 +108,7 @@ func AttributeInt(s string, def int) int {
 func (c *Cloud) Provisioning() ([]string, error) {
 	var arns []string
 	err := c.store.View(func(tx store.Tx) error {
-		lbs, err := store.List[LoadBalancer](tx, bucketLoadBalancers)
+		lbs, err := store.ListShared[LoadBalancer](tx, bucketLoadBalancers)
 		for _, lb := range lbs {
 			if lb.State == "provisioning" {
 				arns = append(arns, lb.ARN)
@@ -121,7 +121,9 @@ func (c *Cloud) Provisioning() ([]string, error) {
 
 // State is everything the data plane needs at one instant: the load balancers with their
 // listeners and target groups, and the network that decides who may reach them — security
-// groups, the interfaces and instances carrying them, prefix lists and subnets.
+// groups, the interfaces and instances carrying them, prefix lists and subnets. Its maps and
+// slices are shared with the store's cache: read them, never write through them (see
+// store.ListShared).
 type State struct {
 	ELBSnapshot
 	SecurityGroups []SecurityGroup
@@ -138,19 +140,19 @@ func (c *Cloud) State() (State, error) {
 		if st.ELBSnapshot, err = c.elbSnapshot(tx); err != nil {
 			return err
 		}
-		if st.SecurityGroups, err = store.List[SecurityGroup](tx, bucketSecurityGroups); err != nil {
+		if st.SecurityGroups, err = store.ListShared[SecurityGroup](tx, bucketSecurityGroups); err != nil {
 			return err
 		}
-		if st.Interfaces, err = store.List[NetworkInterface](tx, bucketInterfaces); err != nil {
+		if st.Interfaces, err = store.ListShared[NetworkInterface](tx, bucketInterfaces); err != nil {
 			return err
 		}
-		if st.Instances, err = store.List[Instance](tx, bucketInstances); err != nil {
+		if st.Instances, err = store.ListShared[Instance](tx, bucketInstances); err != nil {
 			return err
 		}
-		if st.PrefixLists, err = store.List[PrefixList](tx, bucketPrefixLists); err != nil {
+		if st.PrefixLists, err = store.ListShared[PrefixList](tx, bucketPrefixLists); err != nil {
 			return err
 		}
-		st.Subnets, err = store.List[Subnet](tx, bucketSubnets)
+		st.Subnets, err = store.ListShared[Subnet](tx, bucketSubnets)
 		return err
 	})
 	return st, err
