@@ -195,7 +195,7 @@ func startMoat(name, bin, cpus, fastPath, data string, largest size) *moat {
 		t.MaxIdleConns, t.MaxIdleConnsPerHost = 256, 256
 	})
 	cfg, err := config.LoadDefaultConfig(ctx, config.WithSharedCredentialsFiles([]string{eps.CredentialsFile}),
-		config.WithRegion("us-east-1"), config.WithHTTPClient(httpClient), config.WithRetryMaxAttempts(1))
+		config.WithRegion("us-east-1"), config.WithHTTPClient(httpClient))
 	check(err)
 	m := &moat{cmd: cmd, log: logf.Name(), dnsAddr: eps.DNS, pprof: pprofAddr,
 		ec2: ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(eps.API) }),
@@ -206,6 +206,7 @@ func startMoat(name, bin, cpus, fastPath, data string, largest size) *moat {
 		m.subnets = append(m.subnets, *s.SubnetId)
 	}
 	m.vpc = *subnets.Subnets[0].VpcId
+	log.Printf("%s: moat lb pid %d, log %s, profiles (with -tags moat_pprof) at http://%s/debug/pprof/", name, cmd.Process.Pid, logf.Name(), pprofAddr)
 	return m
 }
 

@@ -67,6 +67,7 @@ type Cloud struct {
 	// health is where DescribeTargetHealth gets the health of targets in use (the data plane).
 	health atomic.Pointer[healthSource]
 	ports  atomic.Pointer[portChecker]
+	idx    indexes
 }
 
 // New returns a Cloud over st. Zero fields of cfg get AWS-like defaults.

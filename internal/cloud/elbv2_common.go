@@ -446,23 +446,24 @@ func (c *Cloud) ELBSnapshot() (ELBSnapshot, error) {
 }
 
 func (c *Cloud) elbSnapshot(tx store.Tx) (snap ELBSnapshot, err error) {
-	if snap.LoadBalancers, err = store.ListShared[LoadBalancer](tx, bucketLoadBalancers); err != nil {
-		return snap, err
-	}
-	if snap.Listeners, err = store.ListShared[Listener](tx, bucketListeners); err != nil {
-		return snap, err
-	}
-	if snap.TargetGroups, err = store.ListShared[TargetGroup](tx, bucketTargetGroups); err != nil {
-		return snap, err
-	}
-	users, err := tgUsers(tx)
+	lbs, err := c.lbIndex(tx)
 	if err != nil {
 		return snap, err
 	}
+	listeners, err := c.listenerIndex(tx)
+	if err != nil {
+		return snap, err
+	}
+	tgs, err := c.tgIndex(tx)
+	if err != nil {
+		return snap, err
+	}
+	snap.LoadBalancers, snap.Listeners = slices.Clone(lbs.all), slices.Clone(listeners.all)
 	now := c.cfg.Now()
-	for i, tg := range snap.TargetGroups {
+	snap.TargetGroups = make([]TargetGroup, len(tgs.all))
+	for i, tg := range tgs.all {
 		tg.Targets = tg.CurrentTargets(now)
-		snap.TargetGroups[i] = withUsers(tg, users)
+		snap.TargetGroups[i] = withUsers(tg, listeners.users)
 	}
 	return snap, nil
 }

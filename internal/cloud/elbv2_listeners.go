@@ -178,7 +178,7 @@ var listenerTargetProtocols = map[string][]string{
 }
 
 // checkForward validates forwarding from a listener of lb with protocol to the target group.
-func checkForward(tx store.Tx, lb LoadBalancer, protocol, tgARN string) error {
+func (c *Cloud) checkForward(tx store.Tx, lb LoadBalancer, protocol, tgARN string) error {
 	tg, err := peekTG(tx, tgARN)
 	if err != nil {
 		return err
@@ -192,7 +192,7 @@ func checkForward(tx store.Tx, lb LoadBalancer, protocol, tgARN string) error {
 	if lb.IPAddressType == "dualstack" && protocol != "TCP" {
 		return errorf("InvalidConfigurationRequest", "A dualstack load balancer cannot have %s listeners", protocol)
 	}
-	users, err := tgUsers(tx)
+	users, err := c.tgUsers(tx)
 	if err != nil {
 		return err
 	}
@@ -255,16 +255,12 @@ func (c *Cloud) CreateListener(in CreateListenerInput) (Listener, error) {
 		if err != nil {
 			return err
 		}
-		listeners, err := store.ListShared[Listener](tx, bucketListeners)
+		listeners, err := c.listenerIndex(tx)
 		if err != nil {
 			return err
 		}
-		count := 0
-		for _, old := range listeners {
-			if old.LoadBalancerARN != lb.ARN {
-				continue
-			}
-			count++
+		ofLB := listeners.of(lb.ARN)
+		for _, old := range ofLB {
 			if old.Port != *in.Port {
 				continue
 			}
@@ -274,10 +270,10 @@ func (c *Cloud) CreateListener(in CreateListenerInput) (Listener, error) {
 			}
 			return errorf("DuplicateListener", "A listener already exists on port %d of load balancer '%s'", *in.Port, lb.ARN)
 		}
-		if count >= c.cfg.Quotas.ListenersPerLoadBalancer {
+		if len(ofLB) >= c.cfg.Quotas.ListenersPerLoadBalancer {
 			return errorf("TooManyListeners", "You've reached the limit of %d listeners for load balancer '%s'", c.cfg.Quotas.ListenersPerLoadBalancer, lb.ARN)
 		}
-		if err := checkForward(tx, lb, in.Protocol, tgARN); err != nil {
+		if err := c.checkForward(tx, lb, in.Protocol, tgARN); err != nil {
 			return err
 		}
 		id := randomHex(16)
@@ -330,19 +326,20 @@ func (c *Cloud) DescribeListeners(lbARN string, arns []string, page ELBPage) ([]
 				return err
 			}
 		}
-		all, err := store.ListShared[Listener](tx, bucketListeners)
+		listeners, err := c.listenerIndex(tx)
 		if err != nil {
 			return err
 		}
-		for _, want := range arns {
-			if !slices.ContainsFunc(all, func(l Listener) bool { return l.ARN == want }) {
+		if lbARN != "" {
+			out = listeners.of(lbARN)
+			return nil
+		}
+		for _, want := range dedupe(arns) {
+			i, ok := listeners.byARN[want]
+			if !ok {
 				return errorf("ListenerNotFound", "One or more listeners not found")
 			}
-		}
-		for _, l := range all {
-			if (lbARN != "" && l.LoadBalancerARN == lbARN) || slices.Contains(arns, l.ARN) {
-				out = append(out, l)
-			}
+			out = append(out, listeners.all[i])
 		}
 		return nil
 	})
@@ -387,12 +384,12 @@ func (c *Cloud) ModifyListener(in ModifyListenerInput) (Listener, error) {
 		}
 		oldPort, oldProtocol := l.Port, l.Protocol
 		if in.Port != nil && *in.Port != l.Port {
-			listeners, err := store.ListShared[Listener](tx, bucketListeners)
+			listeners, err := c.listenerIndex(tx)
 			if err != nil {
 				return err
 			}
-			for _, other := range listeners {
-				if other.LoadBalancerARN == lb.ARN && other.ARN != l.ARN && other.Port == *in.Port {
+			for _, other := range listeners.of(lb.ARN) {
+				if other.ARN != l.ARN && other.Port == *in.Port {
 					return errorf("DuplicateListener", "A listener already exists on port %d of load balancer '%s'", *in.Port, lb.ARN)
 				}
 			}
@@ -404,7 +401,7 @@ func (c *Cloud) ModifyListener(in ModifyListenerInput) (Listener, error) {
 		if tgARN != "" {
 			l.TargetGroupARN = tgARN
 		}
-		if err := checkForward(tx, lb, l.Protocol, l.TargetGroupARN); err != nil {
+		if err := c.checkForward(tx, lb, l.Protocol, l.TargetGroupARN); err != nil {
 			return err
 		}
 		servedProtocol := oldProtocol

@@ -129,19 +129,14 @@ func lookupTG(tx store.Tx, arn string, load func(store.Tx, string, string) (Targ
 	return tg, err
 }
 
-// tgUsers maps each target group to the load balancers whose listeners forward to it.
-func tgUsers(tx store.Tx) (map[string][]string, error) {
-	listeners, err := store.ListShared[Listener](tx, bucketListeners)
+// tgUsers maps each target group to the load balancers whose listeners forward to it. The map
+// is shared: read it only.
+func (c *Cloud) tgUsers(tx store.Tx) (map[string][]string, error) {
+	x, err := c.listenerIndex(tx)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string][]string{}
-	for _, l := range listeners {
-		if !slices.Contains(out[l.TargetGroupARN], l.LoadBalancerARN) {
-			out[l.TargetGroupARN] = append(out[l.TargetGroupARN], l.LoadBalancerARN)
-		}
-	}
-	return out, nil
+	return x.users, nil
 }
 
 // withUsers fills in LoadBalancerARNs.
@@ -214,23 +209,21 @@ func (c *Cloud) CreateTargetGroup(in CreateTargetGroupInput) (TargetGroup, error
 		if in.IPAddressType == "ipv6" && vpc.IPv6CIDR == "" {
 			return errorf("InvalidConfigurationRequest", "VPC '%s' has no IPv6 CIDR block: an ipv6 target group needs one", vpc.ID)
 		}
-		all, err := store.ListShared[TargetGroup](tx, bucketTargetGroups)
+		tgs, err := c.tgIndex(tx)
 		if err != nil {
 			return err
 		}
-		for _, old := range all {
-			if !strings.EqualFold(old.Name, in.Name) {
-				continue
-			}
+		if old, ok := tgs.byName[strings.ToLower(in.Name)]; ok {
+			old := tgs.all[old]
 			if old.Protocol != in.Protocol || old.Port != *in.Port || old.VPCID != in.VPCID || old.TargetType != in.TargetType ||
 				old.IPAddressType != in.IPAddressType || old.HealthCheck != hc {
 				return errorf("DuplicateTargetGroupName", "A target group with the same name '%s' exists, but with different settings", in.Name)
 			}
-			users, err := tgUsers(tx)
+			users, err := c.tgUsers(tx)
 			tg = withUsers(old, users)
 			return err
 		}
-		if len(all) >= c.cfg.Quotas.TargetGroups {
+		if len(tgs.all) >= c.cfg.Quotas.TargetGroups {
 			return errorf("TooManyTargetGroups", "The maximum number of target groups (%d) has been reached", c.cfg.Quotas.TargetGroups)
 		}
 		id := randomHex(16)
@@ -384,11 +377,11 @@ func (c *Cloud) DescribeTargetGroups(lbARN string, arns, names []string, page EL
 	}
 	var out []TargetGroup
 	err := c.store.View(func(tx store.Tx) error {
-		all, err := store.ListShared[TargetGroup](tx, bucketTargetGroups)
+		tgs, err := c.tgIndex(tx)
 		if err != nil {
 			return err
 		}
-		users, err := tgUsers(tx)
+		listeners, err := c.listenerIndex(tx)
 		if err != nil {
 			return err
 		}
@@ -397,24 +390,30 @@ func (c *Cloud) DescribeTargetGroups(lbARN string, arns, names []string, page EL
 				return err
 			}
 		}
-		for _, want := range append(slices.Clone(arns), names...) {
-			if !slices.ContainsFunc(all, func(tg TargetGroup) bool { return tg.ARN == want || strings.EqualFold(tg.Name, want) }) {
-				return errorf("TargetGroupNotFound", "One or more target groups not found")
+		selected := slices.Clone(tgs.all) // to sort
+		switch {
+		case lbARN != "":
+			selected = nil
+			for _, l := range listeners.of(lbARN) {
+				if tg, ok := tgs.named(l.TargetGroupARN); ok && !slices.ContainsFunc(selected, func(s TargetGroup) bool { return s.ARN == tg.ARN }) {
+					selected = append(selected, tg)
+				}
+			}
+		case len(arns) > 0 || len(names) > 0:
+			selected = nil
+			for _, want := range append(slices.Clone(arns), names...) {
+				tg, ok := tgs.named(want)
+				if !ok || !slices.Contains(arns, tg.ARN) && !slices.ContainsFunc(names, func(n string) bool { return strings.EqualFold(n, tg.Name) }) {
+					return errorf("TargetGroupNotFound", "One or more target groups not found")
+				}
+				if !slices.ContainsFunc(selected, func(s TargetGroup) bool { return s.ARN == tg.ARN }) {
+					selected = append(selected, tg)
+				}
 			}
 		}
-		for _, tg := range all {
-			keep := true
-			switch {
-			case lbARN != "":
-				keep = slices.Contains(users[tg.ARN], lbARN)
-			case len(arns) > 0:
-				keep = slices.Contains(arns, tg.ARN)
-			case len(names) > 0:
-				keep = slices.ContainsFunc(names, func(n string) bool { return strings.EqualFold(n, tg.Name) })
-			}
-			if keep {
-				out = append(out, withUsers(tg, users))
-			}
+		slices.SortFunc(selected, func(a, b TargetGroup) int { return strings.Compare(a.ARN, b.ARN) })
+		for _, tg := range selected {
+			out = append(out, withUsers(tg, listeners.users))
 		}
 		return nil
 	})
@@ -440,7 +439,7 @@ func (c *Cloud) ModifyTargetGroup(arn string, in HealthCheckInput) (TargetGroup,
 		if err := store.Save(tx, bucketTargetGroups, tg.ARN, tg); err != nil {
 			return err
 		}
-		users, err := tgUsers(tx)
+		users, err := c.tgUsers(tx)
 		tg = withUsers(tg, users)
 		return err
 	})
@@ -462,7 +461,7 @@ func (c *Cloud) DeleteTargetGroup(arn string) error {
 		} else if err != nil {
 			return err
 		}
-		users, err := tgUsers(tx)
+		users, err := c.tgUsers(tx)
 		if err != nil {
 			return err
 		}
@@ -783,7 +782,7 @@ func (c *Cloud) DescribeTargetHealth(arn string, targets []TargetInput) ([]Targe
 		if err != nil {
 			return err
 		}
-		users, err := tgUsers(tx)
+		users, err := c.tgUsers(tx)
 		if err != nil {
 			return err
 		}

@@ -80,21 +80,14 @@ func (c *Cloud) CreateSecurityGroup(name, description, vpcID string, tags []Tag)
 		} else if err != nil {
 			return err
 		}
-		groups, err := store.ListShared[SecurityGroup](tx, bucketSecurityGroups)
+		groups, err := c.groupIndex(tx)
 		if err != nil {
 			return err
 		}
-		inVPC := 0
-		for _, g := range groups {
-			if g.VPCID != vpcID {
-				continue
-			}
-			inVPC++
-			if strings.EqualFold(g.Name, name) {
-				return errorf("InvalidGroup.Duplicate", "The security group '%s' already exists for VPC '%s'", name, vpcID)
-			}
+		if _, ok := groups.byNameIn(vpcID, name); ok {
+			return errorf("InvalidGroup.Duplicate", "The security group '%s' already exists for VPC '%s'", name, vpcID)
 		}
-		if inVPC >= c.cfg.Quotas.SecurityGroupsPerVPC {
+		if groups.inVPC[vpcID] >= c.cfg.Quotas.SecurityGroupsPerVPC {
 			return errorf("SecurityGroupLimitExceeded", "The maximum number of security groups for VPC '%s' has been reached.", vpcID)
 		}
 		t, err := c.mergeTags(nil, tags)
@@ -157,11 +150,11 @@ func (c *Cloud) DescribeSecurityGroups(ids, names []string, filters []Filter, pa
 	err := c.store.View(func(tx store.Tx) error {
 		var selected []SecurityGroup
 		if len(ids) == 0 && len(names) == 0 {
-			all, err := store.ListShared[SecurityGroup](tx, bucketSecurityGroups)
+			groups, err := c.groupIndex(tx)
 			if err != nil {
 				return err
 			}
-			selected = all
+			selected = groups.candidates(filters)
 		} else {
 			for _, id := range dedupe(ids) {
 				sg, err := peekGroup(tx, id)
@@ -283,11 +276,11 @@ func (c *Cloud) DeleteSecurityGroup(ref GroupRef) (string, error) {
 			return errorf("CannotDelete", "the specified group: \"%s\" name: \"default\" cannot be deleted by a user", sg.ID)
 		}
 		dependent := errorf("DependencyViolation", "resource %s has a dependent object", sg.ID)
-		lbs, err := store.ListShared[LoadBalancer](tx, bucketLoadBalancers)
+		lbs, err := c.lbIndex(tx)
 		if err != nil {
 			return err
 		}
-		for _, lb := range lbs {
+		for _, lb := range lbs.all {
 			if slices.Contains(lb.SecurityGroups, sg.ID) {
 				return dependent
 			}
@@ -301,18 +294,12 @@ func (c *Cloud) DeleteSecurityGroup(ref GroupRef) (string, error) {
 				return dependent
 			}
 		}
-		groups, err := store.ListShared[SecurityGroup](tx, bucketSecurityGroups)
+		groups, err := c.groupIndex(tx)
 		if err != nil {
 			return err
 		}
-		for _, other := range groups {
-			if other.ID == sg.ID {
-				continue
-			}
-			refers := func(r Rule) bool { return r.GroupID == sg.ID }
-			if slices.ContainsFunc(other.Ingress, refers) || slices.ContainsFunc(other.Egress, refers) {
-				return dependent
-			}
+		if len(groups.referrers[sg.ID]) > 0 {
+			return dependent
 		}
 		return tx.Delete(bucketSecurityGroups, sg.ID)
 	})

@@ -239,14 +239,12 @@ func (c *Cloud) peekResolveGroup(tx store.Tx, ref GroupRef) (SecurityGroup, erro
 	if err != nil {
 		return SecurityGroup{}, err
 	}
-	groups, err := store.ListShared[SecurityGroup](tx, bucketSecurityGroups)
+	groups, err := c.groupIndex(tx)
 	if err != nil {
 		return SecurityGroup{}, err
 	}
-	for _, sg := range groups {
-		if sg.VPCID == vpc && strings.EqualFold(sg.Name, ref.Name) {
-			return sg, nil
-		}
+	if sg, ok := groups.byNameIn(vpc, ref.Name); ok {
+		return sg, nil
 	}
 	return SecurityGroup{}, errorf("InvalidGroup.NotFound", "The security group '%s' does not exist in default VPC '%s'", ref.Name, vpc)
 }

@@ -95,19 +95,16 @@ func (c *Cloud) editTags(tx store.Tx, id string, edit func(Tags) (Tags, error)) 
 	}
 	notFound := errorf("InvalidID", "The ID '%s' does not exist", id)
 	if strings.HasPrefix(id, "sgr-") {
-		groups, err := store.ListShared[SecurityGroup](tx, bucketSecurityGroups)
+		groups, err := c.groupIndex(tx)
 		if err != nil {
 			return err
 		}
-		hasRule := func(r Rule) bool { return r.ID == id }
-		for _, shared := range groups {
-			if !slices.ContainsFunc(shared.Ingress, hasRule) && !slices.ContainsFunc(shared.Egress, hasRule) {
-				continue
-			}
-			sg, err := loadGroup(tx, shared.ID) // its own copy, to change
+		if owner, ok := groups.ruleOwner[id]; ok {
+			sg, err := loadGroup(tx, owner) // its own copy, to change
 			if err != nil {
 				return err
 			}
+			hasRule := func(r Rule) bool { return r.ID == id }
 			for _, rules := range [][]Rule{sg.Ingress, sg.Egress} {
 				if i := slices.IndexFunc(rules, hasRule); i >= 0 {
 					t, err := edit(rules[i].Tags)

@@ -163,11 +163,14 @@ func (b *Bolt) commit(group []*update) {
 			b.cache.committedDeletes(u.tx.deleted)
 			wrote = wrote || u.tx.wrote
 		}
-		close(u.done)
 	}
-	// Watchers hear of commits that changed something, so a no-op update wakes nobody.
+	// Watchers hear of commits that changed something, so a no-op update wakes nobody; and they
+	// hear of it before the updates return.
 	if wrote {
 		b.notify()
+	}
+	for _, u := range group {
+		close(u.done)
 	}
 }
 
@@ -302,6 +305,12 @@ func (t *boltTx) flush() error {
 				return fmt.Errorf("%s/%s: %w", bucket, key, err)
 			}
 		}
+		// The bucket's version: this commit's ID (see Version).
+		if bk != nil {
+			if err := bk.SetSequence(uint64(t.tx.ID())); err != nil {
+				return fmt.Errorf("bucket %s: %w", bucket, err)
+			}
+		}
 	}
 	return nil
 }
@@ -375,6 +384,25 @@ func (t *boltTx) forEachStored(bucket string, fn func(key, stored []byte) error)
 		}
 	}
 	return yieldPending(nil)
+}
+
+// version implements Version: a bucket's sequence is the ID of the last commit that wrote it
+// (flush sets it), and commit IDs only grow, so it names the bucket's committed contents. In an
+// update it does not once the bucket has writes of this commit: this update's pending ones, or
+// those an earlier update of the same commit flushed (the sequence is then this commit's ID).
+func (t *boltTx) version(bucket string) (uint64, bool) {
+	if len(t.pending[bucket]) > 0 {
+		return 0, false
+	}
+	bk := t.tx.Bucket([]byte(bucket))
+	if bk == nil {
+		return 0, true
+	}
+	v := bk.Sequence()
+	if t.pending != nil && v == uint64(t.tx.ID()) {
+		return 0, false
+	}
+	return v, true
 }
 
 // sharedValue returns the decoded record from the cache when stored are the bytes it was decoded

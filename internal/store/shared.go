@@ -102,6 +102,18 @@ type sharedTx interface {
 	sharedValue(bucket string, key, stored []byte, decode func(value []byte) (any, error), is func(any) bool) (any, error)
 }
 
+// Version returns a number naming the contents of bucket as tx sees them: transactions of a
+// store that get the same version of a bucket see the same records in it, so that something
+// derived from them (an index) can be kept and reused while the version stays. ok is false when
+// there is no such number: tx holds uncommitted writes to the bucket, or the store keeps no
+// versions.
+func Version(tx Tx, bucket string) (v uint64, ok bool) {
+	if vt, is := tx.(interface{ version(string) (uint64, bool) }); is {
+		return vt.version(bucket)
+	}
+	return 0, false
+}
+
 // LoadShared is Load for readers: the value's maps and slices may be shared with every other
 // reader of the record, so it must be read, never written through (no element assignments, map
 // writes, deletes or in-place sorts; assigning its fields, and appending to its slices, are fine).

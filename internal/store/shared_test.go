@@ -347,3 +347,72 @@ func TestSharedReadsUnderConcurrentWrites(t *testing.T) {
 }
 
 var errRollback = errors.New("rollback")
+
+// TestVersionNamesCommittedContents: a bucket's version changes with every commit that writes it
+// and only then, and an update that holds uncommitted writes to a bucket (its own, or those of an
+// update before it in the same commit) gets none.
+func TestVersionNamesCommittedContents(t *testing.T) {
+	st, _ := openTemp(t)
+	defer st.Close()
+	version := func(bucket string) uint64 {
+		t.Helper()
+		var v uint64
+		err := st.View(func(tx Tx) error {
+			var ok bool
+			if v, ok = Version(tx, bucket); !ok {
+				t.Errorf("a read-only transaction has no version of %s", bucket)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	put := func(tx Tx, bucket string) error { return Save(tx, bucket, "k", record{bucket, rand.IntN(1000)}) }
+	x0, y0 := version("x"), version("y")
+	if err := st.Update(func(tx Tx) error { return put(tx, "x") }); err != nil {
+		t.Fatal(err)
+	}
+	x1 := version("x")
+	if x1 == x0 || version("y") != y0 || version("x") != x1 {
+		t.Errorf("after writing x: x %d -> %d, y %d -> %d, want x alone to change, once", x0, x1, y0, version("y"))
+	}
+	err := st.Update(func(tx Tx) error {
+		if v, ok := Version(tx, "x"); !ok || v != x1 {
+			t.Errorf("update before writing x: version %d %v, want %d", v, ok, x1)
+		}
+		if err := put(tx, "x"); err != nil {
+			return err
+		}
+		if _, ok := Version(tx, "x"); ok {
+			t.Error("an update that wrote x has a version of it")
+		}
+		return errRollback
+	})
+	if !errors.Is(err, errRollback) {
+		t.Fatal(err)
+	}
+	if v := version("x"); v != x1 {
+		t.Errorf("after a rolled-back write: x %d, want %d", v, x1)
+	}
+
+	// Two updates in one commit: the second sees the first's write to x, not yet committed.
+	var secondX, secondY bool
+	first := &update{fn: func(tx Tx) error { return put(tx, "x") }, done: make(chan struct{})}
+	second := &update{fn: func(tx Tx) error {
+		_, secondX = Version(tx, "x")
+		_, secondY = Version(tx, "y")
+		return nil
+	}, done: make(chan struct{})}
+	st.commit([]*update{first, second})
+	if first.err != nil || second.err != nil {
+		t.Fatal(first.err, second.err)
+	}
+	if secondX || !secondY {
+		t.Errorf("in a commit after another update wrote x: x versioned %v (want false), y versioned %v (want true)", secondX, secondY)
+	}
+	if v := version("x"); v == x1 {
+		t.Error("the commit of the group left x's version as it was")
+	}
+}

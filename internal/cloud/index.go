@@ -1,0 +1,259 @@
+package cloud
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/moatlb/moat/internal/store"
+)
+
+// Indexes. A Describe call names a load balancer, its listeners or a group by tag; answering it by
+// scanning a whole bucket costs time in proportion to the state. So the cloud keeps, per bucket,
+// an index of the records (by ARN, name, owner, tag) built from one read of the bucket, and keeps
+// it while the bucket's store.Version stays: any commit that writes the bucket gives it a new
+// version, and the next reader builds the index again. An index is derived from the store alone,
+// so it is as right as the transaction that reads it, through commits, rollbacks and restarts.
+// Its records are shared (see store.ListShared): read them, never write through them.
+
+// indexCache keeps the last index built for a bucket and the version it was built from.
+type indexCache[I any] struct {
+	mu      sync.Mutex
+	version uint64
+	built   bool
+	index   I
+}
+
+// get returns the index of bucket as tx sees it: the kept one if the bucket's version is the
+// one it was built from, or a new one (kept when the bucket has a version, that is when tx has
+// not written it).
+func (ic *indexCache[I]) get(tx store.Tx, bucket string, build func(tx store.Tx) (I, error)) (I, error) {
+	v, versioned := store.Version(tx, bucket)
+	if versioned {
+		ic.mu.Lock()
+		if ic.built && ic.version == v {
+			idx := ic.index
+			ic.mu.Unlock()
+			return idx, nil
+		}
+		ic.mu.Unlock()
+	}
+	idx, err := build(tx)
+	if err != nil || !versioned {
+		return idx, err
+	}
+	ic.mu.Lock()
+	ic.version, ic.index, ic.built = v, idx, true
+	ic.mu.Unlock()
+	return idx, nil
+}
+
+// indexes are a Cloud's index caches, one per indexed bucket.
+type indexes struct {
+	lbs       indexCache[*lbIndex]
+	listeners indexCache[*listenerIndex]
+	tgs       indexCache[*tgIndex]
+	groups    indexCache[*groupIndex]
+}
+
+// lbIndex is the load balancers bucket.
+type lbIndex struct {
+	all    []LoadBalancer // in ARN order
+	byARN  map[string]int
+	byName map[string]int // lower-case: names are unique regardless of case
+	byDNS  map[string]int // lower-case DNS name
+	// addrs are the addresses the load balancers hold, with the ARN of each holder.
+	addrs map[netip.Addr]string
+}
+
+func (c *Cloud) lbIndex(tx store.Tx) (*lbIndex, error) {
+	return c.idx.lbs.get(tx, bucketLoadBalancers, func(tx store.Tx) (*lbIndex, error) {
+		all, err := store.ListShared[LoadBalancer](tx, bucketLoadBalancers)
+		if err != nil {
+			return nil, err
+		}
+		x := &lbIndex{all: all, byARN: map[string]int{}, byName: map[string]int{}, byDNS: map[string]int{}, addrs: map[netip.Addr]string{}}
+		for i, lb := range all {
+			x.byARN[lb.ARN] = i
+			x.byName[strings.ToLower(lb.Name)] = i
+			x.byDNS[strings.ToLower(lb.DNSName)] = i
+			for _, z := range lb.Zones {
+				for _, s := range []string{z.Address, z.IPv6Address} {
+					if a, err := netip.ParseAddr(s); err == nil {
+						x.addrs[a] = lb.ARN
+					}
+				}
+			}
+		}
+		return x, nil
+	})
+}
+
+// named returns the load balancer whose ARN or name (any case) is want.
+func (x *lbIndex) named(want string) (LoadBalancer, bool) {
+	i, ok := x.byARN[want]
+	if !ok {
+		i, ok = x.byName[strings.ToLower(want)]
+	}
+	if !ok {
+		return LoadBalancer{}, false
+	}
+	return x.all[i], true
+}
+
+// listenerIndex is the listeners bucket.
+type listenerIndex struct {
+	all   []Listener // in ARN order
+	byARN map[string]int
+	// ofLB are the listeners of each load balancer, in ARN order.
+	ofLB map[string][]int
+	// users are, per target group, the load balancers whose listeners forward to it.
+	users map[string][]string
+}
+
+func (c *Cloud) listenerIndex(tx store.Tx) (*listenerIndex, error) {
+	return c.idx.listeners.get(tx, bucketListeners, func(tx store.Tx) (*listenerIndex, error) {
+		all, err := store.ListShared[Listener](tx, bucketListeners)
+		if err != nil {
+			return nil, err
+		}
+		x := &listenerIndex{all: all, byARN: map[string]int{}, ofLB: map[string][]int{}, users: map[string][]string{}}
+		for i, l := range all {
+			x.byARN[l.ARN] = i
+			x.ofLB[l.LoadBalancerARN] = append(x.ofLB[l.LoadBalancerARN], i)
+			if !slices.Contains(x.users[l.TargetGroupARN], l.LoadBalancerARN) {
+				x.users[l.TargetGroupARN] = append(x.users[l.TargetGroupARN], l.LoadBalancerARN)
+			}
+		}
+		return x, nil
+	})
+}
+
+// of returns the listeners of a load balancer.
+func (x *listenerIndex) of(lbARN string) []Listener {
+	out := make([]Listener, 0, len(x.ofLB[lbARN]))
+	for _, i := range x.ofLB[lbARN] {
+		out = append(out, x.all[i])
+	}
+	return out
+}
+
+// tgIndex is the target groups bucket.
+type tgIndex struct {
+	all    []TargetGroup // in ARN order
+	byARN  map[string]int
+	byName map[string]int // lower-case
+}
+
+func (c *Cloud) tgIndex(tx store.Tx) (*tgIndex, error) {
+	return c.idx.tgs.get(tx, bucketTargetGroups, func(tx store.Tx) (*tgIndex, error) {
+		all, err := store.ListShared[TargetGroup](tx, bucketTargetGroups)
+		if err != nil {
+			return nil, err
+		}
+		x := &tgIndex{all: all, byARN: map[string]int{}, byName: map[string]int{}}
+		for i, tg := range all {
+			x.byARN[tg.ARN] = i
+			x.byName[strings.ToLower(tg.Name)] = i
+		}
+		return x, nil
+	})
+}
+
+// named returns the target group whose ARN or name (any case) is want.
+func (x *tgIndex) named(want string) (TargetGroup, bool) {
+	i, ok := x.byARN[want]
+	if !ok {
+		i, ok = x.byName[strings.ToLower(want)]
+	}
+	if !ok {
+		return TargetGroup{}, false
+	}
+	return x.all[i], true
+}
+
+// groupIndex is the security groups bucket.
+type groupIndex struct {
+	all  []SecurityGroup // in ID order
+	byID map[string]int
+	// byName is keyed by VPC and lower-case name: names are unique per VPC regardless of case.
+	byName map[[2]string]int
+	inVPC  map[string]int // groups per VPC
+	// byTag lists the groups with each tag key and value, in ID order.
+	byTag map[Tag][]int
+	// referrers are, per group, the other groups with a rule that names it.
+	referrers map[string][]string
+	// ruleOwner is the group of each rule ID.
+	ruleOwner map[string]string
+}
+
+func (c *Cloud) groupIndex(tx store.Tx) (*groupIndex, error) {
+	return c.idx.groups.get(tx, bucketSecurityGroups, func(tx store.Tx) (*groupIndex, error) {
+		all, err := store.ListShared[SecurityGroup](tx, bucketSecurityGroups)
+		if err != nil {
+			return nil, err
+		}
+		x := &groupIndex{all: all, byID: map[string]int{}, byName: map[[2]string]int{}, inVPC: map[string]int{},
+			byTag: map[Tag][]int{}, referrers: map[string][]string{}, ruleOwner: map[string]string{}}
+		for i, sg := range all {
+			x.byID[sg.ID] = i
+			x.byName[[2]string{sg.VPCID, strings.ToLower(sg.Name)}] = i
+			x.inVPC[sg.VPCID]++
+			for k, v := range sg.Tags {
+				x.byTag[Tag{k, v}] = append(x.byTag[Tag{k, v}], i)
+			}
+			for _, r := range slices.Concat(sg.Ingress, sg.Egress) {
+				x.ruleOwner[r.ID] = sg.ID
+				if r.GroupID != "" && r.GroupID != sg.ID && !slices.Contains(x.referrers[r.GroupID], sg.ID) {
+					x.referrers[r.GroupID] = append(x.referrers[r.GroupID], sg.ID)
+				}
+			}
+		}
+		return x, nil
+	})
+}
+
+// byNameIn returns the group named name (any case) in the VPC.
+func (x *groupIndex) byNameIn(vpcID, name string) (SecurityGroup, bool) {
+	i, ok := x.byName[[2]string{vpcID, strings.ToLower(name)}]
+	if !ok {
+		return SecurityGroup{}, false
+	}
+	return x.all[i], true
+}
+
+// candidates narrows the groups that can match filters by their exact tag:<key> filters (a group
+// must have one of the values): the groups with those tags, or all of them when no filter is such
+// a filter. The filters themselves are still to be applied to each candidate.
+func (x *groupIndex) candidates(filters []Filter) []SecurityGroup {
+	var narrowed []int
+	for _, f := range filters {
+		key, isTag := strings.CutPrefix(f.Name, "tag:")
+		if !isTag || slices.ContainsFunc(f.Values, func(v string) bool { return strings.ContainsAny(v, "*?") }) {
+			continue
+		}
+		var with []int
+		for _, v := range f.Values {
+			with = append(with, x.byTag[Tag{key, v}]...)
+		}
+		slices.Sort(with)
+		with = slices.Compact(with)
+		if narrowed == nil {
+			narrowed = with
+		} else {
+			narrowed = slices.DeleteFunc(narrowed, func(i int) bool { _, found := slices.BinarySearch(with, i); return !found })
+		}
+		if len(narrowed) == 0 {
+			return nil
+		}
+	}
+	if narrowed == nil {
+		return x.all
+	}
+	out := make([]SecurityGroup, len(narrowed))
+	for n, i := range narrowed {
+		out[n] = x.all[i]
+	}
+	return out
+}
