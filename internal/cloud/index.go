@@ -1,10 +1,13 @@
 package cloud
 
 import (
+	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
+	"testing"
 
 	"github.com/moatlb/moat/internal/store"
 )
@@ -35,6 +38,7 @@ func (ic *indexCache[I]) get(tx store.Tx, bucket string, build func(tx store.Tx)
 		if ic.built && ic.version == v {
 			idx := ic.index
 			ic.mu.Unlock()
+			checkKept(bucket, idx, tx, build)
 			return idx, nil
 		}
 		ic.mu.Unlock()
@@ -47,6 +51,19 @@ func (ic *indexCache[I]) get(tx store.Tx, bucket string, build func(tx store.Tx)
 	ic.version, ic.index, ic.built = v, idx, true
 	ic.mu.Unlock()
 	return idx, nil
+}
+
+// checkKept, in tests, builds the index again and compares it with the kept one: a kept index
+// that differs means a version that did not change with the records, or a reader that wrote
+// through a shared record (which the rebuild's shared reads also catch).
+func checkKept[I any](bucket string, kept I, tx store.Tx, build func(tx store.Tx) (I, error)) {
+	if !testing.Testing() {
+		return
+	}
+	fresh, err := build(tx)
+	if err == nil && !reflect.DeepEqual(fresh, kept) {
+		panic(fmt.Sprintf("cloud: the kept index of %s differs from the records", bucket))
+	}
 }
 
 // indexes are a Cloud's index caches, one per indexed bucket.
