@@ -390,17 +390,15 @@ func (c *Cloud) DescribeTargetGroups(lbARN string, arns, names []string, page EL
 				return err
 			}
 		}
-		selected := slices.Clone(tgs.all) // to sort
+		var selected []TargetGroup
 		switch {
 		case lbARN != "":
-			selected = nil
 			for _, l := range listeners.of(lbARN) {
 				if tg, ok := tgs.named(l.TargetGroupARN); ok && !slices.ContainsFunc(selected, func(s TargetGroup) bool { return s.ARN == tg.ARN }) {
 					selected = append(selected, tg)
 				}
 			}
 		case len(arns) > 0 || len(names) > 0:
-			selected = nil
 			for _, want := range append(slices.Clone(arns), names...) {
 				tg, ok := tgs.named(want)
 				if !ok || !slices.Contains(arns, tg.ARN) && !slices.ContainsFunc(names, func(n string) bool { return strings.EqualFold(n, tg.Name) }) {
@@ -412,6 +410,9 @@ func (c *Cloud) DescribeTargetGroups(lbARN string, arns, names []string, page EL
 			}
 		}
 		slices.SortFunc(selected, func(a, b TargetGroup) int { return strings.Compare(a.ARN, b.ARN) })
+		if lbARN == "" && len(arns) == 0 && len(names) == 0 {
+			selected = tgs.all // in ARN order already
+		}
 		for _, tg := range selected {
 			out = append(out, withUsers(tg, listeners.users))
 		}
