@@ -434,17 +434,6 @@ type ELBSnapshot struct {
 	TargetGroups  []TargetGroup
 }
 
-// ELBSnapshot reads the whole ELBv2 state in one transaction, so that a watcher of
-// Store().Changes() sees a consistent picture after each change.
-func (c *Cloud) ELBSnapshot() (ELBSnapshot, error) {
-	var snap ELBSnapshot
-	err := c.store.View(func(tx store.Tx) (err error) {
-		snap, err = c.elbSnapshot(tx)
-		return err
-	})
-	return snap, err
-}
-
 func (c *Cloud) elbSnapshot(tx store.Tx) (snap ELBSnapshot, err error) {
 	lbs, err := c.lbIndex(tx)
 	if err != nil {
