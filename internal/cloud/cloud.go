@@ -87,7 +87,7 @@ func New(st store.Store, cfg Config) *Cloud {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Cloud{cfg: cfg, store: st}
+	return &Cloud{cfg: cfg, store: st, idx: newIndexes()}
 }
 
 // Config returns the configuration the Cloud runs with.

@@ -270,6 +270,14 @@ func TestIndexesFollowConcurrentChanges(t *testing.T) {
 	if testing.Short() {
 		deadline = time.Now().Add(time.Second)
 	}
+	// Past the deadline, go on (for a while) until some of each kind were made.
+	made := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(groupIDs) > 0 && len(lbARNs) > 0 && len(tgARNs) > 0 && len(listenerARNs) > 0
+	}
+	hardDeadline := deadline.Add(20 * time.Second)
+	going := func() bool { return time.Now().Before(deadline) || !made() && time.Now().Before(hardDeadline) }
 	var wg sync.WaitGroup
 	var emu sync.Mutex
 	var errs []error
@@ -282,7 +290,7 @@ func TestIndexesFollowConcurrentChanges(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for time.Now().Before(deadline) {
+			for going() {
 				var aws *Error
 				if err := ops[rand.IntN(len(ops))](); err != nil && !errors.As(err, &aws) {
 					fail(err)
@@ -294,7 +302,7 @@ func TestIndexesFollowConcurrentChanges(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for time.Now().Before(deadline) {
+			for going() {
 				if err := st.View(func(tx store.Tx) error { return checkIndexes(c, tx) }); err != nil {
 					fail(err)
 				}
@@ -305,14 +313,9 @@ func TestIndexesFollowConcurrentChanges(t *testing.T) {
 	if len(errs) > 0 {
 		t.Fatalf("%d failures, first: %v", len(errs), errs[0])
 	}
-	if err := st.View(func(tx store.Tx) error {
-		lx, err := c.lbIndex(tx)
-		if err == nil && len(lx.all) == 0 && len(lbARNs) > 2 {
-			err = errors.New("no load balancer survived: the test changed too little")
-		}
-		return err
-	}); err != nil {
-		t.Error(err)
+	// The changes must have happened for the checks to mean anything.
+	if !made() {
+		t.Errorf("created %d groups, %d load balancers, %d target groups, %d listeners: want some of each", len(groupIDs), len(lbARNs), len(tgARNs), len(listenerARNs))
 	}
 	if err := st.Close(); err != nil {
 		t.Fatal(err)

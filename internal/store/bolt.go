@@ -139,10 +139,10 @@ func (b *Bolt) commitLoop() {
 
 func (b *Bolt) commit(group []*update) {
 	deletes := b.cache.deletes.Load() // before the transaction: see sharedCache
-	written := map[recordKey]bool{}
+	written, bases := map[recordKey]bool{}, map[string]uint64{}
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		for _, u := range group {
-			u.tx = &boltTx{tx: tx, path: b.path, cache: &b.cache, deletes: deletes, written: written, pending: map[string]map[string][]byte{}}
+			u.tx = &boltTx{tx: tx, path: b.path, cache: &b.cache, deletes: deletes, written: written, bases: bases, pending: map[string]map[string][]byte{}}
 			u.run()
 			if u.err != nil || u.panicked != nil {
 				continue
@@ -231,6 +231,8 @@ type boltTx struct {
 	// committed.
 	written map[recordKey]bool
 	deleted []recordKey
+	// bases are the versions of the buckets the commit has flushed writes to, before them.
+	bases map[string]uint64
 }
 
 func (t *boltTx) Get(bucket, key string) ([]byte, error) {
@@ -307,6 +309,9 @@ func (t *boltTx) flush() error {
 		}
 		// The bucket's version: this commit's ID (see Version).
 		if bk != nil {
+			if _, ok := t.bases[bucket]; !ok {
+				t.bases[bucket] = bk.Sequence()
+			}
 			if err := bk.SetSequence(uint64(t.tx.ID())); err != nil {
 				return fmt.Errorf("bucket %s: %w", bucket, err)
 			}
@@ -388,21 +393,24 @@ func (t *boltTx) forEachStored(bucket string, fn func(key, stored []byte) error)
 
 // version implements Version: a bucket's sequence is the ID of the last commit that wrote it
 // (flush sets it), and commit IDs only grow, so it names the bucket's committed contents. In an
-// update it does not once the bucket has writes of this commit: this update's pending ones, or
-// those an earlier update of the same commit flushed (the sequence is then this commit's ID).
-func (t *boltTx) version(bucket string) (uint64, bool) {
-	if len(t.pending[bucket]) > 0 {
-		return 0, false
+// update, the bucket may have writes of this commit (this update's pending ones, or those an
+// earlier update of the same commit flushed, after recording the version they changed): their
+// keys are the changed ones.
+func (t *boltTx) version(bucket string) (uint64, []string) {
+	var changed []string
+	for k := range t.written {
+		if k.bucket == bucket {
+			changed = append(changed, k.key)
+		}
 	}
-	bk := t.tx.Bucket([]byte(bucket))
-	if bk == nil {
-		return 0, true
+	slices.Sort(changed)
+	if v, ok := t.bases[bucket]; ok {
+		return v, changed
 	}
-	v := bk.Sequence()
-	if t.pending != nil && v == uint64(t.tx.ID()) {
-		return 0, false
+	if bk := t.tx.Bucket([]byte(bucket)); bk != nil {
+		return bk.Sequence(), changed
 	}
-	return v, true
+	return 0, changed
 }
 
 // sharedValue returns the decoded record from the cache when stored are the bytes it was decoded

@@ -102,16 +102,19 @@ type sharedTx interface {
 	sharedValue(bucket string, key, stored []byte, decode func(value []byte) (any, error), is func(any) bool) (any, error)
 }
 
-// Version returns a number naming the contents of bucket as tx sees them: transactions of a
-// store that get the same version of a bucket see the same records in it, so that something
-// derived from them (an index) can be kept and reused while the version stays. ok is false when
-// there is no such number: tx holds uncommitted writes to the bucket, or the store keeps no
-// versions.
-func Version(tx Tx, bucket string) (v uint64, ok bool) {
-	if vt, is := tx.(interface{ version(string) (uint64, bool) }); is {
-		return vt.version(bucket)
+// Version returns a number naming committed contents of bucket: transactions of a store that get
+// the same version of a bucket start from the same records in it, so that something derived from
+// them (an index) can be kept and reused while the version stays. changed are the keys, in
+// order, of the records tx sees otherwise, because it (or an earlier update of its commit) wrote
+// them: nil in a read-only transaction. ok is false when the store keeps no versions.
+func Version(tx Tx, bucket string) (v uint64, changed []string, ok bool) {
+	if vt, is := tx.(interface {
+		version(string) (uint64, []string)
+	}); is {
+		v, changed = vt.version(bucket)
+		return v, changed, true
 	}
-	return 0, false
+	return 0, nil, false
 }
 
 // LoadShared is Load for readers: the value's maps and slices may be shared with every other

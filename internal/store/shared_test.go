@@ -349,8 +349,8 @@ func TestSharedReadsUnderConcurrentWrites(t *testing.T) {
 var errRollback = errors.New("rollback")
 
 // TestVersionNamesCommittedContents: a bucket's version changes with every commit that writes it
-// and only then, and an update that holds uncommitted writes to a bucket (its own, or those of an
-// update before it in the same commit) gets none.
+// and only then, and an update sees which keys differ from it: its own writes and those of the
+// updates before it in the same commit.
 func TestVersionNamesCommittedContents(t *testing.T) {
 	st, _ := openTemp(t)
 	defer st.Close()
@@ -358,9 +358,10 @@ func TestVersionNamesCommittedContents(t *testing.T) {
 		t.Helper()
 		var v uint64
 		err := st.View(func(tx Tx) error {
+			var changed []string
 			var ok bool
-			if v, ok = Version(tx, bucket); !ok {
-				t.Errorf("a read-only transaction has no version of %s", bucket)
+			if v, changed, ok = Version(tx, bucket); !ok || changed != nil {
+				t.Errorf("read-only transaction: version of %s %v, changed %v", bucket, ok, changed)
 			}
 			return nil
 		})
@@ -369,9 +370,9 @@ func TestVersionNamesCommittedContents(t *testing.T) {
 		}
 		return v
 	}
-	put := func(tx Tx, bucket string) error { return Save(tx, bucket, "k", record{bucket, rand.IntN(1000)}) }
+	put := func(tx Tx, bucket, key string) error { return Save(tx, bucket, key, record{bucket, rand.IntN(1000)}) }
 	x0, y0 := version("x"), version("y")
-	if err := st.Update(func(tx Tx) error { return put(tx, "x") }); err != nil {
+	if err := st.Update(func(tx Tx) error { return put(tx, "x", "k") }); err != nil {
 		t.Fatal(err)
 	}
 	x1 := version("x")
@@ -379,14 +380,17 @@ func TestVersionNamesCommittedContents(t *testing.T) {
 		t.Errorf("after writing x: x %d -> %d, y %d -> %d, want x alone to change, once", x0, x1, y0, version("y"))
 	}
 	err := st.Update(func(tx Tx) error {
-		if v, ok := Version(tx, "x"); !ok || v != x1 {
-			t.Errorf("update before writing x: version %d %v, want %d", v, ok, x1)
+		if v, changed, _ := Version(tx, "x"); v != x1 || changed != nil {
+			t.Errorf("update before writing x: version %d, changed %v, want %d and none", v, changed, x1)
 		}
-		if err := put(tx, "x"); err != nil {
+		if err := put(tx, "x", "k"); err != nil {
 			return err
 		}
-		if _, ok := Version(tx, "x"); ok {
-			t.Error("an update that wrote x has a version of it")
+		if err := tx.Delete("x", "a"); err != nil {
+			return err
+		}
+		if v, changed, _ := Version(tx, "x"); v != x1 || !slices.Equal(changed, []string{"a", "k"}) {
+			t.Errorf("update after writing x: version %d, changed %v, want %d and [a k]", v, changed, x1)
 		}
 		return errRollback
 	})
@@ -398,19 +402,23 @@ func TestVersionNamesCommittedContents(t *testing.T) {
 	}
 
 	// Two updates in one commit: the second sees the first's write to x, not yet committed.
-	var secondX, secondY bool
-	first := &update{fn: func(tx Tx) error { return put(tx, "x") }, done: make(chan struct{})}
-	second := &update{fn: func(tx Tx) error {
-		_, secondX = Version(tx, "x")
-		_, secondY = Version(tx, "y")
+	var second struct {
+		x, y      uint64
+		cx, cy    []string
+		versioned bool
+	}
+	first := &update{fn: func(tx Tx) error { return put(tx, "x", "j") }, done: make(chan struct{})}
+	then := &update{fn: func(tx Tx) error {
+		second.x, second.cx, second.versioned = Version(tx, "x")
+		second.y, second.cy, _ = Version(tx, "y")
 		return nil
 	}, done: make(chan struct{})}
-	st.commit([]*update{first, second})
-	if first.err != nil || second.err != nil {
-		t.Fatal(first.err, second.err)
+	st.commit([]*update{first, then})
+	if first.err != nil || then.err != nil {
+		t.Fatal(first.err, then.err)
 	}
-	if secondX || !secondY {
-		t.Errorf("in a commit after another update wrote x: x versioned %v (want false), y versioned %v (want true)", secondX, secondY)
+	if !second.versioned || second.x != x1 || !slices.Equal(second.cx, []string{"j"}) || second.y != y0 || second.cy != nil {
+		t.Errorf("in a commit after another update wrote x/j: %+v, want x %d changed [j], y %d unchanged", second, x1, y0)
 	}
 	if v := version("x"); v == x1 {
 		t.Error("the commit of the group left x's version as it was")
