@@ -91,7 +91,7 @@ func (b *Bolt) Update(fn func(Tx) error) error {
 	select {
 	case b.updates <- u:
 	case <-b.closing:
-		return bolt.ErrDatabaseNotOpen
+		return berrors.ErrDatabaseNotOpen
 	}
 	<-u.done
 	if u.panicked != nil {
