@@ -225,6 +225,20 @@ func (m *moat) cpu() float64 {
 	return (utime + stime) / 100 // USER_HZ
 }
 
+// settle waits (up to a minute) until moat lb is quiet — using less than a fifth of a CPU over
+// half a second — so that a measurement does not pay for the work the last one left behind (the
+// data plane applying the last changes).
+func (m *moat) settle() {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+		cpu0, t0 := m.cpu(), time.Now()
+		time.Sleep(500 * time.Millisecond)
+		if (m.cpu()-cpu0)/time.Since(t0).Seconds() < 0.2 {
+			return
+		}
+	}
+	log.Printf("moat lb is still busy after a minute; measuring anyway")
+}
+
 // startProfile starts a CPU profile of moat lb into dir/name.pprof (nothing when dir is empty)
 // and returns a function that waits for it.
 func (m *moat) startProfile(dir, name string) func() {
@@ -405,6 +419,7 @@ type result struct {
 }
 
 func (s *state) measure(clients int, d time.Duration, op func(ctx context.Context, worker, i int) error) result {
+	s.m.settle()
 	ctx := context.Background()
 	s.churn = make([]string, clients)
 	lat := make([][]time.Duration, clients)
