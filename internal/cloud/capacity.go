@@ -24,7 +24,7 @@ func (c *Cloud) DescribeCapacityReservation(arn string) (CapacityReservation, er
 	}
 	var lb LoadBalancer
 	err := c.store.View(func(tx store.Tx) (err error) {
-		lb, err = loadLB(tx, arn)
+		lb, err = peekLB(tx, arn)
 		return err
 	})
 	return capacityOf(lb), err

@@ -67,6 +67,7 @@ type Cloud struct {
 	// health is where DescribeTargetHealth gets the health of targets in use (the data plane).
 	health atomic.Pointer[healthSource]
 	ports  atomic.Pointer[portChecker]
+	idx    indexes
 }
 
 // New returns a Cloud over st. Zero fields of cfg get AWS-like defaults.
@@ -86,7 +87,7 @@ func New(st store.Store, cfg Config) *Cloud {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Cloud{cfg: cfg, store: st}
+	return &Cloud{cfg: cfg, store: st, idx: newIndexes()}
 }
 
 // Config returns the configuration the Cloud runs with.

@@ -344,7 +344,8 @@ func (c *Cloud) elbTags(tx store.Tx, arn string, edit func(Tags) (Tags, error), 
 }
 
 func recordTags[T any](tx store.Tx, bucket, key string, tags func(*T) *Tags, edit func(Tags) (Tags, error), write bool, notFound *Error) error {
-	rec, err := store.Load[T](tx, bucket, key)
+	// Shared: edit returns new tags and the record is changed only by assigning them.
+	rec, err := store.LoadShared[T](tx, bucket, key)
 	if err == store.ErrNotFound {
 		return notFound
 	} else if err != nil {
@@ -425,42 +426,33 @@ func attributeCheck(known map[string]nlbattr.Check, foreign []string, what strin
 
 // ELBSnapshot is every load balancer, listener and target group at one instant: the desired
 // state the data plane serves. Target groups carry their LoadBalancerARNs, and only the targets
-// that are registered or still draining.
+// that are registered or still draining. Its maps and slices are shared with the store's cache:
+// read them, never write through them (see store.ListShared).
 type ELBSnapshot struct {
 	LoadBalancers []LoadBalancer
 	Listeners     []Listener
 	TargetGroups  []TargetGroup
 }
 
-// ELBSnapshot reads the whole ELBv2 state in one transaction, so that a watcher of
-// Store().Changes() sees a consistent picture after each change.
-func (c *Cloud) ELBSnapshot() (ELBSnapshot, error) {
-	var snap ELBSnapshot
-	err := c.store.View(func(tx store.Tx) (err error) {
-		snap, err = c.elbSnapshot(tx)
-		return err
-	})
-	return snap, err
-}
-
 func (c *Cloud) elbSnapshot(tx store.Tx) (snap ELBSnapshot, err error) {
-	if snap.LoadBalancers, err = store.List[LoadBalancer](tx, bucketLoadBalancers); err != nil {
-		return snap, err
-	}
-	if snap.Listeners, err = store.List[Listener](tx, bucketListeners); err != nil {
-		return snap, err
-	}
-	if snap.TargetGroups, err = store.List[TargetGroup](tx, bucketTargetGroups); err != nil {
-		return snap, err
-	}
-	users, err := tgUsers(tx)
+	lbs, err := c.lbIndex(tx)
 	if err != nil {
 		return snap, err
 	}
+	listeners, err := c.listenerIndex(tx)
+	if err != nil {
+		return snap, err
+	}
+	tgs, err := c.tgIndex(tx)
+	if err != nil {
+		return snap, err
+	}
+	snap.LoadBalancers, snap.Listeners = slices.Clone(lbs.all), slices.Clone(listeners.all)
 	now := c.cfg.Now()
-	for i, tg := range snap.TargetGroups {
+	snap.TargetGroups = make([]TargetGroup, len(tgs.all))
+	for i, tg := range tgs.all {
 		tg.Targets = tg.CurrentTargets(now)
-		snap.TargetGroups[i] = withUsers(tg, users)
+		snap.TargetGroups[i] = withUsers(tg, listeners.users)
 	}
 	return snap, nil
 }

@@ -194,8 +194,8 @@ var listenerTargetProtocols = map[string][]string{
 }
 
 // checkForward validates forwarding from a listener of lb with protocol to the target group.
-func checkForward(tx store.Tx, lb LoadBalancer, protocol, tgARN string) error {
-	tg, err := loadTG(tx, tgARN)
+func (c *Cloud) checkForward(tx store.Tx, lb LoadBalancer, protocol, tgARN string) error {
+	tg, err := peekTG(tx, tgARN)
 	if err != nil {
 		return err
 	}
@@ -208,7 +208,7 @@ func checkForward(tx store.Tx, lb LoadBalancer, protocol, tgARN string) error {
 	if lb.IPAddressType == "dualstack" && protocol != "TCP" {
 		return errorf("InvalidConfigurationRequest", "A dualstack load balancer cannot have %s listeners", protocol)
 	}
-	users, err := tgUsers(tx)
+	users, err := c.tgUsers(tx)
 	if err != nil {
 		return err
 	}
@@ -267,20 +267,16 @@ func (c *Cloud) CreateListener(in CreateListenerInput) (Listener, error) {
 	}
 	var l Listener
 	err = c.store.Update(func(tx store.Tx) error {
-		lb, err := loadLB(tx, in.LoadBalancerARN)
+		lb, err := peekLB(tx, in.LoadBalancerARN)
 		if err != nil {
 			return err
 		}
-		listeners, err := store.List[Listener](tx, bucketListeners)
+		listeners, err := c.listenerIndex(tx)
 		if err != nil {
 			return err
 		}
-		count := 0
-		for _, old := range listeners {
-			if old.LoadBalancerARN != lb.ARN {
-				continue
-			}
-			count++
+		ofLB := listeners.of(lb.ARN)
+		for _, old := range ofLB {
 			if old.Port != *in.Port {
 				continue
 			}
@@ -290,10 +286,10 @@ func (c *Cloud) CreateListener(in CreateListenerInput) (Listener, error) {
 			}
 			return errorf("DuplicateListener", "A listener already exists on port %d of load balancer '%s'", *in.Port, lb.ARN)
 		}
-		if count >= c.cfg.Quotas.ListenersPerLoadBalancer {
+		if len(ofLB) >= c.cfg.Quotas.ListenersPerLoadBalancer {
 			return errorf("TooManyListeners", "You've reached the limit of %d listeners for load balancer '%s'", c.cfg.Quotas.ListenersPerLoadBalancer, lb.ARN)
 		}
-		if err := checkForward(tx, lb, in.Protocol, tgARN); err != nil {
+		if err := c.checkForward(tx, lb, in.Protocol, tgARN); err != nil {
 			return err
 		}
 		id := randomHex(16)
@@ -343,23 +339,24 @@ func (c *Cloud) DescribeListeners(lbARN string, arns []string, page ELBPage) ([]
 	var out []Listener
 	err := c.store.View(func(tx store.Tx) error {
 		if lbARN != "" {
-			if _, err := loadLB(tx, lbARN); err != nil {
+			if _, err := peekLB(tx, lbARN); err != nil {
 				return err
 			}
 		}
-		all, err := store.List[Listener](tx, bucketListeners)
+		listeners, err := c.listenerIndex(tx)
 		if err != nil {
 			return err
 		}
-		for _, want := range arns {
-			if !slices.ContainsFunc(all, func(l Listener) bool { return l.ARN == want }) {
+		if lbARN != "" {
+			out = listeners.of(lbARN)
+			return nil
+		}
+		for _, want := range dedupe(arns) {
+			i, ok := listeners.byARN[want]
+			if !ok {
 				return errorf("ListenerNotFound", "One or more listeners not found")
 			}
-		}
-		for _, l := range all {
-			if (lbARN != "" && l.LoadBalancerARN == lbARN) || slices.Contains(arns, l.ARN) {
-				out = append(out, l)
-			}
+			out = append(out, listeners.all[i])
 		}
 		return nil
 	})
@@ -398,18 +395,18 @@ func (c *Cloud) ModifyListener(in ModifyListenerInput) (Listener, error) {
 		if l, err = loadListener(tx, in.ListenerARN); err != nil {
 			return err
 		}
-		lb, err := loadLB(tx, l.LoadBalancerARN)
+		lb, err := peekLB(tx, l.LoadBalancerARN)
 		if err != nil {
 			return err
 		}
 		oldPort, oldProtocol := l.Port, l.Protocol
 		if in.Port != nil && *in.Port != l.Port {
-			listeners, err := store.List[Listener](tx, bucketListeners)
+			listeners, err := c.listenerIndex(tx)
 			if err != nil {
 				return err
 			}
-			for _, other := range listeners {
-				if other.LoadBalancerARN == lb.ARN && other.ARN != l.ARN && other.Port == *in.Port {
+			for _, other := range listeners.of(lb.ARN) {
+				if other.ARN != l.ARN && other.Port == *in.Port {
 					return errorf("DuplicateListener", "A listener already exists on port %d of load balancer '%s'", *in.Port, lb.ARN)
 				}
 			}
@@ -421,7 +418,7 @@ func (c *Cloud) ModifyListener(in ModifyListenerInput) (Listener, error) {
 		if tgARN != "" {
 			l.TargetGroupARN, l.ActionOrder = tgARN, order
 		}
-		if err := checkForward(tx, lb, l.Protocol, l.TargetGroupARN); err != nil {
+		if err := c.checkForward(tx, lb, l.Protocol, l.TargetGroupARN); err != nil {
 			return err
 		}
 		servedProtocol := oldProtocol

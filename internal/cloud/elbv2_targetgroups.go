@@ -113,26 +113,30 @@ func tgNotFound(arn string) *Error {
 }
 
 func loadTG(tx store.Tx, arn string) (TargetGroup, error) {
-	tg, err := store.Load[TargetGroup](tx, bucketTargetGroups, arn)
+	return lookupTG(tx, arn, store.Load[TargetGroup])
+}
+
+// peekTG is loadTG for readers: the group is shared (see store.LoadShared).
+func peekTG(tx store.Tx, arn string) (TargetGroup, error) {
+	return lookupTG(tx, arn, store.LoadShared[TargetGroup])
+}
+
+func lookupTG(tx store.Tx, arn string, load func(store.Tx, string, string) (TargetGroup, error)) (TargetGroup, error) {
+	tg, err := load(tx, bucketTargetGroups, arn)
 	if err == store.ErrNotFound {
 		return tg, tgNotFound(arn)
 	}
 	return tg, err
 }
 
-// tgUsers maps each target group to the load balancers whose listeners forward to it.
-func tgUsers(tx store.Tx) (map[string][]string, error) {
-	listeners, err := store.List[Listener](tx, bucketListeners)
+// tgUsers maps each target group to the load balancers whose listeners forward to it. The map
+// is shared: read it only.
+func (c *Cloud) tgUsers(tx store.Tx) (map[string][]string, error) {
+	x, err := c.listenerIndex(tx)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string][]string{}
-	for _, l := range listeners {
-		if !slices.Contains(out[l.TargetGroupARN], l.LoadBalancerARN) {
-			out[l.TargetGroupARN] = append(out[l.TargetGroupARN], l.LoadBalancerARN)
-		}
-	}
-	return out, nil
+	return x.users, nil
 }
 
 // withUsers fills in LoadBalancerARNs.
@@ -196,7 +200,7 @@ func (c *Cloud) CreateTargetGroup(in CreateTargetGroupInput) (TargetGroup, error
 	}
 	var tg TargetGroup
 	err = c.store.Update(func(tx store.Tx) error {
-		vpc, err := store.Load[VPC](tx, bucketVPCs, in.VPCID)
+		vpc, err := store.LoadShared[VPC](tx, bucketVPCs, in.VPCID)
 		if err == store.ErrNotFound {
 			return errorf("ValidationError", "The VPC ID '%s' is not found", in.VPCID)
 		} else if err != nil {
@@ -205,23 +209,21 @@ func (c *Cloud) CreateTargetGroup(in CreateTargetGroupInput) (TargetGroup, error
 		if in.IPAddressType == "ipv6" && vpc.IPv6CIDR == "" {
 			return errorf("InvalidConfigurationRequest", "VPC '%s' has no IPv6 CIDR block: an ipv6 target group needs one", vpc.ID)
 		}
-		all, err := store.List[TargetGroup](tx, bucketTargetGroups)
+		tgs, err := c.tgIndex(tx)
 		if err != nil {
 			return err
 		}
-		for _, old := range all {
-			if !strings.EqualFold(old.Name, in.Name) {
-				continue
-			}
+		if old, ok := tgs.byName[strings.ToLower(in.Name)]; ok {
+			old := tgs.all[old]
 			if old.Protocol != in.Protocol || old.Port != *in.Port || old.VPCID != in.VPCID || old.TargetType != in.TargetType ||
 				old.IPAddressType != in.IPAddressType || old.HealthCheck != hc {
 				return errorf("DuplicateTargetGroupName", "A target group with the same name '%s' exists, but with different settings", in.Name)
 			}
-			users, err := tgUsers(tx)
+			users, err := c.tgUsers(tx)
 			tg = withUsers(old, users)
 			return err
 		}
-		if len(all) >= c.cfg.Quotas.TargetGroups {
+		if len(tgs.all) >= c.cfg.Quotas.TargetGroups {
 			return errorf("TooManyTargetGroups", "The maximum number of target groups (%d) has been reached", c.cfg.Quotas.TargetGroups)
 		}
 		id := randomHex(16)
@@ -375,37 +377,44 @@ func (c *Cloud) DescribeTargetGroups(lbARN string, arns, names []string, page EL
 	}
 	var out []TargetGroup
 	err := c.store.View(func(tx store.Tx) error {
-		all, err := store.List[TargetGroup](tx, bucketTargetGroups)
+		tgs, err := c.tgIndex(tx)
 		if err != nil {
 			return err
 		}
-		users, err := tgUsers(tx)
+		listeners, err := c.listenerIndex(tx)
 		if err != nil {
 			return err
 		}
 		if lbARN != "" {
-			if _, err := loadLB(tx, lbARN); err != nil {
+			if _, err := peekLB(tx, lbARN); err != nil {
 				return err
 			}
 		}
-		for _, want := range append(slices.Clone(arns), names...) {
-			if !slices.ContainsFunc(all, func(tg TargetGroup) bool { return tg.ARN == want || strings.EqualFold(tg.Name, want) }) {
-				return errorf("TargetGroupNotFound", "One or more target groups not found")
+		var selected []TargetGroup
+		switch {
+		case lbARN != "":
+			for _, l := range listeners.of(lbARN) {
+				if tg, ok := tgs.named(l.TargetGroupARN); ok && !slices.ContainsFunc(selected, func(s TargetGroup) bool { return s.ARN == tg.ARN }) {
+					selected = append(selected, tg)
+				}
+			}
+		case len(arns) > 0 || len(names) > 0:
+			for _, want := range append(slices.Clone(arns), names...) {
+				tg, ok := tgs.named(want)
+				if !ok || !slices.Contains(arns, tg.ARN) && !slices.ContainsFunc(names, func(n string) bool { return strings.EqualFold(n, tg.Name) }) {
+					return errorf("TargetGroupNotFound", "One or more target groups not found")
+				}
+				if !slices.ContainsFunc(selected, func(s TargetGroup) bool { return s.ARN == tg.ARN }) {
+					selected = append(selected, tg)
+				}
 			}
 		}
-		for _, tg := range all {
-			keep := true
-			switch {
-			case lbARN != "":
-				keep = slices.Contains(users[tg.ARN], lbARN)
-			case len(arns) > 0:
-				keep = slices.Contains(arns, tg.ARN)
-			case len(names) > 0:
-				keep = slices.ContainsFunc(names, func(n string) bool { return strings.EqualFold(n, tg.Name) })
-			}
-			if keep {
-				out = append(out, withUsers(tg, users))
-			}
+		slices.SortFunc(selected, func(a, b TargetGroup) int { return strings.Compare(a.ARN, b.ARN) })
+		if lbARN == "" && len(arns) == 0 && len(names) == 0 {
+			selected = tgs.all // in ARN order already
+		}
+		for _, tg := range selected {
+			out = append(out, withUsers(tg, listeners.users))
 		}
 		return nil
 	})
@@ -431,7 +440,7 @@ func (c *Cloud) ModifyTargetGroup(arn string, in HealthCheckInput) (TargetGroup,
 		if err := store.Save(tx, bucketTargetGroups, tg.ARN, tg); err != nil {
 			return err
 		}
-		users, err := tgUsers(tx)
+		users, err := c.tgUsers(tx)
 		tg = withUsers(tg, users)
 		return err
 	})
@@ -448,12 +457,12 @@ func (c *Cloud) DeleteTargetGroup(arn string) error {
 		return err
 	}
 	return c.store.Update(func(tx store.Tx) error {
-		if _, err := store.Load[TargetGroup](tx, bucketTargetGroups, arn); err == store.ErrNotFound {
+		if _, err := store.LoadShared[TargetGroup](tx, bucketTargetGroups, arn); err == store.ErrNotFound {
 			return nil
 		} else if err != nil {
 			return err
 		}
-		users, err := tgUsers(tx)
+		users, err := c.tgUsers(tx)
 		if err != nil {
 			return err
 		}
@@ -499,7 +508,7 @@ func (c *Cloud) TargetGroupAttributes(arn string) ([]Attribute, error) {
 	}
 	var tg TargetGroup
 	err := c.store.View(func(tx store.Tx) (err error) {
-		tg, err = loadTG(tx, arn)
+		tg, err = peekTG(tx, arn)
 		return err
 	})
 	if err != nil {
@@ -620,7 +629,7 @@ var privateRanges = []netip.Prefix{
 // targetZone validates a target for tg and returns the zone it is in.
 func (c *Cloud) targetZone(tx store.Tx, tg TargetGroup, in TargetInput) (string, error) {
 	if tg.TargetType == "instance" {
-		inst, err := store.Load[Instance](tx, bucketInstances, in.ID)
+		inst, err := store.LoadShared[Instance](tx, bucketInstances, in.ID)
 		if err == store.ErrNotFound {
 			return "", errorf("InvalidTarget", "The following targets are not valid instances or do not exist: '%s'", in.ID)
 		} else if err != nil {
@@ -629,7 +638,7 @@ func (c *Cloud) targetZone(tx store.Tx, tg TargetGroup, in TargetInput) (string,
 		if inst.State != "running" {
 			return "", errorf("InvalidTarget", "The following targets are not in a running state and cannot be registered: '%s'", in.ID)
 		}
-		sn, err := store.Load[Subnet](tx, bucketSubnets, inst.SubnetID)
+		sn, err := store.LoadShared[Subnet](tx, bucketSubnets, inst.SubnetID)
 		if err != nil {
 			return "", err
 		}
@@ -645,7 +654,7 @@ func (c *Cloud) targetZone(tx store.Tx, tg TargetGroup, in TargetInput) (string,
 	if addr.Is4() != (tg.IPAddressType == "ipv4") {
 		return "", errorf("InvalidTarget", "The IP address '%s' does not match the IP address type '%s' of the target group", in.ID, tg.IPAddressType)
 	}
-	subnets, err := store.List[Subnet](tx, bucketSubnets)
+	subnets, err := store.ListShared[Subnet](tx, bucketSubnets)
 	if err != nil {
 		return "", err
 	}
@@ -664,7 +673,7 @@ func (c *Cloud) targetZone(tx store.Tx, tg TargetGroup, in TargetInput) (string,
 			}
 		}
 	}
-	vpc, err := store.Load[VPC](tx, bucketVPCs, tg.VPCID)
+	vpc, err := store.LoadShared[VPC](tx, bucketVPCs, tg.VPCID)
 	if err != nil {
 		return "", err
 	}
@@ -770,11 +779,11 @@ func (c *Cloud) DescribeTargetHealth(arn string, targets []TargetInput) ([]Targe
 	var out []TargetHealthDescription
 	var ask []int // indexes of out to ask the health reporter about
 	err := c.store.View(func(tx store.Tx) error {
-		tg, err := loadTG(tx, arn)
+		tg, err := peekTG(tx, arn)
 		if err != nil {
 			return err
 		}
-		users, err := tgUsers(tx)
+		users, err := c.tgUsers(tx)
 		if err != nil {
 			return err
 		}
@@ -797,7 +806,7 @@ func (c *Cloud) DescribeTargetHealth(arn string, targets []TargetInput) ([]Targe
 			default:
 				d.Health = healthInitial
 				if tg.TargetType == "instance" {
-					inst, err := store.Load[Instance](tx, bucketInstances, t.ID)
+					inst, err := store.LoadShared[Instance](tx, bucketInstances, t.ID)
 					state := inst.State
 					if err != nil {
 						state = "terminated"

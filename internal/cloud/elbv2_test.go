@@ -175,7 +175,7 @@ func TestHealthReporter(t *testing.T) {
 	if err := c.RegisterTargets(tg.ARN, []TargetInput{{ID: "127.1.0.50"}, {ID: "127.1.0.51"}}); err != nil {
 		t.Fatal(err)
 	}
-	snap, err := c.ELBSnapshot()
+	snap, err := c.State()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -87,7 +87,16 @@ func lbNotFound(arn string) *Error {
 }
 
 func loadLB(tx store.Tx, arn string) (LoadBalancer, error) {
-	lb, err := store.Load[LoadBalancer](tx, bucketLoadBalancers, arn)
+	return lookupLB(tx, arn, store.Load[LoadBalancer])
+}
+
+// peekLB is loadLB for readers: the load balancer is shared (see store.LoadShared).
+func peekLB(tx store.Tx, arn string) (LoadBalancer, error) {
+	return lookupLB(tx, arn, store.LoadShared[LoadBalancer])
+}
+
+func lookupLB(tx store.Tx, arn string, load func(store.Tx, string, string) (LoadBalancer, error)) (LoadBalancer, error) {
+	lb, err := load(tx, bucketLoadBalancers, arn)
 	if err == store.ErrNotFound {
 		return lb, lbNotFound(arn)
 	}
@@ -150,21 +159,18 @@ func (c *Cloud) CreateLoadBalancer(in CreateLoadBalancerInput) (LoadBalancer, er
 
 	var lb LoadBalancer
 	err = c.store.Update(func(tx store.Tx) error {
-		all, err := store.List[LoadBalancer](tx, bucketLoadBalancers)
+		lbs, err := c.lbIndex(tx)
 		if err != nil {
 			return err
 		}
-		for _, old := range all {
-			if !strings.EqualFold(old.Name, in.Name) {
-				continue
-			}
-			if sameLoadBalancer(old, in, mappings, groups) {
+		if i, ok := lbs.byName[strings.ToLower(in.Name)]; ok {
+			if old := lbs.all[i]; sameLoadBalancer(old, in, mappings, groups) {
 				lb = old
 				return nil
 			}
 			return errorf("DuplicateLoadBalancerName", "A load balancer with the same name '%s' exists, but with different settings", in.Name)
 		}
-		if len(all) >= c.cfg.Quotas.LoadBalancers {
+		if len(lbs.all) >= c.cfg.Quotas.LoadBalancers {
 			return errorf("TooManyLoadBalancers", "The maximum number of load balancers (%d) has been reached", c.cfg.Quotas.LoadBalancers)
 		}
 		vpcID, zones, err := c.placeZones(tx, mappings, in.Scheme, in.IPAddressType, nil, "")
@@ -298,7 +304,7 @@ func (c *Cloud) placeZones(tx store.Tx, mappings []SubnetMapping, scheme, ipType
 	if ipType == "dualstack-without-public-ipv4" {
 		return "", nil, errorf("InvalidConfigurationRequest", "The IP address type 'dualstack-without-public-ipv4' is only supported by Application Load Balancers")
 	}
-	used, err := usedAddresses(tx, self)
+	used, err := c.usedAddresses(tx, self)
 	if err != nil {
 		return "", nil, err
 	}
@@ -306,7 +312,7 @@ func (c *Cloud) placeZones(tx store.Tx, mappings []SubnetMapping, scheme, ipType
 	zones := make([]LoadBalancerZone, 0, len(mappings))
 	seenZone := map[string]string{}
 	for _, m := range mappings {
-		sn, err := store.Load[Subnet](tx, bucketSubnets, m.SubnetID)
+		sn, err := store.LoadShared[Subnet](tx, bucketSubnets, m.SubnetID)
 		if err == store.ErrNotFound {
 			return "", nil, errorf("SubnetNotFound", "The subnet ID '%s' was not found", m.SubnetID)
 		} else if err != nil {
@@ -437,21 +443,21 @@ func allocateAddress(cidr netip.Prefix, used map[netip.Addr]bool) (netip.Addr, b
 
 // usedAddresses is every address held by an instance, an interface or a load balancer other than
 // self: a load balancer never takes one of them.
-func usedAddresses(tx store.Tx, self string) (map[netip.Addr]bool, error) {
+func (c *Cloud) usedAddresses(tx store.Tx, self string) (map[netip.Addr]bool, error) {
 	used := map[netip.Addr]bool{}
 	add := func(s string) {
 		if a, err := netip.ParseAddr(s); err == nil {
 			used[a] = true
 		}
 	}
-	instances, err := store.List[Instance](tx, bucketInstances)
+	instances, err := store.ListShared[Instance](tx, bucketInstances)
 	if err != nil {
 		return nil, err
 	}
 	for _, in := range instances {
 		add(in.PrivateIP)
 	}
-	enis, err := store.List[NetworkInterface](tx, bucketInterfaces)
+	enis, err := store.ListShared[NetworkInterface](tx, bucketInterfaces)
 	if err != nil {
 		return nil, err
 	}
@@ -460,17 +466,13 @@ func usedAddresses(tx store.Tx, self string) (map[netip.Addr]bool, error) {
 			add(ip)
 		}
 	}
-	lbs, err := store.List[LoadBalancer](tx, bucketLoadBalancers)
+	lbs, err := c.lbIndex(tx)
 	if err != nil {
 		return nil, err
 	}
-	for _, lb := range lbs {
-		if lb.ARN == self {
-			continue
-		}
-		for _, z := range lb.Zones {
-			add(z.Address)
-			add(z.IPv6Address)
+	for a, holder := range lbs.addrs {
+		if holder != self {
+			used[a] = true
 		}
 	}
 	return used, nil
@@ -490,25 +492,25 @@ func (c *Cloud) DescribeLoadBalancers(arns, names []string, page ELBPage) ([]Loa
 			return nil, "", err
 		}
 	}
-	var all []LoadBalancer
+	var lbs *lbIndex
 	if err := c.store.View(func(tx store.Tx) (err error) {
-		all, err = store.List[LoadBalancer](tx, bucketLoadBalancers)
+		lbs, err = c.lbIndex(tx)
 		return err
 	}); err != nil {
 		return nil, "", err
 	}
-	out := all
+	out := slices.Clone(lbs.all) // the caller's to page and sort
 	if len(arns) > 0 || len(names) > 0 {
 		out = nil
 		var missing []string
 		for _, want := range dedupe(append(slices.Clone(arns), names...)) {
-			i := slices.IndexFunc(all, func(lb LoadBalancer) bool { return lb.ARN == want || strings.EqualFold(lb.Name, want) })
-			if i < 0 {
+			lb, ok := lbs.named(want)
+			if !ok {
 				missing = append(missing, want)
 				continue
 			}
-			if !slices.ContainsFunc(out, func(lb LoadBalancer) bool { return lb.ARN == all[i].ARN }) {
-				out = append(out, all[i])
+			if !slices.ContainsFunc(out, func(o LoadBalancer) bool { return o.ARN == lb.ARN }) {
+				out = append(out, lb)
 			}
 		}
 		if len(missing) > 0 {
@@ -527,7 +529,7 @@ func (c *Cloud) DeleteLoadBalancer(arn string) error {
 		return err
 	}
 	return c.store.Update(func(tx store.Tx) error {
-		lb, err := store.Load[LoadBalancer](tx, bucketLoadBalancers, arn)
+		lb, err := store.LoadShared[LoadBalancer](tx, bucketLoadBalancers, arn)
 		if err == store.ErrNotFound {
 			return nil
 		} else if err != nil {
@@ -536,15 +538,13 @@ func (c *Cloud) DeleteLoadBalancer(arn string) error {
 		if lb.Attributes["deletion_protection.enabled"] == "true" {
 			return errorf("OperationNotPermitted", "Load balancer '%s' cannot be deleted because deletion protection is enabled", arn)
 		}
-		listeners, err := store.List[Listener](tx, bucketListeners)
+		listeners, err := c.listenerIndex(tx)
 		if err != nil {
 			return err
 		}
-		for _, l := range listeners {
-			if l.LoadBalancerARN == arn {
-				if err := tx.Delete(bucketListeners, l.ARN); err != nil {
-					return err
-				}
+		for _, l := range listeners.of(arn) {
+			if err := tx.Delete(bucketListeners, l.ARN); err != nil {
+				return err
 			}
 		}
 		return tx.Delete(bucketLoadBalancers, arn)
@@ -621,7 +621,7 @@ func (c *Cloud) SetSubnets(arn string, subnets []string, mappings []SubnetMappin
 		if err != nil {
 			return err
 		}
-		if err := checkDualstackListeners(tx, lb, ipType); err != nil {
+		if err := c.checkDualstackListeners(tx, lb, ipType); err != nil {
 			return err
 		}
 		vpcID, zones, err := c.placeZones(tx, mappings, lb.Scheme, ipType, lb.Zones, lb.ARN)
@@ -656,7 +656,7 @@ func (c *Cloud) SetIPAddressType(arn, ipType string) (LoadBalancer, error) {
 		if lb, err = loadLB(tx, arn); err != nil {
 			return err
 		}
-		if err := checkDualstackListeners(tx, lb, ipType); err != nil {
+		if err := c.checkDualstackListeners(tx, lb, ipType); err != nil {
 			return err
 		}
 		var mappings []SubnetMapping
@@ -677,16 +677,16 @@ func (c *Cloud) SetIPAddressType(arn, ipType string) (LoadBalancer, error) {
 }
 
 // checkDualstackListeners refuses dualstack for a load balancer with UDP listeners, as AWS does.
-func checkDualstackListeners(tx store.Tx, lb LoadBalancer, ipType string) error {
+func (c *Cloud) checkDualstackListeners(tx store.Tx, lb LoadBalancer, ipType string) error {
 	if ipType != "dualstack" {
 		return nil
 	}
-	listeners, err := store.List[Listener](tx, bucketListeners)
+	listeners, err := c.listenerIndex(tx)
 	if err != nil {
 		return err
 	}
-	for _, l := range listeners {
-		if l.LoadBalancerARN == lb.ARN && (l.Protocol == "UDP" || l.Protocol == "TCP_UDP") {
+	for _, l := range listeners.of(lb.ARN) {
+		if l.Protocol == "UDP" || l.Protocol == "TCP_UDP" {
 			return errorf("InvalidConfigurationRequest", "A load balancer with %s listeners cannot use the dualstack IP address type", l.Protocol)
 		}
 	}
@@ -751,7 +751,7 @@ func (c *Cloud) LoadBalancerAttributes(arn string) ([]Attribute, error) {
 	}
 	var lb LoadBalancer
 	err := c.store.View(func(tx store.Tx) (err error) {
-		lb, err = loadLB(tx, arn)
+		lb, err = peekLB(tx, arn)
 		return err
 	})
 	if err != nil {

@@ -89,11 +89,12 @@ type PrefixListEntry struct {
 }
 
 // describe loads every resource of a bucket, keeps those named by ids (all when ids is empty) and
-// matching filters, and reports an id that does not exist with notFound.
+// matching filters, and reports an id that does not exist with notFound. The resources are shared
+// with the store's cache (see store.ListShared).
 func describe[T any](c *Cloud, bucket string, ids []string, id func(T) string, match func(T, Filter) (bool, *Error), filters []Filter, notFound func(string) *Error) ([]T, error) {
 	var all []T
 	if err := c.store.View(func(tx store.Tx) (err error) {
-		all, err = store.List[T](tx, bucket)
+		all, err = store.ListShared[T](tx, bucket)
 		return err
 	}); err != nil {
 		return nil, err
@@ -328,7 +329,7 @@ func (c *Cloud) DescribePrefixLists(ids []string, filters []Filter) ([]PrefixLis
 func (c *Cloud) subnet(id string) (Subnet, error) {
 	var sn Subnet
 	err := c.store.View(func(tx store.Tx) (err error) {
-		sn, err = store.Load[Subnet](tx, bucketSubnets, id)
+		sn, err = store.LoadShared[Subnet](tx, bucketSubnets, id)
 		return err
 	})
 	return sn, err
@@ -352,7 +353,7 @@ func (c *Cloud) ModifyNetworkInterfaceGroups(id string, groups []string) error {
 			return err
 		}
 		for _, g := range groups {
-			sg, err := loadGroup(tx, g)
+			sg, err := peekGroup(tx, g)
 			if err != nil {
 				return err
 			}

@@ -10,7 +10,7 @@ import (
 )
 
 func defaultVPC(tx store.Tx) (string, error) {
-	vpcs, err := store.List[VPC](tx, bucketVPCs)
+	vpcs, err := store.ListShared[VPC](tx, bucketVPCs)
 	if err != nil {
 		return "", err
 	}
@@ -74,27 +74,20 @@ func (c *Cloud) CreateSecurityGroup(name, description, vpcID string, tags []Tag)
 			}
 			vpcID = id
 		}
-		vpc, err := store.Load[VPC](tx, bucketVPCs, vpcID)
+		vpc, err := store.LoadShared[VPC](tx, bucketVPCs, vpcID)
 		if err == store.ErrNotFound {
 			return errorf("InvalidVpcID.NotFound", "The vpc ID '%s' does not exist", vpcID)
 		} else if err != nil {
 			return err
 		}
-		groups, err := store.List[SecurityGroup](tx, bucketSecurityGroups)
+		groups, err := c.groupIndex(tx)
 		if err != nil {
 			return err
 		}
-		inVPC := 0
-		for _, g := range groups {
-			if g.VPCID != vpcID {
-				continue
-			}
-			inVPC++
-			if strings.EqualFold(g.Name, name) {
-				return errorf("InvalidGroup.Duplicate", "The security group '%s' already exists for VPC '%s'", name, vpcID)
-			}
+		if _, ok := groups.byNameIn(vpcID, name); ok {
+			return errorf("InvalidGroup.Duplicate", "The security group '%s' already exists for VPC '%s'", name, vpcID)
 		}
-		if inVPC >= c.cfg.Quotas.SecurityGroupsPerVPC {
+		if groups.inVPC[vpcID] >= c.cfg.Quotas.SecurityGroupsPerVPC {
 			return errorf("SecurityGroupLimitExceeded", "The maximum number of security groups for VPC '%s' has been reached.", vpcID)
 		}
 		t, err := c.mergeTags(nil, tags)
@@ -155,22 +148,23 @@ func (c *Cloud) DescribeSecurityGroups(ids, names []string, filters []Filter, pa
 	}
 	var out []SecurityGroup
 	err := c.store.View(func(tx store.Tx) error {
-		all, err := store.List[SecurityGroup](tx, bucketSecurityGroups)
-		if err != nil {
-			return err
-		}
-		selected := all
-		if len(ids) > 0 || len(names) > 0 {
-			selected = nil
+		var selected []SecurityGroup
+		if len(ids) == 0 && len(names) == 0 {
+			groups, err := c.groupIndex(tx)
+			if err != nil {
+				return err
+			}
+			selected = groups.candidates(filters)
+		} else {
 			for _, id := range dedupe(ids) {
-				sg, err := loadGroup(tx, id)
+				sg, err := peekGroup(tx, id)
 				if err != nil {
 					return err
 				}
 				selected = append(selected, sg)
 			}
 			for _, name := range dedupe(names) {
-				sg, err := c.resolveGroup(tx, GroupRef{Name: name})
+				sg, err := c.peekResolveGroup(tx, GroupRef{Name: name})
 				if err != nil {
 					return err
 				}
@@ -244,7 +238,7 @@ func (c *Cloud) matchGroupFilter(tx store.Tx, sg SecurityGroup, f Filter) (bool,
 			if r.GroupID == "" {
 				return "", false
 			}
-			g, err := store.Load[SecurityGroup](tx, bucketSecurityGroups, r.GroupID)
+			g, err := store.LoadShared[SecurityGroup](tx, bucketSecurityGroups, r.GroupID)
 			return g.Name, err == nil
 		}
 	case "prefix-list-id":
@@ -273,7 +267,7 @@ func (c *Cloud) matchGroupFilter(tx store.Tx, sg SecurityGroup, f Filter) (bool,
 func (c *Cloud) DeleteSecurityGroup(ref GroupRef) (string, error) {
 	var id string
 	err := c.store.Update(func(tx store.Tx) error {
-		sg, err := c.resolveGroup(tx, ref)
+		sg, err := c.peekResolveGroup(tx, ref)
 		if err != nil {
 			return err
 		}
@@ -282,16 +276,16 @@ func (c *Cloud) DeleteSecurityGroup(ref GroupRef) (string, error) {
 			return errorf("CannotDelete", "the specified group: \"%s\" name: \"default\" cannot be deleted by a user", sg.ID)
 		}
 		dependent := errorf("DependencyViolation", "resource %s has a dependent object", sg.ID)
-		lbs, err := store.List[LoadBalancer](tx, bucketLoadBalancers)
+		lbs, err := c.lbIndex(tx)
 		if err != nil {
 			return err
 		}
-		for _, lb := range lbs {
+		for _, lb := range lbs.all {
 			if slices.Contains(lb.SecurityGroups, sg.ID) {
 				return dependent
 			}
 		}
-		enis, err := store.List[NetworkInterface](tx, bucketInterfaces)
+		enis, err := store.ListShared[NetworkInterface](tx, bucketInterfaces)
 		if err != nil {
 			return err
 		}
@@ -300,18 +294,12 @@ func (c *Cloud) DeleteSecurityGroup(ref GroupRef) (string, error) {
 				return dependent
 			}
 		}
-		groups, err := store.List[SecurityGroup](tx, bucketSecurityGroups)
+		groups, err := c.groupIndex(tx)
 		if err != nil {
 			return err
 		}
-		for _, other := range groups {
-			if other.ID == sg.ID {
-				continue
-			}
-			refers := func(r Rule) bool { return r.GroupID == sg.ID }
-			if slices.ContainsFunc(other.Ingress, refers) || slices.ContainsFunc(other.Egress, refers) {
-				return dependent
-			}
+		if len(groups.referrers[sg.ID]) > 0 {
+			return dependent
 		}
 		return tx.Delete(bucketSecurityGroups, sg.ID)
 	})
@@ -324,7 +312,7 @@ func ruleWeight(tx store.Tx, r Rule) int {
 	if r.PrefixListID == "" {
 		return 1
 	}
-	pl, err := store.Load[PrefixList](tx, bucketPrefixLists, r.PrefixListID)
+	pl, err := store.LoadShared[PrefixList](tx, bucketPrefixLists, r.PrefixListID)
 	if err != nil || pl.MaxEntries < 1 {
 		return 1
 	}
@@ -505,7 +493,7 @@ type GroupRule struct {
 func (c *Cloud) DescribeSecurityGroupRules(ids []string, filters []Filter, page Page) ([]GroupRule, string, error) {
 	var all []GroupRule
 	if err := c.store.View(func(tx store.Tx) error {
-		groups, err := store.List[SecurityGroup](tx, bucketSecurityGroups)
+		groups, err := store.ListShared[SecurityGroup](tx, bucketSecurityGroups)
 		for _, sg := range groups {
 			for _, r := range sg.Ingress {
 				all = append(all, GroupRule{Rule: r, GroupID: sg.ID})

@@ -168,7 +168,7 @@ func expandPermission(tx store.Tx, p Permission, vpcID string) ([]Rule, error) {
 		}
 	}
 	for _, peer := range p.Groups {
-		sg, err := loadGroup(tx, peer.Value)
+		sg, err := peekGroup(tx, peer.Value)
 		if err != nil {
 			return nil, err
 		}
@@ -182,7 +182,7 @@ func expandPermission(tx store.Tx, p Permission, vpcID string) ([]Rule, error) {
 		}
 	}
 	for _, peer := range p.PrefixLists {
-		if _, err := store.Load[PrefixList](tx, bucketPrefixLists, peer.Value); err != nil {
+		if _, err := store.LoadShared[PrefixList](tx, bucketPrefixLists, peer.Value); err != nil {
 			return nil, errorf("InvalidPrefixListID.NotFound", "The prefix list ID '%s' does not exist", peer.Value)
 		}
 		r := base
@@ -201,10 +201,19 @@ var groupIDPattern = regexp.MustCompile(`^sg-[0-9a-f]{8}([0-9a-f]{9})?$`)
 
 // loadGroup returns the group with this ID, or AWS's error for a malformed or unknown ID.
 func loadGroup(tx store.Tx, id string) (SecurityGroup, error) {
+	return lookupGroup(tx, id, store.Load[SecurityGroup])
+}
+
+// peekGroup is loadGroup for readers: the group is shared (see store.LoadShared).
+func peekGroup(tx store.Tx, id string) (SecurityGroup, error) {
+	return lookupGroup(tx, id, store.LoadShared[SecurityGroup])
+}
+
+func lookupGroup(tx store.Tx, id string, load func(store.Tx, string, string) (SecurityGroup, error)) (SecurityGroup, error) {
 	if !groupIDPattern.MatchString(id) {
 		return SecurityGroup{}, errorf("InvalidGroupId.Malformed", "Invalid id: \"%s\" (expecting \"sg-...\")", id)
 	}
-	sg, err := store.Load[SecurityGroup](tx, bucketSecurityGroups, id)
+	sg, err := load(tx, bucketSecurityGroups, id)
 	if err == store.ErrNotFound {
 		return sg, errorf("InvalidGroup.NotFound", "The security group '%s' does not exist", id)
 	}
@@ -218,8 +227,17 @@ type GroupRef struct {
 }
 
 func (c *Cloud) resolveGroup(tx store.Tx, ref GroupRef) (SecurityGroup, error) {
+	sg, err := c.peekResolveGroup(tx, ref)
+	if err != nil {
+		return sg, err
+	}
+	return loadGroup(tx, sg.ID)
+}
+
+// peekResolveGroup is resolveGroup for readers: the group is shared (see store.LoadShared).
+func (c *Cloud) peekResolveGroup(tx store.Tx, ref GroupRef) (SecurityGroup, error) {
 	if ref.ID != "" {
-		return loadGroup(tx, ref.ID)
+		return peekGroup(tx, ref.ID)
 	}
 	if ref.Name == "" {
 		return SecurityGroup{}, errorf("MissingParameter", "The request must contain the parameter groupId or groupName")
@@ -228,14 +246,12 @@ func (c *Cloud) resolveGroup(tx store.Tx, ref GroupRef) (SecurityGroup, error) {
 	if err != nil {
 		return SecurityGroup{}, err
 	}
-	groups, err := store.List[SecurityGroup](tx, bucketSecurityGroups)
+	groups, err := c.groupIndex(tx)
 	if err != nil {
 		return SecurityGroup{}, err
 	}
-	for _, sg := range groups {
-		if sg.VPCID == vpc && strings.EqualFold(sg.Name, ref.Name) {
-			return sg, nil
-		}
+	if sg, ok := groups.byNameIn(vpc, ref.Name); ok {
+		return sg, nil
 	}
 	return SecurityGroup{}, errorf("InvalidGroup.NotFound", "The security group '%s' does not exist in default VPC '%s'", ref.Name, vpc)
 }

@@ -1,7 +1,9 @@
 package cloud
 
 import (
+	"errors"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -12,57 +14,78 @@ import (
 // every zone that has a healthy target (of every zone when none has one, as AWS does), and
 // <zone>.<dns-name> the address in that zone. ok is false when no load balancer has the name.
 func (c *Cloud) ResolveName(name string) (addrs []netip.Addr, ok bool) {
-	snap, err := c.ELBSnapshot()
+	var lb LoadBalancer
+	var used []TargetGroup // by its listeners
+	zone, perZone := "", false
+	err := c.store.View(func(tx store.Tx) error {
+		lbs, err := c.lbIndex(tx)
+		if err != nil {
+			return err
+		}
+		name = strings.ToLower(name)
+		i, found := lbs.byDNS[name]
+		if !found {
+			// <zone>.<dns-name>: zone names have no dots.
+			var rest string
+			if zone, rest, perZone = strings.Cut(name, "."); perZone {
+				i, found = lbs.byDNS[rest]
+			}
+		}
+		if !found {
+			return errNoSuchName
+		}
+		lb = lbs.all[i]
+		listeners, err := c.listenerIndex(tx)
+		if err != nil {
+			return err
+		}
+		tgs, err := c.tgIndex(tx)
+		if err != nil {
+			return err
+		}
+		for _, l := range listeners.of(lb.ARN) {
+			if tg, ok := tgs.named(l.TargetGroupARN); ok && !slices.ContainsFunc(used, func(u TargetGroup) bool { return u.ARN == tg.ARN }) {
+				tg.Targets = tg.CurrentTargets(c.cfg.Now())
+				used = append(used, tg)
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, false
 	}
-	name = strings.ToLower(name)
-	for _, lb := range snap.LoadBalancers {
-		dnsName := strings.ToLower(lb.DNSName)
-		zone, perZone := strings.CutSuffix(name, "."+dnsName)
-		if name != dnsName && !perZone {
+	healthy := c.healthyZones(lb, used)
+	for _, z := range lb.Zones {
+		if perZone && z.Zone != zone || !perZone && len(healthy) > 0 && !healthy[z.Zone] {
 			continue
 		}
-		healthy := c.healthyZones(lb, snap)
-		for _, z := range lb.Zones {
-			if perZone && z.Zone != zone || !perZone && len(healthy) > 0 && !healthy[z.Zone] {
-				continue
-			}
-			for _, s := range []string{z.Address, z.IPv6Address} {
-				if a, err := netip.ParseAddr(s); err == nil {
-					addrs = append(addrs, a)
-				}
+		for _, s := range []string{z.Address, z.IPv6Address} {
+			if a, err := netip.ParseAddr(s); err == nil {
+				addrs = append(addrs, a)
 			}
 		}
-		return addrs, !perZone || len(addrs) > 0
 	}
-	return nil, false
+	return addrs, !perZone || len(addrs) > 0
 }
 
+// errNoSuchName ends ResolveName's transaction for a name no load balancer has.
+var errNoSuchName = errors.New("no such name")
+
 // healthyZones are the zones of lb that DNS should answer with: per target group its listeners
-// use, a zone is healthy when it has at least
+// use (used), a zone is healthy when it has at least
 // target_group_health.dns_failover.minimum_healthy_targets.count healthy targets (default 1) and
 // that .percentage of its targets (default off). With cross-zone load balancing the thresholds
 // apply to the group's targets in all zones, and a target outside the VPC (zone "all") counts in
 // every zone.
-func (c *Cloud) healthyZones(lb LoadBalancer, snap ELBSnapshot) map[string]bool {
+func (c *Cloud) healthyZones(lb LoadBalancer, used []TargetGroup) map[string]bool {
 	src := c.health.Load()
 	if src == nil || src.HealthReporter == nil {
 		return nil
 	}
-	used := map[string]bool{}
-	for _, l := range snap.Listeners {
-		if l.LoadBalancerARN == lb.ARN {
-			used[l.TargetGroupARN] = true
-		}
-	}
 	crossZone := lb.Attributes["load_balancing.cross_zone.enabled"] == "true"
 	healthyZones := map[string]bool{}
 	now := c.cfg.Now()
-	for _, tg := range snap.TargetGroups {
-		if !used[tg.ARN] {
-			continue
-		}
+	for _, tg := range used {
 		minCount := max(AttributeInt(tg.Attributes["target_group_health.dns_failover.minimum_healthy_targets.count"], 1), 1)
 		minPercent := AttributeInt(tg.Attributes["target_group_health.dns_failover.minimum_healthy_targets.percentage"], 0)
 		healthy, total := map[string]int{}, map[string]int{}
@@ -108,7 +131,7 @@ func AttributeInt(s string, def int) int {
 func (c *Cloud) Provisioning() ([]string, error) {
 	var arns []string
 	err := c.store.View(func(tx store.Tx) error {
-		lbs, err := store.List[LoadBalancer](tx, bucketLoadBalancers)
+		lbs, err := store.ListShared[LoadBalancer](tx, bucketLoadBalancers)
 		for _, lb := range lbs {
 			if lb.State == "provisioning" {
 				arns = append(arns, lb.ARN)
@@ -121,7 +144,9 @@ func (c *Cloud) Provisioning() ([]string, error) {
 
 // State is everything the data plane needs at one instant: the load balancers with their
 // listeners and target groups, and the network that decides who may reach them — security
-// groups, the interfaces and instances carrying them, prefix lists and subnets.
+// groups, the interfaces and instances carrying them, prefix lists and subnets. Its maps and
+// slices are shared with the store's cache: read them, never write through them (see
+// store.ListShared).
 type State struct {
 	ELBSnapshot
 	SecurityGroups []SecurityGroup
@@ -138,19 +163,19 @@ func (c *Cloud) State() (State, error) {
 		if st.ELBSnapshot, err = c.elbSnapshot(tx); err != nil {
 			return err
 		}
-		if st.SecurityGroups, err = store.List[SecurityGroup](tx, bucketSecurityGroups); err != nil {
+		if st.SecurityGroups, err = store.ListShared[SecurityGroup](tx, bucketSecurityGroups); err != nil {
 			return err
 		}
-		if st.Interfaces, err = store.List[NetworkInterface](tx, bucketInterfaces); err != nil {
+		if st.Interfaces, err = store.ListShared[NetworkInterface](tx, bucketInterfaces); err != nil {
 			return err
 		}
-		if st.Instances, err = store.List[Instance](tx, bucketInstances); err != nil {
+		if st.Instances, err = store.ListShared[Instance](tx, bucketInstances); err != nil {
 			return err
 		}
-		if st.PrefixLists, err = store.List[PrefixList](tx, bucketPrefixLists); err != nil {
+		if st.PrefixLists, err = store.ListShared[PrefixList](tx, bucketPrefixLists); err != nil {
 			return err
 		}
-		st.Subnets, err = store.List[Subnet](tx, bucketSubnets)
+		st.Subnets, err = store.ListShared[Subnet](tx, bucketSubnets)
 		return err
 	})
 	return st, err

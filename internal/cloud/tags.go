@@ -1,6 +1,7 @@
 package cloud
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/moatlb/moat/internal/store"
@@ -94,24 +95,26 @@ func (c *Cloud) editTags(tx store.Tx, id string, edit func(Tags) (Tags, error)) 
 	}
 	notFound := errorf("InvalidID", "The ID '%s' does not exist", id)
 	if strings.HasPrefix(id, "sgr-") {
-		groups, err := store.List[SecurityGroup](tx, bucketSecurityGroups)
+		groups, err := c.groupIndex(tx)
 		if err != nil {
 			return err
 		}
-		for _, sg := range groups {
+		if owner, ok := groups.ruleOwner[id]; ok {
+			sg, err := loadGroup(tx, owner) // its own copy, to change
+			if err != nil {
+				return err
+			}
+			hasRule := func(r Rule) bool { return r.ID == id }
 			for _, rules := range [][]Rule{sg.Ingress, sg.Egress} {
-				for i := range rules {
-					if rules[i].ID != id {
-						continue
-					}
+				if i := slices.IndexFunc(rules, hasRule); i >= 0 {
 					t, err := edit(rules[i].Tags)
 					if err != nil {
 						return err
 					}
 					rules[i].Tags = t
-					return store.Save(tx, bucketSecurityGroups, sg.ID, sg)
 				}
 			}
+			return store.Save(tx, bucketSecurityGroups, sg.ID, sg)
 		}
 		return errorf("InvalidSecurityGroupRuleId.NotFound", "The security group rule ID '%s' does not exist", id)
 	}

@@ -2,7 +2,12 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -88,5 +93,166 @@ func TestBoltChangesSignalsEveryCommit(t *testing.T) {
 	case <-changes:
 		t.Fatal("a failed or read-only update signalled a change")
 	default:
+	}
+}
+
+// TestBoltConcurrentUpdatesCommitTogetherAllOrNothing runs updates at once, as the API's clients
+// do: they share commits, yet each sees what the updates before it wrote (no lost increment),
+// each runs once, one that fails or panics leaves nothing, and the rest are durable.
+func TestBoltConcurrentUpdatesCommitTogetherAllOrNothing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	st, err := OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 64
+	var calls atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	panics := make([]any, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { panics[i] = recover() }()
+			errs[i] = st.Update(func(tx Tx) error {
+				calls.Add(1)
+				c, err := Load[record](tx, "counter", "c")
+				if err != nil && !errors.Is(err, ErrNotFound) {
+					return err
+				}
+				c.Count++
+				if err := Save(tx, "counter", "c", c); err != nil {
+					return err
+				}
+				if err := Save(tx, "things", fmt.Sprintf("t%02d", i), record{"t", i}); err != nil {
+					return err
+				}
+				switch i % 8 {
+				case 3:
+					return errRollback
+				case 5:
+					panic("update " + strconv.Itoa(i))
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	if got := calls.Load(); got != n {
+		t.Errorf("%d calls of %d update functions, want each called once", got, n)
+	}
+	want := 0
+	for i := range n {
+		switch i % 8 {
+		case 3:
+			if !errors.Is(errs[i], errRollback) {
+				t.Errorf("update %d: %v, want its own error", i, errs[i])
+			}
+		case 5:
+			if panics[i] != "update "+strconv.Itoa(i) {
+				t.Errorf("update %d: panic %v in its caller, want its own", i, panics[i])
+			}
+		default:
+			want++
+			if errs[i] != nil || panics[i] != nil {
+				t.Errorf("update %d: %v, %v", i, errs[i], panics[i])
+			}
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Update(func(Tx) error { return nil }); err == nil {
+		t.Error("an update after Close succeeded")
+	}
+	st, err = OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	err = st.View(func(tx Tx) error {
+		c, err := Load[record](tx, "counter", "c")
+		if err != nil || c.Count != want {
+			t.Errorf("counter %+v, %v after a reopen: want %d, one per update that succeeded", c, err, want)
+		}
+		things, err := List[record](tx, "things")
+		for _, th := range things {
+			if th.Count%8 == 3 || th.Count%8 == 5 {
+				t.Errorf("update %d failed, yet its write is there", th.Count)
+			}
+		}
+		if len(things) != want {
+			t.Errorf("%d things, want %d", len(things), want)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBoltUpdateSeesItsOwnWrites: inside an update, reads show its pending writes, in key order.
+func TestBoltUpdateSeesItsOwnWrites(t *testing.T) {
+	st, err := OpenBolt(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	err = st.Update(func(tx Tx) error {
+		for _, k := range []string{"b", "d", "f"} {
+			if err := Save(tx, "things", k, record{k, 1}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = st.Update(func(tx Tx) error {
+		for _, k := range []string{"a", "d", "e", "g"} {
+			if err := Save(tx, "things", k, record{k, 2}); err != nil {
+				return err
+			}
+		}
+		if err := tx.Delete("things", "b"); err != nil {
+			return err
+		}
+		if err := tx.Delete("things", "g"); err != nil {
+			return err
+		}
+		if err := tx.Delete("nothing", "x"); err != nil {
+			return err
+		}
+		want := []record{{"a", 2}, {"d", 2}, {"e", 2}, {"f", 1}}
+		for _, list := range []func(Tx, string) ([]record, error){List[record], ListShared[record]} {
+			got, err := list(tx, "things")
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("inside the update: %+v, want %+v", got, want)
+			}
+		}
+		if _, err := Load[record](tx, "things", "b"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("deleted b: %v", err)
+		}
+		if got, err := LoadShared[record](tx, "things", "e"); err != nil || got != (record{"e", 2}) {
+			t.Errorf("pending e: %+v, %v", got, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = st.View(func(tx Tx) error {
+		if err := tx.Put("things", "x", []byte("{}")); err == nil {
+			t.Error("a write in a read-only transaction succeeded")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

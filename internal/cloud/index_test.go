@@ -1,0 +1,334 @@
+package cloud
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"net/netip"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moatlb/moat/internal/store"
+)
+
+// checkIndexes compares every index, as tx sees it, with what a scan of the records (decoded
+// afresh) in the same transaction answers.
+func checkIndexes(c *Cloud, tx store.Tx) error {
+	lbs, err := store.List[LoadBalancer](tx, bucketLoadBalancers)
+	if err != nil {
+		return err
+	}
+	listeners, err := store.List[Listener](tx, bucketListeners)
+	if err != nil {
+		return err
+	}
+	tgs, err := store.List[TargetGroup](tx, bucketTargetGroups)
+	if err != nil {
+		return err
+	}
+	groups, err := store.List[SecurityGroup](tx, bucketSecurityGroups)
+	if err != nil {
+		return err
+	}
+	lx, err := c.lbIndex(tx)
+	if err != nil {
+		return err
+	}
+	if !reflect.DeepEqual(lx.all, lbs) {
+		return fmt.Errorf("load balancer index %d records, bucket %d", len(lx.all), len(lbs))
+	}
+	addrs := 0
+	for _, lb := range lbs {
+		if got, ok := lx.named(strings.ToUpper(lb.Name)); !ok || got.ARN != lb.ARN {
+			return fmt.Errorf("load balancer by name %s: %v %v", lb.Name, got.ARN, ok)
+		}
+		if got, ok := lx.byDNS[strings.ToLower(lb.DNSName)]; !ok || lx.all[got].ARN != lb.ARN {
+			return fmt.Errorf("load balancer by DNS name %s: %v", lb.DNSName, ok)
+		}
+		for _, z := range lb.Zones {
+			addrs++
+			if lx.addrs[netipMust(z.Address)] != lb.ARN {
+				return fmt.Errorf("address %s of %s: held by %q", z.Address, lb.ARN, lx.addrs[netipMust(z.Address)])
+			}
+		}
+	}
+	if len(lx.addrs) != addrs {
+		return fmt.Errorf("%d load balancer addresses indexed, %d held", len(lx.addrs), addrs)
+	}
+
+	ix, err := c.listenerIndex(tx)
+	if err != nil {
+		return err
+	}
+	for _, lb := range append(slices.Clone(lbs), LoadBalancer{ARN: "arn:none"}) {
+		want := []Listener{}
+		for _, l := range listeners {
+			if l.LoadBalancerARN == lb.ARN {
+				want = append(want, l)
+			}
+		}
+		if got := ix.of(lb.ARN); !reflect.DeepEqual(got, want) {
+			return fmt.Errorf("listeners of %s: %d, scan %d", lb.ARN, len(got), len(want))
+		}
+	}
+	for _, tg := range tgs {
+		var want []string
+		for _, l := range listeners {
+			if l.TargetGroupARN == tg.ARN && !slices.Contains(want, l.LoadBalancerARN) {
+				want = append(want, l.LoadBalancerARN)
+			}
+		}
+		if got := ix.users[tg.ARN]; !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want))) {
+			return fmt.Errorf("users of %s: %v, scan %v", tg.ARN, got, want)
+		}
+		tgx, err := c.tgIndex(tx)
+		if err != nil {
+			return err
+		}
+		if got, ok := tgx.named(strings.ToUpper(tg.Name)); !ok || !reflect.DeepEqual(got, tg) {
+			return fmt.Errorf("target group by name %s: %v %v", tg.Name, got.ARN, ok)
+		}
+		if len(tgx.all) != len(tgs) {
+			return fmt.Errorf("target group index %d records, bucket %d", len(tgx.all), len(tgs))
+		}
+	}
+
+	gx, err := c.groupIndex(tx)
+	if err != nil {
+		return err
+	}
+	if !reflect.DeepEqual(gx.all, groups) {
+		return fmt.Errorf("group index %d records, bucket %d", len(gx.all), len(groups))
+	}
+	inVPC := map[string]int{}
+	for _, g := range groups {
+		inVPC[g.VPCID]++
+		if got, ok := gx.byNameIn(g.VPCID, strings.ToUpper(g.Name)); !ok || got.ID != g.ID {
+			return fmt.Errorf("group by name %s: %v %v", g.Name, got.ID, ok)
+		}
+		var referrers []string
+		for _, other := range groups {
+			refers := func(r Rule) bool { return r.GroupID == g.ID }
+			if other.ID != g.ID && (slices.ContainsFunc(other.Ingress, refers) || slices.ContainsFunc(other.Egress, refers)) {
+				referrers = append(referrers, other.ID)
+			}
+		}
+		if got := gx.referrers[g.ID]; !slices.Equal(got, referrers) {
+			return fmt.Errorf("referrers of %s: %v, scan %v", g.ID, got, referrers)
+		}
+		for _, r := range slices.Concat(g.Ingress, g.Egress) {
+			if gx.ruleOwner[r.ID] != g.ID {
+				return fmt.Errorf("rule %s: owner %q, scan %s", r.ID, gx.ruleOwner[r.ID], g.ID)
+			}
+		}
+		for k, v := range g.Tags {
+			filters := []Filter{{Name: "tag:" + k, Values: []string{v, "absent"}}}
+			var want []string
+			for _, other := range groups {
+				if m, _ := matchTagFilter(filters[0], other.Tags); m {
+					want = append(want, other.ID)
+				}
+			}
+			var got []string
+			for _, cand := range gx.candidates(filters) {
+				got = append(got, cand.ID)
+			}
+			if !slices.Equal(got, want) {
+				return fmt.Errorf("groups tagged %s=%s: %v, scan %v", k, v, got, want)
+			}
+		}
+	}
+	if !maps.Equal(gx.inVPC, inVPC) {
+		return fmt.Errorf("groups per VPC %v, scan %v", gx.inVPC, inVPC)
+	}
+	return nil
+}
+
+func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// TestIndexesFollowConcurrentChanges changes load balancers, listeners, target groups and groups
+// from several goroutines, some in updates that fail after writing, while others check every
+// index against a scan in their own transactions; then it checks them again after a restart.
+// Run it with -race.
+func TestIndexesFollowConcurrentChanges(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	st, err := store.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New(st, Config{})
+	if err := c.ApplyInventory(DefaultInventory()); err != nil {
+		t.Fatal(err)
+	}
+	vpcs, err := c.DescribeVPCs(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subnets, err := c.DescribeSubnets(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vpc, subnet := vpcs[0].ID, subnets[0].ID
+	var mu sync.Mutex
+	var groupIDs, lbARNs, tgARNs, listenerARNs []string
+	pick := func(from *[]string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(*from) == 0 {
+			return "none"
+		}
+		return (*from)[rand.IntN(len(*from))]
+	}
+	keep := func(to *[]string, v string) {
+		mu.Lock()
+		*to = append(*to, v)
+		mu.Unlock()
+	}
+	port := func() *int { p := 10000 + rand.IntN(8); return &p }
+	ops := []func() error{
+		func() error {
+			sg, err := c.CreateSecurityGroup(fmt.Sprintf("g%d", rand.IntN(12)), "d", vpc, []Tag{{"stack", fmt.Sprint(rand.IntN(3))}})
+			if err == nil {
+				keep(&groupIDs, sg.ID)
+			}
+			return err
+		},
+		func() error { _, err := c.DeleteSecurityGroup(GroupRef{ID: pick(&groupIDs)}); return err },
+		func() error {
+			_, _, err := c.AuthorizeRules(GroupRef{ID: pick(&groupIDs)}, rand.IntN(2) == 0, []Permission{{Protocol: "tcp", FromPort: port(), ToPort: port(), Groups: []Peer{{Value: pick(&groupIDs)}}}}, nil)
+			return err
+		},
+		func() error {
+			_, _, err := c.RevokeRules(GroupRef{ID: pick(&groupIDs)}, rand.IntN(2) == 0, []Permission{{Protocol: "tcp", FromPort: port(), ToPort: port(), Groups: []Peer{{Value: pick(&groupIDs)}}}}, nil)
+			return err
+		},
+		func() error {
+			return c.CreateTags([]string{pick(&groupIDs)}, []Tag{{"stack", fmt.Sprint(rand.IntN(3))}})
+		},
+		func() error {
+			lb, err := c.CreateLoadBalancer(CreateLoadBalancerInput{Name: fmt.Sprintf("lb%d", rand.IntN(6)), Type: "network", Subnets: []string{subnet}, SecurityGroups: []string{pick(&groupIDs)}})
+			if err == nil {
+				keep(&lbARNs, lb.ARN)
+			}
+			return err
+		},
+		func() error { return c.DeleteLoadBalancer(pick(&lbARNs)) },
+		func() error {
+			tg, err := c.CreateTargetGroup(CreateTargetGroupInput{Name: fmt.Sprintf("tg%d", rand.IntN(10)), Protocol: "TCP", Port: port(), VPCID: vpc, TargetType: "ip"})
+			if err == nil {
+				keep(&tgARNs, tg.ARN)
+			}
+			return err
+		},
+		func() error { return c.DeleteTargetGroup(pick(&tgARNs)) },
+		func() error {
+			l, err := c.CreateListener(CreateListenerInput{LoadBalancerARN: pick(&lbARNs), Protocol: "TCP", Port: port(), DefaultActions: []Action{{Type: "forward", TargetGroupARN: pick(&tgARNs)}}})
+			if err == nil {
+				keep(&listenerARNs, l.ARN)
+			}
+			return err
+		},
+		func() error { return c.DeleteListener(pick(&listenerARNs)) },
+		func() error { return c.AddTags([]string{pick(&lbARNs)}, []Tag{{"k", fmt.Sprint(rand.IntN(3))}}) },
+		// An update that writes every indexed bucket, reads the indexes (which must show its
+		// writes), then fails: nothing of it may stay, in the store or in an index.
+		func() error {
+			err := c.store.Update(func(tx store.Tx) error {
+				for _, w := range []struct{ bucket, key string }{{bucketLoadBalancers, "arn:rolled-back"}, {bucketListeners, "arn:rolled-back"}, {bucketTargetGroups, "arn:rolled-back"}, {bucketSecurityGroups, "sg-0rolledback0000"}} {
+					if err := tx.Delete(w.bucket, pick(&lbARNs)); err != nil {
+						return err
+					}
+					if err := store.Save(tx, w.bucket, w.key, map[string]any{"ARN": w.key, "ID": w.key, "Name": "rolled-back", "VPCID": vpc}); err != nil {
+						return err
+					}
+				}
+				if err := checkIndexes(c, tx); err != nil {
+					return err
+				}
+				lx, err := c.lbIndex(tx)
+				if err != nil {
+					return err
+				}
+				if _, ok := lx.byARN["arn:rolled-back"]; !ok {
+					return errors.New("the index in the update misses the update's write")
+				}
+				return errRolledBack
+			})
+			if errors.Is(err, errRolledBack) {
+				return nil
+			}
+			return err
+		},
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	if testing.Short() {
+		deadline = time.Now().Add(time.Second)
+	}
+	// Past the deadline, go on (for a while) until some of each kind were made.
+	made := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(groupIDs) > 0 && len(lbARNs) > 0 && len(tgARNs) > 0 && len(listenerARNs) > 0
+	}
+	hardDeadline := deadline.Add(20 * time.Second)
+	going := func() bool { return time.Now().Before(deadline) || !made() && time.Now().Before(hardDeadline) }
+	var wg sync.WaitGroup
+	var emu sync.Mutex
+	var errs []error
+	fail := func(err error) {
+		emu.Lock()
+		errs = append(errs, err)
+		emu.Unlock()
+	}
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for going() {
+				var aws *Error
+				if err := ops[rand.IntN(len(ops))](); err != nil && !errors.As(err, &aws) {
+					fail(err)
+				}
+			}
+		}()
+	}
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for going() {
+				if err := st.View(func(tx store.Tx) error { return checkIndexes(c, tx) }); err != nil {
+					fail(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d failures, first: %v", len(errs), errs[0])
+	}
+	// The changes must have happened for the checks to mean anything.
+	if !made() {
+		t.Errorf("created %d groups, %d load balancers, %d target groups, %d listeners: want some of each", len(groupIDs), len(lbARNs), len(tgARNs), len(listenerARNs))
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err = store.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	c = New(st, Config{})
+	if err := st.View(func(tx store.Tx) error { return checkIndexes(c, tx) }); err != nil {
+		t.Fatalf("after a restart: %v", err)
+	}
+}
+
+var errRolledBack = errors.New("rolled back")
