@@ -5,6 +5,7 @@ package firewall
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/moatlb/moat/internal/netnstest"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -88,7 +89,7 @@ func sendUDP(t *testing.T, src netip.AddrPort, dst netip.AddrPort, n int) {
 // it would deny; a flood is held back by the rate limit and what is held back
 // is counted; Close stops the reader.
 func TestDenialsLogged(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Enter(t) {
 		return
 	}
 	reg := prometheus.NewRegistry()
@@ -192,7 +193,7 @@ func filter(es []flowlog.Entry, keep func(flowlog.Entry) bool) []flowlog.Entry {
 // next one; one that finds all its groups taken says so in one line, and
 // counts denials without logging them.
 func TestPacketLogGroupTaken(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Enter(t) {
 		return
 	}
 	groups := logGroups("test", logGroupAttempts)

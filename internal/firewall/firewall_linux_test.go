@@ -7,11 +7,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/moatlb/moat/internal/netnstest"
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"syscall"
@@ -26,39 +25,6 @@ import (
 	"github.com/moatlb/moat/internal/nftutil"
 	"github.com/moatlb/moat/internal/secgroup"
 )
-
-// inNetns runs the calling test in a network namespace of its own (the test
-// binary again, under ip netns exec), so that its rules and addresses touch
-// nothing else on the host. It returns true in the namespace, where the test
-// goes on; outside it reports the inner run and returns false.
-func inNetns(t *testing.T) bool {
-	t.Helper()
-	if os.Getenv("MOAT_TEST_NETNS") == t.Name() {
-		return true
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("the firewall needs root (CAP_NET_ADMIN) and network namespaces")
-	}
-	ns := fmt.Sprintf("moatfw%d", os.Getpid()%100000)
-	for _, args := range [][]string{{"netns", "add", ns}, {"-n", ns, "link", "set", "lo", "up"}} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
-	args := []string{"netns", "exec", ns, os.Args[0], "-test.run", "^" + t.Name() + "$", "-test.v", "-test.count=1"}
-	if testing.Short() {
-		args = append(args, "-test.short")
-	}
-	cmd := exec.Command("ip", args...)
-	cmd.Env = append(os.Environ(), "MOAT_TEST_NETNS="+t.Name())
-	out, err := cmd.CombinedOutput()
-	t.Logf("in network namespace %s:\n%s", ns, out)
-	if err != nil {
-		t.Fatalf("the test failed in its network namespace: %v", err)
-	}
-	return false
-}
 
 var (
 	nodeA    = netip.MustParseAddr("127.1.0.10")
@@ -162,7 +128,7 @@ func apply(t *testing.T, f *Firewall, p Program) {
 // own mark are enforced on real sockets; denials are counted; an admitted
 // flow survives a revoke; audit mode only counts.
 func TestEnforce(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Enter(t) {
 		return
 	}
 	reg := prometheus.NewRegistry()
@@ -262,7 +228,7 @@ func TestEnforce(t *testing.T) {
 // counters, so the denials since the last poll are read first and none is
 // lost to a rule change.
 func TestDenialsCountedAcrossRuleChanges(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Enter(t) {
 		return
 	}
 	// Polled only on a change: what is counted then was read before the replace.
@@ -316,7 +282,7 @@ func waitCounted(t *testing.T, reg *prometheus.Registry, instance, direction str
 // programmed and enforced. Each rule's acknowledgement used to echo its whole
 // request, and a table of 60 rules overflowed the socket (ENOBUFS).
 func TestLargeRuleSets(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Enter(t) {
 		return
 	}
 	f, err := New(Options{Table: "test"})
@@ -361,7 +327,7 @@ func TestLargeRuleSets(t *testing.T) {
 // whole with the kernel's error, and the rules before it stay in force: the
 // replace is one transaction.
 func TestKernelRefusalKeepsTable(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Enter(t) {
 		return
 	}
 	c, err := dial("test")

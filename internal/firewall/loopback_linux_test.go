@@ -3,6 +3,7 @@
 package firewall
 
 import (
+	"github.com/moatlb/moat/internal/netnstest"
 	"net/netip"
 	"testing"
 )
@@ -11,7 +12,7 @@ import (
 // its namespace has no other) are admitted whatever the rules say, and turning it off alone
 // reprograms the kernel.
 func TestSkipLoopback(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Enter(t) {
 		return
 	}
 	f, err := New(Options{Table: "loop"})

@@ -5,6 +5,7 @@ package firewall
 import (
 	"errors"
 	"fmt"
+	"github.com/moatlb/moat/internal/netnstest"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -376,7 +377,7 @@ func waitDenials(t *testing.T, reg *prometheus.Registry, base, want map[propLabe
 // enforce mode, and in audit mode every flow passes while the denials the
 // reference expects are counted. MOAT_FW_SEED replays a seed.
 func TestFirewallMatchesReference(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Enter(t) {
 		return
 	}
 	seed := uint64(20261202)

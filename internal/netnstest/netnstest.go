@@ -6,6 +6,7 @@ package netnstest
 
 import (
 	"fmt"
+	"hash/crc32"
 	"os"
 	"os/exec"
 	"strings"
@@ -23,10 +24,8 @@ func Enter(t *testing.T) bool {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (CAP_NET_ADMIN) and network namespaces")
 	}
-	ns := fmt.Sprintf("moatt%d%s", os.Getpid()%100000, strings.NewReplacer("/", "", "_", "").Replace(t.Name()))
-	if len(ns) > 15 {
-		ns = ns[:15]
-	}
+	// At most 15 characters: the process and a hash of the test's name, apart from other tests'.
+	ns := fmt.Sprintf("mt%d-%04x", os.Getpid()%100000, crc32.ChecksumIEEE([]byte(t.Name()))&0xffff)
 	for _, args := range [][]string{{"netns", "add", ns}, {"-n", ns, "link", "set", "lo", "up"}} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
