@@ -239,15 +239,17 @@ func (c *Cloud) DescribeInstances(ids []string, filters []Filter) ([]Instance, e
 func (c *Cloud) DescribeNetworkInterfaces(ids []string, filters []Filter) ([]NetworkInterface, error) {
 	var all []NetworkInterface
 	if err := c.store.View(func(tx store.Tx) error {
-		ifaces, err := store.List[NetworkInterface](tx, bucketInterfaces)
+		// Shared reads: moat node asks this every poll, and decoding every interface and load
+		// balancer each time was the cost of the call. The shared slices are not changed.
+		ifaces, err := store.ListShared[NetworkInterface](tx, bucketInterfaces)
 		if err != nil {
 			return err
 		}
-		lbs, err := store.List[LoadBalancer](tx, bucketLoadBalancers)
+		lbs, err := store.ListShared[LoadBalancer](tx, bucketLoadBalancers)
 		if err != nil {
 			return err
 		}
-		all = append(ifaces, loadBalancerInterfaces(lbs)...)
+		all = append(slices.Clip(ifaces), loadBalancerInterfaces(lbs)...)
 		return nil
 	}); err != nil {
 		return nil, err

@@ -64,7 +64,9 @@ func localRoute(p netip.Prefix, lo int) *netlink.Route {
 func (r *subnetRouter) Sync(want []netip.Prefix) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(want) == 0 && len(r.added) == 0 {
+	// Sync runs after every commit: with nothing to route, or exactly what was routed last time
+	// and nothing failed, it touches no netlink.
+	if len(want) == 0 && len(r.added) == 0 || r.settled(want) {
 		return
 	}
 	h, err := r.handle()
@@ -152,6 +154,19 @@ func (r *subnetRouter) add(h *netlink.Handle, p netip.Prefix, lo int) (added boo
 		return false, err
 	}
 	return true, nil
+}
+
+// settled reports whether want is what the last Sync made local, with no failure to retry.
+func (r *subnetRouter) settled(want []netip.Prefix) bool {
+	if len(want) != len(r.added) {
+		return false
+	}
+	for _, p := range want {
+		if !r.added[p] || r.failed[p] != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *subnetRouter) failAll(want []netip.Prefix, err error) {
