@@ -182,9 +182,11 @@ func TestSpliceFastPath(t *testing.T) {
 		}
 		defer c.Close()
 		s := newStream(c)
-		s.fillUntilStalled(t)
 		var inPipes int
+		// On a loaded machine a write can make no progress for a while with the path not yet
+		// full (the proxy was not scheduled); writing on until it is full removes that doubt.
 		waitFor(t, longWait, "the stalled stream's bytes to sit in a splice pipe", func() bool {
+			s.fillUntilStalled(t)
 			inPipes = pipeBytes(t)
 			return inPipes > 0
 		})

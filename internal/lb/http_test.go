@@ -119,12 +119,13 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 func TestAPISlowDripBodyTimesOut(t *testing.T) {
 	const timeout = 500 * time.Millisecond
 	eps := startLB(t, APILimits{MaxConnections: 16, ReadTimeout: timeout, IdleTimeout: time.Minute})
+	// The server's clock starts at accept, which may come before Dial returns here.
+	start := time.Now()
 	conn, err := net.Dial("tcp", apiHost(t, eps))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	start := time.Now()
 	// 100 bytes at one per 100 ms would take 10 s to arrive.
 	if _, err := io.WriteString(conn, "POST / HTTP/1.1\r\nHost: moat\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"); err != nil {
 		t.Fatal(err)
