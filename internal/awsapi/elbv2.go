@@ -189,7 +189,13 @@ type elbLoadBalancer struct {
 	SecurityGroups                                       wire.Members[string] `xml:",omitempty"`
 	IpAddressType                                        string
 	EnforceSecurityGroupInboundRulesOnPrivateLinkTraffic string `xml:",omitempty"`
+	EnablePrefixForIpv6SourceNat                         string
 }
+
+// sourceNATOff is every load balancer's EnablePrefixForIpv6SourceNat: moat refuses "on", and AWS
+// describes the setting on every network load balancer, so that clients comparing it after a
+// create (the AWS controller, Terraform) find what they asked for.
+const sourceNATOff = "off"
 
 type elbState struct {
 	Code   string
@@ -318,6 +324,7 @@ func loadBalancerOut(lb cloud.LoadBalancer) elbLoadBalancer {
 		SecurityGroups:        wire.Members[string](lb.SecurityGroups),
 		IpAddressType:         lb.IPAddressType,
 		EnforceSecurityGroupInboundRulesOnPrivateLinkTraffic: lb.EnforceSecurityGroupPrivateLink,
+		EnablePrefixForIpv6SourceNat:                         sourceNATOff,
 	}
 }
 
@@ -487,9 +494,10 @@ func (s *Server) setSubnets(_ context.Context, in *setSubnetsIn) (any, error) {
 		return nil, err
 	}
 	return struct {
-		AvailabilityZones wire.Members[elbZone]
-		IpAddressType     string
-	}{zonesOut(lb), lb.IPAddressType}, nil
+		AvailabilityZones            wire.Members[elbZone]
+		IpAddressType                string
+		EnablePrefixForIpv6SourceNat string
+	}{zonesOut(lb), lb.IPAddressType, sourceNATOff}, nil
 }
 
 type setIPAddressTypeIn struct {

@@ -368,11 +368,18 @@ func (d *Deployer) updateLoadBalancer(ctx context.Context, lb loadBalancer, want
 	for _, m := range want.SubnetMapping {
 		desired = append(desired, m.SubnetID)
 	}
-	if !sameSet(current, desired) {
-		if _, err := d.elb.SetSubnets(ctx, &elbv2.SetSubnetsInput{LoadBalancerArn: aws.String(arn), SubnetMappings: subnetMappings(want.SubnetMapping)}); err != nil {
+	// The source NAT setting travels with the subnets (SetSubnets), as the AWS controller sends it.
+	sourceNAT := want.EnablePrefixForIPv6SourceNat
+	sourceNATDrift := sourceNAT != "" && string(lb.EnablePrefixForIpv6SourceNat) != sourceNAT
+	if !sameSet(current, desired) || sourceNATDrift {
+		in := &elbv2.SetSubnetsInput{LoadBalancerArn: aws.String(arn), SubnetMappings: subnetMappings(want.SubnetMapping)}
+		if sourceNAT != "" {
+			in.EnablePrefixForIpv6SourceNat = elbtypes.EnablePrefixForIpv6SourceNatEnum(sourceNAT)
+		}
+		if _, err := d.elb.SetSubnets(ctx, in); err != nil {
 			return lb.LoadBalancer, fail("set load balancer subnets", arn, err)
 		}
-		log.Info("set load balancer subnets", "arn", arn, "subnets", desired)
+		log.Info("set load balancer subnets", "arn", arn, "subnets", desired, "enablePrefixForIpv6SourceNat", sourceNAT)
 	}
 	if want.IPAddressType != "" && string(lb.IpAddressType) != string(want.IPAddressType) {
 		if _, err := d.elb.SetIpAddressType(ctx, &elbv2.SetIpAddressTypeInput{LoadBalancerArn: aws.String(arn), IpAddressType: elbtypes.IpAddressType(want.IPAddressType)}); err != nil {
