@@ -401,8 +401,13 @@ func TestDelete(t *testing.T) {
 	}
 	wantStrings(t, "node group rules", inbound(f.nodeGroup()), []string{"tcp 30080-31000 " + backendID + " [" + shared + "]"})
 
+	before := f.env.Calls(t)
 	if err := f.d.Delete(f.ctx, "shop/web"); err != nil {
 		t.Fatal(err)
+	}
+	// Each of its two target groups has its targets deregistered (they drain) before it goes.
+	if calls := f.env.Calls(t).Since(before); calls.Count("DeregisterTargets") != 2 || calls.Count("DeleteTargetGroup") != 2 {
+		t.Errorf("delete of shop/web: %d DeregisterTargets and %d DeleteTargetGroup calls, want 2 and 2", calls.Count("DeregisterTargets"), calls.Count("DeleteTargetGroup"))
 	}
 	if _, ok := f.backendGroup(); !ok {
 		t.Fatal("backend group deleted while shop/api uses it")
@@ -432,7 +437,7 @@ func TestDelete(t *testing.T) {
 		t.Fatalf("left after delete: %v", left)
 	}
 
-	before := f.env.Calls(t)
+	before = f.env.Calls(t)
 	for _, id := range []string{"shop/web", "shop/api"} {
 		if err := d.Delete(f.ctx, id); err != nil {
 			t.Fatal(err)
