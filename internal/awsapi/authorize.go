@@ -54,6 +54,7 @@ var actionAccess = map[string]map[string]access{
 	"elasticloadbalancing": {
 		"DescribeCapacityReservation":    read,
 		"DescribeListenerAttributes":     read,
+		"DescribeListenerCertificates":   read,
 		"DescribeListeners":              read,
 		"DescribeLoadBalancerAttributes": read,
 		"DescribeLoadBalancers":          read,
@@ -72,6 +73,8 @@ var actionAccess = map[string]map[string]access{
 		"DeregisterTargets":              write,
 		"ModifyCapacityReservation":      write,
 		"ModifyListener":                 write,
+		"AddListenerCertificates":        write,
+		"RemoveListenerCertificates":     write,
 		"ModifyListenerAttributes":       write,
 		"ModifyLoadBalancerAttributes":   write,
 		"ModifyTargetGroup":              write,
