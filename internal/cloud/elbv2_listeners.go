@@ -24,6 +24,8 @@ type Listener struct {
 	Attributes      map[string]string
 	Tags            Tags
 	RuleTags        Tags
+	// Certificates are the ACM certificate ARNs of a TLS listener, the default first.
+	Certificates []string `json:",omitempty"`
 }
 
 // Action is a listener action as requests carry it. moat's listeners take one: forward, to
