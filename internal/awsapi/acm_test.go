@@ -269,8 +269,8 @@ func TestACMImportErrors(t *testing.T) {
 	}
 	for arn, code := range map[string]string{
 		"arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000": "ResourceNotFoundException",
-		"arn:aws:acm:us-east-1:123456789012:private-ca/x":                                    "InvalidArnException",
-		"certificate":                                                                        "ValidationException",
+		"arn:aws:acm:us-east-1:123456789012:private-ca/x":                                     "InvalidArnException",
+		"certificate": "ValidationException",
 	} {
 		_, err := c.DescribeCertificate(ctx, &acm.DescribeCertificateInput{CertificateArn: aws.String(arn)})
 		wantCode(t, err, code)
