@@ -29,7 +29,9 @@ type importCertificateInput struct {
 
 type listCertificatesInput struct {
 	CertificateStatuses []string
-	Includes            *struct{ KeyTypes []string }
+	Includes            *struct {
+		KeyTypes []string `json:"keyTypes"` // ACM's Filters members are lower camel case
+	}
 	MaxItems            *int
 	NextToken           string
 }
