@@ -32,8 +32,8 @@ type listCertificatesInput struct {
 	Includes            *struct {
 		KeyTypes []string `json:"keyTypes"` // ACM's Filters members are lower camel case
 	}
-	MaxItems            *int
-	NextToken           string
+	MaxItems  *int
+	NextToken string
 }
 
 type tagsInput struct {
