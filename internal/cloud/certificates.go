@@ -297,7 +297,7 @@ func (c *Cloud) certificateUsers(tx store.Tx) (map[string][]string, error) {
 	}
 	users := map[string][]string{}
 	for _, l := range listeners.all {
-		for _, arn := range l.Certificates {
+		for _, arn := range l.TLS.certificates() {
 			if !slices.Contains(users[arn], l.LoadBalancerARN) {
 				users[arn] = append(users[arn], l.LoadBalancerARN)
 			}

@@ -65,7 +65,7 @@ func TestCertificatesPersist(t *testing.T) {
 
 	lbARN := "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/web/0123456789abcdef"
 	listener := cloud.Listener{ARN: "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/net/web/0123456789abcdef/fedcba9876543210",
-		LoadBalancerARN: lbARN, Port: 443, Protocol: "TLS", Certificates: []string{arn}}
+		LoadBalancerARN: lbARN, Port: 443, Protocol: "TLS", TLS: &cloud.ListenerTLS{SslPolicy: "ELBSecurityPolicy-2016-08", DefaultCertificate: arn}}
 	if err := st.Update(func(tx store.Tx) error { return store.Save(tx, "listeners", listener.ARN, listener) }); err != nil {
 		t.Fatal(err)
 	}
