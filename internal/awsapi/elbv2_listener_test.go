@@ -1,6 +1,7 @@
 package awsapi_test
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
 	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/lbtest"
 )
 
 func TestCreateListener(t *testing.T) {
@@ -330,8 +332,20 @@ func TestListenerActionOrder(t *testing.T) {
 	wantCode(t, err, "ValidationError")
 }
 
-// testCertificateARN is an ACM certificate ARN of the test account.
+// testCertificateARN is an ACM certificate ARN of the test account, never imported.
 const testCertificateARN = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-1111-1111-1111-111111111111"
+
+// importCertificate imports a self-signed certificate for domain into ACM and returns its ARN.
+func (e *env) importCertificate(t *testing.T, domain string) string {
+	t.Helper()
+	notBefore, notAfter := validNow()
+	cert := lbtest.SelfSignedCert(t, ecKey(t), domain, []string{domain}, notBefore, notAfter)
+	arn, err := e.Cloud.ImportCertificate(cloud.ImportCertificateInput{Certificate: cert.PEM, PrivateKey: cert.KeyPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return arn
+}
 
 // TestTLSListener: a TLS listener takes its default certificate, gets AWS's default policy for
 // network load balancers, answers its ALPN policy, keeps a certificate list for SNI, and
@@ -341,10 +355,10 @@ func TestTLSListener(t *testing.T) {
 	lb := e.createLB(t, "web")
 	tcp := e.createTG(t, "tcp")
 	tlsTG := e.createTG(t, "tls", func(in *elbv2.CreateTargetGroupInput) { in.Protocol = types.ProtocolEnumTls })
-	other := strings.Replace(testCertificateARN, "11111111-1111", "22222222-2222", 1)
+	defaultCert, other := e.importCertificate(t, "www.example.com"), e.importCertificate(t, "sni.example.com")
 	create := func(edit func(*elbv2.CreateListenerInput)) (*elbv2.CreateListenerOutput, error) {
 		in := &elbv2.CreateListenerInput{LoadBalancerArn: lb.LoadBalancerArn, Protocol: types.ProtocolEnumTls, Port: aws.Int32(443),
-			Certificates: []types.Certificate{{CertificateArn: aws.String(testCertificateARN)}}, DefaultActions: forward(aws.ToString(tcp.TargetGroupArn))}
+			Certificates: []types.Certificate{{CertificateArn: aws.String(defaultCert)}}, DefaultActions: forward(aws.ToString(tcp.TargetGroupArn))}
 		edit(in)
 		return e.ELB.CreateListener(e.ctx, in)
 	}
@@ -359,6 +373,9 @@ func TestTLSListener(t *testing.T) {
 		}, "ValidationError"},
 		{"not a certificate", func(in *elbv2.CreateListenerInput) {
 			in.Certificates = []types.Certificate{{CertificateArn: aws.String("arn:aws:iam::123456789012:server-certificate/x")}}
+		}, "CertificateNotFound"},
+		{"certificate never imported", func(in *elbv2.CreateListenerInput) {
+			in.Certificates = []types.Certificate{{CertificateArn: aws.String(testCertificateARN)}}
 		}, "CertificateNotFound"},
 		{"unknown ALPN policy", func(in *elbv2.CreateListenerInput) { in.AlpnPolicy = []string{"HTTP3"} }, "ALPNPolicyNotFound"},
 		{"TCP listener to a TLS group", func(in *elbv2.CreateListenerInput) {
@@ -378,7 +395,7 @@ func TestTLSListener(t *testing.T) {
 	check := func(what string, l types.Listener, policy string, alpn []string) {
 		t.Helper()
 		if l.Protocol != types.ProtocolEnumTls || aws.ToString(l.SslPolicy) != policy || !slices.Equal(l.AlpnPolicy, alpn) ||
-			len(l.Certificates) != 1 || aws.ToString(l.Certificates[0].CertificateArn) != testCertificateARN {
+			len(l.Certificates) != 1 || aws.ToString(l.Certificates[0].CertificateArn) != defaultCert {
 			t.Errorf("%s: protocol %s, policy %q, ALPN %v, certificates %+v; want TLS, %q, %v and the default certificate",
 				what, l.Protocol, aws.ToString(l.SslPolicy), l.AlpnPolicy, l.Certificates, policy, alpn)
 		}
@@ -400,15 +417,28 @@ func TestTLSListener(t *testing.T) {
 	}
 	must[*elbv2.AddListenerCertificatesOutput](t)(e.ELB.AddListenerCertificates(e.ctx, &elbv2.AddListenerCertificatesInput{ListenerArn: l.ListenerArn,
 		Certificates: []types.Certificate{{CertificateArn: aws.String(other)}, {CertificateArn: aws.String(other)}}}))
-	if got, want := certs(), map[string]bool{testCertificateARN: true, other: false}; !maps.Equal(got, want) {
+	if got, want := certs(), map[string]bool{defaultCert: true, other: false}; !maps.Equal(got, want) {
 		t.Errorf("listener certificates %v, want %v", got, want)
 	}
-	_, err := e.ELB.RemoveListenerCertificates(e.ctx, &elbv2.RemoveListenerCertificatesInput{ListenerArn: l.ListenerArn,
+	_, err := e.ELB.AddListenerCertificates(e.ctx, &elbv2.AddListenerCertificatesInput{ListenerArn: l.ListenerArn,
 		Certificates: []types.Certificate{{CertificateArn: aws.String(testCertificateARN)}}})
+	wantCode(t, err, "CertificateNotFound")
+	// ACM sees the listener's load balancer use both certificates, and keeps them.
+	for _, arn := range []string{defaultCert, other} {
+		if info, err := e.Cloud.DescribeCertificate(arn); err != nil || !slices.Equal(info.InUseBy, []string{aws.ToString(lb.LoadBalancerArn)}) {
+			t.Errorf("certificate %s in use by %v, %v; want the load balancer", arn, info.InUseBy, err)
+		}
+		var cerr *cloud.Error
+		if err := e.Cloud.DeleteCertificate(arn); !errors.As(err, &cerr) || cerr.Code != "ResourceInUseException" {
+			t.Errorf("deleting certificate %s in use: %v", arn, err)
+		}
+	}
+	_, err = e.ELB.RemoveListenerCertificates(e.ctx, &elbv2.RemoveListenerCertificatesInput{ListenerArn: l.ListenerArn,
+		Certificates: []types.Certificate{{CertificateArn: aws.String(defaultCert)}}})
 	wantCode(t, err, "OperationNotPermitted")
 	must[*elbv2.RemoveListenerCertificatesOutput](t)(e.ELB.RemoveListenerCertificates(e.ctx, &elbv2.RemoveListenerCertificatesInput{ListenerArn: l.ListenerArn,
 		Certificates: []types.Certificate{{CertificateArn: aws.String(other)}}}))
-	if got, want := certs(), map[string]bool{testCertificateARN: true}; !maps.Equal(got, want) {
+	if got, want := certs(), map[string]bool{defaultCert: true}; !maps.Equal(got, want) {
 		t.Errorf("listener certificates after removal %v, want %v", got, want)
 	}
 

@@ -16,11 +16,11 @@ type Listener struct {
 	ID              string // the last 16 hex digits of the ARN
 	LoadBalancerARN string
 	Port            int
-	Protocol        string // TCP, UDP, TCP_UDP or TLS
-	TargetGroupARN  string // the default action: forward to this group
+	Protocol        string       // TCP, UDP, TCP_UDP or TLS
+	TargetGroupARN  string       // the default action: forward to this group
 	TLS             *ListenerTLS `json:",omitempty"` // TLS listeners only
-	ActionOrder     int    `json:",omitempty"` // the default action's Order as given; 0 answers 1, as AWS
-	RuleARN         string // the default rule's ARN, fixed for the listener's life
+	ActionOrder     int          `json:",omitempty"` // the default action's Order as given; 0 answers 1, as AWS
+	RuleARN         string       // the default rule's ARN, fixed for the listener's life
 	Attributes      map[string]string
 	Tags            Tags
 	RuleTags        Tags

@@ -222,11 +222,13 @@ func (c *Cloud) DescribeListenerCertificates(arn string, page ELBPage) ([]Listen
 	return elbPage(out, func(lc ListenerCertificate) string { return lc.ARN + "/" + boolString(lc.IsDefault) }, page)
 }
 
-// checkCertificates checks that each certificate a listener would use is an ACM certificate ARN.
-func (c *Cloud) checkCertificates(_ store.Tx, arns []string) error {
+// checkCertificates checks that each certificate a listener would use is imported in ACM.
+func (c *Cloud) checkCertificates(tx store.Tx, arns []string) error {
 	for _, arn := range arns {
-		if !strings.HasPrefix(arn, "arn:") || !strings.Contains(arn, ":acm:") {
+		if _, err := tx.Get(bucketCertificates, arn); err == store.ErrNotFound {
 			return errorf("CertificateNotFound", "Certificate '%s' not found", arn)
+		} else if err != nil {
+			return err
 		}
 	}
 	return nil
