@@ -69,6 +69,18 @@ func (p Policy) clone() Policy {
 	return p
 }
 
+// Backend returns the policy the load balancer uses toward TLS targets when its listener uses p:
+// ELBSecurityPolicy-TLS13-1-0-2021-06 behind a policy that allows TLS 1.3, else
+// ELBSecurityPolicy-2016-08 (users choose the front-end policy only).
+func (p Policy) Backend() Policy {
+	name := Default
+	if slices.Contains(p.Protocols, TLSv13) {
+		name = "ELBSecurityPolicy-TLS13-1-0-2021-06"
+	}
+	b, _ := Lookup(name)
+	return b
+}
+
 var versions = map[string]uint16{
 	TLSv10: tls.VersionTLS10,
 	TLSv11: tls.VersionTLS11,

@@ -172,6 +172,20 @@ func TestAliases(t *testing.T) {
 	}
 }
 
+func TestBackend(t *testing.T) {
+	for front, back := range map[string]string{
+		"ELBSecurityPolicy-TLS13-1-2-Res-2021-06": "ELBSecurityPolicy-TLS13-1-0-2021-06",
+		"ELBSecurityPolicy-TLS13-1-3-2021-06":     "ELBSecurityPolicy-TLS13-1-0-2021-06",
+		"ELBSecurityPolicy-FS-1-2-Res-2020-10":    "ELBSecurityPolicy-2016-08",
+		"ELBSecurityPolicy-2016-08":               "ELBSecurityPolicy-2016-08",
+	} {
+		p, _ := Lookup(front)
+		if got := p.Backend().Name; got != back {
+			t.Errorf("%s: backend policy %s, want %s", front, got, back)
+		}
+	}
+}
+
 func TestALPN(t *testing.T) {
 	for policy, want := range map[string][]string{
 		"HTTP1Only":      {"http/1.1", "http/1.0"},
