@@ -395,6 +395,7 @@ func newTLSEchoTarget(t testing.TB, addr netip.Addr, name string, ppv2 bool) *tl
 			return // a TCP health check closes without a handshake
 		}
 		c.SetDeadline(time.Time{})
+		s.record(connRecord{remote: addrPortOf(c.RemoteAddr()), pp: &pp})
 		tt.mu.Lock()
 		tt.states = append(tt.states, tc.ConnectionState())
 		tt.pps = append(tt.pps, pp)
@@ -422,7 +423,7 @@ func TestTLSTargetGroup(t *testing.T) {
 	acceptServer(t, ap(n.inA(0), hcPort))
 	target := newTLSEchoTarget(t, n.inA(0), "secure", true)
 	tg := group("tg", hcPort, tgTarget("secure", target.addr, "zone-a"))
-	tg.TLS, tg.ProxyProtocolV2 = true, true
+	tg.TLS, tg.ProxyProtocolV2, tg.PreserveClientIP = true, true, true
 	port := freePort(t, n.lbA())
 	h.apply(tlsLB(n, port, &ListenerTLS{
 		Certificates: []tls.Certificate{ca.leaf(t, "lb.test")},
@@ -453,5 +454,8 @@ func TestTLSTargetGroup(t *testing.T) {
 	}
 	if pps[0].src.Addr() != client2 || pps[0].dst != ap(n.lbA(), port) {
 		t.Errorf("PROXY header %+v, want %v → %v", pps[0], client2, ap(n.lbA(), port))
+	}
+	if recs := target.records(); len(recs) != 1 || recs[0].remote.Addr() != client2 {
+		t.Errorf("target saw %v, want the client's own address %v (client IP preservation)", recs, client2)
 	}
 }
