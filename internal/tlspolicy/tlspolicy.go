@@ -20,6 +20,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 )
 
@@ -165,7 +166,7 @@ func ALPN(policy string) ([]string, error) {
 	return slices.Clone(protos), nil
 }
 
-// ALPNPolicies returns the names of the ALPN policies NLB accepts.
+// ALPNPolicies returns the names of the ALPN policies NLB accepts, sorted.
 func ALPNPolicies() []string {
-	return []string{"HTTP1Only", "HTTP2Only", "HTTP2Optional", "HTTP2Preferred", "None"}
+	return slices.Sorted(maps.Keys(alpnPolicies))
 }
