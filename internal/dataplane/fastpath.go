@@ -30,7 +30,8 @@ import (
 //     or targets on other hosts without net.ipv4.ip_forward): the kernel
 //     package decides, and leaves them to the socket.
 //
-// Only IPv4 load balancer addresses and targets qualify.
+// Only IPv4 load balancer addresses and targets qualify, and only TCP and UDP
+// listeners: a TLS listener's flows are all the userspace engine's.
 
 // kernelApplyWait bounds how long Apply waits for the kernel to take its
 // change; the kernel's own call deadline ends a stuck call sooner.
@@ -44,7 +45,7 @@ func kernelSocketFor(key sockKey, r *route) (s kernel.Socket, ok bool) {
 		return kernel.Socket{}, false
 	}
 	s.Key = kernelKey(key)
-	if r.tg == nil {
+	if r.tg == nil || r.tls != nil { // the kernel cannot terminate TLS
 		return s, true
 	}
 	sel := r.tg.sel.Load()
