@@ -515,6 +515,11 @@ func (c *Cloud) CertificateKeyPair(arn string) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, err
 	}
+	return cert.KeyPair()
+}
+
+// KeyPair is the certificate with its chain and private key, as crypto/tls serves it.
+func (cert Certificate) KeyPair() (tls.Certificate, error) {
 	return tls.X509KeyPair([]byte(cert.Body+"\n"+cert.Chain), []byte(cert.PrivateKey))
 }
 

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/moatlb/moat/internal/store"
+	"github.com/moatlb/moat/internal/tlspolicy"
 )
 
 // ListenerTLS is a TLS listener's settings.
@@ -16,13 +17,6 @@ type ListenerTLS struct {
 	AlpnPolicy        []string `json:",omitempty"`
 }
 
-// defaultSSLPolicy is the policy AWS gives a TLS listener of a network load balancer created
-// without one.
-const defaultSSLPolicy = "ELBSecurityPolicy-2016-08"
-
-// alpnPolicies are the ALPN policy names AWS accepts.
-var alpnPolicies = []string{"HTTP1Only", "HTTP2Only", "HTTP2Optional", "HTTP2Preferred", "None"}
-
 // certificatesPerListener is AWS's default quota of certificates per network load balancer
 // listener, the default certificate not counted.
 const certificatesPerListener = 25
@@ -30,7 +24,7 @@ const certificatesPerListener = 25
 // checkTLSSettings checks the TLS members of a request on their own: a known SSL policy, at most
 // one certificate (the default one), one known ALPN policy.
 func checkTLSSettings(policy string, certs, alpn []string) error {
-	if policy != "" && !knownSSLPolicy(policy) {
+	if _, err := tlspolicy.Lookup(policy); policy != "" && err != nil {
 		return errorf("SSLPolicyNotFound", "SSL policy '%s' not found", policy)
 	}
 	if len(certs) > 1 {
@@ -44,8 +38,8 @@ func checkTLSSettings(policy string, certs, alpn []string) error {
 	switch {
 	case len(alpn) > 1:
 		return errorf("ValidationError", "You can specify only one ALPN policy")
-	case len(alpn) == 1 && !slices.Contains(alpnPolicies, alpn[0]):
-		return errorf("ALPNPolicyNotFound", "ALPN policy '%s' not found: use one of %s", alpn[0], strings.Join(alpnPolicies, ", "))
+	case len(alpn) == 1 && !slices.Contains(tlspolicy.ALPNPolicies(), alpn[0]):
+		return errorf("ALPNPolicyNotFound", "ALPN policy '%s' not found: use one of %s", alpn[0], strings.Join(tlspolicy.ALPNPolicies(), ", "))
 	}
 	return nil
 }
@@ -67,7 +61,7 @@ func newListenerTLS(protocol, policy string, certs, alpn []string) (*ListenerTLS
 	}
 	t := &ListenerTLS{SslPolicy: policy, DefaultCertificate: certs[0], AlpnPolicy: alpn}
 	if t.SslPolicy == "" {
-		t.SslPolicy = defaultSSLPolicy
+		t.SslPolicy = tlspolicy.Default
 	}
 	return t, nil
 }
@@ -232,10 +226,4 @@ func (c *Cloud) checkCertificates(tx store.Tx, arns []string) error {
 		}
 	}
 	return nil
-}
-
-// knownSSLPolicy reports whether AWS has a security policy of that name for network load
-// balancers.
-func knownSSLPolicy(name string) bool {
-	return strings.HasPrefix(name, "ELBSecurityPolicy-")
 }
