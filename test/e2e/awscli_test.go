@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,8 +30,8 @@ func TestAWSCLI(t *testing.T) {
 	}
 	p := startLB(t, t.TempDir())
 	home := t.TempDir()
-	aws := func(args ...string) map[string]any {
-		t.Helper()
+	// awsErr runs the CLI; a failure's error carries its stderr (AWS's error code and message).
+	awsErr := func(args ...string) ([]byte, error) {
 		cmd := exec.Command(cli, append([]string{"--endpoint-url", p.API, "--output", "json"}, args...)...)
 		cmd.Env = append(os.Environ(),
 			"AWS_SHARED_CREDENTIALS_FILE="+p.Creds, "AWS_CONFIG_FILE="+home+"/config", "HOME="+home,
@@ -38,12 +39,16 @@ func TestAWSCLI(t *testing.T) {
 			"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SESSION_TOKEN=",
 		)
 		out, err := cmd.Output()
+		if ee, ok := err.(*exec.ExitError); ok {
+			err = fmt.Errorf("%w\n%s", err, ee.Stderr)
+		}
+		return out, err
+	}
+	aws := func(args ...string) map[string]any {
+		t.Helper()
+		out, err := awsErr(args...)
 		if err != nil {
-			stderr := ""
-			if ee, ok := err.(*exec.ExitError); ok {
-				stderr = string(ee.Stderr)
-			}
-			t.Fatalf("aws %s: %v\n%s", strings.Join(args, " "), err, stderr)
+			t.Fatalf("aws %s: %v", strings.Join(args, " "), err)
 		}
 		m := map[string]any{}
 		if len(strings.TrimSpace(string(out))) > 0 {
@@ -144,6 +149,20 @@ func TestAWSCLI(t *testing.T) {
 	if got := str(aws("shield", "get-subscription-state"), "SubscriptionState"); got != "INACTIVE" {
 		t.Errorf("Shield subscription state %q", got)
 	}
+
+	// A TLS listener with the imported certificate; the certificate is in use until it goes.
+	tlsListener := str(aws("elbv2", "create-listener", "--load-balancer-arn", lbArn, "--protocol", "TLS", "--port", "443",
+		"--certificates", "CertificateArn="+certArn, "--ssl-policy", "ELBSecurityPolicy-TLS13-1-2-2021-06", "--alpn-policy", "HTTP2Preferred",
+		"--default-actions", "Type=forward,TargetGroupArn="+tg), "Listeners", 0, "ListenerArn")
+	described = aws("elbv2", "describe-listeners", "--listener-arns", tlsListener)
+	if str(described, "Listeners", 0, "SslPolicy") != "ELBSecurityPolicy-TLS13-1-2-2021-06" ||
+		str(described, "Listeners", 0, "Certificates", 0, "CertificateArn") != certArn || str(described, "Listeners", 0, "AlpnPolicy", 0) != "HTTP2Preferred" {
+		t.Errorf("described TLS listener %v", described)
+	}
+	if _, err := awsErr("acm", "delete-certificate", "--certificate-arn", certArn); err == nil || !strings.Contains(err.Error(), "ResourceInUseException") {
+		t.Errorf("deleting a certificate in use: %v, want ResourceInUseException", err)
+	}
+	aws("elbv2", "delete-listener", "--listener-arn", tlsListener)
 	aws("acm", "delete-certificate", "--certificate-arn", certArn)
 
 	aws("elbv2", "delete-listener", "--listener-arn", listener)
