@@ -55,6 +55,7 @@ var actionAccess = map[string]map[string]access{
 		"DescribeCapacityReservation":    read,
 		"DescribeListenerAttributes":     read,
 		"DescribeListenerCertificates":   read,
+		"DescribeSSLPolicies":            read,
 		"DescribeListeners":              read,
 		"DescribeLoadBalancerAttributes": read,
 		"DescribeLoadBalancers":          read,

@@ -36,6 +36,7 @@ func (s *Server) elbv2Handlers() map[string]handler {
 		"AddListenerCertificates":        elbop(s.addListenerCertificates),
 		"RemoveListenerCertificates":     elbop(s.removeListenerCertificates),
 		"DescribeListenerCertificates":   elbop(s.describeListenerCertificates),
+		"DescribeSSLPolicies":            elbop(s.describeSSLPolicies),
 		"DeleteListener":                 elbop(s.deleteListener),
 		"DescribeListenerAttributes":     elbop(s.describeListenerAttributes),
 		"ModifyListenerAttributes":       elbop(s.modifyListenerAttributes),
@@ -857,6 +858,45 @@ func (s *Server) describeListenerCertificates(_ context.Context, in *describeLis
 		Certificates wire.Members[elbCertificate]
 		NextMarker   string `xml:",omitempty"`
 	}{certificatesOut(cs), next}, nil
+}
+
+type describeSSLPoliciesIn struct {
+	Names            []string
+	LoadBalancerType string
+	Marker           string
+	PageSize         *int
+}
+
+type elbSSLPolicy struct {
+	Name                       string
+	SslProtocols               wire.Members[string]
+	Ciphers                    wire.Members[elbCipher]
+	SupportedLoadBalancerTypes wire.Members[string]
+}
+
+type elbCipher struct {
+	Name     string
+	Priority int
+}
+
+func (s *Server) describeSSLPolicies(_ context.Context, in *describeSSLPoliciesIn) (any, error) {
+	ps, next, err := s.cloud.DescribeSSLPolicies(in.Names, in.LoadBalancerType, page(in.PageSize, in.Marker))
+	if err != nil {
+		return nil, err
+	}
+	out := wire.Members[elbSSLPolicy]{}
+	for _, p := range ps {
+		sp := elbSSLPolicy{Name: p.Name, SslProtocols: wire.Members[string](p.Protocols), Ciphers: wire.Members[elbCipher]{},
+			SupportedLoadBalancerTypes: wire.Members[string](p.SupportedLoadBalancerTypes)}
+		for i, c := range p.Ciphers {
+			sp.Ciphers = append(sp.Ciphers, elbCipher{Name: c, Priority: i + 1})
+		}
+		out = append(out, sp)
+	}
+	return struct {
+		SslPolicies wire.Members[elbSSLPolicy]
+		NextMarker  string `xml:",omitempty"`
+	}{out, next}, nil
 }
 
 type listenerArnIn struct {

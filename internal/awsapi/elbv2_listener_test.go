@@ -453,3 +453,26 @@ func TestTLSListener(t *testing.T) {
 	_, err = e.ELB.DescribeListenerCertificates(e.ctx, &elbv2.DescribeListenerCertificatesInput{ListenerArn: l.ListenerArn})
 	wantCode(t, err, "InvalidConfigurationRequest")
 }
+
+// TestDescribeSSLPolicies answers AWS's predefined policies with their protocols and ciphers in
+// priority order, by name or all of them, and SSLPolicyNotFound for a name AWS does not define.
+func TestDescribeSSLPolicies(t *testing.T) {
+	e := newEnv(t)
+	out := must[*elbv2.DescribeSSLPoliciesOutput](t)(e.ELB.DescribeSSLPolicies(e.ctx, &elbv2.DescribeSSLPoliciesInput{Names: []string{"ELBSecurityPolicy-TLS13-1-2-2021-06"}}))
+	if len(out.SslPolicies) != 1 {
+		t.Fatalf("%d policies", len(out.SslPolicies))
+	}
+	p := out.SslPolicies[0]
+	if !slices.Equal(p.SslProtocols, []string{"TLSv1.2", "TLSv1.3"}) || len(p.Ciphers) == 0 ||
+		aws.ToString(p.Ciphers[0].Name) != "TLS_AES_128_GCM_SHA256" || aws.ToInt32(p.Ciphers[0].Priority) != 1 ||
+		!slices.Contains(p.SupportedLoadBalancerTypes, "network") {
+		t.Errorf("policy %s: protocols %v, first cipher %s/%d, types %v", aws.ToString(p.Name), p.SslProtocols,
+			aws.ToString(p.Ciphers[0].Name), aws.ToInt32(p.Ciphers[0].Priority), p.SupportedLoadBalancerTypes)
+	}
+	all := must[*elbv2.DescribeSSLPoliciesOutput](t)(e.ELB.DescribeSSLPolicies(e.ctx, &elbv2.DescribeSSLPoliciesInput{LoadBalancerType: types.LoadBalancerTypeEnumNetwork}))
+	if len(all.SslPolicies) < 18 || !slices.ContainsFunc(all.SslPolicies, func(p types.SslPolicy) bool { return aws.ToString(p.Name) == "ELBSecurityPolicy-2016-08" }) {
+		t.Errorf("%d policies for network load balancers, want AWS's (ELBSecurityPolicy-2016-08 among them)", len(all.SslPolicies))
+	}
+	_, err := e.ELB.DescribeSSLPolicies(e.ctx, &elbv2.DescribeSSLPoliciesInput{Names: []string{"MyPolicy"}})
+	wantCode(t, err, "SSLPolicyNotFound")
+}

@@ -227,3 +227,26 @@ func (c *Cloud) checkCertificates(tx store.Tx, arns []string) error {
 	}
 	return nil
 }
+
+// DescribeSSLPolicies lists the predefined security policies, or those named (an unknown one is
+// SSLPolicyNotFound), for one load balancer type when given.
+func (c *Cloud) DescribeSSLPolicies(names []string, lbType string, page ELBPage) ([]tlspolicy.Policy, string, error) {
+	if err := checkEnum("loadBalancerType", lbType, "application", "network", "gateway"); err != nil {
+		return nil, "", err
+	}
+	var out []tlspolicy.Policy
+	if len(names) == 0 {
+		out = tlspolicy.All()
+	}
+	for _, name := range dedupe(names) {
+		p, err := tlspolicy.Lookup(name)
+		if err != nil {
+			return nil, "", errorf("SSLPolicyNotFound", "SSL policy '%s' not found", name)
+		}
+		out = append(out, p)
+	}
+	if lbType != "" {
+		out = slices.DeleteFunc(out, func(p tlspolicy.Policy) bool { return !slices.Contains(p.SupportedLoadBalancerTypes, lbType) })
+	}
+	return elbPage(out, func(p tlspolicy.Policy) string { return p.Name }, page)
+}
