@@ -123,7 +123,22 @@ type ec2Subnet struct {
 	MapPublicIPOnLaunch         bool                           `xml:"mapPublicIpOnLaunch"`
 	AssignIpv6AddressOnCreation bool                           `xml:"assignIpv6AddressOnCreation"`
 	Ipv6Native                  bool                           `xml:"ipv6Native"`
-	TagSet                      wire.Items[ec2Tag]             `xml:"tagSet"`
+	EnableDns64                 bool                           `xml:"enableDns64"`
+	// What AWS answers for a subnet nobody changed, which moat's are: Terraform reads them into
+	// its state, so leaving them out shows a change on every plan.
+	PrivateDNSNameOptionsOnLaunch ec2PrivateDNSNameOptions `xml:"privateDnsNameOptionsOnLaunch"`
+	BlockPublicAccessStates       ec2BlockPublicAccess     `xml:"blockPublicAccessStates"`
+	TagSet                        wire.Items[ec2Tag]       `xml:"tagSet"`
+}
+
+type ec2PrivateDNSNameOptions struct {
+	HostnameType                    string `xml:"hostnameType"`
+	EnableResourceNameDNSARecord    bool   `xml:"enableResourceNameDnsARecord"`
+	EnableResourceNameDNSAAAARecord bool   `xml:"enableResourceNameDnsAAAARecord"`
+}
+
+type ec2BlockPublicAccess struct {
+	InternetGatewayBlockMode string `xml:"internetGatewayBlockMode"`
 }
 
 func (s *Server) describeSubnets(_ context.Context, in *describeByIDIn) (any, error) {
@@ -147,6 +162,8 @@ func (s *Server) subnetOut(sn cloud.Subnet) ec2Subnet {
 		AvailabilityZone: sn.Zone, AvailabilityZoneID: sn.ZoneID,
 		AvailableIPAddressCount: sn.AvailableIPAddressCount, MapPublicIPOnLaunch: sn.MapPublicIPOnLaunch,
 		AssignIpv6AddressOnCreation: sn.AssignIPv6AddressOnCreation, TagSet: tagsOut(sn.Tags),
+		PrivateDNSNameOptionsOnLaunch: ec2PrivateDNSNameOptions{HostnameType: "ip-name"},
+		BlockPublicAccessStates:       ec2BlockPublicAccess{InternetGatewayBlockMode: "off"},
 	}
 }
 
@@ -178,10 +195,15 @@ type ec2RouteTable struct {
 func (s *Server) describeRouteTables(_ context.Context, in *describeByIDIn) (any, error) {
 	var vpcIDs []string
 	var rest []cloud.Filter
+	mainOnly := true // association.main: each VPC's one table is its main one
 	for _, f := range filters(in.Filters) {
-		if f.Name == "vpc-id" {
+		switch f.Name {
+		case "vpc-id":
 			vpcIDs = append(vpcIDs, f.Values...)
-		} else if f.Name != "association.subnet-id" {
+		case "association.main":
+			mainOnly = mainOnly && contains(f.Values, "true")
+		case "association.subnet-id":
+		default:
 			rest = append(rest, f)
 		}
 	}
@@ -200,6 +222,9 @@ func (s *Server) describeRouteTables(_ context.Context, in *describeByIDIn) (any
 		}
 		if len(rest) > 0 {
 			return nil, &cloud.Error{Code: "InvalidParameterValue", Message: "The filter '" + rest[0].Name + "' is invalid"}
+		}
+		if !mainOnly {
+			continue
 		}
 		out = append(out, ec2RouteTable{
 			RouteTableID: id, VpcID: v.ID, OwnerID: s.cloud.Config().AccountID,

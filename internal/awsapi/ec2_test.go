@@ -464,6 +464,19 @@ func TestInventoryDescribes(t *testing.T) {
 	if len(rts.RouteTables) != 1 || !aws.ToBool(rts.RouteTables[0].Associations[0].Main) {
 		t.Errorf("route tables %+v", rts.RouteTables)
 	}
+	// Terraform finds a VPC's main route table with association.main.
+	for value, want := range map[string]int{"true": 1, "false": 0} {
+		rts := must[*ec2.DescribeRouteTablesOutput](t)(e.EC2.DescribeRouteTables(e.ctx, &ec2.DescribeRouteTablesInput{Filters: []types.Filter{
+			{Name: aws.String("vpc-id"), Values: []string{vpcID}}, {Name: aws.String("association.main"), Values: []string{value}}}}))
+		if len(rts.RouteTables) != want {
+			t.Errorf("association.main=%s: %d route tables, want %d", value, len(rts.RouteTables), want)
+		}
+	}
+	// A subnet nobody changed answers AWS's defaults for what Terraform reads into its state.
+	if s := subnets.Subnets[0]; s.PrivateDnsNameOptionsOnLaunch == nil || s.PrivateDnsNameOptionsOnLaunch.HostnameType != types.HostnameTypeIpName ||
+		aws.ToBool(s.EnableDns64) || s.BlockPublicAccessStates == nil || s.BlockPublicAccessStates.InternetGatewayBlockMode != types.BlockPublicAccessModeOff {
+		t.Errorf("subnet defaults: private DNS %+v, DNS64 %v, block public access %+v", s.PrivateDnsNameOptionsOnLaunch, aws.ToBool(s.EnableDns64), s.BlockPublicAccessStates)
+	}
 
 	insts := must[*ec2.DescribeInstancesOutput](t)(e.EC2.DescribeInstances(e.ctx, &ec2.DescribeInstancesInput{}))
 	if len(insts.Reservations) != 2 {

@@ -280,10 +280,20 @@ type elbRule struct {
 }
 
 type elbTargetHealthDescription struct {
-	Target          elbTargetOut
-	HealthCheckPort string
-	TargetHealth    elbTargetHealth
+	Target                 elbTargetOut
+	HealthCheckPort        string
+	TargetHealth           elbTargetHealth
+	AdministrativeOverride elbAdministrativeOverride
 }
+
+// elbAdministrativeOverride is what AWS answers for a target no administrative action
+// overrides, which moat's never are.
+type elbAdministrativeOverride struct {
+	State  string
+	Reason string
+}
+
+var noOverride = elbAdministrativeOverride{State: "no_override", Reason: "AdministrativeOverride.NoOverride"}
 
 type elbTargetOut struct {
 	Id               string
@@ -714,9 +724,10 @@ func (s *Server) describeTargetHealth(_ context.Context, in *targetsRequest) (an
 			t.AvailabilityZone = "" // AWS reports zones of IP targets only
 		}
 		out = append(out, elbTargetHealthDescription{
-			Target:          t,
-			HealthCheckPort: d.HealthCheckPort,
-			TargetHealth:    elbTargetHealth{d.Health.State, d.Health.Reason, d.Health.Description},
+			Target:                 t,
+			HealthCheckPort:        d.HealthCheckPort,
+			TargetHealth:           elbTargetHealth{d.Health.State, d.Health.Reason, d.Health.Description},
+			AdministrativeOverride: noOverride,
 		})
 	}
 	return struct {

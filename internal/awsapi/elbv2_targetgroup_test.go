@@ -417,6 +417,10 @@ func TestRegisterIPTargets(t *testing.T) {
 	zones := map[string]string{}
 	for _, d := range out.TargetHealthDescriptions {
 		zones[aws.ToString(d.Target.Id)] = aws.ToString(d.Target.AvailabilityZone)
+		if o := d.AdministrativeOverride; o == nil || o.State != types.TargetAdministrativeOverrideStateEnumNoOverride ||
+			o.Reason != types.TargetAdministrativeOverrideReasonEnumNoOverrideEngaged {
+			t.Errorf("target %s: administrative override %+v, want no_override", aws.ToString(d.Target.Id), o)
+		}
 	}
 	if want := map[string]string{"127.1.0.50": "us-east-1a", "127.2.0.50": "us-east-1b", "10.0.0.5": "all", "127.9.0.5": "all"}; fmt.Sprint(zones) != fmt.Sprint(want) {
 		t.Errorf("target zones %v, want %v", zones, want)
