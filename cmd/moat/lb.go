@@ -70,6 +70,7 @@ add-read-only NAME" adds one); any other valid key may do anything.`,
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:7090", "address of /metrics, /healthz and /readyz")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve the API over HTTPS with this certificate (PEM)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the certificate's private key (PEM)")
+	f.IntVar(&cfg.MaxFlowsPerListener, "max-flows-per-listener", 0, "cap on each listener's flows through the userspace proxy; over it a new flow is refused (reset, or the datagram dropped) and counted (moat_dataplane_denied_flows_total{reason=\"flow_limit\"}); 0: a quarter of the open-file limit")
 	f.StringVar(&cfg.FastPath, "fast-path", lb.FastPathAuto, "kernel fast path for IPv4 TCP and UDP flows, local or from other hosts (nftables DNAT + conntrack, needs CAP_NET_ADMIN; forwarding to other hosts needs net.ipv4.ip_forward=1): auto, kernel or off")
 	f.StringVar((*string)(&cfg.InstanceSGMode), "instance-sg-mode", string(firewall.Enforce), "security groups of the instances whose addresses are on this host, on all their traffic (nftables, needs CAP_NET_ADMIN): enforce, audit (count what enforce would drop) or off")
 	f.BoolVar(&cfg.StartFresh, "start-fresh", false, "start with empty state where <data-dir>/state.db is missing or empty although <data-dir>/credentials exists (refused otherwise, as lost state)")

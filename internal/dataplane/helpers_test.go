@@ -149,10 +149,13 @@ func (b *syncBuffer) String() string {
 // (go test -args -kernel); it needs CAP_NET_ADMIN.
 var kernelTests = flag.Bool("kernel", false, "run the engine tests with the kernel fast path")
 
-func newHarness(t testing.TB) *harness {
+func newHarness(t testing.TB, edit ...func(*Options)) *harness {
 	t.Helper()
 	h := &harness{t: t, reg: prometheus.NewRegistry(), log: &syncBuffer{}}
 	opts := Options{Registerer: h.reg, FlowLog: h.log, Kernel: *kernelTests}
+	for _, e := range edit {
+		e(&opts)
+	}
 	if testing.Verbose() {
 		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}

@@ -23,6 +23,8 @@ const (
 const (
 	DenySecurityGroup = "security_group"
 	DenyNoTarget      = "no_target"
+	// DenyFlowLimit refuses a flow over Options.MaxFlowsPerListener.
+	DenyFlowLimit = "flow_limit"
 )
 
 type metrics struct {
@@ -58,7 +60,7 @@ func newMetrics(reg prometheus.Registerer, drops *dropCollector) (*metrics, erro
 		deniedFlows: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "moat_dataplane_denied_flows_total",
 			Help: "Flows the data plane refused after seeing them (reset TCP connections, dropped UDP datagrams), " +
-				"by reason: security_group or no_target. SYNs and datagrams the socket filter drops in the kernel " +
+				"by reason: security_group, no_target or flow_limit. SYNs and datagrams the socket filter drops in the kernel " +
 				"are in moat_dataplane_listener_dropped_packets_total.",
 		}, append(listener, labelReason)),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -118,6 +120,7 @@ type listenerMetrics struct {
 	active                   prometheus.Gauge
 	newFlows, proxied        prometheus.Counter
 	deniedSG, deniedNoTarget prometheus.Counter
+	deniedFlowLimit          prometheus.Counter
 	bytesIn, bytesOut        prometheus.Counter
 	connectErrors            prometheus.Counter
 	tlsHandshakeErrors       prometheus.Counter
@@ -126,14 +129,15 @@ type listenerMetrics struct {
 // listener resolves a listener's series; tls adds a TLS listener's own.
 func (m *metrics) listener(lb, listener, proto string, tls bool) *listenerMetrics {
 	lm := &listenerMetrics{
-		active:         m.activeFlows.WithLabelValues(lb, listener, proto),
-		newFlows:       m.newFlows.WithLabelValues(lb, listener, proto),
-		proxied:        m.proxiedFlows.WithLabelValues(lb, listener, proto),
-		deniedSG:       m.deniedFlows.WithLabelValues(lb, listener, proto, DenySecurityGroup),
-		deniedNoTarget: m.deniedFlows.WithLabelValues(lb, listener, proto, DenyNoTarget),
-		bytesIn:        m.bytes.WithLabelValues(lb, listener, proto, "in"),
-		bytesOut:       m.bytes.WithLabelValues(lb, listener, proto, "out"),
-		connectErrors:  m.connectErrors.WithLabelValues(lb, listener, proto),
+		active:          m.activeFlows.WithLabelValues(lb, listener, proto),
+		newFlows:        m.newFlows.WithLabelValues(lb, listener, proto),
+		proxied:         m.proxiedFlows.WithLabelValues(lb, listener, proto),
+		deniedSG:        m.deniedFlows.WithLabelValues(lb, listener, proto, DenySecurityGroup),
+		deniedNoTarget:  m.deniedFlows.WithLabelValues(lb, listener, proto, DenyNoTarget),
+		deniedFlowLimit: m.deniedFlows.WithLabelValues(lb, listener, proto, DenyFlowLimit),
+		bytesIn:         m.bytes.WithLabelValues(lb, listener, proto, "in"),
+		bytesOut:        m.bytes.WithLabelValues(lb, listener, proto, "out"),
+		connectErrors:   m.connectErrors.WithLabelValues(lb, listener, proto),
 	}
 	if tls {
 		lm.tlsHandshakeErrors = m.tlsHandshakeErrs.WithLabelValues(lb, listener)

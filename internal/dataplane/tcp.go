@@ -180,6 +180,13 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 		return
 	}
 
+	if !r.flows.take() {
+		s.u.flowLog.denied(r, client, DenyFlowLimit)
+		r.m.deniedFlowLimit.Inc()
+		reset(c)
+		return
+	}
+	defer r.flows.release()
 	f := &tcpFlow{route: r, client: c, tgt: t, idle: r.idle}
 	f.ctx, f.cancel = context.WithCancel(s.u.ctx)
 	defer f.cancel()

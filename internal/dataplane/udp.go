@@ -154,6 +154,11 @@ func (s *udpSocket) flowFor(client netip.AddrPort) *udpFlow {
 		r.m.deniedNoTarget.Inc()
 		return nil
 	}
+	if !r.flows.take() {
+		s.u.flowLog.denied(r, client, DenyFlowLimit)
+		r.m.deniedFlowLimit.Inc()
+		return nil
+	}
 	d := net.Dialer{Control: s.u.controlUpstream}
 	if src := r.upstreamSource(sel.set.PreserveClientIP, client.Addr(), s.key.addr, t.addr.Addr()); src.IsValid() {
 		d.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
@@ -161,6 +166,7 @@ func (s *udpSocket) flowFor(client netip.AddrPort) *udpFlow {
 	conn, err := d.Dial("udp", t.addr.String())
 	up, _ := conn.(*net.UDPConn)
 	if err != nil {
+		r.flows.release()
 		r.m.connectErrors.Inc()
 		s.u.log.Debug("udp socket to target failed", "listener", r.listenerID, "target", t.addr, "error", err)
 		return nil
@@ -229,6 +235,7 @@ func (f *udpFlow) terminate() {
 	f.up.Close()
 	f.tgt.removeFlow(f)
 	f.route.m.active.Dec()
+	f.route.flows.release()
 	s := f.s
 	s.mu.Lock()
 	if s.flows[f.client] == f {

@@ -40,6 +40,11 @@ type Options struct {
 	OnListenerError func(*ListenerError)
 	// ConnectTimeout bounds connecting to a target for a new TCP flow; 0 = 10 s.
 	ConnectTimeout time.Duration
+	// MaxFlowsPerListener caps the flows the userspace proxy carries at once for one listener
+	// (each costs file descriptors): a new flow over it is refused as a denied one (TCP reset,
+	// UDP datagram dropped) and counted with reason flow_limit. The kernel fast path's flows
+	// cost none and do not count. 0 = no cap.
+	MaxFlowsPerListener int
 	// Kernel turns on the kernel fast path (see fastpath.go): the kernel
 	// forwards the TCP and UDP flows it can, through nftables and conntrack. It needs
 	// CAP_NET_ADMIN; NewUserspace fails when the kernel refuses.
@@ -60,6 +65,7 @@ type Userspace struct {
 	flowLog         *flowLog
 	seed            maphash.Seed
 	connectTimeout  time.Duration
+	maxFlows        int // Options.MaxFlowsPerListener
 	onListenerError func(*ListenerError)
 	kernel          *kernel.Path // nil without the fast path
 	// mark is the engine's mark (nftutil's layout: the fast path's ID, or a
@@ -82,6 +88,9 @@ type Userspace struct {
 	sockets   map[sockKey]socket
 	groups    map[string]*targetGroup
 	listeners map[string]*listenerState
+	// flowBudgets are the listeners' flow counts, by listener ID: they outlive Applies, as the
+	// flows do.
+	flowBudgets map[string]*flowBudget
 }
 
 var _ Engine = (*Userspace)(nil)
@@ -126,7 +135,25 @@ type route struct {
 	idle             time.Duration
 	tls              *tlsRoute // a TLS listener's; nil for TCP and UDP
 	m                *listenerMetrics
+	flows            *flowBudget // the listener's, shared by its sockets and kept across Applies
 }
+
+// flowBudget counts a listener's userspace flows against Options.MaxFlowsPerListener.
+type flowBudget struct {
+	max    int64 // 0: no cap
+	active atomic.Int64
+}
+
+// take reserves a flow; false means the listener is at its cap.
+func (b *flowBudget) take() bool {
+	if b.active.Add(1) > b.max && b.max > 0 {
+		b.active.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (b *flowBudget) release() { b.active.Add(-1) }
 
 // NewUserspace returns a running engine with an empty configuration. It fails
 // only if its metrics cannot be registered.
@@ -149,7 +176,9 @@ func NewUserspace(opts Options) (*Userspace, error) {
 		flowLog:         &flowLog{log: flowlog.New(opts.FlowLog)},
 		seed:            maphash.MakeSeed(),
 		connectTimeout:  opts.ConnectTimeout,
+		maxFlows:        opts.MaxFlowsPerListener,
 		onListenerError: opts.OnListenerError,
+		flowBudgets:     map[string]*flowBudget{},
 		sockets:         map[sockKey]socket{},
 		groups:          map[string]*targetGroup{},
 		listeners:       map[string]*listenerState{},
@@ -246,6 +275,10 @@ func (u *Userspace) apply(cfg Config) (kernelGen uint64, _ error) {
 		key, r := d.key, d.route
 		r.tg = u.groups[d.tgID]
 		r.m = u.metrics.listener(r.lbID, r.listenerID, r.proto, r.tls != nil)
+		if u.flowBudgets[r.listenerID] == nil {
+			u.flowBudgets[r.listenerID] = &flowBudget{max: int64(u.maxFlows)}
+		}
+		r.flows = u.flowBudgets[r.listenerID]
 		if s, ok := u.sockets[key]; ok {
 			s.setRoute(r)
 			continue
@@ -267,6 +300,10 @@ func (u *Userspace) apply(cfg Config) (kernelGen uint64, _ error) {
 	for id, old := range u.listeners {
 		if cur, ok := p.listeners[id]; !ok || cur.lbID != old.lbID {
 			u.metrics.forgetListener(old.lbID, id)
+		}
+		if _, ok := p.listeners[id]; !ok {
+			// Its flows ended with its sockets; a listener of that ID later starts afresh.
+			delete(u.flowBudgets, id)
 		}
 	}
 	u.listeners = p.listeners

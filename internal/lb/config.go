@@ -41,6 +41,9 @@ func (cfg Config) Validate() error {
 	if _, ok := firewall.ParseMode(string(cfg.InstanceSGMode)); !ok && cfg.InstanceSGMode != "" {
 		return fmt.Errorf("--instance-sg-mode %q: want enforce, audit or off", cfg.InstanceSGMode)
 	}
+	if cfg.MaxFlowsPerListener < 0 {
+		return fmt.Errorf("--max-flows-per-listener %d: a cap is at least 1 (0: a quarter of the open-file limit)", cfg.MaxFlowsPerListener)
+	}
 	if cfg.Quotas != (cloud.Quotas{}) {
 		for _, q := range QuotaFlags(&cfg.Quotas) {
 			if *q.Value < 1 {

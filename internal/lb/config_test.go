@@ -33,6 +33,8 @@ func TestValidate(t *testing.T) {
 		{"negative quota", func(c *Config) { c.Quotas.LoadBalancers = -5 }, "--quota-load-balancers -5"},
 		{"zero quota", func(c *Config) { c.Quotas.TagsPerResource = 0 }, "--quota-tags-per-resource 0"},
 		{"large quota", func(c *Config) { c.Quotas.TargetGroups = 100000 }, ""},
+		{"negative flow cap", func(c *Config) { c.MaxFlowsPerListener = -1 }, "--max-flows-per-listener -1"},
+		{"flow cap", func(c *Config) { c.MaxFlowsPerListener = 1000 }, ""},
 		{"suffix of dots", func(c *Config) { c.DNSSuffix = ".." }, `--dns-suffix ".."`},
 		{"suffix with an empty label", func(c *Config) { c.DNSSuffix = "moat..internal" }, "empty label"},
 		{"suffix with a trailing dot", func(c *Config) { c.DNSSuffix = "moat.internal." }, "trailing dot"},

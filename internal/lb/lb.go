@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"os/signal"
@@ -43,9 +44,12 @@ type Config struct {
 	TLSKeyFile    string
 	FlowLog       io.Writer // denied flows (listeners' and instances') as JSON lines (package flowlog); nil: not logged
 	FastPath      string    // FastPathAuto (""), FastPathKernel or FastPathOff
-	Quotas        cloud.Quotas
-	API           APILimits // zero: DefaultAPILimits
-	Log           *slog.Logger
+	// MaxFlowsPerListener caps each listener's flows through the userspace proxy (the kernel
+	// fast path's cost no file descriptors); 0: a quarter of the open-file limit.
+	MaxFlowsPerListener int
+	Quotas              cloud.Quotas
+	API                 APILimits // zero: DefaultAPILimits
+	Log                 *slog.Logger
 	// InstanceSGMode is --instance-sg-mode: enforce (""), audit or off.
 	InstanceSGMode firewall.Mode
 	// StartFresh lets moat lb start with empty state where state.db is missing or empty although
@@ -122,10 +126,16 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		return err
 	}
 	log := cfg.Log
+	maxFlows := cfg.MaxFlowsPerListener
 	if n, err := raiseFileLimit(); err != nil {
 		log.Warn("could not raise the open-file limit", "err", err)
 	} else {
-		log.Debug("open-file limit", "max", n)
+		if maxFlows == 0 {
+			// A TCP flow holds two descriptors: one listener may use half of them, so that a
+			// flood on one leaves the API and the other listeners theirs.
+			maxFlows = int(min(n/4, math.MaxInt32))
+		}
+		log.Debug("open-file limit", "max", n, "max_flows_per_listener", maxFlows)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
@@ -189,7 +199,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		cfg.FlowLog = flowlog.New(cfg.FlowLog) // one Log for the data plane and the firewall, so their lines never interleave
 	}
 	engine, err := newEngine(cfg.FastPath, dataplane.Options{
-		Log: log, Registerer: reg, FlowLog: cfg.FlowLog,
+		Log: log, Registerer: reg, FlowLog: cfg.FlowLog, MaxFlowsPerListener: maxFlows,
 		OnListenerError: func(*dataplane.ListenerError) {
 			select {
 			case kick <- struct{}{}:
