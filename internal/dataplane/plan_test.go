@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatlb/moat/internal/lbtest"
 	"github.com/moatlb/moat/internal/secgroup"
 )
 
@@ -15,7 +16,7 @@ func TestPlanConfig(t *testing.T) {
 	a, b := netip.MustParseAddr("127.1.0.100"), netip.MustParseAddr("127.2.0.100")
 	zones := []Zone{{"zone-a", a}, {"zone-b", b}}
 	tg := TargetGroup{ID: "tg", HealthCheck: HealthCheck{Protocol: "HTTP", Matcher: "nope"}}
-	cert := newTestCA(t).leaf(t, "lb.test")
+	cert := leaf(t, lbtest.NewCA(t), "lb.test")
 	p := planConfig(Config{LoadBalancers: []LoadBalancer{
 		{ID: "lb1", Zones: zones, CrossZone: true, Listeners: []Listener{
 			{ID: "both", Protocol: TCPUDP, Port: 80, AdmitUDP: policy("10.0.0.0/8"), TargetGroup: tg},

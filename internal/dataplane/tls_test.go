@@ -2,15 +2,10 @@ package dataplane
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"net/netip"
 	"strings"
@@ -18,70 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatlb/moat/internal/lbtest"
 	"github.com/moatlb/moat/internal/secgroup"
 	"github.com/moatlb/moat/internal/tlspolicy"
 )
 
-// testCA issues certificates for the TLS tests; clients trust it through pool.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-var serial struct {
-	sync.Mutex
-	n int64
-}
-
-func nextSerial() *big.Int {
-	serial.Lock()
-	defer serial.Unlock()
-	serial.n++
-	return big.NewInt(serial.n)
-}
-
-func newTestCA(t testing.TB) *testCA {
+// leaf issues a server certificate for names (the first is also its common name).
+func leaf(t testing.TB, ca lbtest.CA, names ...string) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: "moat test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
-
-// leaf issues a server certificate for names.
-func (ca *testCA) leaf(t testing.TB, names ...string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return ca.Issue(t, names[0], names...).KeyPair(t)
 }
 
 func mustPolicy(t testing.TB, name string) tlspolicy.Policy {
@@ -160,17 +100,17 @@ func TestTLSTerminates(t *testing.T) {
 	t.Parallel()
 	n := newNet()
 	h := newHarness(t)
-	ca := newTestCA(t)
+	ca := lbtest.NewCA(t)
 	hcPort := freePort(t, n.inA(0))
 	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
 	port := freePort(t, n.lbA())
 	h.apply(tlsLB(n, port, &ListenerTLS{
-		Certificates: []tls.Certificate{ca.leaf(t, "lb.test")},
+		Certificates: []tls.Certificate{leaf(t, ca, "lb.test")},
 		Policy:       mustPolicy(t, "ELBSecurityPolicy-TLS13-1-2-2021-06"),
 	}, nil, group("tg", hcPort, a.cfg())))
 	lbAddr := ap(n.lbA(), port)
 
-	c, err := dialTLS(t, client2, lbAddr, &tls.Config{RootCAs: ca.pool, ServerName: "lb.test"})
+	c, err := dialTLS(t, client2, lbAddr, &tls.Config{RootCAs: ca.Pool(), ServerName: "lb.test"})
 	if err != nil {
 		t.Fatalf("handshake with a verifying client: %v", err)
 	}
@@ -189,7 +129,7 @@ func TestTLSTerminates(t *testing.T) {
 	}
 
 	// A client that speaks TLS 1.0 only is refused by the TLS 1.2+ policy, and counted.
-	old := &tls.Config{RootCAs: ca.pool, ServerName: "lb.test", MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS10}
+	old := &tls.Config{RootCAs: ca.Pool(), ServerName: "lb.test", MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS10}
 	if _, err := dialTLS(t, client2, lbAddr, old); err == nil {
 		t.Error("TLS 1.0 client completed a handshake under ELBSecurityPolicy-TLS13-1-2-2021-06")
 	}
@@ -216,12 +156,12 @@ func TestTLSHandshakeTimeout(t *testing.T) {
 	t.Parallel()
 	n := newNet()
 	h := newHarness(t)
-	ca := newTestCA(t)
+	ca := lbtest.NewCA(t)
 	hcPort := freePort(t, n.inA(0))
 	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
 	port := freePort(t, n.lbA())
 	h.apply(tlsLB(n, port, &ListenerTLS{
-		Certificates: []tls.Certificate{ca.leaf(t, "lb.test")}, HandshakeTimeout: 300 * time.Millisecond,
+		Certificates: []tls.Certificate{leaf(t, ca, "lb.test")}, HandshakeTimeout: 300 * time.Millisecond,
 	}, nil, group("tg", hcPort, a.cfg())))
 
 	// A client that connects and never says hello is closed once the timeout passes.
@@ -250,13 +190,13 @@ func TestTLSSNI(t *testing.T) {
 	t.Parallel()
 	n := newNet()
 	h := newHarness(t)
-	ca := newTestCA(t)
+	ca := lbtest.NewCA(t)
 	hcPort := freePort(t, n.inA(0))
 	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
 	port := freePort(t, n.lbA())
 	// The default matches every name under .test: the list must still win for its names.
 	h.apply(tlsLB(n, port, &ListenerTLS{
-		Certificates: []tls.Certificate{ca.leaf(t, "*.test"), ca.leaf(t, "one.test"), ca.leaf(t, "two.test")},
+		Certificates: []tls.Certificate{leaf(t, ca, "*.test"), leaf(t, ca, "one.test"), leaf(t, ca, "two.test")},
 	}, nil, group("tg", hcPort, a.cfg())))
 
 	for _, tc := range []struct{ serverName, want string }{
@@ -265,7 +205,7 @@ func TestTLSSNI(t *testing.T) {
 		{"three.test", "*.test"}, // no match in the list: the default
 		{"", "*.test"},           // no SNI: the default
 	} {
-		cfg := &tls.Config{RootCAs: ca.pool, ServerName: tc.serverName}
+		cfg := &tls.Config{RootCAs: ca.Pool(), ServerName: tc.serverName}
 		if tc.serverName == "" {
 			// Without a name the client sends no SNI and cannot verify a name: check the chain only.
 			cfg.InsecureSkipVerify = true
@@ -279,7 +219,7 @@ func TestTLSSNI(t *testing.T) {
 		if leaf.Subject.CommonName != tc.want {
 			t.Errorf("server name %q got certificate %q, want %q", tc.serverName, leaf.Subject.CommonName, tc.want)
 		}
-		if _, err := leaf.Verify(x509.VerifyOptions{Roots: ca.pool}); err != nil {
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: ca.Pool()}); err != nil {
 			t.Errorf("server name %q: certificate does not chain to the CA: %v", tc.serverName, err)
 		}
 		c.c.Close()
@@ -290,10 +230,10 @@ func TestTLSALPN(t *testing.T) {
 	t.Parallel()
 	n := newNet()
 	h := newHarness(t)
-	ca := newTestCA(t)
+	ca := lbtest.NewCA(t)
 	hcPort := freePort(t, n.inA(0))
 	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
-	cert := ca.leaf(t, "lb.test")
+	cert := leaf(t, ca, "lb.test")
 	ports := map[string]uint16{}
 	var listeners []Listener
 	for _, policy := range []string{"HTTP2Preferred", "HTTP2Optional", "HTTP1Only", "HTTP2Only", "None"} {
@@ -318,7 +258,7 @@ func TestTLSALPN(t *testing.T) {
 		{"None", []string{"h2", "http/1.1"}, ""},
 	} {
 		c, err := dialTLS(t, client2, ap(n.lbA(), ports[tc.policy]),
-			&tls.Config{RootCAs: ca.pool, ServerName: "lb.test", NextProtos: tc.offer})
+			&tls.Config{RootCAs: ca.Pool(), ServerName: "lb.test", NextProtos: tc.offer})
 		if err != nil {
 			t.Errorf("%s, client offers %v: %v", tc.policy, tc.offer, err)
 			continue
@@ -337,15 +277,15 @@ func TestTLSDeniedBeforeHandshake(t *testing.T) {
 	t.Parallel()
 	n := newNet()
 	h := newHarness(t)
-	ca := newTestCA(t)
+	ca := lbtest.NewCA(t)
 	hcPort := freePort(t, n.inA(0))
 	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
 	port := freePort(t, n.lbA())
-	h.apply(tlsLB(n, port, &ListenerTLS{Certificates: []tls.Certificate{ca.leaf(t, "lb.test")}},
+	h.apply(tlsLB(n, port, &ListenerTLS{Certificates: []tls.Certificate{leaf(t, ca, "lb.test")}},
 		policy("127.0.0.2/32"), group("tg", hcPort, a.cfg())))
 	lbAddr := ap(n.lbA(), port)
 
-	if _, err := dialTLS(t, client2, lbAddr, &tls.Config{RootCAs: ca.pool, ServerName: "lb.test"}); err != nil {
+	if _, err := dialTLS(t, client2, lbAddr, &tls.Config{RootCAs: ca.Pool(), ServerName: "lb.test"}); err != nil {
 		t.Fatalf("admitted client: %v", err)
 	}
 	// The denied client's SYN is dropped (or, without socket filters, its connection is reset
@@ -374,8 +314,8 @@ type tlsEchoTarget struct {
 }
 
 func newTLSEchoTarget(t testing.TB, addr netip.Addr, name string, ppv2 bool) *tlsEchoTarget {
-	self := newTestCA(t) // a CA nobody trusts
-	cfg := &tls.Config{Certificates: []tls.Certificate{self.leaf(t, "target.internal")}, NextProtos: []string{"h2", "http/1.1"}}
+	self := lbtest.NewCA(t) // a CA nobody trusts
+	cfg := &tls.Config{Certificates: []tls.Certificate{leaf(t, self, "target.internal")}, NextProtos: []string{"h2", "http/1.1"}}
 	tt := &tlsEchoTarget{}
 	tt.server = newServer(t, ap(addr, 0), func(s *server, c *net.TCPConn) {
 		c.SetDeadline(time.Now().Add(longWait))
@@ -418,7 +358,7 @@ func TestTLSTargetGroup(t *testing.T) {
 	t.Parallel()
 	n := newNet()
 	h := newHarness(t)
-	ca := newTestCA(t)
+	ca := lbtest.NewCA(t)
 	hcPort := freePort(t, n.inA(0))
 	acceptServer(t, ap(n.inA(0), hcPort))
 	target := newTLSEchoTarget(t, n.inA(0), "secure", true)
@@ -426,12 +366,12 @@ func TestTLSTargetGroup(t *testing.T) {
 	tg.TLS, tg.ProxyProtocolV2, tg.PreserveClientIP = true, true, true
 	port := freePort(t, n.lbA())
 	h.apply(tlsLB(n, port, &ListenerTLS{
-		Certificates: []tls.Certificate{ca.leaf(t, "lb.test")},
+		Certificates: []tls.Certificate{leaf(t, ca, "lb.test")},
 		Policy:       mustPolicy(t, "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"),
 		ALPN:         mustALPN(t, "HTTP2Preferred"),
 	}, nil, tg))
 
-	c, err := dialTLS(t, client2, ap(n.lbA(), port), &tls.Config{RootCAs: ca.pool, ServerName: "lb.test", NextProtos: []string{"h2"}})
+	c, err := dialTLS(t, client2, ap(n.lbA(), port), &tls.Config{RootCAs: ca.Pool(), ServerName: "lb.test", NextProtos: []string{"h2"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -17,6 +18,16 @@ import (
 type Cert struct {
 	PEM, KeyPEM []byte
 	X509        *x509.Certificate
+}
+
+// KeyPair is the certificate with its key, as crypto/tls serves it.
+func (c Cert) KeyPair(t testing.TB) tls.Certificate {
+	t.Helper()
+	pair, err := tls.X509KeyPair(c.PEM, c.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pair
 }
 
 // SelfSignedCert returns a certificate for commonName and dnsNames signed by key, valid from

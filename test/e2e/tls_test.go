@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -28,13 +27,7 @@ func dialTLSFrom(src, dst string, cfg *tls.Config, timeout time.Duration) (*tls.
 	if err != nil {
 		return nil, "", err
 	}
-	_ = c.SetReadDeadline(time.Now().Add(timeout))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		c.Close()
-		return nil, "", err
-	}
-	return c, line, nil
+	return greeted(c, timeout)
 }
 
 // TestTLSListener runs moat lb as a process with a TLS listener whose certificate was imported

@@ -80,11 +80,17 @@ func dialFrom(src, dst string, timeout time.Duration) (net.Conn, string, error) 
 	if err != nil {
 		return nil, "", err
 	}
+	return greeted(c, timeout)
+}
+
+// greeted reads the backend's greeting from a new connection, within timeout.
+func greeted[C net.Conn](c C, timeout time.Duration) (C, string, error) {
+	var none C
 	_ = c.SetReadDeadline(time.Now().Add(timeout))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
 		c.Close()
-		return nil, "", err
+		return none, "", err
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	return c, line, nil
