@@ -70,7 +70,7 @@ add-read-only NAME" adds one); any other valid key may do anything.`,
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:7090", "address of /metrics, /healthz and /readyz")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve the API over HTTPS with this certificate (PEM)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the certificate's private key (PEM)")
-	f.StringVar(&cfg.FastPath, "fast-path", lb.FastPathAuto, "kernel fast path for IPv4 TCP and UDP flows, local or from other hosts (nftables DNAT + conntrack, needs CAP_NET_ADMIN; forwarding to other hosts needs net.ipv4.ip_forward=1): auto, kernel or off")
+	f.StringVar(&cfg.FastPath, "fast-path", lb.FastPathAuto, "kernel fast path for TCP and UDP flows within IPv4 or IPv6, local or from other hosts (nftables DNAT + conntrack, needs CAP_NET_ADMIN; forwarding to other hosts needs net.ipv4.ip_forward=1, or net.ipv6.conf.all.forwarding=1): auto, kernel or off")
 	f.StringVar((*string)(&cfg.InstanceSGMode), "instance-sg-mode", string(firewall.Enforce), "security groups of the instances whose addresses are on this host, on all their traffic (nftables, needs CAP_NET_ADMIN): enforce, audit (count what enforce would drop) or off")
 	f.BoolVar(&cfg.StartFresh, "start-fresh", false, "start with empty state where <data-dir>/state.db is missing or empty although <data-dir>/credentials exists (refused otherwise, as lost state)")
 	f.StringVar(&flowLog, "flow-log", "", "write every flow denied by security groups as a JSON line to this file (- for stderr): at a listener (load balancer, listener, client, reason) or, where moat may read the kernel's packet log, at a local instance (instance, interface, direction, 5-tuple)")
