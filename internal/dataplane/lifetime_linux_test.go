@@ -18,11 +18,11 @@ func ipv6Net() lifetimeNet {
 		client: a("fd00:6::2"), other: a("fd00:6::3")}
 }
 
-// TestLifetimeIPv6 runs the flow-lifetime invariants over IPv6: an IPv6 load balancer address,
-// IPv6 targets and IPv6 clients. With -kernel every flow is first proved to be the kernel's
-// (conntrack holds it with the engine's mark, and the userspace proxy accepted nothing), as for
-// IPv4.
-func TestLifetimeIPv6(t *testing.T) {
+// TestIPv6Flows runs the flow-lifetime invariants over IPv6 — an IPv6 load balancer address, IPv6
+// targets and IPv6 clients — and source-IP stickiness. With -kernel every flow is first proved to
+// be the kernel's (conntrack holds it with the engine's mark, and the userspace proxy accepted
+// nothing), as for IPv4.
+func TestIPv6Flows(t *testing.T) {
 	var inner []string
 	if *kernelTests {
 		inner = append(inner, "-kernel")
@@ -46,4 +46,5 @@ func TestLifetimeIPv6(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) { bothProtocols(t, ipv6Net, run) })
 	}
+	t.Run("stickiness", func(t *testing.T) { stickiness(t, ipv6Net()) })
 }
