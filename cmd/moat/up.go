@@ -66,6 +66,7 @@ Ctrl-C stops everything moat up started, in order; the next moat up reuses the s
 	f.BoolVar(&o.Demo, "demo", false, "reproduce the walkthrough of the AWS blog post on NLB security groups once everything is up")
 	f.IntVar(&o.DemoPort, "demo-port", 8080, "port of the demo Service (the load balancer's listener)")
 	addQuotaFlags(f, &o.Quotas)
+	f.BoolVar(&o.StartFresh, "start-fresh", false, "let moat lb start with empty state where <state-dir>/lb/state.db is missing or empty although its credentials exist (refused otherwise, as lost state)")
 	f.StringVar((*string)(&o.InstanceSGMode), "instance-sg-mode", string(firewall.Enforce), "moat lb's enforcement of the instances' security groups on this host: enforce, audit or off")
 	return cmd
 }

@@ -54,6 +54,7 @@ var actionAccess = map[string]map[string]access{
 	"elasticloadbalancing": {
 		"DescribeCapacityReservation":    read,
 		"DescribeListenerAttributes":     read,
+		"DescribeListenerCertificates":   read,
 		"DescribeListeners":              read,
 		"DescribeLoadBalancerAttributes": read,
 		"DescribeLoadBalancers":          read,
@@ -72,6 +73,8 @@ var actionAccess = map[string]map[string]access{
 		"DeregisterTargets":              write,
 		"ModifyCapacityReservation":      write,
 		"ModifyListener":                 write,
+		"AddListenerCertificates":        write,
+		"RemoveListenerCertificates":     write,
 		"ModifyListenerAttributes":       write,
 		"ModifyLoadBalancerAttributes":   write,
 		"ModifyTargetGroup":              write,
@@ -85,21 +88,31 @@ var actionAccess = map[string]map[string]access{
 	"sts": {
 		"GetCallerIdentity": read,
 	},
+	"acm": {
+		"DescribeCertificate":       read,
+		"GetCertificate":            read,
+		"ListCertificates":          read,
+		"ListTagsForCertificate":    read,
+		"AddTagsToCertificate":      write,
+		"DeleteCertificate":         write,
+		"ImportCertificate":         write,
+		"RemoveTagsFromCertificate": write,
+	},
+	"shield": {
+		"GetSubscriptionState": read,
+	},
 }
 
-// checkAccess refuses a read-only key every action that is not a read, with the protocol's
-// authorization error as AWS words it for a user whom no policy allows the action (the profile
-// stands for the IAM user). It runs before DryRun is looked at: AWS answers a dry run that the
-// caller may not make with UnauthorizedOperation, not DryRunOperation.
-func (s *Server) checkAccess(svc *service, action string, id sigv4.Identity) *apiError {
-	if !id.ReadOnly || actionAccess[svc.name][action] == read {
-		return nil
+// checkAccess refuses a read-only key every action that is not a read: ok is false, and denied
+// says why as AWS words it for a user whom no policy allows the action (the profile stands for
+// the IAM user). The caller answers with its protocol's authorization error. It runs before
+// DryRun is looked at: AWS answers a dry run that the caller may not make with
+// UnauthorizedOperation, not DryRunOperation.
+func (s *Server) checkAccess(service, action string, id sigv4.Identity) (denied string, ok bool) {
+	if !id.ReadOnly || actionAccess[service][action] == read {
+		return "", true
 	}
-	denied := "User: arn:aws:iam::" + s.cloud.Config().AccountID + ":user/" + id.Profile +
-		" is not authorized to perform: " + svc.name + ":" + action +
-		" because its profile is read-only (moat_read_only)"
-	if svc == s.ec2 {
-		return &apiError{403, "UnauthorizedOperation", "You are not authorized to perform this operation. " + denied + "."}
-	}
-	return &apiError{403, "AccessDenied", denied}
+	return "User: arn:aws:iam::" + s.cloud.Config().AccountID + ":user/" + id.Profile +
+		" is not authorized to perform: " + service + ":" + action +
+		" because its profile is read-only (moat_read_only)", false
 }

@@ -235,7 +235,7 @@ func TestReadOnlyDryRun(t *testing.T) {
 func TestEveryActionIsClassified(t *testing.T) {
 	w := newAuthWorld(t)
 	served := awsapi.New(nil, &sigv4.Verifier{}, slog.New(slog.DiscardHandler), nil).ServedActions()
-	if len(served["ec2"]) == 0 || len(served["elasticloadbalancing"]) == 0 {
+	if len(served["ec2"]) == 0 || len(served["elasticloadbalancing"]) == 0 || len(served["acm"]) == 0 {
 		t.Fatalf("served actions: %v", served)
 	}
 	isRead := func(action string) bool {
@@ -243,6 +243,7 @@ func TestEveryActionIsClassified(t *testing.T) {
 	}
 	refusal := map[string]string{"ec2": "UnauthorizedOperation", "elasticloadbalancing": "AccessDenied", "sts": "AccessDenied"}
 	version := map[string]string{"ec2": "2016-11-15", "elasticloadbalancing": "2015-12-01", "sts": "2011-06-15"}
+	jsonTarget := map[string]string{"acm": "CertificateManager", "shield": "AWSShield_20160616"}
 	for service, actions := range served {
 		for _, action := range actions {
 			class := awsapi.Classification(service, action)
@@ -255,8 +256,16 @@ func TestEveryActionIsClassified(t *testing.T) {
 				continue
 			}
 			// Without parameters: a read answers anything but the refusal, a write the refusal.
-			status, body := postAs(t, w.URL, lbtest.ReadOnlyAccessKey, lbtest.ReadOnlySecretKey, service, "Action="+action+"&Version="+version[service])
-			refused := status == http.StatusForbidden && strings.Contains(body, "<Code>"+refusal[service]+"</Code>")
+			var status int
+			var body string
+			var refused bool
+			if target, isJSON := jsonTarget[service]; isJSON {
+				status, _, body = postJSON(t, w.URL, lbtest.ReadOnlyAccessKey, lbtest.ReadOnlySecretKey, service, target+"."+action, "{}")
+				refused = status == http.StatusBadRequest && strings.Contains(body, `"__type":"AccessDeniedException"`)
+			} else {
+				status, body = postAs(t, w.URL, lbtest.ReadOnlyAccessKey, lbtest.ReadOnlySecretKey, service, "Action="+action+"&Version="+version[service])
+				refused = status == http.StatusForbidden && strings.Contains(body, "<Code>"+refusal[service]+"</Code>")
+			}
 			if refused != (class == "write") {
 				t.Errorf("read-only %s:%s answered %d %s", service, action, status, body)
 			}

@@ -229,3 +229,27 @@ func TestDualstackLoadBalancer(t *testing.T) {
 		wantMessage(t, err, msg)
 	}
 }
+
+// TestSourceNATDescribed: a load balancer created with EnablePrefixForIpv6SourceNat=off, as the
+// AWS controller creates every dualstack one, is described and set with that value, so that a
+// client comparing it after the create finds no drift (the AWS controller calls SetSubnets on
+// every resync when the field is missing).
+func TestSourceNATDescribed(t *testing.T) {
+	e, _, sns := dualstackEnv(t)
+	a, b := aws.ToString(sns["dual-a"].SubnetId), aws.ToString(sns["dual-b"].SubnetId)
+	out := must[*elbv2.CreateLoadBalancerOutput](t)(e.ELB.CreateLoadBalancer(e.ctx, &elbv2.CreateLoadBalancerInput{Name: aws.String("ds-off"),
+		Type: types.LoadBalancerTypeEnumNetwork, IpAddressType: types.IpAddressTypeDualstack, Subnets: []string{a},
+		EnablePrefixForIpv6SourceNat: types.EnablePrefixForIpv6SourceNatEnumOff}))
+	arn := aws.ToString(out.LoadBalancers[0].LoadBalancerArn)
+	if got := out.LoadBalancers[0].EnablePrefixForIpv6SourceNat; got != types.EnablePrefixForIpv6SourceNatEnumOff {
+		t.Errorf("create answers EnablePrefixForIpv6SourceNat %q, want off", got)
+	}
+	if got := e.describeLB(t, arn).EnablePrefixForIpv6SourceNat; got != types.EnablePrefixForIpv6SourceNatEnumOff {
+		t.Errorf("describe answers EnablePrefixForIpv6SourceNat %q, want off", got)
+	}
+	set := must[*elbv2.SetSubnetsOutput](t)(e.ELB.SetSubnets(e.ctx, &elbv2.SetSubnetsInput{LoadBalancerArn: aws.String(arn),
+		Subnets: []string{a, b}, EnablePrefixForIpv6SourceNat: types.EnablePrefixForIpv6SourceNatEnumOff}))
+	if set.EnablePrefixForIpv6SourceNat != types.EnablePrefixForIpv6SourceNatEnumOff || len(set.AvailabilityZones) != 2 {
+		t.Errorf("SetSubnets answers EnablePrefixForIpv6SourceNat %q and %d zones, want off and 2", set.EnablePrefixForIpv6SourceNat, len(set.AvailabilityZones))
+	}
+}

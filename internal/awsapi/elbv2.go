@@ -33,6 +33,9 @@ func (s *Server) elbv2Handlers() map[string]handler {
 		"CreateListener":                 elbop(s.createListener),
 		"DescribeListeners":              elbop(s.describeListeners),
 		"ModifyListener":                 elbop(s.modifyListener),
+		"AddListenerCertificates":        elbop(s.addListenerCertificates),
+		"RemoveListenerCertificates":     elbop(s.removeListenerCertificates),
+		"DescribeListenerCertificates":   elbop(s.describeListenerCertificates),
 		"DeleteListener":                 elbop(s.deleteListener),
 		"DescribeListenerAttributes":     elbop(s.describeListenerAttributes),
 		"ModifyListenerAttributes":       elbop(s.modifyListenerAttributes),
@@ -189,7 +192,13 @@ type elbLoadBalancer struct {
 	SecurityGroups                                       wire.Members[string] `xml:",omitempty"`
 	IpAddressType                                        string
 	EnforceSecurityGroupInboundRulesOnPrivateLinkTraffic string `xml:",omitempty"`
+	EnablePrefixForIpv6SourceNat                         string
 }
+
+// sourceNATOff is every load balancer's EnablePrefixForIpv6SourceNat: moat refuses "on", and AWS
+// describes the setting on every network load balancer, so that clients comparing it after a
+// create (the AWS controller, Terraform) find what they asked for.
+const sourceNATOff = "off"
 
 type elbState struct {
 	Code   string
@@ -233,7 +242,15 @@ type elbListener struct {
 	LoadBalancerArn string
 	Port            int
 	Protocol        string
+	Certificates    wire.Members[elbCertificate] `xml:",omitempty"`
+	SslPolicy       string                       `xml:",omitempty"`
 	DefaultActions  wire.Members[elbAction]
+	AlpnPolicy      wire.Members[string] `xml:",omitempty"`
+}
+
+type elbCertificate struct {
+	CertificateArn string
+	IsDefault      *bool `xml:",omitempty"`
 }
 
 type elbAction struct {
@@ -318,6 +335,7 @@ func loadBalancerOut(lb cloud.LoadBalancer) elbLoadBalancer {
 		SecurityGroups:        wire.Members[string](lb.SecurityGroups),
 		IpAddressType:         lb.IPAddressType,
 		EnforceSecurityGroupInboundRulesOnPrivateLinkTraffic: lb.EnforceSecurityGroupPrivateLink,
+		EnablePrefixForIpv6SourceNat:                         sourceNATOff,
 	}
 }
 
@@ -363,7 +381,13 @@ func forwardOut(tgARN string, order int) wire.Members[elbAction] {
 }
 
 func listenerOut(l cloud.Listener) elbListener {
-	return elbListener{ListenerArn: l.ARN, LoadBalancerArn: l.LoadBalancerARN, Port: l.Port, Protocol: l.Protocol, DefaultActions: forwardOut(l.TargetGroupARN, l.ActionOrder)}
+	out := elbListener{ListenerArn: l.ARN, LoadBalancerArn: l.LoadBalancerARN, Port: l.Port, Protocol: l.Protocol, DefaultActions: forwardOut(l.TargetGroupARN, l.ActionOrder)}
+	if t := l.TLS; t != nil {
+		// As AWS: the default certificate only (the list is DescribeListenerCertificates').
+		out.Certificates = wire.Members[elbCertificate]{{CertificateArn: t.DefaultCertificate}}
+		out.SslPolicy, out.AlpnPolicy = t.SslPolicy, wire.Members[string](t.AlpnPolicy)
+	}
+	return out
 }
 
 func listenersOut(ls ...cloud.Listener) wire.Members[elbListener] {
@@ -487,9 +511,10 @@ func (s *Server) setSubnets(_ context.Context, in *setSubnetsIn) (any, error) {
 		return nil, err
 	}
 	return struct {
-		AvailabilityZones wire.Members[elbZone]
-		IpAddressType     string
-	}{zonesOut(lb), lb.IPAddressType}, nil
+		AvailabilityZones            wire.Members[elbZone]
+		IpAddressType                string
+		EnablePrefixForIpv6SourceNat string
+	}{zonesOut(lb), lb.IPAddressType, sourceNATOff}, nil
 }
 
 type setIPAddressTypeIn struct {
@@ -787,6 +812,51 @@ func (s *Server) modifyListener(_ context.Context, in *modifyListenerIn) (any, e
 		return nil, err
 	}
 	return struct{ Listeners wire.Members[elbListener] }{listenersOut(l)}, nil
+}
+
+type listenerCertificatesIn struct {
+	ListenerArn  string
+	Certificates []struct {
+		CertificateArn string
+		IsDefault      *bool
+	}
+}
+
+func certificatesOut(cs []cloud.ListenerCertificate) wire.Members[elbCertificate] {
+	out := wire.Members[elbCertificate]{}
+	for _, c := range cs {
+		out = append(out, elbCertificate{CertificateArn: c.ARN, IsDefault: &c.IsDefault})
+	}
+	return out
+}
+
+func (s *Server) addListenerCertificates(_ context.Context, in *listenerCertificatesIn) (any, error) {
+	cs, err := s.cloud.AddListenerCertificates(in.ListenerArn, certificateARNs(in.Certificates))
+	if err != nil {
+		return nil, err
+	}
+	return struct{ Certificates wire.Members[elbCertificate] }{certificatesOut(cs)}, nil
+}
+
+func (s *Server) removeListenerCertificates(_ context.Context, in *listenerCertificatesIn) (any, error) {
+	return nil, s.cloud.RemoveListenerCertificates(in.ListenerArn, certificateARNs(in.Certificates))
+}
+
+type describeListenerCertificatesIn struct {
+	ListenerArn string
+	Marker      string
+	PageSize    *int
+}
+
+func (s *Server) describeListenerCertificates(_ context.Context, in *describeListenerCertificatesIn) (any, error) {
+	cs, next, err := s.cloud.DescribeListenerCertificates(in.ListenerArn, page(in.PageSize, in.Marker))
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		Certificates wire.Members[elbCertificate]
+		NextMarker   string `xml:",omitempty"`
+	}{certificatesOut(cs), next}, nil
 }
 
 type listenerArnIn struct {

@@ -1,6 +1,7 @@
 package awsapi_test
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
 	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/lbtest"
 )
 
 func TestCreateListener(t *testing.T) {
@@ -115,7 +117,10 @@ func TestCreateListenerErrors(t *testing.T) {
 		edit func(*elbv2.CreateListenerInput)
 		code string
 	}{
-		{"TLS", func(in *elbv2.CreateListenerInput) { in.Protocol = types.ProtocolEnumTls }, "UnsupportedProtocol"},
+		{"TLS without a certificate", func(in *elbv2.CreateListenerInput) { in.Protocol = types.ProtocolEnumTls }, "ValidationError"},
+		{"certificate on TCP", func(in *elbv2.CreateListenerInput) {
+			in.Certificates = []types.Certificate{{CertificateArn: aws.String(testCertificateARN)}}
+		}, "InvalidConfigurationRequest"},
 		{"HTTP", func(in *elbv2.CreateListenerInput) { in.Protocol = types.ProtocolEnumHttp }, "UnsupportedProtocol"},
 		{"unknown protocol", func(in *elbv2.CreateListenerInput) { in.Protocol = "SCTP" }, "ValidationError"},
 		{"no protocol", func(in *elbv2.CreateListenerInput) { in.Protocol = "" }, "ValidationError"},
@@ -217,7 +222,7 @@ func TestModifyListener(t *testing.T) {
 		{"port taken", elbv2.ModifyListenerInput{Port: aws.Int32(443)}, "DuplicateListener"},
 		{"UDP listener to a TCP group", elbv2.ModifyListenerInput{DefaultActions: forward(aws.ToString(tcp.TargetGroupArn))}, "IncompatibleProtocols"},
 		{"TCP_UDP listener to a UDP group", elbv2.ModifyListenerInput{Protocol: types.ProtocolEnumTcpUdp, DefaultActions: forward(aws.ToString(udp.TargetGroupArn))}, "IncompatibleProtocols"},
-		{"TLS", elbv2.ModifyListenerInput{Protocol: types.ProtocolEnumTls}, "UnsupportedProtocol"},
+		{"TLS without a certificate", elbv2.ModifyListenerInput{Protocol: types.ProtocolEnumTls}, "ValidationError"},
 		{"port 70000", elbv2.ModifyListenerInput{Port: aws.Int32(70000)}, "ValidationError"},
 		{"redirect", elbv2.ModifyListenerInput{DefaultActions: []types.Action{{Type: types.ActionTypeEnumFixedResponse}}}, "InvalidLoadBalancerAction"},
 	}
@@ -325,4 +330,126 @@ func TestListenerActionOrder(t *testing.T) {
 	ordered[0].Order = aws.Int32(50001)
 	_, err := e.ELB.ModifyListener(e.ctx, &elbv2.ModifyListenerInput{ListenerArn: created.ListenerArn, DefaultActions: ordered})
 	wantCode(t, err, "ValidationError")
+}
+
+// testCertificateARN is an ACM certificate ARN of the test account, never imported.
+const testCertificateARN = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-1111-1111-1111-111111111111"
+
+// importCertificate imports a self-signed certificate for domain into ACM and returns its ARN.
+func (e *env) importCertificate(t *testing.T, domain string) string {
+	t.Helper()
+	notBefore, notAfter := validNow()
+	cert := lbtest.SelfSignedCert(t, ecKey(t), domain, []string{domain}, notBefore, notAfter)
+	arn, err := e.Cloud.ImportCertificate(cloud.ImportCertificateInput{Certificate: cert.PEM, PrivateKey: cert.KeyPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return arn
+}
+
+// TestTLSListener: a TLS listener takes its default certificate, gets AWS's default policy for
+// network load balancers, answers its ALPN policy, keeps a certificate list for SNI, and
+// forwards to TCP or TLS target groups only; going back to TCP drops its TLS settings.
+func TestTLSListener(t *testing.T) {
+	e := newEnv(t)
+	lb := e.createLB(t, "web")
+	tcp := e.createTG(t, "tcp")
+	tlsTG := e.createTG(t, "tls", func(in *elbv2.CreateTargetGroupInput) { in.Protocol = types.ProtocolEnumTls })
+	defaultCert, other := e.importCertificate(t, "www.example.com"), e.importCertificate(t, "sni.example.com")
+	create := func(edit func(*elbv2.CreateListenerInput)) (*elbv2.CreateListenerOutput, error) {
+		in := &elbv2.CreateListenerInput{LoadBalancerArn: lb.LoadBalancerArn, Protocol: types.ProtocolEnumTls, Port: aws.Int32(443),
+			Certificates: []types.Certificate{{CertificateArn: aws.String(defaultCert)}}, DefaultActions: forward(aws.ToString(tcp.TargetGroupArn))}
+		edit(in)
+		return e.ELB.CreateListener(e.ctx, in)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(*elbv2.CreateListenerInput)
+		code string
+	}{
+		{"unknown policy", func(in *elbv2.CreateListenerInput) { in.SslPolicy = aws.String("MyPolicy") }, "SSLPolicyNotFound"},
+		{"two certificates", func(in *elbv2.CreateListenerInput) {
+			in.Certificates = append(in.Certificates, types.Certificate{CertificateArn: aws.String(other)})
+		}, "ValidationError"},
+		{"not a certificate", func(in *elbv2.CreateListenerInput) {
+			in.Certificates = []types.Certificate{{CertificateArn: aws.String("arn:aws:iam::123456789012:server-certificate/x")}}
+		}, "CertificateNotFound"},
+		{"certificate never imported", func(in *elbv2.CreateListenerInput) {
+			in.Certificates = []types.Certificate{{CertificateArn: aws.String(testCertificateARN)}}
+		}, "CertificateNotFound"},
+		{"unknown ALPN policy", func(in *elbv2.CreateListenerInput) { in.AlpnPolicy = []string{"HTTP3"} }, "ALPNPolicyNotFound"},
+		{"TCP listener to a TLS group", func(in *elbv2.CreateListenerInput) {
+			in.Protocol, in.Certificates, in.DefaultActions = types.ProtocolEnumTcp, nil, forward(aws.ToString(tlsTG.TargetGroupArn))
+		}, "IncompatibleProtocols"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := create(tc.edit)
+			wantCode(t, err, tc.code)
+		})
+	}
+
+	out := must[*elbv2.CreateListenerOutput](t)(create(func(in *elbv2.CreateListenerInput) {
+		in.AlpnPolicy, in.DefaultActions = []string{"HTTP2Preferred"}, forward(aws.ToString(tlsTG.TargetGroupArn))
+	}))
+	l := out.Listeners[0]
+	check := func(what string, l types.Listener, policy string, alpn []string) {
+		t.Helper()
+		if l.Protocol != types.ProtocolEnumTls || aws.ToString(l.SslPolicy) != policy || !slices.Equal(l.AlpnPolicy, alpn) ||
+			len(l.Certificates) != 1 || aws.ToString(l.Certificates[0].CertificateArn) != defaultCert {
+			t.Errorf("%s: protocol %s, policy %q, ALPN %v, certificates %+v; want TLS, %q, %v and the default certificate",
+				what, l.Protocol, aws.ToString(l.SslPolicy), l.AlpnPolicy, l.Certificates, policy, alpn)
+		}
+	}
+	check("create", l, "ELBSecurityPolicy-2016-08", []string{"HTTP2Preferred"})
+	described := func() types.Listener {
+		return must[*elbv2.DescribeListenersOutput](t)(e.ELB.DescribeListeners(e.ctx, &elbv2.DescribeListenersInput{ListenerArns: []string{aws.ToString(l.ListenerArn)}})).Listeners[0]
+	}
+	check("describe", described(), "ELBSecurityPolicy-2016-08", []string{"HTTP2Preferred"})
+
+	// The certificate list, for SNI.
+	certs := func() map[string]bool {
+		out := must[*elbv2.DescribeListenerCertificatesOutput](t)(e.ELB.DescribeListenerCertificates(e.ctx, &elbv2.DescribeListenerCertificatesInput{ListenerArn: l.ListenerArn}))
+		got := map[string]bool{}
+		for _, c := range out.Certificates {
+			got[aws.ToString(c.CertificateArn)] = aws.ToBool(c.IsDefault)
+		}
+		return got
+	}
+	must[*elbv2.AddListenerCertificatesOutput](t)(e.ELB.AddListenerCertificates(e.ctx, &elbv2.AddListenerCertificatesInput{ListenerArn: l.ListenerArn,
+		Certificates: []types.Certificate{{CertificateArn: aws.String(other)}, {CertificateArn: aws.String(other)}}}))
+	if got, want := certs(), map[string]bool{defaultCert: true, other: false}; !maps.Equal(got, want) {
+		t.Errorf("listener certificates %v, want %v", got, want)
+	}
+	_, err := e.ELB.AddListenerCertificates(e.ctx, &elbv2.AddListenerCertificatesInput{ListenerArn: l.ListenerArn,
+		Certificates: []types.Certificate{{CertificateArn: aws.String(testCertificateARN)}}})
+	wantCode(t, err, "CertificateNotFound")
+	// ACM sees the listener's load balancer use both certificates, and keeps them.
+	for _, arn := range []string{defaultCert, other} {
+		if info, err := e.Cloud.DescribeCertificate(arn); err != nil || !slices.Equal(info.InUseBy, []string{aws.ToString(lb.LoadBalancerArn)}) {
+			t.Errorf("certificate %s in use by %v, %v; want the load balancer", arn, info.InUseBy, err)
+		}
+		var cerr *cloud.Error
+		if err := e.Cloud.DeleteCertificate(arn); !errors.As(err, &cerr) || cerr.Code != "ResourceInUseException" {
+			t.Errorf("deleting certificate %s in use: %v", arn, err)
+		}
+	}
+	_, err = e.ELB.RemoveListenerCertificates(e.ctx, &elbv2.RemoveListenerCertificatesInput{ListenerArn: l.ListenerArn,
+		Certificates: []types.Certificate{{CertificateArn: aws.String(defaultCert)}}})
+	wantCode(t, err, "OperationNotPermitted")
+	must[*elbv2.RemoveListenerCertificatesOutput](t)(e.ELB.RemoveListenerCertificates(e.ctx, &elbv2.RemoveListenerCertificatesInput{ListenerArn: l.ListenerArn,
+		Certificates: []types.Certificate{{CertificateArn: aws.String(other)}}}))
+	if got, want := certs(), map[string]bool{defaultCert: true}; !maps.Equal(got, want) {
+		t.Errorf("listener certificates after removal %v, want %v", got, want)
+	}
+
+	// ModifyListener: a new policy keeps the rest; back to TCP drops the TLS settings.
+	must[*elbv2.ModifyListenerOutput](t)(e.ELB.ModifyListener(e.ctx, &elbv2.ModifyListenerInput{ListenerArn: l.ListenerArn, SslPolicy: aws.String("ELBSecurityPolicy-TLS13-1-2-2021-06")}))
+	check("modified policy", described(), "ELBSecurityPolicy-TLS13-1-2-2021-06", []string{"HTTP2Preferred"})
+	must[*elbv2.ModifyListenerOutput](t)(e.ELB.ModifyListener(e.ctx, &elbv2.ModifyListenerInput{ListenerArn: l.ListenerArn,
+		Protocol: types.ProtocolEnumTcp, DefaultActions: forward(aws.ToString(tcp.TargetGroupArn))}))
+	if got := described(); got.Protocol != types.ProtocolEnumTcp || got.SslPolicy != nil || len(got.Certificates) != 0 || len(got.AlpnPolicy) != 0 {
+		t.Errorf("after the change to TCP: %+v", got)
+	}
+	_, err = e.ELB.DescribeListenerCertificates(e.ctx, &elbv2.DescribeListenerCertificatesInput{ListenerArn: l.ListenerArn})
+	wantCode(t, err, "InvalidConfigurationRequest")
 }

@@ -11,6 +11,12 @@ func (s *Server) ServedActions() map[string][]string {
 		}
 		slices.Sort(out[svc.name])
 	}
+	for _, svc := range []*jsonService{s.acm, s.shield} {
+		for action := range svc.handlers {
+			out[svc.name] = append(out[svc.name], action)
+		}
+		slices.Sort(out[svc.name])
+	}
 	return out
 }
 

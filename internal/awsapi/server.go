@@ -1,6 +1,7 @@
 // Package awsapi is moat lb's HTTP API: one endpoint that speaks the awsQuery protocol of Elastic
-// Load Balancing v2 and the ec2Query protocol of EC2, SigV4-verified, so that aws-sdk-go-v2, the
-// AWS CLI and the AWS Load Balancer Controller work against it unmodified. It decodes requests,
+// Load Balancing v2 and STS, the ec2Query protocol of EC2 and the awsJson1_1 protocol of ACM and
+// Shield, SigV4-verified, so that aws-sdk-go-v2, the AWS CLI and the AWS Load Balancer Controller
+// work against it unmodified. It decodes requests,
 // calls the cloud package and encodes replies; it holds no state of its own.
 package awsapi
 
@@ -56,6 +57,8 @@ type Server struct {
 	ec2      *service
 	elbv2    *service
 	sts      *service
+	acm      *jsonService
+	shield   *jsonService
 	requests *prometheus.CounterVec
 }
 
@@ -73,6 +76,8 @@ func New(c *cloud.Cloud, v *sigv4.Verifier, log *slog.Logger, reg prometheus.Reg
 	s.ec2 = &service{name: "ec2", version: ec2Version, style: wire.FlatLists, handlers: s.ec2Handlers(), reply: wire.EC2Reply, fail: writeEC2Error, internalErr: "InternalError"}
 	s.elbv2 = &service{name: "elasticloadbalancing", version: elbv2Version, style: wire.MemberLists, handlers: s.elbv2Handlers(), reply: wire.QueryReply(wire.ELBv2Namespace), fail: queryErrorWriter(wire.ELBv2Namespace), internalErr: "InternalFailure"}
 	s.sts = &service{name: "sts", version: stsVersion, style: wire.MemberLists, handlers: s.stsHandlers(), reply: wire.QueryReply(wire.STSNamespace), fail: queryErrorWriter(wire.STSNamespace), internalErr: "InternalFailure"}
+	s.acm = &jsonService{name: "acm", target: "CertificateManager", handlers: s.acmHandlers()}
+	s.shield = &jsonService{name: "shield", target: "AWSShield_20160616", handlers: s.shieldHandlers()}
 	return s
 }
 
@@ -83,35 +88,41 @@ type apiError struct {
 	message string
 }
 
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if svc := s.routeJSON(r); svc != nil {
+		s.serveJSON(w, r, svc)
+		return
+	}
 	requestID := uuid.NewString()
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes+1))
-	if err != nil {
+	body, rerr := readBody(r, "MalformedQueryString")
+	if rerr != nil {
 		svc := s.route(r, r.URL.Query())
-		aerr := &apiError{400, "MalformedQueryString", "The request body could not be read."}
-		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
-			aerr = &apiError{400, "RequestTimeout", "Your socket connection to the server was not read from within the timeout period."}
-		}
-		s.count(svc, "", aerr.code)
-		svc.fail(w, requestID, aerr)
+		s.count(svc.name, "", rerr.code)
+		svc.fail(w, requestID, rerr)
 		return
 	}
 	params, perr := requestParams(r, body)
 	svc := s.route(r, params)
 	if perr != nil {
-		s.count(svc, "", "MalformedQueryString")
+		s.count(svc.name, "", "MalformedQueryString")
 		svc.fail(w, requestID, perr)
 		return
 	}
 	if len(body) > maxBodyBytes {
-		s.count(svc, "", "RequestEntityTooLarge")
-		svc.fail(w, requestID, &apiError{413, "RequestEntityTooLarge", "The request body exceeds the 1 MiB limit."})
+		s.count(svc.name, "", tooLarge.code)
+		svc.fail(w, requestID, tooLarge)
 		return
 	}
-	id, aerr := s.authenticate(r, body, svc)
-	if aerr != nil {
-		s.count(svc, "", aerr.code)
-		svc.fail(w, requestID, aerr)
+	id, serr := s.authenticate(r, body, svc.name)
+	if serr != nil {
+		fault := serr.ELBv2()
+		if svc == s.ec2 {
+			fault = serr.EC2()
+		}
+		s.count(svc.name, "", fault.Code)
+		svc.fail(w, requestID, &apiError{fault.Status, fault.Code, fault.Message})
 		return
 	}
 	action := params.Get("Action")
@@ -120,7 +131,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if v != "" {
 			aerr = &apiError{400, "NoSuchVersion", "The requested version (" + v + ") of service " + svc.name + " does not exist."}
 		}
-		s.count(svc, "", aerr.code)
+		s.count(svc.name, "", aerr.code)
 		svc.fail(w, requestID, aerr)
 		return
 	}
@@ -130,12 +141,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if action == "" {
 			aerr = &apiError{400, "MissingAction", "The request must contain the parameter Action."}
 		}
-		s.count(svc, "", aerr.code)
+		s.count(svc.name, "", aerr.code)
 		svc.fail(w, requestID, aerr)
 		return
 	}
-	if aerr := s.checkAccess(svc, action, id); aerr != nil {
-		s.count(svc, action, aerr.code)
+	if denied, ok := s.checkAccess(svc.name, action, id); !ok {
+		aerr := &apiError{403, "AccessDenied", denied}
+		if svc == s.ec2 {
+			aerr = &apiError{403, "UnauthorizedOperation", "You are not authorized to perform this operation. " + denied + "."}
+		}
+		s.count(svc.name, action, aerr.code)
 		svc.fail(w, requestID, aerr)
 		return
 	}
@@ -148,7 +163,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			aerr = nil
 		}
 		if aerr != nil {
-			s.count(svc, action, aerr.code)
+			s.count(svc.name, action, aerr.code)
 			svc.fail(w, requestID, aerr)
 			return
 		}
@@ -156,38 +171,60 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	result, err := h(context.WithValue(r.Context(), identityKey{}, id), params)
 	if err != nil {
 		aerr := s.toAPIError(svc, action, err)
-		s.count(svc, action, aerr.code)
+		s.count(svc.name, action, aerr.code)
 		svc.fail(w, requestID, aerr)
 		return
 	}
 	out, err := svc.reply(action, requestID, result)
 	if err != nil {
 		s.log.Error("encode reply failed", "action", action, "err", err)
-		s.count(svc, action, svc.internalErr)
+		s.count(svc.name, action, svc.internalErr)
 		svc.fail(w, requestID, &apiError{500, svc.internalErr, "An internal error has occurred."})
 		return
 	}
-	s.count(svc, action, "OK")
+	s.count(svc.name, action, "OK")
 	wire.Write(w, http.StatusOK, requestID, out)
 }
 
 // Busy answers a request the endpoint has no room for (its connections are all busy): 503 with
-// the service's throttling code, which SDKs retry after backing off. It reads no body.
+// the service's throttling code (400 ThrottlingException for the JSON services), which SDKs retry
+// after backing off. It reads no body.
 func (s *Server) Busy(w http.ResponseWriter, r *http.Request) {
+	if svc := s.routeJSON(r); svc != nil {
+		s.count(svc.name, "", "ThrottlingException")
+		writeJSONError(w, uuid.NewString(), &apiError{400, "ThrottlingException", "Rate exceeded"})
+		return
+	}
 	svc := s.route(r, r.URL.Query())
 	aerr := &apiError{503, "Throttling", "Rate exceeded"}
 	if svc == s.ec2 {
 		aerr = &apiError{503, "RequestLimitExceeded", "Request limit exceeded."}
 	}
-	s.count(svc, "", aerr.code)
+	s.count(svc.name, "", aerr.code)
 	svc.fail(w, uuid.NewString(), aerr)
 }
 
-func (s *Server) count(svc *service, action, code string) {
+func (s *Server) count(service, action, code string) {
 	if action == "" {
 		action = "-"
 	}
-	s.requests.WithLabelValues(svc.name, action, code).Inc()
+	s.requests.WithLabelValues(service, action, code).Inc()
+}
+
+// tooLarge answers a body past maxBodyBytes.
+var tooLarge = &apiError{413, "RequestEntityTooLarge", "The request body exceeds the 1 MiB limit."}
+
+// readBody reads a request's body, up to one byte past maxBodyBytes so that the caller can tell
+// a body that is too large. unreadable is the protocol's code for a body that cannot be read.
+func readBody(r *http.Request, unreadable string) ([]byte, *apiError) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes+1))
+	if err == nil {
+		return body, nil
+	}
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		return nil, &apiError{400, "RequestTimeout", "Your socket connection to the server was not read from within the timeout period."}
+	}
+	return nil, &apiError{400, unreadable, "The request body could not be read."}
 }
 
 // requestParams merges the query string and a form-encoded body, as AWS accepts both.
@@ -236,25 +273,23 @@ func (s *Server) route(r *http.Request, params url.Values) *service {
 	return s.elbv2
 }
 
-func (s *Server) authenticate(r *http.Request, body []byte, svc *service) (sigv4.Identity, *apiError) {
+// authenticate verifies the request's signature and that it is scoped to service (a signing
+// name) in this region. The caller words a failure in its protocol.
+func (s *Server) authenticate(r *http.Request, body []byte, service string) (sigv4.Identity, *sigv4.Error) {
 	id, err := s.verifier.Verify(r, body)
 	var serr *sigv4.Error
 	switch {
 	case errors.As(err, &serr):
 	case err != nil:
 		serr = &sigv4.Error{Reason: sigv4.ReasonSignatureMismatch, Message: err.Error()}
-	case id.Service != svc.name:
-		serr = &sigv4.Error{Reason: sigv4.ReasonSignatureMismatch, Message: "Credential should be scoped to correct service: '" + svc.name + "'. "}
+	case id.Service != service:
+		serr = &sigv4.Error{Reason: sigv4.ReasonSignatureMismatch, Message: "Credential should be scoped to correct service: '" + service + "'. "}
 	case id.Region != s.cloud.Config().Region:
 		serr = &sigv4.Error{Reason: sigv4.ReasonSignatureMismatch, Message: "Credential should be scoped to a valid region, not '" + id.Region + "'. This endpoint serves '" + s.cloud.Config().Region + "'."}
 	default:
 		return id, nil
 	}
-	fault := serr.ELBv2()
-	if svc == s.ec2 {
-		fault = serr.EC2()
-	}
-	return sigv4.Identity{}, &apiError{fault.Status, fault.Code, fault.Message}
+	return sigv4.Identity{}, serr
 }
 
 func (s *Server) toAPIError(svc *service, action string, err error) *apiError {

@@ -16,10 +16,11 @@ type Listener struct {
 	ID              string // the last 16 hex digits of the ARN
 	LoadBalancerARN string
 	Port            int
-	Protocol        string // TCP, UDP or TCP_UDP
-	TargetGroupARN  string // the default action: forward to this group
-	ActionOrder     int    `json:",omitempty"` // the default action's Order as given; 0 answers 1, as AWS
-	RuleARN         string // the default rule's ARN, fixed for the listener's life
+	Protocol        string       // TCP, UDP, TCP_UDP or TLS
+	TargetGroupARN  string       // the default action: forward to this group
+	TLS             *ListenerTLS `json:",omitempty"` // TLS listeners only
+	ActionOrder     int          `json:",omitempty"` // the default action's Order as given; 0 answers 1, as AWS
+	RuleARN         string       // the default rule's ARN, fixed for the listener's life
 	Attributes      map[string]string
 	Tags            Tags
 	RuleTags        Tags
@@ -53,7 +54,7 @@ type CreateListenerInput struct {
 	Port            *int
 	DefaultActions  []Action
 	Tags            []Tag
-	// TLS members; moat does not serve TLS listeners yet.
+	// TLS members, for TLS listeners only.
 	SslPolicy    string
 	Certificates []string
 	AlpnPolicy   []string
@@ -113,20 +114,10 @@ func checkListenerProtocol(p string) error {
 		return err
 	}
 	switch p {
-	case "TCP", "UDP", "TCP_UDP":
+	case "TCP", "UDP", "TCP_UDP", "TLS":
 		return nil
-	case "TLS":
-		return errorf("UnsupportedProtocol", "TLS listeners are not supported by moat yet (they need certificates): use a TCP listener and terminate TLS at the targets")
 	}
-	return errorf("UnsupportedProtocol", "Protocol '%s' is not supported for load balancers of type 'network': use TCP, UDP or TCP_UDP", p)
-}
-
-// checkTLSMembers refuses TLS settings on a listener that is not TLS.
-func checkTLSMembers(sslPolicy string, certs, alpn []string) error {
-	if sslPolicy != "" || len(certs) > 0 || len(alpn) > 0 {
-		return errorf("InvalidConfigurationRequest", "SSL policies, certificates and ALPN policies can only be specified for TLS listeners, which moat does not serve yet")
-	}
-	return nil
+	return errorf("UnsupportedProtocol", "Protocol '%s' is not supported for load balancers of type 'network': use TCP, TLS, UDP or TCP_UDP", p)
 }
 
 // forwardTarget returns the target group of the single forward action moat's listeners take, and
@@ -189,6 +180,7 @@ func forwardGroup(a Action) (string, error) {
 // listenerTargetProtocols is which target group protocols each listener protocol forwards to.
 var listenerTargetProtocols = map[string][]string{
 	"TCP":     {"TCP", "TCP_UDP"},
+	"TLS":     {"TCP", "TLS"},
 	"UDP":     {"UDP", "TCP_UDP"},
 	"TCP_UDP": {"TCP_UDP"},
 }
@@ -205,7 +197,7 @@ func (c *Cloud) checkForward(tx store.Tx, lb LoadBalancer, protocol, tgARN strin
 	if !slices.Contains(listenerTargetProtocols[protocol], tg.Protocol) {
 		return errorf("IncompatibleProtocols", "Listener protocol '%s' is not compatible with target group protocol '%s': a %s listener forwards to %s target groups", protocol, tg.Protocol, protocol, strings.Join(listenerTargetProtocols[protocol], " or "))
 	}
-	if lb.IPAddressType == "dualstack" && protocol != "TCP" {
+	if lb.IPAddressType == "dualstack" && protocol != "TCP" && protocol != "TLS" {
 		return errorf("InvalidConfigurationRequest", "A dualstack load balancer cannot have %s listeners", protocol)
 	}
 	users, err := c.tgUsers(tx)
@@ -251,7 +243,8 @@ func (c *Cloud) CreateListener(in CreateListenerInput) (Listener, error) {
 	if err := checkRange("port", in.Port, 1, 65535); err != nil {
 		return Listener{}, err
 	}
-	if err := checkTLSMembers(in.SslPolicy, in.Certificates, in.AlpnPolicy); err != nil {
+	tls, err := newListenerTLS(in.Protocol, in.SslPolicy, in.Certificates, in.AlpnPolicy)
+	if err != nil {
 		return Listener{}, err
 	}
 	tgARN, order, err := forwardTarget(in.DefaultActions)
@@ -280,7 +273,7 @@ func (c *Cloud) CreateListener(in CreateListenerInput) (Listener, error) {
 			if old.Port != *in.Port {
 				continue
 			}
-			if old.Protocol == in.Protocol && old.TargetGroupARN == tgARN {
+			if old.Protocol == in.Protocol && old.TargetGroupARN == tgARN && old.TLS.sameSettings(tls) {
 				l = old
 				return nil
 			}
@@ -292,6 +285,9 @@ func (c *Cloud) CreateListener(in CreateListenerInput) (Listener, error) {
 		if err := c.checkForward(tx, lb, in.Protocol, tgARN); err != nil {
 			return err
 		}
+		if err := c.checkCertificates(tx, tls.certificates()); err != nil {
+			return err
+		}
 		id := randomHex(16)
 		path := lb.Name + "/" + lb.ID + "/" + id
 		l = Listener{
@@ -301,6 +297,7 @@ func (c *Cloud) CreateListener(in CreateListenerInput) (Listener, error) {
 			Port:            *in.Port,
 			Protocol:        in.Protocol,
 			TargetGroupARN:  tgARN,
+			TLS:             tls,
 			ActionOrder:     order,
 			Attributes:      listenerAttributeDefaults(in.Protocol, nil),
 			Tags:            tags,
@@ -380,7 +377,7 @@ func (c *Cloud) ModifyListener(in ModifyListenerInput) (Listener, error) {
 	if err := checkRange("port", in.Port, 1, 65535); err != nil {
 		return Listener{}, err
 	}
-	if err := checkTLSMembers(in.SslPolicy, in.Certificates, in.AlpnPolicy); err != nil {
+	if err := checkTLSSettings(in.SslPolicy, in.Certificates, in.AlpnPolicy); err != nil {
 		return Listener{}, err
 	}
 	tgARN, order := "", 0
@@ -414,6 +411,12 @@ func (c *Cloud) ModifyListener(in ModifyListenerInput) (Listener, error) {
 		}
 		if in.Protocol != "" {
 			l.Protocol = in.Protocol
+		}
+		if l.TLS, err = l.TLS.modified(l.Protocol, in.SslPolicy, in.Certificates, in.AlpnPolicy); err != nil {
+			return err
+		}
+		if err := c.checkCertificates(tx, l.TLS.certificates()); err != nil {
+			return err
 		}
 		if tgARN != "" {
 			l.TargetGroupARN, l.ActionOrder = tgARN, order
@@ -581,8 +584,8 @@ func (c *Cloud) checkPort(lb LoadBalancer, servedProtocol, protocol string, port
 		}
 	}
 	for _, p := range []string{"TCP", "UDP"} {
-		needed := protocol == p || protocol == "TCP_UDP"
-		served := servedProtocol == p || servedProtocol == "TCP_UDP"
+		needed := slices.Contains(transports(protocol), p)
+		served := slices.Contains(transports(servedProtocol), p)
 		if !needed || served {
 			continue
 		}

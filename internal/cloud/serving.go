@@ -154,6 +154,8 @@ type State struct {
 	Instances      []Instance
 	PrefixLists    []PrefixList
 	Subnets        []Subnet
+	// Certificates are the ACM certificates, private keys included, for TLS listeners.
+	Certificates []Certificate
 }
 
 // State reads the data plane's desired state in one transaction.
@@ -175,7 +177,10 @@ func (c *Cloud) State() (State, error) {
 		if st.PrefixLists, err = store.ListShared[PrefixList](tx, bucketPrefixLists); err != nil {
 			return err
 		}
-		st.Subnets, err = store.ListShared[Subnet](tx, bucketSubnets)
+		if st.Subnets, err = store.ListShared[Subnet](tx, bucketSubnets); err != nil {
+			return err
+		}
+		st.Certificates, err = store.ListShared[Certificate](tx, bucketCertificates)
 		return err
 	})
 	return st, err

@@ -59,6 +59,20 @@
 // target draining or unreachable by the backend security groups) is reset
 // (TCP) or dropped (UDP) and counted with reason no_target.
 //
+// # TLS listeners
+//
+// A TLS listener is a TCP socket like any other: its socket filter drops a
+// denied client's SYN, so a denied client never sees a ServerHello. An
+// admitted client's handshake (crypto/tls, configured from the listener's
+// security policy, certificates and ALPN policy; see package tlspolicy) must
+// finish within ListenerTLS.HandshakeTimeout, or the client is closed and
+// counted (moat_dataplane_tls_handshake_errors_total). Then the target is
+// connected as for TCP — PROXY v2 header and client IP preservation alike —
+// and, for a TLS target group, a TLS session is opened to it without
+// verifying its certificate. The bytes are copied through userspace (no
+// splice: one side at least is encrypted) and counted as plaintext. The
+// kernel fast path never takes a TLS listener's flows.
+//
 // # Client IP preservation
 //
 // With TargetGroup.PreserveClientIP the upstream socket is bound to the
@@ -73,6 +87,7 @@
 package dataplane
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -80,16 +95,20 @@ import (
 	"time"
 
 	"github.com/moatlb/moat/internal/secgroup"
+	"github.com/moatlb/moat/internal/tlspolicy"
 )
 
 // Protocol is a listener protocol, spelled as ELBv2 spells it.
 type Protocol string
 
-// Listener protocols the data plane serves. TLS may follow.
+// Listener protocols the data plane serves.
 const (
 	TCP    Protocol = "TCP"
 	UDP    Protocol = "UDP"
 	TCPUDP Protocol = "TCP_UDP"
+	// TLS terminates TLS (Listener.TLS) and forwards the plaintext, or a new
+	// TLS session when the target group speaks TLS (TargetGroup.TLS).
+	TLS Protocol = "TLS"
 )
 
 // Health-check protocols.
@@ -149,7 +168,8 @@ type Listener struct {
 	Protocol Protocol
 	Port     uint16
 	// AdmitTCP and AdmitUDP decide which clients may open a flow, per
-	// protocol (a TCP_UDP listener is two endpoints with their own rules).
+	// protocol (a TCP_UDP listener is two endpoints with their own rules; a
+	// TLS listener is admitted by AdmitTCP, before any handshake).
 	// nil admits everyone: a load balancer created without security groups.
 	// A non-nil Policy that admits no one denies everyone.
 	AdmitTCP, AdmitUDP *secgroup.Policy
@@ -158,7 +178,30 @@ type Listener struct {
 	// UDPIdleTimeout is fixed at 120 s on AWS; 0 = 120 s. It exists so that
 	// tests and the fast path can share one knob.
 	UDPIdleTimeout time.Duration
-	TargetGroup    TargetGroup
+	// TLS is a TLS listener's certificates and policies; required with
+	// Protocol TLS, ignored otherwise.
+	TLS         *ListenerTLS
+	TargetGroup TargetGroup
+}
+
+// ListenerTLS is how a TLS listener terminates its clients' TLS. Its flows
+// are always proxied in userspace, never by the kernel fast path.
+type ListenerTLS struct {
+	// Certificates are the default certificate first, then the listener's
+	// certificate list. A client that sends a server name (SNI) gets the
+	// first certificate of the list that matches the name and that it can
+	// use; any other client gets the default.
+	Certificates []tls.Certificate
+	// Policy is the listener's security policy (tlspolicy.Lookup); its zero
+	// value means tlspolicy.Default, NLB's.
+	Policy tlspolicy.Policy
+	// ALPN is the listener's ALPN policy as a preference list
+	// (tlspolicy.ALPN); nil negotiates no ALPN. A client that offers none of
+	// these protocols is served without ALPN, as NLB does.
+	ALPN []string
+	// HandshakeTimeout bounds the client's handshake, from accept; a client
+	// that has not finished by then is closed. 0 = 10 s.
+	HandshakeTimeout time.Duration
 }
 
 // TargetGroup is the target group a listener forwards to, with the
@@ -176,6 +219,12 @@ type TargetGroup struct {
 	// the client is on loopback (see the package doc); otherwise the zone
 	// address of the load balancer is the source.
 	PreserveClientIP bool
+	// TLS (a target group of protocol TLS) makes a TLS listener's flows
+	// reach the targets over TLS: moat is the client, does not verify the
+	// target's certificate, and uses NLB's backend policy (see
+	// tlspolicy.Policy.Backend). Only TLS listeners originate TLS; health
+	// checks are unchanged.
+	TLS bool
 	// StickinessSourceIP pins all flows of a client address to one target
 	// (stickiness.type=source_ip) instead of hashing the whole 5-tuple.
 	StickinessSourceIP bool

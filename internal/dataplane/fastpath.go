@@ -37,7 +37,8 @@ import (
 //     so such a socket takes no new flows in the kernel.
 //
 // IPv4 and IPv6 listeners with targets of their own family are otherwise
-// carried alike.
+// carried alike; only TCP and UDP listeners, though: a TLS listener's flows are
+// all the userspace engine's.
 
 // kernelApplyWait bounds how long Apply waits for the kernel to take its
 // change; the kernel's own call deadline ends a stuck call sooner.
@@ -51,8 +52,7 @@ func kernelSocketFor(key sockKey, r *route) (s kernel.Socket, ok bool) {
 		return kernel.Socket{}, false
 	}
 	s.Key = kernelKey(key)
-	is4 := s.Addr.Addr().Is4()
-	if r.tg == nil {
+	if r.tg == nil || r.tls != nil { // the kernel cannot terminate TLS
 		return s, true
 	}
 	sel := r.tg.sel.Load()
@@ -64,6 +64,7 @@ func kernelSocketFor(key sockKey, r *route) (s kernel.Socket, ok bool) {
 		return s, true
 	}
 	f := &kernel.Forward{Sticky: sel.set.StickinessSourceIP, Idle: r.idle}
+	is4 := s.Addr.Addr().Is4()
 	for _, t := range ts {
 		a := netip.AddrPortFrom(t.addr.Addr().Unmap(), t.addr.Port())
 		if a.Addr().Is4() != is4 || a.Addr().Zone() != "" {

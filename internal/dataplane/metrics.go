@@ -32,6 +32,7 @@ type metrics struct {
 	deniedFlows      *prometheus.CounterVec
 	bytes            *prometheus.CounterVec
 	connectErrors    *prometheus.CounterVec
+	tlsHandshakeErrs *prometheus.CounterVec
 	healthyTargets   *prometheus.GaugeVec
 	unhealthyTargets *prometheus.GaugeVec
 	healthCheck      *prometheus.HistogramVec
@@ -68,6 +69,10 @@ func newMetrics(reg prometheus.Registerer, drops *dropCollector) (*metrics, erro
 			Name: "moat_dataplane_target_connect_errors_total",
 			Help: "Admitted flows whose target could not be reached (the client is reset), per listener.",
 		}, listener),
+		tlsHandshakeErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moat_dataplane_tls_handshake_errors_total",
+			Help: "Clients of a TLS listener whose handshake failed or did not finish in time (they are closed), per listener.",
+		}, []string{labelLB, labelListener}),
 		healthyTargets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "moat_dataplane_healthy_targets",
 			Help: "Targets in state healthy, per target group.",
@@ -97,7 +102,7 @@ func newMetrics(reg prometheus.Registerer, drops *dropCollector) (*metrics, erro
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.activeFlows, m.newFlows, m.proxiedFlows, m.deniedFlows, m.bytes, m.connectErrors,
-		m.healthyTargets, m.unhealthyTargets, m.healthCheck, m.drops}
+		m.tlsHandshakeErrs, m.healthyTargets, m.unhealthyTargets, m.healthCheck, m.drops}
 }
 
 // unregister takes m's collectors back from reg, which holds them all.
@@ -115,10 +120,12 @@ type listenerMetrics struct {
 	deniedSG, deniedNoTarget prometheus.Counter
 	bytesIn, bytesOut        prometheus.Counter
 	connectErrors            prometheus.Counter
+	tlsHandshakeErrors       prometheus.Counter
 }
 
-func (m *metrics) listener(lb, listener, proto string) *listenerMetrics {
-	return &listenerMetrics{
+// listener resolves a listener's series; tls adds a TLS listener's own.
+func (m *metrics) listener(lb, listener, proto string, tls bool) *listenerMetrics {
+	lm := &listenerMetrics{
 		active:         m.activeFlows.WithLabelValues(lb, listener, proto),
 		newFlows:       m.newFlows.WithLabelValues(lb, listener, proto),
 		proxied:        m.proxiedFlows.WithLabelValues(lb, listener, proto),
@@ -128,6 +135,10 @@ func (m *metrics) listener(lb, listener, proto string) *listenerMetrics {
 		bytesOut:       m.bytes.WithLabelValues(lb, listener, proto, "out"),
 		connectErrors:  m.connectErrors.WithLabelValues(lb, listener, proto),
 	}
+	if tls {
+		lm.tlsHandshakeErrors = m.tlsHandshakeErrs.WithLabelValues(lb, listener)
+	}
+	return lm
 }
 
 // forgetListener deletes the series of a listener that left the Config.
@@ -139,6 +150,7 @@ func (m *metrics) forgetListener(lb, listener string) {
 	m.deniedFlows.DeletePartialMatch(l)
 	m.bytes.DeletePartialMatch(l)
 	m.connectErrors.DeletePartialMatch(l)
+	m.tlsHandshakeErrs.DeletePartialMatch(l)
 	m.drops.forget(lb, listener)
 }
 

@@ -74,9 +74,17 @@ func planConfig(cfg Config) *plan {
 				fail("", netip.AddrPort{}, fmt.Errorf("zone %q has no valid load balancer address", z))
 			}
 			var networks []string
+			var tlsr *tlsRoute
 			switch l.Protocol {
 			case TCP:
 				networks = []string{"tcp"}
+			case TLS:
+				networks = []string{"tcp"}
+				var err error
+				if tlsr, err = newTLSRoute(l.TLS); err != nil {
+					fail("", netip.AddrPort{}, err)
+					continue
+				}
 			case UDP:
 				networks = []string{"udp"}
 			case TCPUDP:
@@ -101,9 +109,9 @@ func planConfig(cfg Config) *plan {
 						continue
 					}
 					taken[key] = true
-					p.sockets = append(p.sockets, &desiredSocket{
-						key: key, route: newRoute(lb, l, z.Name, zones[z.Name], network), tgID: tg.ID, listener: ls,
-					})
+					r := newRoute(lb, l, z.Name, zones[z.Name], network)
+					r.tls = tlsr
+					p.sockets = append(p.sockets, &desiredSocket{key: key, route: r, tgID: tg.ID, listener: ls})
 				}
 			}
 		}

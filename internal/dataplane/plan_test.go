@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"crypto/tls"
 	"errors"
 	"net/netip"
 	"strings"
@@ -14,11 +15,15 @@ func TestPlanConfig(t *testing.T) {
 	a, b := netip.MustParseAddr("127.1.0.100"), netip.MustParseAddr("127.2.0.100")
 	zones := []Zone{{"zone-a", a}, {"zone-b", b}}
 	tg := TargetGroup{ID: "tg", HealthCheck: HealthCheck{Protocol: "HTTP", Matcher: "nope"}}
+	cert := newTestCA(t).leaf(t, "lb.test")
 	p := planConfig(Config{LoadBalancers: []LoadBalancer{
 		{ID: "lb1", Zones: zones, CrossZone: true, Listeners: []Listener{
 			{ID: "both", Protocol: TCPUDP, Port: 80, AdmitUDP: policy("10.0.0.0/8"), TargetGroup: tg},
 			{ID: "sctp", Protocol: "SCTP", Port: 81, TargetGroup: tg},
 			{ID: "zero", Protocol: TCP, TargetGroup: tg},
+			{ID: "nocert", Protocol: TLS, Port: 443, TLS: &ListenerTLS{}, TargetGroup: tg},
+			// A TLS listener is a TCP socket: it cannot share a port with a TCP listener.
+			{ID: "tls80", Protocol: TLS, Port: 80, TLS: &ListenerTLS{Certificates: []tls.Certificate{cert}}, TargetGroup: tg},
 		}},
 		{ID: "lb2", Zones: []Zone{{"zone-a", a}, {"zone-c", netip.Addr{}}}, Listeners: []Listener{
 			{ID: "clash", Protocol: UDP, Port: 80, TCPIdleTimeout: time.Minute, TargetGroup: TargetGroup{ID: "tg2"}},
@@ -48,9 +53,11 @@ func TestPlanConfig(t *testing.T) {
 		}
 	}
 	for id, want := range map[string]string{
-		"sctp":  `unsupported listener protocol "SCTP"`,
-		"zero":  "listener port 0",
-		"clash": `zone "zone-c" has no valid load balancer address`,
+		"sctp":   `unsupported listener protocol "SCTP"`,
+		"zero":   "listener port 0",
+		"nocert": "TLS listener without a certificate",
+		"tls80":  ErrListenerConflict.Error(),
+		"clash":  `zone "zone-c" has no valid load balancer address`,
 	} {
 		if err := fails[id]; err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("listener %s: error %v, want %q", id, err, want)

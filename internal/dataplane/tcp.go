@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -147,8 +148,9 @@ func reset(c *net.TCPConn) {
 	_ = c.Close()
 }
 
-// handle runs one accepted connection: admission, target choice, connect,
-// then the two splice loops.
+// handle runs one accepted connection: admission, target choice, the
+// client's TLS handshake on a TLS listener, connect (and the target's TLS
+// handshake for a TLS target group), then the two copy loops.
 func (s *tcpSocket) handle(c *net.TCPConn) {
 	// The connection inherited the listener's filter: remove it, or a later
 	// rule change would go on judging this established flow's segments.
@@ -189,6 +191,22 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 	t.addFlow(f)
 	defer t.removeFlow(f)
 
+	// The client's handshake comes after admission, which the socket filter
+	// (or the check above) made before any byte of it was read; the flow is
+	// registered first, so that terminate and Close interrupt it.
+	if r.tls != nil {
+		f.clientTLS = tls.Server(c, r.tls.server)
+		if err := handshake(f.clientTLS, c, r.tls.handshakeTimeout); err != nil {
+			if f.ctx.Err() == nil {
+				r.m.tlsHandshakeErrors.Inc()
+				s.u.log.Debug("TLS handshake with client failed", "listener", r.listenerID, "client", client, "error", err)
+			}
+			// A FIN, not a reset: the client reads the alert crypto/tls sent, if any.
+			_ = c.Close()
+			return
+		}
+	}
+
 	d := net.Dialer{Timeout: s.u.connectTimeout, Control: s.u.controlUpstream}
 	d.SetMultipathTCP(false)
 	if src := r.upstreamSource(sel.set.PreserveClientIP, client.Addr(), local.Addr(), t.addr.Addr()); src.IsValid() {
@@ -210,6 +228,17 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 	if sel.set.ProxyProtocolV2 {
 		// Before the first byte of the client's: the target reads it first.
 		if _, err := up.Write(ppv2Header(client, local)); err != nil {
+			f.terminate()
+			return
+		}
+	}
+	if r.tls != nil && sel.set.TLS {
+		f.upTLS = tls.Client(up, r.tls.backendFor(f.clientTLS.ConnectionState().NegotiatedProtocol))
+		if err := handshake(f.upTLS, up, r.tls.handshakeTimeout); err != nil {
+			if f.ctx.Err() == nil {
+				r.m.connectErrors.Inc()
+				s.u.log.Debug("TLS handshake with target failed", "listener", r.listenerID, "target", t.addr, "error", err)
+			}
 			f.terminate()
 			return
 		}
@@ -256,6 +285,10 @@ type tcpFlow struct {
 
 	last atomic.Int64 // UnixNano of the last chunk moved either way
 
+	// clientTLS and upTLS are a TLS listener's sessions over client and up
+	// (upTLS for a TLS target group only); set before run, by handle.
+	clientTLS, upTLS *tls.Conn
+
 	mu         sync.Mutex
 	up         *net.TCPConn
 	terminated bool
@@ -298,12 +331,19 @@ func (f *tcpFlow) terminate() {
 func (f *tcpFlow) run(u *Userspace) {
 	f.last.Store(time.Now().UnixNano())
 	m := f.route.m
+	toTarget := func() { f.pipe(f.up, f.client, m.bytesIn) }
+	toClient := func() { f.pipe(f.client, f.up, m.bytesOut) }
+	if f.clientTLS != nil { // no splice: one side at least is encrypted
+		client, up := tlsStream{f.clientTLS, f.client}, tlsStream{f.upTLS, f.up}
+		toTarget = func() { f.pipeTLS(up, client, m.bytesIn) }
+		toClient = func() { f.pipeTLS(client, up, m.bytesOut) }
+	}
 	done := make(chan struct{})
 	u.wg.Go(func() {
 		defer close(done)
-		f.pipe(f.up, f.client, m.bytesIn)
+		toTarget()
 	})
-	f.pipe(f.client, f.up, m.bytesOut)
+	toClient()
 	<-done
 	f.mu.Lock()
 	f.terminated = true

@@ -124,6 +124,7 @@ type route struct {
 	policy           *secgroup.Policy // never nil
 	tg               *targetGroup
 	idle             time.Duration
+	tls              *tlsRoute // a TLS listener's; nil for TCP and UDP
 	m                *listenerMetrics
 }
 
@@ -244,7 +245,7 @@ func (u *Userspace) apply(cfg Config) (kernelGen uint64, _ error) {
 	for _, d := range p.sockets {
 		key, r := d.key, d.route
 		r.tg = u.groups[d.tgID]
-		r.m = u.metrics.listener(r.lbID, r.listenerID, r.proto)
+		r.m = u.metrics.listener(r.lbID, r.listenerID, r.proto, r.tls != nil)
 		if s, ok := u.sockets[key]; ok {
 			s.setRoute(r)
 			continue

@@ -34,9 +34,10 @@ func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine,
 	defer stop()
 	drained := time.NewTimer(time.Hour)
 	defer drained.Stop()
+	var certs keyPairCache
 	for {
 		start := time.Now()
-		next, err := syncOnce(c, engine, routes, fw, sgMode, log)
+		next, err := syncOnce(c, engine, routes, fw, sgMode, &certs, log)
 		if err != nil {
 			log.Error("data plane sync failed", "err", err)
 		}
@@ -69,7 +70,7 @@ func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine,
 
 // syncOnce applies the current state and returns when the next deregistered target finishes
 // draining (zero if none is draining).
-func syncOnce(c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw *firewall.Firewall, sgMode firewall.Mode, log *slog.Logger) (time.Time, error) {
+func syncOnce(c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw *firewall.Firewall, sgMode firewall.Mode, certs *keyPairCache, log *slog.Logger) (time.Time, error) {
 	st, err := c.State()
 	if err != nil {
 		return time.Time{}, err
@@ -77,6 +78,7 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw 
 	routes.Sync(localRanges(st))
 	// One index of the state serves both: resolving groups to addresses is the costly part.
 	n := newNetwork(st)
+	n.keyPairs = certs.keyPairs(st.Certificates, log)
 	if fw != nil {
 		fw.Apply(desiredFirewall(st, n, sgMode, sgresolve.HostAddrs()))
 	}

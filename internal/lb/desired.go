@@ -1,6 +1,8 @@
 package lb
 
 import (
+	"crypto/tls"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -11,6 +13,7 @@ import (
 	"github.com/moatlb/moat/internal/dataplane"
 	"github.com/moatlb/moat/internal/secgroup"
 	"github.com/moatlb/moat/internal/sgresolve"
+	"github.com/moatlb/moat/internal/tlspolicy"
 )
 
 // desiredConfig turns the control plane's state into the data plane's desired state: addresses,
@@ -55,9 +58,12 @@ func desiredConfig(st cloud.State, n *network, now time.Time) dataplane.Config {
 				if l.Protocol != "UDP" {
 					dl.AdmitTCP = n.policy(lb.SecurityGroups, false, secgroup.ProtocolTCP, uint16(l.Port))
 				}
-				if l.Protocol != "TCP" {
+				if l.Protocol == "UDP" || l.Protocol == "TCP_UDP" {
 					dl.AdmitUDP = n.policy(lb.SecurityGroups, false, secgroup.ProtocolUDP, uint16(l.Port))
 				}
+			}
+			if l.TLS != nil {
+				dl.TLS = n.listenerTLS(*l.TLS)
 			}
 			dl.TargetGroup = n.targetGroup(tg, lb, lbAddrs)
 			out.Listeners = append(out.Listeners, dl)
@@ -65,6 +71,25 @@ func desiredConfig(st cloud.State, n *network, now time.Time) dataplane.Config {
 		cfg.LoadBalancers = append(cfg.LoadBalancers, out)
 	}
 	return cfg
+}
+
+// listenerTLS is a TLS listener's certificates (the default, then its certificate list; one
+// that cannot be loaded is left out, and without its default certificate the listener cannot
+// serve, which the data plane reports) and policies, which the API checked by name.
+func (n *network) listenerTLS(t cloud.ListenerTLS) *dataplane.ListenerTLS {
+	out := &dataplane.ListenerTLS{}
+	for _, arn := range append([]string{t.DefaultCertificate}, t.ExtraCertificates...) {
+		if pair, ok := n.keyPairs[arn]; ok {
+			out.Certificates = append(out.Certificates, pair)
+		} else if arn == t.DefaultCertificate {
+			return out
+		}
+	}
+	out.Policy, _ = tlspolicy.Lookup(t.SslPolicy)
+	if len(t.AlpnPolicy) > 0 {
+		out.ALPN, _ = tlspolicy.ALPN(t.AlpnPolicy[0])
+	}
+	return out
 }
 
 // network indexes the state's security groups (the resolver, shared with the instance
@@ -78,6 +103,8 @@ type network struct {
 	// policies memoises compiled decisions: every target of a group behind the same load
 	// balancer (and every interface with the same groups) asks the same question.
 	policies map[policyKey]*secgroup.Policy
+	// keyPairs are the certificates that load, by ARN (see keyPairCache).
+	keyPairs map[string]tls.Certificate
 }
 
 type policyKey struct {
@@ -154,6 +181,7 @@ func (n *network) targetGroup(tg cloud.TargetGroup, lb cloud.LoadBalancer, lbAdd
 	attr := func(k string) bool { return tg.Attributes[k] == "true" }
 	out := dataplane.TargetGroup{
 		ID:                        tg.ARN,
+		TLS:                       tg.Protocol == "TLS",
 		ProxyProtocolV2:           attr("proxy_protocol_v2.enabled"),
 		PreserveClientIP:          attr("preserve_client_ip.enabled"),
 		StickinessSourceIP:        attr("stickiness.enabled") && tg.Attributes["stickiness.type"] == "source_ip",
@@ -207,5 +235,39 @@ func (n *network) targetGroup(tg cloud.TargetGroup, lb cloud.LoadBalancer, lbAdd
 		dt.HealthCheckAllowed = n.reachable(lb, lbAddrs, eni, dt.Addr, secgroup.ProtocolTCP, hcPort)
 		out.Targets = append(out.Targets, dt)
 	}
+	return out
+}
+
+// keyPairCache keeps certificates parsed between syncs: a sync compiles the whole state, and
+// parsing every key pair each time would cost more than everything else for a few hundred TLS
+// listeners. An entry is parsed again when its certificate is reimported.
+type keyPairCache struct {
+	entries map[string]keyPairEntry
+}
+
+type keyPairEntry struct {
+	importedAt time.Time
+	pair       tls.Certificate
+	err        error
+}
+
+// keyPairs returns the certificates of st that load, by ARN, and forgets deleted ones.
+func (c *keyPairCache) keyPairs(certs []cloud.Certificate, log *slog.Logger) map[string]tls.Certificate {
+	next := make(map[string]keyPairEntry, len(certs))
+	out := make(map[string]tls.Certificate, len(certs))
+	for _, cert := range certs {
+		e, ok := c.entries[cert.ARN]
+		if !ok || !e.importedAt.Equal(cert.ImportedAt) {
+			e = keyPairEntry{importedAt: cert.ImportedAt}
+			if e.pair, e.err = cert.KeyPair(); e.err != nil {
+				log.Error("certificate cannot be served", "arn", cert.ARN, "err", e.err)
+			}
+		}
+		next[cert.ARN] = e
+		if e.err == nil {
+			out[cert.ARN] = e.pair
+		}
+	}
+	c.entries = next
 	return out
 }

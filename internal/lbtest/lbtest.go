@@ -234,7 +234,7 @@ func (c Calls) Since(before Calls) Calls {
 }
 
 // Mutating returns the calls whose action changes state: any action that does not start with
-// Describe or Get.
+// Describe, Get or List.
 func (c Calls) Mutating() Calls {
 	out := Calls{}
 	for k, n := range c {
@@ -275,10 +275,11 @@ func (c Calls) String() string {
 	return strings.Join(parts, ", ")
 }
 
-// IsMutating reports whether an API action changes state: everything but Describe* and Get*.
-// Requests the server could not route count under action "-" and are not mutating.
+// IsMutating reports whether an API action changes state: everything but Describe*, Get* and
+// List* (ACM's reads). Requests the server could not route count under action "-" and are not
+// mutating.
 func IsMutating(action string) bool {
-	return action != "-" && !strings.HasPrefix(action, "Describe") && !strings.HasPrefix(action, "Get")
+	return action != "-" && !strings.HasPrefix(action, "Describe") && !strings.HasPrefix(action, "Get") && !strings.HasPrefix(action, "List")
 }
 
 // MutatingCalls returns the number of mutating requests the server has received.

@@ -51,8 +51,8 @@ func TestStartCountsCalls(t *testing.T) {
 
 func TestIsMutating(t *testing.T) {
 	for action, want := range map[string]bool{
-		"DescribeSecurityGroups": false, "GetManagedPrefixListEntries": false, "-": false,
-		"CreateTags": true, "AuthorizeSecurityGroupIngress": true, "SetSecurityGroups": true, "RegisterTargets": true,
+		"DescribeSecurityGroups": false, "GetManagedPrefixListEntries": false, "ListCertificates": false, "-": false,
+		"CreateTags": true, "AuthorizeSecurityGroupIngress": true, "SetSecurityGroups": true, "RegisterTargets": true, "ImportCertificate": true,
 	} {
 		if got := lbtest.IsMutating(action); got != want {
 			t.Errorf("IsMutating(%s) = %v", action, got)

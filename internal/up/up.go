@@ -48,6 +48,9 @@ type Options struct {
 	Quotas  cloud.Quotas // the --quota-… flags; zero: AWS's defaults
 	// InstanceSGMode is --instance-sg-mode for moat lb: enforce (""), audit or off.
 	InstanceSGMode firewall.Mode
+	// StartFresh is moat lb's --start-fresh: begin with empty state where the state file is
+	// missing or empty although credentials exist (otherwise refused as lost state).
+	StartFresh bool
 
 	// The local cluster (not used with Kubeconfig/Context).
 	KubeAPIAddr  string
@@ -82,7 +85,7 @@ func (o Options) lbConfig(log *slog.Logger) lb.Config {
 	return lb.Config{
 		APIAddr: o.APIAddr, DataDir: filepath.Join(o.StateDir, "lb"), Region: region, AccountID: "000000000000",
 		DNSAddr: o.DNSAddr, DNSSuffix: "moat.internal", MetricsAddr: o.Metrics, Quotas: quotas,
-		API: lb.DefaultAPILimits(), InstanceSGMode: o.InstanceSGMode, Log: log,
+		API: lb.DefaultAPILimits(), InstanceSGMode: o.InstanceSGMode, StartFresh: o.StartFresh, Log: log,
 	}
 }
 

@@ -4,11 +4,13 @@ import (
 	"crypto/x509"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/firewall"
 )
 
 func TestPKIReusedAndValid(t *testing.T) {
@@ -123,5 +125,29 @@ func TestRunRefusesBadQuota(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Errorf("moat up left %d files in its state dir before refusing", len(entries))
+	}
+}
+
+// moat lb's refusal of lost state reaches moat up's user with the flag that overrides it, and
+// --start-fresh lets moat up go on (here to the next step, which fails on a missing kubeconfig).
+func TestRunStartFresh(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "lb"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	creds := "[default]\naws_access_key_id = AKIAMOATUPTEST000001\naws_secret_access_key = moat-up-test-secret\n"
+	if err := os.WriteFile(filepath.Join(dir, "lb", "credentials"), []byte(creds), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := Options{StateDir: dir, Out: io.Discard, APIAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", Metrics: "127.0.0.1:0",
+		InstanceSGMode: firewall.Off, Kubeconfig: filepath.Join(dir, "no-such-kubeconfig")}
+	err := Run(t.Context(), o)
+	if err == nil || !strings.Contains(err.Error(), "--start-fresh") {
+		t.Fatalf("moat up with credentials and no state: %v; want the lost-state refusal naming --start-fresh", err)
+	}
+	o.StartFresh = true
+	err = Run(t.Context(), o)
+	if err == nil || strings.Contains(err.Error(), "--start-fresh") || !strings.Contains(err.Error(), "no-such-kubeconfig") {
+		t.Fatalf("moat up --start-fresh: %v; want moat lb started and the missing kubeconfig named", err)
 	}
 }

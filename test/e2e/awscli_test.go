@@ -1,16 +1,23 @@
 package e2e
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/moatlb/moat/internal/lbtest"
 )
 
 // TestAWSCLI drives moat lb with the real AWS CLI (Debian's awscli), as a user following the
 // README would: caller identity, a VPC and subnet of its own, security group, rule, NLB, target
-// group, listener, describe, delete.
+// group, listener, describe, an imported ACM certificate and Shield's subscription state, delete.
 func TestAWSCLI(t *testing.T) {
 	// Debian's package (AWS CLI v2) is the CLI the issue names; another aws on PATH may be v1.
 	cli := "/usr/bin/aws"
@@ -110,6 +117,34 @@ func TestAWSCLI(t *testing.T) {
 	if got := str(aws("elbv2", "describe-tags", "--resource-arns", lbArn), "TagDescriptions", 0, "Tags", 0, "Key"); got != "team" {
 		t.Errorf("tags: %q", got)
 	}
+
+	// ACM and Shield speak JSON 1.1 on the same endpoint. The CLI reads blobs from fileb://.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := lbtest.SelfSignedCert(t, key, "cli.example.com", []string{"cli.example.com"}, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	certFile, keyFile := filepath.Join(home, "cert.pem"), filepath.Join(home, "key.pem")
+	if err := os.WriteFile(certFile, cert.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, cert.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	certArn := str(aws("acm", "import-certificate", "--certificate", "fileb://"+certFile, "--private-key", "fileb://"+keyFile,
+		"--tags", "Key=team,Value=web"), "CertificateArn")
+	if !strings.HasPrefix(certArn, "arn:aws:acm:us-east-1:000000000000:certificate/") {
+		t.Fatalf("imported certificate ARN %q", certArn)
+	}
+	described = aws("acm", "describe-certificate", "--certificate-arn", certArn)
+	if str(described, "Certificate", "DomainName") != "cli.example.com" || str(described, "Certificate", "Status") != "ISSUED" ||
+		str(described, "Certificate", "KeyAlgorithm") != "EC_prime256v1" || str(described, "Certificate", "Type") != "IMPORTED" {
+		t.Errorf("described certificate %v", described)
+	}
+	if got := str(aws("shield", "get-subscription-state"), "SubscriptionState"); got != "INACTIVE" {
+		t.Errorf("Shield subscription state %q", got)
+	}
+	aws("acm", "delete-certificate", "--certificate-arn", certArn)
 
 	aws("elbv2", "delete-listener", "--listener-arn", listener)
 	aws("elbv2", "delete-target-group", "--target-group-arn", tg)

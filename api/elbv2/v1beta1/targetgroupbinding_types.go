@@ -15,6 +15,10 @@ const (
 	TargetTypeIP       TargetType = "ip"
 )
 
+// TargetGroupProtocol is the protocol of the target group.
+// +kubebuilder:validation:Enum=HTTP;HTTPS;TCP;TLS;UDP;TCP_UDP;QUIC;TCP_QUIC;GENEVE
+type TargetGroupProtocol string
+
 // TargetGroupIPAddressType is the IP address type of the target group.
 // +kubebuilder:validation:Enum=ipv4;ipv6
 type TargetGroupIPAddressType string
@@ -107,6 +111,7 @@ type TargetGroupBindingNetworking struct {
 // TargetGroupBindingSpec is the desired binding.
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.targetType) || (has(self.targetType) && self.targetType == oldSelf.targetType)",message="targetType is immutable"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.ipAddressType) || (has(self.ipAddressType) && self.ipAddressType == oldSelf.ipAddressType)",message="ipAddressType is immutable"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.targetGroupProtocol) || (has(self.targetGroupProtocol) && self.targetGroupProtocol == oldSelf.targetGroupProtocol)",message="targetGroupProtocol is immutable"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.vpcID) || size(oldSelf.vpcID) == 0 || (has(self.vpcID) && self.vpcID == oldSelf.vpcID)",message="vpcID is immutable"
 // +kubebuilder:validation:XValidation:rule="!has(self.nodeSelector) || !has(self.targetType) || self.targetType == 'instance'",message="nodeSelector is only valid with targetType instance"
 type TargetGroupBindingSpec struct {
@@ -123,6 +128,10 @@ type TargetGroupBindingSpec struct {
 	// TargetType is the target group's target type; read from the target group when unset.
 	// +optional
 	TargetType *TargetType `json:"targetType,omitempty"`
+
+	// TargetGroupProtocol is the target group's protocol; read from the target group when unset.
+	// +optional
+	TargetGroupProtocol *TargetGroupProtocol `json:"targetGroupProtocol,omitempty"`
 
 	// ServiceRef is the Service port whose endpoints are the targets.
 	ServiceRef ServiceReference `json:"serviceRef"`

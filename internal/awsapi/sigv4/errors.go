@@ -9,17 +9,19 @@ import (
 // addressed protocol's error code, because ELBv2 and EC2 report the same failure
 // differently:
 //
-//	Reason                      ELBv2 (awsquery)                  EC2
-//	ReasonMissingAuth           MissingAuthenticationToken 403    AuthFailure 401
-//	ReasonIncompleteSignature   IncompleteSignature 400           IncompleteSignature 400
-//	ReasonUnsupportedAlgorithm  IncompleteSignature 400           IncompleteSignature 400
-//	ReasonUnknownKey            InvalidClientTokenId 403          AuthFailure 401
-//	ReasonSignatureMismatch     SignatureDoesNotMatch 403         AuthFailure 401
-//	ReasonExpired               RequestExpired 400                RequestExpired 400
+//	Reason                      ELBv2 (awsquery)                  EC2                          awsJson (ACM, Shield)
+//	ReasonMissingAuth           MissingAuthenticationToken 403    AuthFailure 401              MissingAuthenticationTokenException 400
+//	ReasonIncompleteSignature   IncompleteSignature 400           IncompleteSignature 400      IncompleteSignatureException 400
+//	ReasonUnsupportedAlgorithm  IncompleteSignature 400           IncompleteSignature 400      IncompleteSignatureException 400
+//	ReasonUnknownKey            InvalidClientTokenId 403          AuthFailure 401              UnrecognizedClientException 400
+//	ReasonSignatureMismatch     SignatureDoesNotMatch 403         AuthFailure 401              InvalidSignatureException 400
+//	ReasonExpired               RequestExpired 400                RequestExpired 400           InvalidSignatureException 400
 //
-// Error.ELBv2 and Error.EC2 implement this table. For clock skew, real ELB may
-// answer SignatureDoesNotMatch with the same "Signature expired" message (not
-// verified); moat answers RequestExpired for both protocols.
+// Error.ELBv2, Error.EC2 and Error.JSON implement this table. For clock skew, real
+// ELB may answer SignatureDoesNotMatch with the same "Signature expired" message
+// (not verified); moat answers RequestExpired for both query protocols. The JSON
+// services answer clock skew with InvalidSignatureException ("Signature expired"),
+// which the SDKs' clock-skew correction recognises.
 type Reason int
 
 const (
@@ -117,5 +119,20 @@ func (e *Error) EC2() Fault {
 		return Fault{"RequestExpired", http.StatusBadRequest, e.Message}
 	default:
 		return Fault{"IncompleteSignature", http.StatusBadRequest, e.Message}
+	}
+}
+
+// JSON maps the error to the codes of the awsJson services (ACM, Shield), which
+// answer every authentication failure with 400.
+func (e *Error) JSON() Fault {
+	switch e.Reason {
+	case ReasonMissingAuth:
+		return Fault{"MissingAuthenticationTokenException", http.StatusBadRequest, e.Message}
+	case ReasonUnknownKey:
+		return Fault{"UnrecognizedClientException", http.StatusBadRequest, e.Message}
+	case ReasonSignatureMismatch, ReasonExpired:
+		return Fault{"InvalidSignatureException", http.StatusBadRequest, e.Message}
+	default:
+		return Fault{"IncompleteSignatureException", http.StatusBadRequest, e.Message}
 	}
 }

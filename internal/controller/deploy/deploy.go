@@ -215,9 +215,17 @@ func (d *Deployer) deleteLoadBalancer(ctx context.Context, arn string) error {
 	return nil
 }
 
-// deleteTargetGroup deletes a target group, retrying while a listener that is going away still
-// uses it.
+// deleteTargetGroup deregisters a target group's targets, then deletes it, retrying while a
+// listener that is going away still uses it. The targets go first, as the AWS controller's
+// binding finalizer makes them go: each drains as a deregistered target does, rather than its
+// flows ending with the target group.
 func (d *Deployer) deleteTargetGroup(ctx context.Context, arn string) error {
+	if err := d.reconcileTargets(ctx, arn, nil); err != nil {
+		if errorCode(err) == "TargetGroupNotFound" {
+			return nil
+		}
+		return fail("deregister targets", arn, err)
+	}
 	err := retryOn(ctx, d.opts.DeleteRetry, func() error {
 		_, err := d.elb.DeleteTargetGroup(ctx, &elbv2.DeleteTargetGroupInput{TargetGroupArn: aws.String(arn)})
 		return err

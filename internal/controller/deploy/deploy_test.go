@@ -14,6 +14,7 @@ import (
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/moatlb/moat/internal/cloud"
@@ -183,6 +184,32 @@ func TestNoOpResync(t *testing.T) {
 			}
 			t.Logf("resync calls: %s", calls)
 		})
+	}
+}
+
+// TestRepeatedResyncs: ten resyncs of twenty load balancers, as a controller's periodic resync
+// makes them, make no mutating call. Every comparison the deployer makes after a create must find
+// what it asked for; one field the API leaves out is a mutating call per load balancer per resync.
+func TestRepeatedResyncs(t *testing.T) {
+	f := newFixture(t)
+	var services []*corev1.Service
+	for i := range 20 {
+		svc := webService("10.0.0.0/8")
+		svc.Name, svc.UID = fmt.Sprintf("web-%02d", i), types.UID(fmt.Sprintf("5a6e0b2c-7f0e-4c55-9d0a-%012d", i))
+		services = append(services, svc)
+		f.deploy(f.d, svc)
+	}
+	if n := len(f.loadBalancers()); n != 20 {
+		t.Fatalf("%d load balancers, want 20", n)
+	}
+	before := f.env.Calls(t)
+	for range 10 {
+		for _, svc := range services {
+			f.deploy(f.d, svc)
+		}
+	}
+	if m := f.env.Calls(t).Since(before).Mutating(); m.Total() != 0 {
+		t.Fatalf("10 resyncs of 20 load balancers made mutating calls: %s", m)
 	}
 }
 
@@ -374,8 +401,13 @@ func TestDelete(t *testing.T) {
 	}
 	wantStrings(t, "node group rules", inbound(f.nodeGroup()), []string{"tcp 30080-31000 " + backendID + " [" + shared + "]"})
 
+	before := f.env.Calls(t)
 	if err := f.d.Delete(f.ctx, "shop/web"); err != nil {
 		t.Fatal(err)
+	}
+	// Each of its two target groups has its targets deregistered (they drain) before it goes.
+	if calls := f.env.Calls(t).Since(before); calls.Count("DeregisterTargets") != 2 || calls.Count("DeleteTargetGroup") != 2 {
+		t.Errorf("delete of shop/web: %d DeregisterTargets and %d DeleteTargetGroup calls, want 2 and 2", calls.Count("DeregisterTargets"), calls.Count("DeleteTargetGroup"))
 	}
 	if _, ok := f.backendGroup(); !ok {
 		t.Fatal("backend group deleted while shop/api uses it")
@@ -405,7 +437,7 @@ func TestDelete(t *testing.T) {
 		t.Fatalf("left after delete: %v", left)
 	}
 
-	before := f.env.Calls(t)
+	before = f.env.Calls(t)
 	for _, id := range []string{"shop/web", "shop/api"} {
 		if err := d.Delete(f.ctx, id); err != nil {
 			t.Fatal(err)

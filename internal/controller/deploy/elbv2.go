@@ -368,11 +368,18 @@ func (d *Deployer) updateLoadBalancer(ctx context.Context, lb loadBalancer, want
 	for _, m := range want.SubnetMapping {
 		desired = append(desired, m.SubnetID)
 	}
-	if !sameSet(current, desired) {
-		if _, err := d.elb.SetSubnets(ctx, &elbv2.SetSubnetsInput{LoadBalancerArn: aws.String(arn), SubnetMappings: subnetMappings(want.SubnetMapping)}); err != nil {
+	// The source NAT setting travels with the subnets (SetSubnets), as the AWS controller sends it.
+	sourceNAT := want.EnablePrefixForIPv6SourceNat
+	sourceNATDrift := sourceNAT != "" && string(lb.EnablePrefixForIpv6SourceNat) != sourceNAT
+	if !sameSet(current, desired) || sourceNATDrift {
+		in := &elbv2.SetSubnetsInput{LoadBalancerArn: aws.String(arn), SubnetMappings: subnetMappings(want.SubnetMapping)}
+		if sourceNAT != "" {
+			in.EnablePrefixForIpv6SourceNat = elbtypes.EnablePrefixForIpv6SourceNatEnum(sourceNAT)
+		}
+		if _, err := d.elb.SetSubnets(ctx, in); err != nil {
 			return lb.LoadBalancer, fail("set load balancer subnets", arn, err)
 		}
-		log.Info("set load balancer subnets", "arn", arn, "subnets", desired)
+		log.Info("set load balancer subnets", "arn", arn, "subnets", desired, "enablePrefixForIpv6SourceNat", sourceNAT)
 	}
 	if want.IPAddressType != "" && string(lb.IpAddressType) != string(want.IPAddressType) {
 		if _, err := d.elb.SetIpAddressType(ctx, &elbv2.SetIpAddressTypeInput{LoadBalancerArn: aws.String(arn), IpAddressType: elbtypes.IpAddressType(want.IPAddressType)}); err != nil {
@@ -485,13 +492,15 @@ func (d *Deployer) synthesizeListeners(ctx context.Context, stack model.Stack, l
 		cur, ok := byPort[want.Port]
 		var arn string
 		if !ok {
-			out, err := d.elb.CreateListener(ctx, &elbv2.CreateListenerInput{
+			in := &elbv2.CreateListenerInput{
 				LoadBalancerArn: aws.String(lbARN),
 				Port:            aws.Int32(want.Port),
 				Protocol:        elbtypes.ProtocolEnum(want.Protocol),
 				DefaultActions:  actions,
 				Tags:            elbTags(want.Tags),
-			})
+			}
+			in.Certificates, in.SslPolicy, in.AlpnPolicy = listenerTLS(want)
+			out, err := d.elb.CreateListener(ctx, in)
 			if err != nil {
 				return fail("create listener", strconv.Itoa(int(want.Port)), err)
 			}
@@ -502,21 +511,104 @@ func (d *Deployer) synthesizeListeners(ctx context.Context, stack model.Stack, l
 			if err := d.reconcileELBTags(ctx, arn, tags[arn], want.Tags); err != nil {
 				return fail("tag listener", arn, err)
 			}
-			if string(cur.Protocol) != string(want.Protocol) || !slices.Equal(forwardTargets(cur.DefaultActions), tgARNs) {
-				if _, err := d.elb.ModifyListener(ctx, &elbv2.ModifyListenerInput{
+			if string(cur.Protocol) != string(want.Protocol) || !slices.Equal(forwardTargets(cur.DefaultActions), tgARNs) || tlsDrift(cur, want) {
+				in := &elbv2.ModifyListenerInput{
 					ListenerArn:    aws.String(arn),
 					Port:           aws.Int32(want.Port),
 					Protocol:       elbtypes.ProtocolEnum(want.Protocol),
 					DefaultActions: actions,
-				}); err != nil {
+				}
+				in.Certificates, in.SslPolicy, in.AlpnPolicy = listenerTLS(want)
+				if _, err := d.elb.ModifyListener(ctx, in); err != nil {
 					return fail("modify listener", arn, err)
 				}
 				logr.FromContextOrDiscard(ctx).Info("modified listener", "port", want.Port, "arn", arn)
 			}
 		}
+		if want.Protocol == model.ProtocolTLS {
+			// The AWS controller sets no attributes on TLS listeners; their extra certificates
+			// are listener certificates.
+			if err := d.reconcileExtraCertificates(ctx, arn, want.Certificates[1:]); err != nil {
+				return fail("listener certificates", arn, err)
+			}
+			continue
+		}
 		if err := d.reconcileListenerAttributes(ctx, arn, want.Attributes); err != nil {
 			return fail("listener attributes", arn, err)
 		}
+	}
+	return nil
+}
+
+// listenerTLS is a listener's TLS settings as CreateListener and ModifyListener take them: the
+// default certificate only (the others are added as listener certificates), the SSL policy and
+// the ALPN policy; nothing for other protocols.
+func listenerTLS(l model.Listener) ([]elbtypes.Certificate, *string, []string) {
+	if l.Protocol != model.ProtocolTLS || len(l.Certificates) == 0 {
+		return nil, nil, nil
+	}
+	return []elbtypes.Certificate{{CertificateArn: aws.String(l.Certificates[0])}}, aws.String(l.SSLPolicy), l.ALPNPolicy
+}
+
+// tlsDrift reports whether a TLS listener's default certificate, SSL policy or ALPN policy
+// differs from the stack's.
+func tlsDrift(cur elbtypes.Listener, want model.Listener) bool {
+	if want.Protocol != model.ProtocolTLS {
+		return false
+	}
+	var defaultCert string
+	if len(cur.Certificates) > 0 {
+		defaultCert = aws.ToString(cur.Certificates[0].CertificateArn)
+	}
+	return defaultCert != want.Certificates[0] || aws.ToString(cur.SslPolicy) != want.SSLPolicy ||
+		(len(want.ALPNPolicy) > 0 && !slices.Equal(cur.AlpnPolicy, want.ALPNPolicy))
+}
+
+// reconcileExtraCertificates makes a TLS listener's non-default certificates the wanted ones.
+func (d *Deployer) reconcileExtraCertificates(ctx context.Context, arn string, want []string) error {
+	var have []string
+	p := elbv2.NewDescribeListenerCertificatesPaginator(d.elb, &elbv2.DescribeListenerCertificatesInput{ListenerArn: aws.String(arn)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return err
+		}
+		for _, c := range page.Certificates {
+			if !aws.ToBool(c.IsDefault) {
+				have = append(have, aws.ToString(c.CertificateArn))
+			}
+		}
+	}
+	certs := func(arns []string) []elbtypes.Certificate {
+		var out []elbtypes.Certificate
+		for _, a := range arns {
+			out = append(out, elbtypes.Certificate{CertificateArn: aws.String(a)})
+		}
+		return out
+	}
+	var add, remove []string
+	for _, a := range want {
+		if !slices.Contains(have, a) && !slices.Contains(add, a) {
+			add = append(add, a)
+		}
+	}
+	for _, a := range have {
+		if !slices.Contains(want, a) {
+			remove = append(remove, a)
+		}
+	}
+	if len(add) > 0 {
+		if _, err := d.elb.AddListenerCertificates(ctx, &elbv2.AddListenerCertificatesInput{ListenerArn: aws.String(arn), Certificates: certs(add)}); err != nil {
+			return err
+		}
+	}
+	if len(remove) > 0 {
+		if _, err := d.elb.RemoveListenerCertificates(ctx, &elbv2.RemoveListenerCertificatesInput{ListenerArn: aws.String(arn), Certificates: certs(remove)}); err != nil {
+			return err
+		}
+	}
+	if len(add)+len(remove) > 0 {
+		logr.FromContextOrDiscard(ctx).Info("reconciled listener certificates", "arn", arn, "added", len(add), "removed", len(remove))
 	}
 	return nil
 }

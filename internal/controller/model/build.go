@@ -190,9 +190,6 @@ func (t *task) run() error {
 // checkUnsupported refuses what moat does not implement yet, naming the annotation, rather
 // than building something different from what the AWS controller would.
 func (t *task) checkUnsupported() error {
-	if certs, _ := t.p.StringList(annotations.SSLCertificate); len(certs) > 0 {
-		return kindError(KindUnsupported, annotations.SSLCertificate, "TLS listeners are not implemented; remove the annotation or use TCP")
-	}
 	if actions := t.p.Suffixes(annotations.ActionsPrefix); len(actions) > 0 {
 		return kindError(KindUnsupported, actions[0], "listener actions (weighted target groups) are not implemented")
 	}

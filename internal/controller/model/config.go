@@ -64,6 +64,9 @@ type Config struct {
 	DefaultTargetType TargetType `json:"defaultTargetType"`
 	// DefaultScheme is --default-load-balancer-scheme.
 	DefaultScheme Scheme `json:"defaultScheme"`
+	// DefaultSSLPolicy is --default-ssl-policy: the TLS listeners' policy when the
+	// ssl-negotiation-policy annotation does not name one.
+	DefaultSSLPolicy string `json:"defaultSSLPolicy"`
 	// BackendSecurityGroup is --backend-security-group: a group ID used as the shared backend
 	// group instead of the auto-created one.
 	BackendSecurityGroup string `json:"backendSecurityGroup,omitempty"`
@@ -108,6 +111,9 @@ func (q Quotas) inboundRulesPerSecurityGroup() int {
 }
 
 // DefaultConfig returns the AWS controller's flag defaults for a cluster.
+// DefaultSSLPolicy is the AWS controller's --default-ssl-policy.
+const DefaultSSLPolicy = "ELBSecurityPolicy-2016-08"
+
 func DefaultConfig(clusterName, vpcID string) Config {
 	return Config{
 		ClusterName:                clusterName,
@@ -115,6 +121,7 @@ func DefaultConfig(clusterName, vpcID string) Config {
 		LoadBalancerClass:          DefaultLoadBalancerClass,
 		DefaultTargetType:          TargetTypeInstance,
 		DefaultScheme:              SchemeInternal,
+		DefaultSSLPolicy:           DefaultSSLPolicy,
 		EnableBackendSecurityGroup: true,
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -25,7 +26,8 @@ func (t *task) buildListeners() error {
 	if err != nil {
 		return err
 	}
-	if _, err := t.tlsPorts(); err != nil {
+	tls, err := t.buildTLSConfig()
+	if err != nil {
 		return err
 	}
 	quic, _ := t.p.StringList(annotations.QUICEnabledPorts)
@@ -45,27 +47,41 @@ func (t *task) buildListeners() error {
 				return invalid(t.p, annotations.QUICEnabledPorts, "port %d is %s: only UDP and TCP_UDP listeners can be upgraded to QUIC", port.Port, proto)
 			}
 		}
+		listenerProto := proto
+		if proto == ProtocolTCP && tls.covers(port) {
+			listenerProto = ProtocolTLS
+			if tls.backendProtocol == "ssl" {
+				proto = ProtocolTLS
+			}
+		}
 		tg, err := t.buildTargetGroup(port, g.index, proto)
 		if err != nil {
 			return err
 		}
-		attrs, err := t.buildListenerAttributes(port.Port, proto)
+		attrs, err := t.buildListenerAttributes(port.Port, listenerProto)
 		if err != nil {
 			return err
 		}
 		id := strconv.Itoa(int(port.Port))
-		t.stack.Listeners = append(t.stack.Listeners, Listener{
+		l := Listener{
 			ResourceID:      id,
 			LoadBalancerARN: LoadBalancerARNRef,
 			Port:            port.Port,
-			Protocol:        proto,
+			Protocol:        listenerProto,
 			DefaultActions: []Action{{
 				Type:          "forward",
 				ForwardConfig: &ForwardConfig{TargetGroups: []TargetGroupTuple{{TargetGroupARN: TargetGroupARNRef(tg.ResourceID)}}},
 			}},
 			Attributes: attrs,
 			Tags:       t.resourceTags(id),
-		})
+		}
+		if listenerProto == ProtocolTLS {
+			if l.ALPNPolicy, err = t.buildALPNPolicy(); err != nil {
+				return err
+			}
+			l.Certificates, l.SSLPolicy = tls.certificates, tls.sslPolicy
+		}
+		t.stack.Listeners = append(t.stack.Listeners, l)
 	}
 	slices.SortFunc(t.stack.Listeners, func(a, b Listener) int { return int(a.Port) - int(b.Port) })
 	return nil
@@ -112,18 +128,61 @@ func (t *task) groupPorts() ([]portGroup, error) {
 	return groups, nil
 }
 
-// tlsPorts validates the ssl-ports annotation (every entry must name a Service port, by name or
-// number), as the AWS controller does even without certificates.
-func (t *task) tlsPorts() ([]string, error) {
-	entries, _ := t.p.StringList(annotations.SSLPorts)
-	for _, e := range entries {
+// tlsConfig is what the TLS annotations say for the Service's listeners.
+type tlsConfig struct {
+	certificates    []string // ssl-cert: the first is the default certificate
+	ports           []string // ssl-ports: names or numbers; none means every TCP port
+	sslPolicy       string
+	backendProtocol string
+}
+
+// covers reports whether a TCP port's listener is TLS: certificates are set and ssl-ports is
+// empty or names the port, as in the AWS controller.
+func (c tlsConfig) covers(port corev1.ServicePort) bool {
+	return len(c.certificates) > 0 && (len(c.ports) == 0 || slices.Contains(c.ports, port.Name) ||
+		slices.Contains(c.ports, strconv.Itoa(int(port.Port))))
+}
+
+// alpnPolicies are the ALPN policies AWS accepts, in the order of the AWS controller's message.
+var alpnPolicies = []string{"None", "HTTP1Only", "HTTP2Only", "HTTP2Optional", "HTTP2Preferred"}
+
+// buildTLSConfig reads the TLS annotations, with the AWS controller's check and message: every
+// ssl-ports entry must name a Service port, even without certificates. The SSL policy's name is
+// left to AWS, which refuses one it does not know.
+func (t *task) buildTLSConfig() (tlsConfig, error) {
+	var c tlsConfig
+	c.certificates, _ = t.p.StringList(annotations.SSLCertificate)
+	c.ports, _ = t.p.StringList(annotations.SSLPorts)
+	var unused []string
+	for _, e := range c.ports {
 		if !slices.ContainsFunc(t.svc.Spec.Ports, func(p corev1.ServicePort) bool {
 			return p.Name == e || strconv.Itoa(int(p.Port)) == e
 		}) {
-			return nil, invalid(t.p, annotations.SSLPorts, "unused port in ssl-ports annotation: %q names no Service port", e)
+			unused = append(unused, e)
 		}
 	}
-	return entries, nil
+	if len(unused) > 0 {
+		return c, invalid(t.p, annotations.SSLPorts, "Unused port in ssl-ports annotation %v", unused)
+	}
+	c.sslPolicy = t.cfg.DefaultSSLPolicy
+	if v, ok := t.p.Lookup(annotations.SSLNegotiationPolicy); ok {
+		c.sslPolicy = v
+	}
+	c.backendProtocol, _ = t.p.Lookup(annotations.BackendProtocol)
+	return c, nil
+}
+
+// buildALPNPolicy reads alpn-policy for a TLS listener (other listeners ignore it, even when it
+// is invalid, as in the AWS controller).
+func (t *task) buildALPNPolicy() ([]string, error) {
+	v, ok := t.p.Lookup(annotations.ALPNPolicy)
+	if !ok {
+		return nil, nil
+	}
+	if !slices.Contains(alpnPolicies, v) {
+		return nil, invalid(t.p, annotations.ALPNPolicy, "invalid ALPN policy %s, policy must be one of [%s]", v, strings.Join(alpnPolicies, ", "))
+	}
+	return []string{v}, nil
 }
 
 // buildListenerAttributes reads listener-attributes.<PROTOCOL>-<port>.

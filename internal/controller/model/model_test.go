@@ -84,16 +84,16 @@ func TestTokenJSON(t *testing.T) {
 
 func TestErrorsAreTyped(t *testing.T) {
 	svc := testService()
-	svc.Annotations = map[string]string{"service.beta.kubernetes.io/aws-load-balancer-ssl-cert": "arn:aws:acm:us-east-1:1:certificate/x"}
+	svc.Annotations = map[string]string{"service.beta.kubernetes.io/actions.TCP-80": `{"type":"forward"}`}
 	_, err := Build(svc, DefaultConfig("my-cluster", "vpc-1"), defaultResolved())
 	var e *Error
-	if !errors.As(err, &e) || e.Kind != KindUnsupported || e.Annotation != "service.beta.kubernetes.io/aws-load-balancer-ssl-cert" {
+	if !errors.As(err, &e) || e.Kind != KindUnsupported || e.Annotation != "service.beta.kubernetes.io/actions.TCP-80" {
 		t.Fatalf("got %#v", err)
 	}
 	if e.EventReason() != "FailedBuildModel" {
 		t.Errorf("reason %q", e.EventReason())
 	}
-	if !strings.Contains(e.Error(), "aws-load-balancer-ssl-cert") {
+	if !strings.Contains(e.Error(), "actions.TCP-80") {
 		t.Errorf("message does not name the annotation: %s", e)
 	}
 	if _, err := Build(nil, DefaultConfig("my-cluster", "vpc-1"), Resolved{}); err == nil {

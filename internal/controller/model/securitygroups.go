@@ -63,23 +63,7 @@ func (t *task) decideSecurityGroups() error {
 		}
 		t.sg = sgDecision{mode: SecurityGroupsUser, userGroups: groups, backend: manage}
 	}
-	if t.sg.mode == SecurityGroupsNone {
-		if _, ok := t.p.Lookup(annotations.InboundSGRulesOnPrivateLinkTraffic); ok {
-			return kindError(KindConflict, annotations.InboundSGRulesOnPrivateLinkTraffic,
-				"applies to load balancers with security groups, and this one has none (%s)", t.noSecurityGroupsReason())
-		}
-	}
 	return nil
-}
-
-func (t *task) noSecurityGroupsReason() string {
-	switch {
-	case t.in.ExistingLoadBalancer != nil && len(t.in.ExistingLoadBalancer.SecurityGroups) == 0:
-		return "the existing load balancer was created without them"
-	case !t.cfg.FeatureGates.Enabled(GateNLBSecurityGroup):
-		return "feature gate NLBSecurityGroup is off"
-	}
-	return annotations.Key(annotations.DisableNLBSecurityGroup) + " is true"
 }
 
 // buildSecurityGroups returns the load balancer's groups in order, creating the managed group

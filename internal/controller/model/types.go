@@ -245,13 +245,18 @@ type BackendSecurityGroup struct {
 
 // Listener is one listener (one per Service port, or per merged TCP+UDP port).
 type Listener struct {
-	ResourceID      string            `json:"resourceID"`
-	LoadBalancerARN Token             `json:"loadBalancerARN"`
-	Port            int32             `json:"port"`
-	Protocol        Protocol          `json:"protocol"`
-	DefaultActions  []Action          `json:"defaultActions"`
-	Attributes      []Attribute       `json:"listenerAttributes,omitempty"`
-	Tags            map[string]string `json:"tags"`
+	ResourceID      string   `json:"resourceID"`
+	LoadBalancerARN Token    `json:"loadBalancerARN"`
+	Port            int32    `json:"port"`
+	Protocol        Protocol `json:"protocol"`
+	// TLS listeners only: the certificates (the first is the default one), the SSL policy and
+	// the ALPN policy.
+	Certificates   []string          `json:"certificates,omitempty"`
+	SSLPolicy      string            `json:"sslPolicy,omitempty"`
+	ALPNPolicy     []string          `json:"alpnPolicy,omitempty"`
+	DefaultActions []Action          `json:"defaultActions"`
+	Attributes     []Attribute       `json:"listenerAttributes,omitempty"`
+	Tags           map[string]string `json:"tags"`
 }
 
 // Action is a listener's default action; NLB listeners forward.

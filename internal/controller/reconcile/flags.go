@@ -30,6 +30,7 @@ type Flags struct {
 
 	DefaultTargetType                     string
 	DefaultScheme                         string
+	DefaultSSLPolicy                      string
 	EnableBackendSecurityGroup            bool
 	BackendSecurityGroup                  string
 	EnableManageBackendSecurityGroupRules bool
@@ -66,7 +67,7 @@ type Flags struct {
 // ignored.
 var implementedFlags = []string{
 	"cluster-name", "aws-region", "aws-vpc-id", "aws-vpc-tags", "aws-vpc-tag-key", "aws-api-endpoints", "aws-max-retries",
-	"feature-gates", "load-balancer-class", "default-target-type", "default-load-balancer-scheme",
+	"feature-gates", "load-balancer-class", "default-target-type", "default-load-balancer-scheme", "default-ssl-policy",
 	"enable-backend-security-group", "backend-security-group", "enable-manage-backend-security-group-rules",
 	"disable-restricted-sg-rules", "service-target-eni-security-group-tags", "default-tags", "external-managed-tags",
 	"kubeconfig", "kube-ca-pem-filepath", "enable-leader-election", "leader-election-id", "leader-election-namespace",
@@ -90,6 +91,7 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 
 	fs.StringVar(&f.DefaultTargetType, "default-target-type", string(model.TargetTypeInstance), "Default target type for Ingresses and Services - ip, instance")
 	fs.StringVar(&f.DefaultScheme, "default-load-balancer-scheme", string(model.SchemeInternal), "Default scheme for ELBs")
+	fs.StringVar(&f.DefaultSSLPolicy, "default-ssl-policy", model.DefaultSSLPolicy, "Default SSL policy for load balancers listeners")
 	fs.BoolVar(&f.EnableBackendSecurityGroup, "enable-backend-security-group", true, "Enable sharing of security groups for backend traffic")
 	fs.StringVar(&f.BackendSecurityGroup, "backend-security-group", "", "Backend security group id to use for the ingress rules on the worker node SG")
 	fs.BoolVar(&f.EnableManageBackendSecurityGroupRules, "enable-manage-backend-security-group-rules", false, "Enable managing of backend security group rules by controller")
@@ -128,7 +130,6 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&ss, "allowed-certificate-authority-arns", nil, "Specify an optional list of CA ARNs to filter on in cert discovery (ignored)")
 	fs.StringVar(&s, "aws-api-throttle", "", "throttle settings for AWS APIs, format: serviceID1:operationRegex1=rate:burst,... (ignored)")
 	fs.StringVar(&s, "default-pca-arn", "", "Default PCA ARN to use for creating ACM certificates (ignored)")
-	fs.StringVar(&s, "default-ssl-policy", "ELBSecurityPolicy-2016-08", "Default SSL policy for load balancers listeners (ignored: TLS listeners are not supported)")
 	fs.BoolVar(&b, "disable-ingress-class-annotation", false, "Disable new usage of kubernetes.io/ingress.class annotation (ignored)")
 	fs.BoolVar(&b, "disable-ingress-group-name-annotation", false, "Disable new usage of alb.ingress.kubernetes.io/group.name annotation (ignored)")
 	fs.BoolVar(&b, "enable-pod-readiness-gate-inject", true, "If enabled, targetHealth readiness gate will get injected to the pod spec for the matching endpoint pods (ignored)")
@@ -201,6 +202,7 @@ func (f *Flags) ModelConfig() model.Config {
 	cfg.FeatureGates = model.FeatureGates(maps.Clone(f.FeatureGates.Gates))
 	cfg.DefaultTargetType = model.TargetType(f.DefaultTargetType)
 	cfg.DefaultScheme = model.Scheme(f.DefaultScheme)
+	cfg.DefaultSSLPolicy = f.DefaultSSLPolicy
 	cfg.EnableBackendSecurityGroup = f.EnableBackendSecurityGroup
 	cfg.BackendSecurityGroup = f.BackendSecurityGroup
 	cfg.EnableManageBackendSecurityGroupRules = f.EnableManageBackendSecurityGroupRules

@@ -154,19 +154,42 @@ func (r *ServiceReconciler) stackTargets(ctx context.Context, svc *corev1.Servic
 	return out, nil
 }
 
-// updateStatus writes the load balancer's DNS name into status.loadBalancer.ingress, as the AWS
-// controller does (one hostname, no IP), only when it differs.
+// updateStatus writes the load balancer's DNS name and the Service's ports into
+// status.loadBalancer.ingress, as the AWS controller does (one hostname, no IP, a port status per
+// Service port), only when it differs; the ports' order does not matter.
 func (r *ServiceReconciler) updateStatus(ctx context.Context, svc *corev1.Service, dnsName string) (bool, error) {
+	ports := statusPorts(svc)
 	ing := svc.Status.LoadBalancer.Ingress
-	if len(ing) == 1 && ing[0].IP == "" && ing[0].Hostname == dnsName {
+	if len(ing) == 1 && ing[0].IP == "" && ing[0].Hostname == dnsName && samePorts(ing[0].Ports, ports) {
 		return false, nil
 	}
 	patch := client.MergeFrom(svc.DeepCopy())
-	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{Hostname: dnsName}}
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{Hostname: dnsName, Ports: ports}}
 	if err := r.client.Status().Patch(ctx, svc, patch); err != nil {
 		return false, fmt.Errorf("update status of service %s/%s: %w", svc.Namespace, svc.Name, err)
 	}
 	return true, nil
+}
+
+// statusPorts is a port status per Service port: its port and protocol.
+func statusPorts(svc *corev1.Service) []corev1.PortStatus {
+	var ports []corev1.PortStatus
+	for _, p := range svc.Spec.Ports {
+		ports = append(ports, corev1.PortStatus{Port: p.Port, Protocol: p.Protocol})
+	}
+	return ports
+}
+
+func samePorts(a, b []corev1.PortStatus) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, p := range b {
+		if !slices.ContainsFunc(a, func(q corev1.PortStatus) bool { return apiequality.Semantic.DeepEqual(p, q) }) {
+			return false
+		}
+	}
+	return true
 }
 
 // bindingObjects lists the TargetGroupBinding objects of a Service's stack.
@@ -218,10 +241,12 @@ func (r *ServiceReconciler) syncBindingObjects(ctx context.Context, svc *corev1.
 			continue
 		}
 		cur := have[i]
-		if apiequality.Semantic.DeepEqual(cur.Spec, obj.Spec) && labels.Equals(cur.Labels, obj.Labels) {
+		if apiequality.Semantic.DeepEqual(cur.Spec, obj.Spec) && labels.Equals(cur.Labels, obj.Labels) &&
+			controllerutil.ContainsFinalizer(&cur, TargetGroupBindingFinalizer) {
 			continue
 		}
 		cur.Spec, cur.Labels = obj.Spec, obj.Labels
+		controllerutil.AddFinalizer(&cur, TargetGroupBindingFinalizer)
 		if err := r.client.Update(ctx, &cur); err != nil {
 			return changed, fmt.Errorf("update target group binding %s/%s: %w", cur.Namespace, cur.Name, err)
 		}
@@ -231,12 +256,40 @@ func (r *ServiceReconciler) syncBindingObjects(ctx context.Context, svc *corev1.
 		if slices.Contains(want, have[i].Name) {
 			continue
 		}
-		if err := r.client.Delete(ctx, &have[i]); client.IgnoreNotFound(err) != nil {
-			return changed, fmt.Errorf("delete target group binding %s/%s: %w", have[i].Namespace, have[i].Name, err)
+		if err := r.deleteBindingObject(ctx, &have[i]); err != nil {
+			return changed, err
 		}
 		changed = true
 	}
 	return changed, nil
+}
+
+// deleteBindingObject deletes one of a stack's TargetGroupBinding objects once the deploy stage
+// has deleted its target group. Its finalizer (elbv2.k8s.aws/resources, which moat's bindings
+// carry as the AWS controller's do) guards the target group's targets; with the target group gone
+// there is nothing left for it to guard, so it goes first and the object does not stay
+// Terminating, whichever controller put it there.
+func (r *ServiceReconciler) deleteBindingObject(ctx context.Context, b *elbv2api.TargetGroupBinding) error {
+	if err := dropBindingFinalizer(ctx, r.client, b); err != nil {
+		return err
+	}
+	if err := r.client.Delete(ctx, b); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("delete target group binding %s/%s: %w", b.Namespace, b.Name, err)
+	}
+	return nil
+}
+
+// dropBindingFinalizer removes elbv2.k8s.aws/resources from a binding, if it has it.
+func dropBindingFinalizer(ctx context.Context, c client.Client, b *elbv2api.TargetGroupBinding) error {
+	if !controllerutil.ContainsFinalizer(b, TargetGroupBindingFinalizer) {
+		return nil
+	}
+	patch := client.MergeFromWithOptions(b.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	controllerutil.RemoveFinalizer(b, TargetGroupBindingFinalizer)
+	if err := c.Patch(ctx, b, patch); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("remove finalizer of target group binding %s/%s: %w", b.Namespace, b.Name, err)
+	}
+	return nil
 }
 
 // desiredBindingObject is the TargetGroupBinding object of one of a stack's bindings, owned by
@@ -247,17 +300,20 @@ func desiredBindingObject(svc *corev1.Service, b model.TargetGroupBinding, resol
 	if b.Spec.IPAddressType == model.IPAddressTypeIPv6 {
 		ipType = elbv2api.TargetGroupIPAddressTypeIPv6
 	}
+	protocol := elbv2api.TargetGroupProtocol(b.Spec.TargetGroupProtocol)
 	obj := &elbv2api.TargetGroupBinding{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:            b.Name,
 			Namespace:       b.Namespace,
 			Labels:          b.Labels,
 			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(svc, corev1.SchemeGroupVersion.WithKind("Service"))},
+			Finalizers:      []string{TargetGroupBindingFinalizer},
 		},
 		Spec: elbv2api.TargetGroupBindingSpec{
 			TargetGroupARN:          resolve(b.Spec.TargetGroupARN),
 			MultiClusterTargetGroup: b.Spec.MultiClusterTargetGroup,
 			TargetType:              &targetType,
+			TargetGroupProtocol:     &protocol,
 			ServiceRef:              elbv2api.ServiceReference{Name: b.Spec.ServiceRef.Name, Port: b.Spec.ServiceRef.Port},
 			Networking:              toAPINetworking(b.Spec.Networking, resolve),
 			IPAddressType:           &ipType,
@@ -298,8 +354,8 @@ func (r *ServiceReconciler) cleanup(ctx context.Context, svc *corev1.Service) er
 		return err
 	}
 	for i := range have {
-		if err := r.client.Delete(ctx, &have[i]); client.IgnoreNotFound(err) != nil {
-			return fmt.Errorf("delete target group binding %s/%s: %w", have[i].Namespace, have[i].Name, err)
+		if err := r.deleteBindingObject(ctx, &have[i]); err != nil {
+			return err
 		}
 	}
 	if svc.DeletionTimestamp == nil && len(svc.Status.LoadBalancer.Ingress) > 0 {

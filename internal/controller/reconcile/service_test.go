@@ -466,10 +466,10 @@ func TestBadAnnotation(t *testing.T) {
 	}
 
 	// Not implemented by moat: refused the same way.
-	cert := annotations.Key(annotations.SSLCertificate)
+	cert := annotations.Key(annotations.ActionsPrefix + "TCP-80")
 	h.update("bad", func(s *corev1.Service) {
 		s.Annotations[scheme] = "internal"
-		s.Annotations[cert] = "arn:aws:acm:us-east-1:123456789012:certificate/abc"
+		s.Annotations[cert] = `{"type":"forward","forwardConfig":{"targetGroups":[{"serviceName":"canary","servicePort":80,"weight":10}]}}`
 	})
 	eventually(t, 30*time.Second, func() error {
 		if !slices.ContainsFunc(h.events("bad"), func(e string) bool {

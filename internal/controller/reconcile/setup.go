@@ -131,7 +131,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	err = ctrl.NewControllerManagedBy(mgr).
 		Named(tgbControllerName).
 		For(&elbv2api.TargetGroupBinding{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
-			return stackOf(o.(*elbv2api.TargetGroupBinding)) == ""
+			// Of a stack's bindings, only those being deleted: see Reconcile.
+			return stackOf(o.(*elbv2api.TargetGroupBinding)) == "" || o.GetDeletionTimestamp() != nil
 		}))).
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(tgbR.serviceToBindings)).
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(tgbR.endpointSliceToBindings)).
@@ -229,8 +230,9 @@ func (r *TargetGroupBindingReconciler) nodeToBindings(ctx context.Context, _ cli
 }
 
 // serviceChanged passes Service events that can change its stack: creation, deletion, resyncs,
-// and updates of its annotations, spec, finalizers or deletion timestamp (not of its status,
-// which the reconciler writes itself).
+// and updates of its annotations, spec, finalizers or deletion timestamp. It leaves out what the
+// reconciler writes itself in the reconcile that follows a create, so that a new Service costs
+// one reconcile: the status, and the finalizer added.
 var serviceChanged = predicate.Funcs{
 	UpdateFunc: func(e event.UpdateEvent) bool {
 		a, okA := e.ObjectOld.(*corev1.Service)
@@ -239,8 +241,15 @@ var serviceChanged = predicate.Funcs{
 			return true
 		}
 		return !maps.Equal(a.Annotations, b.Annotations) || !apiequality.Semantic.DeepEqual(a.Spec, b.Spec) ||
-			!slices.Equal(a.Finalizers, b.Finalizers) || !a.DeletionTimestamp.Equal(b.DeletionTimestamp)
+			(!slices.Equal(a.Finalizers, b.Finalizers) && !finalizerAdded(a.Finalizers, b.Finalizers)) ||
+			!a.DeletionTimestamp.Equal(b.DeletionTimestamp)
 	},
+}
+
+// finalizerAdded reports whether after is before with the Service finalizer added.
+func finalizerAdded(before, after []string) bool {
+	others := slices.DeleteFunc(slices.Clone(after), func(f string) bool { return f == model.ServiceFinalizer })
+	return !slices.Contains(before, model.ServiceFinalizer) && len(others) == len(after)-1 && slices.Equal(others, before)
 }
 
 // bindingTouched passes the events of a stack's TargetGroupBinding that someone else may have

@@ -43,6 +43,12 @@ func (r *TargetGroupBindingReconciler) Reconcile(ctx context.Context, req reconc
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	if stackOf(tgb) != "" {
+		// A stack's binding is the Service reconciler's, with its target group's targets. One
+		// being deleted out of turn (by hand, or left by the AWS controller) loses its finalizer
+		// here; if the Service still wants it, the Service reconciler makes it again.
+		if tgb.DeletionTimestamp != nil {
+			return reconcile.Result{}, dropBindingFinalizer(ctx, r.client, tgb)
+		}
 		return reconcile.Result{}, nil
 	}
 	if tgb.DeletionTimestamp != nil {
