@@ -5,31 +5,47 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 )
 
-func TestStickinessSourceIP(t *testing.T) {
+func TestStickinessSourceIP(t *testing.T) { stickiness(t, ipv4Net()) }
+
+// stickiness: with source-IP stickiness one client's flows all land on one target, without it
+// they spread over both; either way the targets see the load balancer's address (client IP
+// preservation is off).
+func stickiness(t *testing.T, n lifetimeNet) {
 	t.Parallel()
-	n := newNet()
 	h := newHarness(t)
-	hcPort := freePort(t, n.inA(0), n.inA(1))
-	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
-	b := newBackend(t, "b", n.inA(1), "zone-a", hcPort)
-	stickyPort, spreadPort := freePort(t, n.lbA()), freePort(t, n.lbA())
+	hcPort := freePort(t, n.targets[0], n.targets[1])
+	a := newBackend(t, "a", n.targets[0], "zone-a", hcPort)
+	b := newBackend(t, "b", n.targets[1], "zone-a", hcPort)
+	stickyPort, spreadPort := freePort(t, n.lb), freePort(t, n.lb)
 	sticky := group("sticky", hcPort, a.cfg(), b.cfg())
 	sticky.StickinessSourceIP = true
-	h.apply(LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{
+	h.apply(LoadBalancer{ID: "lb", Zones: []Zone{{"zone-a", n.lb}}, Listeners: []Listener{
 		{ID: "sticky", Protocol: TCP, Port: stickyPort, TargetGroup: sticky},
 		{ID: "spread", Protocol: TCP, Port: spreadPort, TargetGroup: group("spread", hcPort, a.cfg(), b.cfg())},
 	}})
 	for _, c := range []struct {
-		port uint16
-		want int
-	}{{stickyPort, 1}, {spreadPort, 2}} {
-		got := names(t, client2, ap(n.lbA(), c.port), 20)
-		if len(got) != c.want {
-			t.Errorf("port %d: 20 connections from one client landed on %v, want %d target(s)", c.port, got, c.want)
+		listener string
+		port     uint16
+		want     int
+	}{{"sticky", stickyPort, 1}, {"spread", spreadPort, 2}} {
+		cl, _ := connect(t, n.client, ap(n.lb, c.port))
+		inKernel := h.e.kernel != nil && kernelCarries(t, h.e, addrPortOf(cl.c.LocalAddr()), syscall.IPPROTO_TCP)
+		if proxied := h.metric("moat_dataplane_proxied_flows_total", "listener", c.listener); *kernelTests && (!inKernel || proxied != 0) {
+			t.Fatalf("%s: the kernel does not carry the flow (in conntrack: %v, proxied flows: %v)", c.listener, inKernel, proxied)
+		}
+		cl.c.Close()
+		if got := names(t, n.client, ap(n.lb, c.port), 20); len(got) != c.want {
+			t.Errorf("%s: 20 connections from one client landed on %v, want %d target(s)", c.listener, got, c.want)
+		}
+	}
+	for _, r := range append(a.echo.records(), b.echo.records()...) {
+		if r.remote.Addr() != n.lb {
+			t.Errorf("a target saw %v, want the load balancer's %v", r.remote, n.lb)
 		}
 	}
 }

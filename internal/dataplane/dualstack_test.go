@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/moatlb/moat/internal/secgroup"
 )
@@ -112,14 +113,47 @@ func TestUpstreamSource(t *testing.T) {
 	}
 }
 
-// IPv6 sockets are never offered to the kernel fast path: their flows stay with the userspace
-// engine, which judges them by the same policies.
-func TestIPv6NotOnFastPath(t *testing.T) {
-	r := &route{policy: secgroup.AllowAll()}
-	if _, ok := kernelSocketFor(sockKey{addr: netip.IPv6Loopback(), port: 80, network: "tcp"}, r); ok {
-		t.Error("the fast path is offered an IPv6 socket")
-	}
-	if _, ok := kernelSocketFor(sockKey{addr: netip.MustParseAddr("127.1.0.100"), port: 80, network: "tcp"}, r); !ok {
-		t.Error("the fast path is not offered an IPv4 loopback socket: this test's control case is wrong")
+// The kernel fast path takes new flows only within a family (nftables NAT cannot translate
+// between them): an IPv6 socket with IPv6 targets gets a Forward admitting the policy's IPv6
+// ranges and hiding clients behind its own IPv6 address; a socket whose targets are of the other
+// family is offered with no Forward, so its flows reach the userspace engine, which translates
+// them.
+func TestKernelSocketFamilies(t *testing.T) {
+	lb4, lb6 := netip.MustParseAddr("127.1.0.100"), netip.MustParseAddr("2001:db8::100")
+	t4, t6 := netip.MustParseAddr("127.1.0.10"), netip.MustParseAddr("2001:db8::10")
+	pol := policy("127.0.0.2/32", "2001:db8::2/128")
+	for _, c := range []struct {
+		name      string
+		lb        netip.Addr
+		target    netip.Addr
+		forwarded bool
+	}{
+		{"IPv4 to IPv4", lb4, t4, true},
+		{"IPv6 to IPv6", lb6, t6, true},
+		{"IPv6 to IPv4", lb6, t4, false},
+		{"IPv4 to IPv6", lb4, t6, false},
+		{"IPv6 to IPv4-mapped IPv4", lb6, netip.AddrFrom16(t4.As16()), false},
+	} {
+		tg := &targetGroup{}
+		tg.sel.Store(&selection{set: &tgSettings{}, cross: &candidates{all: []*target{{addr: netip.AddrPortFrom(c.target, 8080)}}}})
+		r := &route{policy: pol, tg: tg, crossZone: true, idle: time.Minute}
+		s, ok := kernelSocketFor(sockKey{addr: c.lb, port: 80, network: "tcp"}, r)
+		if !ok {
+			t.Fatalf("%s: the socket is not offered to the fast path", c.name)
+		}
+		if got := s.Forward != nil; got != c.forwarded {
+			t.Errorf("%s: the kernel takes new flows: %v, want %v", c.name, got, c.forwarded)
+			continue
+		}
+		if s.Forward == nil {
+			continue
+		}
+		want := "127.0.0.2-127.0.0.2"
+		if c.lb.Is6() {
+			want = "2001:db8::2-2001:db8::2"
+		}
+		if len(s.Forward.Admit) != 1 || s.Forward.Admit[0].String() != want || s.Forward.SNAT != c.lb {
+			t.Errorf("%s: admits %v, SNAT %v; want [%s] from %v", c.name, s.Forward.Admit, s.Forward.SNAT, want, c.lb)
+		}
 	}
 }

@@ -27,21 +27,28 @@ import (
 //   - health checks, draining and the decision of which targets are eligible
 //     are this engine's; the kernel follows them through kernelSockets;
 //   - flows from other hosts that the kernel may not take (loopback targets,
-//     or targets on other hosts without net.ipv4.ip_forward): the kernel
-//     package decides, and leaves them to the socket.
+//     or targets on other hosts without net.ipv4.ip_forward, or
+//     net.ipv6.conf.all.forwarding for IPv6): the kernel package decides, and
+//     leaves them to the socket;
+//   - flows that change family: an IPv6 listener (a dualstack load balancer's
+//     address) with IPv4 targets, or an IPv4 listener with IPv6 targets. The
+//     userspace engine translates them, as AWS does; nftables NAT cannot (it
+//     rewrites addresses within a family, and NAT64 is no part of netfilter),
+//     so such a socket takes no new flows in the kernel.
 //
-// Only IPv4 load balancer addresses and targets qualify, and only TCP and UDP
-// listeners: a TLS listener's flows are all the userspace engine's.
+// IPv4 and IPv6 listeners with targets of their own family are otherwise
+// carried alike; only TCP and UDP listeners, though: a TLS listener's flows are
+// all the userspace engine's.
 
 // kernelApplyWait bounds how long Apply waits for the kernel to take its
 // change; the kernel's own call deadline ends a stuck call sooner.
 const kernelApplyWait = 10 * time.Second
 
 // kernelSocketFor says what the kernel does with the socket's new flows: ok
-// is false for a socket the fast path never serves (IPv6); a nil Forward
-// takes no new flows but keeps the established ones.
+// is false for a socket the fast path never serves (an IPv6 address with a
+// zone); a nil Forward takes no new flows but keeps the established ones.
 func kernelSocketFor(key sockKey, r *route) (s kernel.Socket, ok bool) {
-	if !key.addr.Unmap().Is4() {
+	if key.addr.Zone() != "" {
 		return kernel.Socket{}, false
 	}
 	s.Key = kernelKey(key)
@@ -57,10 +64,11 @@ func kernelSocketFor(key sockKey, r *route) (s kernel.Socket, ok bool) {
 		return s, true
 	}
 	f := &kernel.Forward{Sticky: sel.set.StickinessSourceIP, Idle: r.idle}
+	is4 := s.Addr.Addr().Is4()
 	for _, t := range ts {
 		a := netip.AddrPortFrom(t.addr.Addr().Unmap(), t.addr.Port())
-		if !a.Addr().Is4() {
-			return s, true
+		if a.Addr().Is4() != is4 || a.Addr().Zone() != "" {
+			return s, true // a change of family: userspace translates it
 		}
 		f.Targets = append(f.Targets, a)
 	}
@@ -70,7 +78,11 @@ func kernelSocketFor(key sockKey, r *route) (s kernel.Socket, ok bool) {
 	if r.policy.Equal(secgroup.AllowAll()) {
 		f.AdmitAll = true
 	} else {
-		f.Admit, _ = r.policy.Ranges()
+		v4, v6 := r.policy.Ranges()
+		f.Admit = v6
+		if is4 {
+			f.Admit = v4
+		}
 	}
 	s.Forward = f
 	return s, true

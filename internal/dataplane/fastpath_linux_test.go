@@ -160,7 +160,7 @@ func TestKernelLargeConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := conn.GetSetByName(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: e.kernel.Table()}, "sockets")
+	set, err := conn.GetSetByName(&nftables.Table{Family: nftables.TableFamilyINet, Name: e.kernel.Table()}, "sockets_ip")
 	if err != nil {
 		t.Fatal(err)
 	}

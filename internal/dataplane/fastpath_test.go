@@ -90,6 +90,6 @@ func hasTable(t *testing.T, name string) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.ListTableOfFamily(name, nftables.TableFamilyIPv4)
+	_, err = c.ListTableOfFamily(name, nftables.TableFamilyINet)
 	return err == nil
 }

@@ -14,9 +14,10 @@ import (
 )
 
 // Enter runs the calling test again, alone, in a new network namespace with loopback up (the test
-// binary under ip netns exec). It returns true inside the namespace, where the test goes on; outside
-// it reports the inner run and returns false. Without root the test is skipped.
-func Enter(t *testing.T) bool {
+// binary under ip netns exec, with args after its own flags: the package's flags the inner run must
+// see too). It returns true inside the namespace, where the test goes on; outside it reports the
+// inner run and returns false. Without root the test is skipped.
+func Enter(t *testing.T, args ...string) bool {
 	t.Helper()
 	if os.Getenv("MOAT_TEST_NETNS") == t.Name() {
 		return true
@@ -32,11 +33,11 @@ func Enter(t *testing.T) bool {
 		}
 	}
 	defer exec.Command("ip", "netns", "del", ns).Run()
-	args := []string{"netns", "exec", ns, os.Args[0], "-test.run", "^" + t.Name() + "$", "-test.v", "-test.count=1"}
+	run := []string{"netns", "exec", ns, os.Args[0], "-test.run", "^" + t.Name() + "$", "-test.v", "-test.count=1"}
 	if testing.Short() {
-		args = append(args, "-test.short")
+		run = append(run, "-test.short")
 	}
-	cmd := exec.Command("ip", args...)
+	cmd := exec.Command("ip", append(run, args...)...)
 	cmd.Env = append(os.Environ(), "MOAT_TEST_NETNS="+t.Name())
 	out, err := cmd.CombinedOutput()
 	t.Logf("in network namespace %s:\n%s", ns, out)

@@ -10,7 +10,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/netip"
 	"sync"
 
 	"github.com/google/nftables"
@@ -151,20 +150,19 @@ func decodeCounter(data []byte) (name string, c Counter, err error) {
 	return name, c, ad.Err()
 }
 
-// IntervalElements encodes IPv4 ranges as an interval set: a start element
-// per range and an end element just past it (none after 255.255.255.255),
-// after the leading end element at 0.0.0.0 that nft itself adds.
+// IntervalElements encodes sorted ranges of one family as an interval set:
+// a start element per range and an end element just past it (none after the
+// family's last address), after the leading end element at the family's
+// zero address that nft itself adds.
 func IntervalElements(rs []netipx.IPRange) []nftables.SetElement {
 	var elems []nftables.SetElement
-	if len(rs) > 0 && rs[0].From() != netip.IPv4Unspecified() {
-		elems = append(elems, nftables.SetElement{Key: make([]byte, 4), IntervalEnd: true})
+	if len(rs) > 0 && !rs[0].From().IsUnspecified() {
+		elems = append(elems, nftables.SetElement{Key: make([]byte, rs[0].From().BitLen()/8), IntervalEnd: true})
 	}
 	for _, r := range rs {
-		from := r.From().As4()
-		elems = append(elems, nftables.SetElement{Key: from[:]})
-		if next := r.To().Next(); next.IsValid() && next.Is4() {
-			end := next.As4()
-			elems = append(elems, nftables.SetElement{Key: end[:], IntervalEnd: true})
+		elems = append(elems, nftables.SetElement{Key: r.From().AsSlice()})
+		if next := r.To().Next(); next.IsValid() {
+			elems = append(elems, nftables.SetElement{Key: next.AsSlice(), IntervalEnd: true})
 		}
 	}
 	return elems

@@ -72,21 +72,24 @@ func TestFastPathTableDiesWithProcess(t *testing.T) {
 
 func loggedTable(t *testing.T, p *lbProcess) string {
 	t.Helper()
-	m := regexp.MustCompile(`nftables_table="?ip (moat_[0-9a-f_]+)`).FindStringSubmatch(p.stderr.String())
+	m := regexp.MustCompile(`nftables_table="?inet (moat_[0-9a-f_]+)`).FindStringSubmatch(p.stderr.String())
 	if m == nil {
 		t.Fatalf("moat lb did not log its nftables table:\n%s", p.stderr)
 	}
 	return m[1]
 }
 
-// nftTable is the IPv4 table of that name, or nil.
+// forwardingOff is moat lb's warning that IPv4 forwarding is off.
+var forwardingOff = regexp.MustCompile(`IP forwarding is off.*sysctl=net\.ipv4\.ip_forward`)
+
+// nftTable is the fast path's (inet) table of that name, or nil.
 func nftTable(t *testing.T, name string) *nftables.Table {
 	t.Helper()
 	c, err := nftables.New()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +199,7 @@ func TestFastPathAcrossNamespaces(t *testing.T) {
 	// userspace proxy, which shows the target the load balancer's address.
 	lab.sysctl(lab.lb, "net.ipv4.ip_forward=0")
 	waitFor(t, 10*time.Second, "moat lb to say that forwarding is off", func() bool {
-		return strings.Contains(p.stderr.String(), "net.ipv4.ip_forward is 0")
+		return forwardingOff.MatchString(p.stderr.String())
 	})
 	for _, c := range []flowCase{remoteTCP, remoteUDP} {
 		waitFor(t, 10*time.Second, "the flow to go through the proxy ("+c.name+")", func() bool {

@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,9 @@ import (
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
+
+	"github.com/moatlb/moat/internal/nftutil"
 )
 
 // The namespaces' addresses come from 198.18.0.0/15, the range reserved for benchmarking
@@ -39,13 +43,14 @@ instances:
 // veth pairs, so that addresses, zones and the listener's privileged port are real routing
 // rather than loopback:
 //
-//	client (198.18.0.2, .3; 2001:db8::2, ::3) ── veth ── lb (198.18.0.1, 2001:db8::1) ── veth ── target 198.18.2.10:8080
+//	client (198.18.0.2, .3; 2001:db8::2, ::3) ── veth ── lb (198.18.0.1, 2001:db8::1) ── veth ── target 198.18.2.10:8080, [2001:db8:0:3::10]:8080
 //
 // The load balancer addresses moat allocates (from the 100th of each subnet: 198.18.{1,2}.96/27,
 // 2001:db8:0:{1,2}::/64) are routed to the lb host, as a cloud routes an NLB's addresses to its
 // nodes; binding IPv6 addresses that are only routed needs net.ipv6.ip_nonlocal_bind there.
 type netnsWorld struct {
 	client string // the client host's namespace
+	lbNS   string // moat lb's
 	lb     *lbProcess
 	ec2    *ec2.Client
 	elb    *elbv2.Client
@@ -103,11 +108,14 @@ func newNetnsWorld(t *testing.T) *netnsWorld {
 	}
 	veth("c"+id, client, []string{"198.18.0.2/24", "198.18.0.3/24", "2001:db8::2/64", "2001:db8::3/64"},
 		"lc"+id, lbns, []string{"198.18.0.1/24", "2001:db8::1/64"})
-	veth("t"+id, target, []string{"198.18.2.10/24"}, "lt"+id, lbns, []string{"198.18.2.1/24"})
+	// The target's IPv6 address is in the VPC's block but in no subnet's (zone b's is the load
+	// balancer addresses' here): an ip target of zone "all".
+	veth("t"+id, target, []string{"198.18.2.10/24", "2001:db8:0:3::10/64"}, "lt"+id, lbns, []string{"198.18.2.1/24", "2001:db8:0:3::1/64"})
 	veth("r"+id, "", []string{"198.18.9.1/30"}, "lr"+id, lbns, []string{"198.18.9.2/30"}) // the test's own path to the API
 	run("-n", client, "route", "add", "198.18.0.0/15", "via", "198.18.0.1")
 	run("-n", client, "-6", "route", "add", "2001:db8::/56", "via", "2001:db8::1")
 	run("-n", target, "route", "add", "default", "via", "198.18.2.1")
+	run("-n", target, "-6", "route", "add", "default", "via", "2001:db8:0:3::1")
 	for _, r := range []string{"198.18.1.96/27", "198.18.2.96/27", "2001:db8:0:1::/64", "2001:db8:0:2::/64"} {
 		run("-n", lbns, "route", "add", "local", r, "dev", "lo")
 	}
@@ -115,19 +123,21 @@ func newNetnsWorld(t *testing.T) *netnsWorld {
 		t.Fatalf("sysctl in %s: %v\n%s", lbns, err, out)
 	}
 
-	backend := exec.Command("ip", "netns", "exec", target, echoBin, "198.18.2.10:8080")
-	backend.SysProcAttr = dieWithTest()
-	if err := backend.Start(); err != nil {
-		t.Fatal(err)
+	for _, listen := range []string{"198.18.2.10:8080", "[2001:db8:0:3::10]:8080"} {
+		backend := exec.Command("ip", "netns", "exec", target, echoBin, listen)
+		backend.SysProcAttr = dieWithTest()
+		if err := backend.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = backend.Process.Kill(); _ = backend.Wait() })
 	}
-	t.Cleanup(func() { _ = backend.Process.Kill(); _ = backend.Wait() })
 
 	dir := t.TempDir()
 	inventory := filepath.Join(dir, "inventory.yaml")
 	if err := os.WriteFile(inventory, []byte(netnsInventory), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w := &netnsWorld{client: client}
+	w := &netnsWorld{client: client, lbNS: lbns}
 	w.lb = startLBIn(t, []string{"ip", "netns", "exec", lbns}, "198.18.9.2", filepath.Join(dir, "lb"), "--inventory", inventory)
 	w.ec2, w.elb = w.lb.clients(t)
 	return w
@@ -136,9 +146,15 @@ func newNetnsWorld(t *testing.T) *netnsWorld {
 // dial connects from the client host's source address to addr and returns the greeting (the
 // first line echoserver prints).
 func (w *netnsWorld) dial(addr, source string) (string, error) {
-	out, err := exec.Command("ip", "netns", "exec", w.client, echoBin, "dial", addr, source).Output()
-	greeting, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	out, err := w.dialOut(addr, source)
+	greeting, _, _ := strings.Cut(out, "\n")
 	return greeting, err
+}
+
+// dialOut is dial's whole output: the greeting and the client's own address ("local …").
+func (w *netnsWorld) dialOut(addr, source string) (string, error) {
+	out, err := exec.Command("ip", "netns", "exec", w.client, echoBin, "dial", addr, source).Output()
+	return strings.TrimSpace(string(out)), err
 }
 
 // netnsStack is what createStack made: a load balancer with a frontend group, and a target group
@@ -250,11 +266,16 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 // TestDualstackAcrossNetworkNamespaces serves a dualstack load balancer from subnets with IPv6
 // blocks: each zone gets an IPv6 address, moat's DNS answers AAAA records for the zones DNS
 // answers A records for (and NODATA for an ipv4 load balancer), an IPv6 client that an
-// Ipv6Ranges rule admits reaches the IPv4 target, and another IPv6 client's SYN is dropped.
+// Ipv6Ranges rule admits reaches the IPv4 target, and another IPv6 client's SYN is dropped. Then
+// a second listener forwards to an ipv6 target group: with the kernel fast path (moat lb's
+// default as root) and IPv6 forwarding on in the lb host, the admitted IPv6 client's flow to the
+// IPv6 target is carried by the kernel — its conntrack entry in the lb host has moat lb's
+// fast-path mark, and the userspace proxy accepted no flow — and the other IPv6 client is still
+// dropped.
 func TestDualstackAcrossNetworkNamespaces(t *testing.T) {
 	w := newNetnsWorld(t)
 	s := w.createStack(t, elbtypes.IpAddressTypeDualstack,
-		ec2types.IpPermission{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(80), ToPort: aws.Int32(80),
+		ec2types.IpPermission{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(80), ToPort: aws.Int32(81),
 			IpRanges: []ec2types.IpRange{{CidrIp: aws.String("198.18.0.2/32")}}, Ipv6Ranges: []ec2types.Ipv6Range{{CidrIpv6: aws.String("2001:db8::2/128")}}})
 	if s.lb.IpAddressType != elbtypes.IpAddressTypeDualstack {
 		t.Fatalf("ip address type %s", s.lb.IpAddressType)
@@ -294,5 +315,69 @@ func TestDualstackAcrossNetworkNamespaces(t *testing.T) {
 	}
 	if got, err := w.dial(w.lb.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA)+":80", "198.18.0.2"); err != nil || !strings.HasPrefix(got, "hello from 198.18.2.10:8080,") {
 		t.Errorf("admitted IPv4 client: %q, %v", got, err)
+	}
+
+	w.ipv6ToIPv6(t, s, zoneB6)
+}
+
+// ipv6ToIPv6 forwards port 81 of the dualstack load balancer to an ipv6 target group with the
+// target host's IPv6 address, and checks that the kernel carries the admitted IPv6 client's flow.
+func (w *netnsWorld) ipv6ToIPv6(t *testing.T, s netnsStack, zoneB6 string) {
+	t.Helper()
+	ctx := context.Background()
+	if !strings.Contains(w.lb.stderr.String(), "kernel fast path on") {
+		t.Fatalf("moat lb runs without the kernel fast path:\n%s", w.lb.stderr)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", w.lbNS, "sysctl", "-w", "net.ipv6.conf.all.forwarding=1").CombinedOutput(); err != nil {
+		t.Fatalf("sysctl in %s: %v\n%s", w.lbNS, err, out)
+	}
+	vpc, _ := vpcSubnets(t, w.ec2)
+	tg, err := w.elb.CreateTargetGroup(ctx, &elbv2.CreateTargetGroupInput{Name: aws.String("v6"), Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(8080),
+		VpcId: vpc, TargetType: elbtypes.TargetTypeEnumIp, IpAddressType: elbtypes.TargetGroupIpAddressTypeEnumIpv6,
+		HealthCheckIntervalSeconds: aws.Int32(5), HealthyThresholdCount: aws.Int32(2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgARN := tg.TargetGroups[0].TargetGroupArn
+	if _, err := w.elb.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: tgARN,
+		Targets: []elbtypes.TargetDescription{{Id: aws.String("2001:db8:0:3::10")}}}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := w.elb.CreateListener(ctx, &elbv2.CreateListenerInput{LoadBalancerArn: s.lb.LoadBalancerArn, Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(81),
+		DefaultActions: []elbtypes.Action{{Type: elbtypes.ActionTypeEnumForward, TargetGroupArn: tgARN}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listener := aws.ToString(l.Listeners[0].ListenerArn)
+	waitFor(t, 30*time.Second, "the IPv6 target healthy", func() bool {
+		out, err := w.elb.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: tgARN})
+		return err == nil && out.TargetHealthDescriptions[0].TargetHealth.State == elbtypes.TargetHealthStateEnumHealthy
+	})
+
+	front := netip.AddrPortFrom(netip.MustParseAddr(zoneB6), 81)
+	var out string
+	waitFor(t, 10*time.Second, "the admitted IPv6 client's flow to the IPv6 target", func() bool {
+		out, err = w.dialOut(front.String(), "2001:db8::2")
+		return err == nil
+	})
+	// Client IP preservation is off for ip targets: the target sees the load balancer's address.
+	if !strings.HasPrefix(out, "hello from [2001:db8:0:3::10]:8080,") || answerAddr(t, out, "you are ").Addr() != front.Addr() {
+		t.Errorf("admitted IPv6 client got %q, want the IPv6 target seeing %v", out, front.Addr())
+	}
+	local := answerAddr(t, out, "local ")
+	f, ok := conntrackFlow(t, w.lbNS, unix.IPPROTO_TCP, local, front)
+	switch {
+	case !ok:
+		t.Errorf("no conntrack entry for %v → %v in the lb host", local, front)
+	case f.Mark&nftutil.MarkFlow == 0 || f.Mark&(1<<nftutil.MarkSlotBits-1) == 0:
+		t.Errorf("conntrack mark %#x: not a fast-path flow of moat lb", f.Mark)
+	case f.TupleReply.IP.SourceAddress != netip.MustParseAddr("2001:db8:0:3::10"):
+		t.Errorf("conntrack sends the flow to %v, want the IPv6 target", f.TupleReply.IP.SourceAddress)
+	}
+	if n := metricValue(t, w.lb, "moat_dataplane_proxied_flows_total", `listener="`+listener+`"`); n != 0 {
+		t.Errorf("the userspace proxy accepted %v IPv6 flows, want 0", n)
+	}
+	if out, err := w.dial(front.String(), "2001:db8::3"); err == nil || !strings.Contains(out, "timeout") {
+		t.Errorf("denied IPv6 client to the IPv6 target: %q, %v; want a timeout", out, err)
 	}
 }

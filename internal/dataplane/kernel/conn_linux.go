@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,7 +42,9 @@ const (
 
 // Base objects of the table. Every socket's slot adds its own chains
 // (admit_N, count_N) and counters (new_N, in_N, out_N) and elements in the
-// maps, so a change touches only its own slot.
+// maps, so a change touches only its own slot. The sockets and snat_to maps
+// come once per family (suffixed _ip, _ip6), since their keys or values are
+// the family's addresses.
 const (
 	mapSockets  = "sockets"  // meta l4proto . ip daddr . th dport → jump admit_N, for sockets taking new flows
 	mapCounting = "counting" // ct mark → jump count_N, for every slot
@@ -55,13 +58,48 @@ const (
 	counterOut = "out_"
 )
 
+// l3 is what the rules of one address family need: its nfproto, and where
+// and how long its addresses are in the network header.
+type l3 struct {
+	name         string // nft's name of the family's addresses (ip, ip6)
+	nfproto      uint8
+	addrLen      uint32
+	saddr, daddr uint32 // offsets in the network header
+	addrType     nftables.SetDatatype
+}
+
+var l3s = [families]l3{
+	ipv4: {name: "ip", nfproto: unix.NFPROTO_IPV4, addrLen: 4, saddr: 12, daddr: 16, addrType: nftables.TypeIPAddr},
+	ipv6: {name: "ip6", nfproto: unix.NFPROTO_IPV6, addrLen: 16, saddr: 8, daddr: 24, addrType: nftables.TypeIP6Addr},
+}
+
+// reg32 is NFT_REG32_00, the first 32-bit register, where register 1 starts:
+// a concatenation loaded there has its parts, each padded to 4 bytes, in
+// consecutive 32-bit registers.
+const reg32 = 8
+
+// addrBytes is an address as nftables holds it: 4 bytes for IPv4, 16 for
+// IPv6.
+func addrBytes(a netip.Addr) []byte {
+	if a = a.Unmap(); a.Is4() {
+		b := a.As4()
+		return b[:]
+	}
+	b := a.As16()
+	return b[:]
+}
+
+// familyMaps are the maps of one family.
+type familyMaps struct{ sockets, snat *nftables.Set }
+
 type nftConn struct {
-	id    uint32
-	nft   *nftables.Conn
-	nl    *netlink.Conn // the library's socket, which owns the table
-	ct    *conntrack.Conn
-	table *nftables.Table
-	maps  struct{ sockets, counting, snat *nftables.Set }
+	id       uint32
+	nft      *nftables.Conn
+	nl       *netlink.Conn // the library's socket, which owns the table
+	ct       *conntrack.Conn
+	table    *nftables.Table
+	counting *nftables.Set
+	maps     [families]familyMaps
 
 	timeouts map[timeoutKey]bool // ct timeout objects
 }
@@ -73,7 +111,7 @@ var errTableExists = nftutil.ErrTableExists
 // connection.
 func dialNFT(id uint32, testDial func([]netlink.Message) ([]netlink.Message, error)) (conn, error) {
 	c := &nftConn{id: id, timeouts: map[timeoutKey]bool{},
-		table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName(id)}}
+		table: &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName(id)}}
 	capture := func(nl *netlink.Conn) error {
 		c.nl = nl
 		if testDial != nil {
@@ -147,29 +185,50 @@ func (c *nftConn) queueBase() error {
 	// looping back over lo was counted in output).
 	acct := chain("acct", nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityFilter)
 	acctIn := chain("acct_in", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityFilter)
-	c.maps.sockets = &nftables.Set{Table: t, Name: mapSockets, IsMap: true, DataType: nftables.TypeVerdict,
-		KeyType: nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeIPAddr, nftables.TypeInetService)}
-	c.maps.counting = &nftables.Set{Table: t, Name: mapCounting, IsMap: true,
+	c.counting = &nftables.Set{Table: t, Name: mapCounting, IsMap: true,
 		KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
-	c.maps.snat = &nftables.Set{Table: t, Name: mapSNAT, IsMap: true,
-		KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeIPAddr}
-	for _, s := range []*nftables.Set{c.maps.sockets, c.maps.counting, c.maps.snat} {
-		if err := c.nft.AddSet(s, nil); err != nil {
-			return err
-		}
+	if err := c.nft.AddSet(c.counting, nil); err != nil {
+		return err
 	}
-	for _, ch := range dnat {
-		// meta l4proto . ip daddr . th dport vmap @sockets
-		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-			&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-			&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: c.maps.sockets.Name, SetID: c.maps.sockets.ID},
-		}})
+	for f, fam := range l3s {
+		m := familyMaps{
+			sockets: &nftables.Set{Table: t, Name: mapSockets + "_" + fam.name, IsMap: true, DataType: nftables.TypeVerdict,
+				KeyType: nftables.MustConcatSetType(nftables.TypeInetProto, fam.addrType, nftables.TypeInetService)},
+			snat: &nftables.Set{Table: t, Name: mapSNAT + "_" + fam.name, IsMap: true,
+				KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: fam.addrType},
+		}
+		for _, s := range []*nftables.Set{m.sockets, m.snat} {
+			if err := c.nft.AddSet(s, nil); err != nil {
+				return err
+			}
+		}
+		c.maps[f] = m
+		isFamily := []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.nfproto}},
+		}
+		for _, ch := range dnat {
+			// meta nfproto ipv4 meta l4proto . ip daddr . th dport vmap @sockets_ip
+			// (and so for ip6: the addresses are where the family has them)
+			c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(slices.Clone(isFamily),
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Payload{DestRegister: reg32 + 1, Base: expr.PayloadBaseNetworkHeader, Offset: fam.daddr, Len: fam.addrLen},
+				&expr.Payload{DestRegister: reg32 + 1 + fam.addrLen/4, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: m.sockets.Name, SetID: m.sockets.ID},
+			)})
+		}
+		for _, ch := range snat {
+			// meta nfproto ipv4 snat ip to ct mark map @snat_to_ip
+			c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(slices.Clone(isFamily),
+				&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+				&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m.snat.Name, SetID: m.snat.ID},
+				&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(fam.nfproto), RegAddrMin: 1},
+			)})
+		}
 	}
 	countByMark := []expr.Any{
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
-		&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: c.maps.counting.Name, SetID: c.maps.counting.ID},
+		&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: c.counting.Name, SetID: c.counting.ID},
 	}
 	// ct mark vmap @counting
 	c.nft.AddRule(&nftables.Rule{Table: t, Chain: acct, Exprs: countByMark})
@@ -178,14 +237,6 @@ func (c *nftConn) queueBase() error {
 		&expr.Meta{Key: expr.MetaKeyIIFTYPE, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint16(unix.ARPHRD_LOOPBACK)},
 	}, countByMark...)})
-	for _, ch := range snat {
-		// snat ip to ct mark map @snat_to
-		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
-			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
-			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: c.maps.snat.Name, SetID: c.maps.snat.ID},
-			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
-		}})
-	}
 	return nil
 }
 
@@ -209,13 +260,13 @@ func (c *nftConn) program(changes []change) error {
 func (c *nftConn) queue(ch change) error {
 	mark := binaryutil.NativeEndian.PutUint32(c.id | ch.slot)
 	name := strconv.Itoa(int(ch.slot))
+	maps := c.maps[familyOf(ch.key.Addr.Addr())]
 	admit := &nftables.Chain{Name: "admit_" + name, Table: c.table}
 	count := &nftables.Chain{Name: "count_" + name, Table: c.table}
 	sockElem := []nftables.SetElement{{Key: socketKey(ch.key),
 		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: admit.Name}}}
 	snatElem := func(a netip.Addr) []nftables.SetElement {
-		b := a.As4()
-		return []nftables.SetElement{{Key: mark, Val: b[:]}}
+		return []nftables.SetElement{{Key: mark, Val: addrBytes(a)}}
 	}
 	snatOf := func(f *Forward) netip.Addr {
 		if f == nil {
@@ -226,18 +277,18 @@ func (c *nftConn) queue(ch change) error {
 	// Elements referring to chains go before the chains.
 	if ch.existed {
 		if ch.from != nil && (ch.remove || ch.to == nil) {
-			if err := c.nft.SetDeleteElements(c.maps.sockets, sockElem); err != nil {
+			if err := c.nft.SetDeleteElements(maps.sockets, sockElem); err != nil {
 				return err
 			}
 		}
 		if from := snatOf(ch.from); from.IsValid() && (ch.remove || snatOf(ch.to) != from) {
-			if err := c.nft.SetDeleteElements(c.maps.snat, snatElem(from)); err != nil {
+			if err := c.nft.SetDeleteElements(maps.snat, snatElem(from)); err != nil {
 				return err
 			}
 		}
 		c.nft.FlushChain(admit)
 		if ch.remove {
-			if err := c.nft.SetDeleteElements(c.maps.counting, []nftables.SetElement{{Key: mark}}); err != nil {
+			if err := c.nft.SetDeleteElements(c.counting, []nftables.SetElement{{Key: mark}}); err != nil {
 				return err
 			}
 			c.nft.FlushChain(count)
@@ -255,7 +306,7 @@ func (c *nftConn) queue(ch change) error {
 			c.nft.AddObj(o)
 		}
 		c.countRules(count, name)
-		if err := c.nft.SetAddElements(c.maps.counting, []nftables.SetElement{{Key: mark,
+		if err := c.nft.SetAddElements(c.counting, []nftables.SetElement{{Key: mark,
 			VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: count.Name}}}); err != nil {
 			return err
 		}
@@ -267,12 +318,12 @@ func (c *nftConn) queue(ch change) error {
 		return err
 	}
 	if ch.from == nil || !ch.existed {
-		if err := c.nft.SetAddElements(c.maps.sockets, sockElem); err != nil {
+		if err := c.nft.SetAddElements(maps.sockets, sockElem); err != nil {
 			return err
 		}
 	}
 	if to := snatOf(ch.to); to.IsValid() && (!ch.existed || snatOf(ch.from) != to) {
-		return c.nft.SetAddElements(c.maps.snat, snatElem(to))
+		return c.nft.SetAddElements(maps.snat, snatElem(to))
 	}
 	return nil
 }
@@ -306,6 +357,7 @@ func (c *nftConn) countRules(chain *nftables.Chain, slot string) {
 // idle timeout, DNAT it to a target.
 func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot string) error {
 	f := ch.to
+	fam := l3s[familyOf(ch.key.Addr.Addr())]
 	if !ch.ingress {
 		// meta iif != 0 return: a flow from an interface that the kernel
 		// must not take (see hostNet.ingress); output has no input interface.
@@ -332,20 +384,20 @@ func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot
 			c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}})
 			return nil
 		}
-		admit := &nftables.Set{Table: c.table, Anonymous: true, Constant: true, Interval: true, KeyType: nftables.TypeIPAddr}
+		admit := &nftables.Set{Table: c.table, Anonymous: true, Constant: true, Interval: true, KeyType: fam.addrType}
 		if err := c.addSet(admit, nftutil.IntervalElements(f.Admit)); err != nil {
 			return err
 		}
-		// ip saddr != @admit return
+		// ip saddr != @admit return (ip6 saddr for IPv6)
 		c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: fam.saddr, Len: fam.addrLen},
 			&expr.Lookup{SourceRegister: 1, SetName: admit.Name, SetID: admit.ID, Invert: true},
 			&expr.Verdict{Kind: expr.VerdictReturn},
 		}})
 	}
 	targets := &nftables.Set{Table: c.table, Anonymous: true, Constant: true, IsMap: true,
 		KeyType: nftables.TypeInteger, KeyByteOrder: binaryutil.NativeEndian,
-		DataType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)}
+		DataType: nftables.MustConcatSetType(fam.addrType, nftables.TypeInetService)}
 	elems := make([]nftables.SetElement, len(f.Targets))
 	for i, t := range f.Targets {
 		elems[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)), Val: addrPortKey(t)}
@@ -357,8 +409,8 @@ func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot
 	pick := []expr.Any{&expr.Numgen{Register: 1, Modulus: n, Type: unix.NFT_NG_RANDOM}}
 	if f.Sticky {
 		pick = []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-			&expr.Hash{SourceRegister: 1, DestRegister: 1, Length: 4, Modulus: n, Seed: c.id, Type: expr.HashTypeJenkins},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: fam.saddr, Len: fam.addrLen},
+			&expr.Hash{SourceRegister: 1, DestRegister: 1, Length: fam.addrLen, Modulus: n, Seed: c.id, Type: expr.HashTypeJenkins},
 		}
 	}
 	exprs := []expr.Any{
@@ -366,24 +418,25 @@ func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
 		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counterNew + slot},
 		// The flow is not confirmed yet: its idle timeout can still be set.
-		&expr.Objref{Type: int(nftables.ObjTypeCtTimeout), Name: c.timeout(ch.key.Proto, f.Idle)},
+		&expr.Objref{Type: int(nftables.ObjTypeCtTimeout), Name: c.timeout(fam, ch.key.Proto, f.Idle)},
 	}
 	exprs = append(exprs, pick...)
 	exprs = append(exprs,
 		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: targets.Name, SetID: targets.ID},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 9, Specified: true},
+		// The target's address from register 1, its port just after it.
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(fam.nfproto), RegAddrMin: 1, RegProtoMin: reg32 + fam.addrLen/4, Specified: true},
 	)
 	c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: exprs})
 	return nil
 }
 
-// timeout returns the name of the ct timeout object for a protocol's idle
-// timeout, creating it on first use. Objects stay for the table's life:
-// conntrack entries hold references to them.
-func (c *nftConn) timeout(proto Proto, idle time.Duration) string {
+// timeout returns the name of the ct timeout object for a family's and
+// protocol's idle timeout, creating it on first use. Objects stay for the
+// table's life: conntrack entries hold references to them.
+func (c *nftConn) timeout(fam l3, proto Proto, idle time.Duration) string {
 	secs := max(uint32(idle/time.Second), 1)
-	key := timeoutKey{proto, secs}
-	name := "idle_" + proto.String() + "_" + strconv.Itoa(int(secs))
+	key := timeoutKey{fam.nfproto, proto, secs}
+	name := "idle_" + fam.name + "_" + proto.String() + "_" + strconv.Itoa(int(secs))
 	if c.timeouts[key] {
 		return name
 	}
@@ -400,14 +453,15 @@ func (c *nftConn) timeout(proto Proto, idle time.Duration) string {
 		policy[expr.CtStateTCPESTABLISHED] = secs
 	}
 	c.nft.AddObj(&nftables.NamedObj{Table: c.table, Name: name, Type: nftables.ObjTypeCtTimeout,
-		Obj: &expr.CtTimeout{L3Proto: unix.NFPROTO_IPV4, L4Proto: uint8(proto), Policy: policy}})
+		Obj: &expr.CtTimeout{L3Proto: uint16(fam.nfproto), L4Proto: uint8(proto), Policy: policy}})
 	c.timeouts[key] = true
 	return name
 }
 
 type timeoutKey struct {
-	proto Proto
-	secs  uint32
+	nfproto uint8
+	proto   Proto
+	secs    uint32
 }
 
 // setElementsPerMessage keeps a message's element list under netlink's
@@ -506,20 +560,15 @@ func (c *nftConn) close() {
 	}
 }
 
-// socketKey encodes a socket as the sockets map's key: protocol, IPv4
+// socketKey encodes a socket as its family's sockets map's key: protocol,
 // address and port, each padded to 4 bytes as nftables concatenates them,
 // the port in network order.
 func socketKey(k Key) []byte {
-	b := make([]byte, 12)
-	b[0] = byte(k.Proto)
-	a := k.Addr.Addr().Unmap().As4()
-	copy(b[4:], a[:])
-	binary.BigEndian.PutUint16(b[8:], k.Addr.Port())
-	return b
+	return append([]byte{byte(k.Proto), 0, 0, 0}, addrPortKey(k.Addr)...)
 }
 
-// addrPortKey encodes an IPv4 address and port as nftables concatenates
-// them (see socketKey).
+// addrPortKey encodes an address and port as nftables concatenates them
+// (see socketKey).
 func addrPortKey(ap netip.AddrPort) []byte {
-	return socketKey(Key{Addr: ap})[4:]
+	return append(binary.BigEndian.AppendUint16(addrBytes(ap.Addr()), ap.Port()), 0, 0)
 }

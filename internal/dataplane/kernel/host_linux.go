@@ -4,25 +4,33 @@ package kernel
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
 )
 
-// ipForward is the forwarding switch of the network namespace moat lb runs
-// in (/proc/sys/net shows the reader's namespace).
-const ipForward = "/proc/sys/net/ipv4/ip_forward"
+// forwardingFile is, by family, the forwarding switch of the network
+// namespace moat lb runs in (/proc/sys/net shows the reader's namespace).
+var forwardingFile = [families]string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"}
 
-// readHostNet reads net.ipv4.ip_forward and, when it is off, this host's
-// IPv4 addresses.
+// readHostNet reads each family's forwarding switch and, when one is off,
+// this host's addresses. A host without IPv6 has no IPv6 switch: off.
 func readHostNet() (hostNet, error) {
-	v, err := os.ReadFile(ipForward)
-	if err != nil {
-		return hostNet{}, err
+	var h hostNet
+	for f, name := range forwardingFile {
+		v, err := os.ReadFile(name)
+		if errors.Is(err, fs.ErrNotExist) && family(f) == ipv6 {
+			continue
+		}
+		if err != nil {
+			return hostNet{}, err
+		}
+		h.forwarding[f] = string(bytes.TrimSpace(v)) != "0"
 	}
-	h := hostNet{forwarding: string(bytes.TrimSpace(v)) != "0"}
-	if h.forwarding {
+	if h.forwarding == [families]bool{true, true} {
 		return h, nil
 	}
 	addrs, err := net.InterfaceAddrs()
@@ -31,7 +39,7 @@ func readHostNet() (hostNet, error) {
 	}
 	h.local = map[netip.Addr]bool{}
 	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Unmap().Is4() {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
 			h.local[p.Addr().Unmap()] = true
 		}
 	}

@@ -14,8 +14,13 @@ func TestIngress(t *testing.T) {
 	sock := func(addr netip.AddrPort, targets ...netip.AddrPort) Socket {
 		return Socket{Key: Key{TCP, addr}, Forward: &Forward{AdmitAll: true, Targets: targets}}
 	}
-	on := hostNet{forwarding: true}
-	off := hostNet{local: map[netip.Addr]bool{lb.Addr(): true, local.Addr(): true}}
+	lb6 := netip.MustParseAddrPort("[2001:db8::1]:80")
+	remote6 := netip.MustParseAddrPort("[2001:db8:1::5]:8080")
+	local6 := netip.MustParseAddrPort("[2001:db8::2]:8080")
+	on := hostNet{forwarding: [families]bool{true, true}}
+	off := hostNet{local: map[netip.Addr]bool{lb.Addr(): true, local.Addr(): true, lb6.Addr(): true, local6.Addr(): true}}
+	only4 := hostNet{forwarding: [families]bool{ipv4: true}, local: off.local}
+	only6 := hostNet{forwarding: [families]bool{ipv6: true}, local: off.local}
 	for _, c := range []struct {
 		name string
 		h    hostNet
@@ -29,6 +34,12 @@ func TestIngress(t *testing.T) {
 		{"loopback target: a martian from an interface", on, sock(lb, remote, loop), false},
 		{"loopback load balancer address", on, sock(netip.MustParseAddrPort("127.1.0.100:80"), remote), false},
 		{"no new flows", on, Socket{Key: Key{TCP, lb}}, false},
+		{"IPv6 forwarded target, forwarding on", on, sock(lb6, remote6), true},
+		{"IPv6 forwarded target, only IPv4 forwarding on", only4, sock(lb6, remote6), false},
+		{"IPv4 forwarded target, only IPv6 forwarding on", only6, sock(lb, remote), false},
+		{"IPv6 forwarded target, only IPv6 forwarding on", only6, sock(lb6, remote6), true},
+		{"IPv6 target on this host, forwarding off", off, sock(lb6, local6), true},
+		{"IPv6 loopback target", on, sock(lb6, netip.MustParseAddrPort("[::1]:8080")), false},
 	} {
 		if got := c.h.ingress(c.s); got != c.want {
 			t.Errorf("%s: ingress %v, want %v", c.name, got, c.want)

@@ -24,6 +24,12 @@
 // taking new fast-path flows while its established flows go on. Flows end only
 // when asked: Terminate (a target that must lose its flows), or the socket
 // leaving the desired state (its listener was deleted).
+//
+// IPv4 and IPv6 are carried alike, by one inet table with a map, NAT rules and
+// ct timeouts per family. A socket's targets (and the address it hides
+// clients behind) are of the socket's own family: nftables NAT rewrites
+// addresses within a family, and cannot translate an IPv6 flow to an IPv4
+// target or back, so such sockets are the userspace proxy's.
 package kernel
 
 import (
@@ -52,6 +58,23 @@ const (
 	UDP Proto = 17
 )
 
+// family is an address family the fast path carries: the table has rules,
+// maps and settings for each, indexed by it.
+type family int
+
+const (
+	ipv4 family = iota
+	ipv6
+	families
+)
+
+func familyOf(a netip.Addr) family {
+	if a.Unmap().Is4() {
+		return ipv4
+	}
+	return ipv6
+}
+
 func (p Proto) String() string {
 	if p == UDP {
 		return "udp"
@@ -59,14 +82,15 @@ func (p Proto) String() string {
 	return "tcp"
 }
 
-// Key names a listening socket: its protocol, IPv4 address and port.
+// Key names a listening socket: its protocol, address (IPv4 or IPv6) and
+// port.
 type Key struct {
 	Proto Proto
 	Addr  netip.AddrPort
 }
 
 // Socket is one listening socket whose flows the fast path may carry: a TCP
-// or UDP listener on an IPv4 address.
+// or UDP listener on an IPv4 or IPv6 address.
 type Socket struct {
 	Key
 	// Forward is how the kernel takes the socket's new flows; nil takes none
@@ -77,18 +101,19 @@ type Socket struct {
 
 // Forward is what the kernel does with a new flow to a socket.
 type Forward struct {
-	// AdmitAll admits every client; otherwise Admit lists the admitted IPv4
-	// ranges (empty: no one, so every new flow reaches the listening socket).
+	// AdmitAll admits every client; otherwise Admit lists the admitted
+	// ranges of the socket's family (empty: no one, so every new flow
+	// reaches the listening socket).
 	AdmitAll bool
 	Admit    []netipx.IPRange
 	// Targets are the addresses new flows are spread over, in a stable
-	// order; never empty.
+	// order; never empty, and all of the socket's family.
 	Targets []netip.AddrPort
 	// Sticky hashes the client address (stickiness.type=source_ip); otherwise
 	// each flow picks at random.
 	Sticky bool
-	// SNAT is the source address targets see; invalid keeps the client's own
-	// (client IP preservation).
+	// SNAT is the source address targets see, of the socket's family;
+	// invalid keeps the client's own (client IP preservation).
 	SNAT netip.Addr
 	// Idle is the flow's idle timeout.
 	Idle time.Duration
@@ -285,7 +310,7 @@ func New(opts Options) (*Path, error) {
 	p.refreshHost()
 	go p.run()
 	p.log.Info("kernel fast path on: eligible TCP and UDP flows are forwarded by nftables and conntrack",
-		"nftables_table", "ip "+TableName(p.id))
+		"nftables_table", "inet "+TableName(p.id))
 	return p, nil
 }
 
@@ -432,7 +457,7 @@ func (p *Path) sync() error {
 			return fmt.Errorf("reconnect: %w", err)
 		}
 		p.c = c
-		p.log.Info("kernel fast path reconnected", "nftables_table", "ip "+p.Table())
+		p.log.Info("kernel fast path reconnected", "nftables_table", "inet "+p.Table())
 	}
 	p.mu.Lock()
 	gen, terms := p.gen, p.terms

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -47,21 +46,28 @@ func (d *desired) get() []Socket {
 	return d.sockets
 }
 
-// manySockets returns n sockets on 127.3.x.y, each admitting 60 disjoint
-// ranges and spreading over two targets.
+// manySockets returns n sockets, every other one IPv4 (127.3.x.y) and IPv6
+// (fd00:3::x), each admitting 60 disjoint ranges and spreading over two
+// targets of its family.
 func manySockets(n int, targetPort uint16) []Socket {
-	var admit []netipx.IPRange
+	var admit4, admit6 []netipx.IPRange
 	for i := range 60 {
 		a := netip.AddrFrom4([4]byte{127, 0, byte(i), 1})
-		admit = append(admit, netipx.IPRangeFrom(a, a.Next()))
+		admit4 = append(admit4, netipx.IPRangeFrom(a, a.Next()))
+		a6 := netip.AddrFrom16([16]byte{0xfd, 0, 0, byte(i), 15: 1})
+		admit6 = append(admit6, netipx.IPRangeFrom(a6, a6.Next()))
 	}
 	out := make([]Socket, n)
 	for i := range out {
+		addr, admit, targets := netip.AddrFrom4([4]byte{127, 3, byte(i / 200), byte(1 + i%200)}), admit4, "127.4.0.%d:%d"
+		if i%2 == 1 {
+			addr, admit, targets = netip.AddrFrom16([16]byte{0xfd, 0, 0, 3, 14: byte(i >> 8), 15: byte(i)}), admit6, "[fd00:4::%d]:%d"
+		}
 		out[i] = Socket{
-			Key: Key{Proto: TCP, Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 3, byte(i / 200), byte(1 + i%200)}), 20000)},
-			Forward: &Forward{Admit: admit, Idle: 350 * time.Second, Targets: []netip.AddrPort{
-				netip.MustParseAddrPort(fmt.Sprintf("127.4.0.1:%d", targetPort)),
-				netip.MustParseAddrPort(fmt.Sprintf("127.4.0.2:%d", targetPort)),
+			Key: Key{Proto: TCP, Addr: netip.AddrPortFrom(addr, 20000)},
+			Forward: &Forward{Admit: admit, Idle: 350 * time.Second, SNAT: addr, Targets: []netip.AddrPort{
+				netip.MustParseAddrPort(fmt.Sprintf(targets, 1, targetPort)),
+				netip.MustParseAddrPort(fmt.Sprintf(targets, 2, targetPort)),
 			}},
 		}
 	}
@@ -77,7 +83,7 @@ func setElements(t *testing.T, table, name string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := c.GetSetByName(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: table}, name)
+	s, err := c.GetSetByName(&nftables.Table{Family: nftables.TableFamilyINet, Name: table}, name)
 	if err != nil {
 		t.Fatalf("set %s of %s: %v", name, table, err)
 	}
@@ -94,7 +100,7 @@ func tableExists(t *testing.T, name string) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.ListTableOfFamily(name, nftables.TableFamilyIPv4)
+	_, err = c.ListTableOfFamily(name, nftables.TableFamilyINet)
 	return err == nil
 }
 
@@ -123,8 +129,13 @@ func TestLargeBatch(t *testing.T) {
 	if !p.upToDate() {
 		t.Fatal("the path gave up on the program (it disconnected) instead of applying it")
 	}
-	if n := setElements(t, p.Table(), mapSockets); n != 1000 {
-		t.Fatalf("%d sockets in the dispatch map, want 1000", n)
+	for _, fam := range []string{"_ip", "_ip6"} {
+		if n := setElements(t, p.Table(), mapSockets+fam); n != 500 {
+			t.Fatalf("%d sockets in the dispatch map %s, want 500", n, mapSockets+fam)
+		}
+		if n := setElements(t, p.Table(), mapSNAT+fam); n != 500 {
+			t.Fatalf("%d sockets in the SNAT map %s, want 500", n, mapSNAT+fam)
+		}
 	}
 
 	d.set(manySockets(1000, 9090))
@@ -138,8 +149,10 @@ func TestLargeBatch(t *testing.T) {
 	if err := p.Wait(ctx, p.Kick()); err != nil || !p.upToDate() {
 		t.Fatalf("remove 500 sockets: %v (up to date %v)", err, p.upToDate())
 	}
-	if n := setElements(t, p.Table(), mapSockets); n != 500 {
-		t.Fatalf("%d sockets in the dispatch map, want 500", n)
+	for _, fam := range []string{"_ip", "_ip6"} {
+		if n := setElements(t, p.Table(), mapSockets+fam); n != 250 {
+			t.Fatalf("%d sockets in the dispatch map %s, want 250", n, mapSockets+fam)
+		}
 	}
 	if n := setElements(t, p.Table(), mapCounting); n != 500 {
 		t.Fatalf("%d slots in the counting map, want 500", n)
@@ -257,18 +270,25 @@ func TestBlockingPeer(t *testing.T) {
 	}
 }
 
-// TestForwardingChangeReprograms: the path reads net.ipv4.ip_forward every
-// poll; when it turns on, a socket whose target is on another host starts
-// taking flows from interfaces too (its admit chain loses the rule that
-// leaves them to the listening socket), and when it turns off again, stops.
+// TestForwardingChangeReprograms: the path reads each family's forwarding
+// switch every poll; when one turns on, a socket of that family whose target
+// is on another host starts taking flows from interfaces too (its admit chain
+// loses the rule that leaves them to the listening socket), and when it turns
+// off again, stops. The other family's socket is left as it was.
 func TestForwardingChangeReprograms(t *testing.T) {
 	needRoot(t)
-	var forwarding atomic.Bool
+	var forwarding [families]atomic.Bool
 	d := &desired{}
-	d.set([]Socket{{Key: Key{UDP, netip.MustParseAddrPort("198.51.100.1:53")}, Forward: &Forward{AdmitAll: true,
-		Idle: time.Minute, Targets: []netip.AddrPort{netip.MustParseAddrPort("203.0.113.5:53")}}}})
+	d.set([]Socket{ // slots 1 and 2
+		{Key: Key{UDP, netip.MustParseAddrPort("198.51.100.1:53")}, Forward: &Forward{AdmitAll: true,
+			Idle: time.Minute, Targets: []netip.AddrPort{netip.MustParseAddrPort("203.0.113.5:53")}}},
+		{Key: Key{UDP, netip.MustParseAddrPort("[2001:db8::1]:53")}, Forward: &Forward{AdmitAll: true,
+			Idle: time.Minute, Targets: []netip.AddrPort{netip.MustParseAddrPort("[2001:db8:1::5]:53")}}},
+	})
 	p, err := New(Options{Log: testLog(t), Desired: d.get, PollInterval: 20 * time.Millisecond,
-		readHost: func() (hostNet, error) { return hostNet{forwarding: forwarding.Load()}, nil }})
+		readHost: func() (hostNet, error) {
+			return hostNet{forwarding: [families]bool{forwarding[ipv4].Load(), forwarding[ipv6].Load()}}, nil
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,42 +298,39 @@ func TestForwardingChangeReprograms(t *testing.T) {
 	if err := p.Wait(ctx, p.Kick()); err != nil {
 		t.Fatal(err)
 	}
-	admitRules := func() int {
+	// admitRules counts the rules of slot 1's and slot 2's admit chains.
+	admitRules := func() [families]int {
 		c, err := nftables.New()
 		if err != nil {
 			t.Fatal(err)
 		}
-		table := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: p.Table()}
-		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for _, ch := range chains {
-			if ch.Table.Name == table.Name && strings.HasPrefix(ch.Name, "admit_") {
-				rules, err := c.GetRules(table, ch)
-				if err != nil {
-					t.Fatal(err)
-				}
-				n += len(rules)
+		table := &nftables.Table{Family: nftables.TableFamilyINet, Name: p.Table()}
+		var n [families]int
+		for f := range n {
+			rules, err := c.GetRules(table, &nftables.Chain{Name: fmt.Sprintf("admit_%d", f+1), Table: table})
+			if err != nil {
+				t.Fatal(err)
 			}
+			n[f] = len(rules)
 		}
 		return n
 	}
 	// Off: the rule for flows from interfaces, then the DNAT (UDP has no SYN
 	// check; admitting all, no admission set).
-	if n := admitRules(); n != 2 {
-		t.Fatalf("%d admit rules with forwarding off, want 2", n)
+	if n := admitRules(); n != [families]int{2, 2} {
+		t.Fatalf("%v admit rules with forwarding off, want [2 2]", n)
 	}
 	for _, c := range []struct {
-		on    bool
-		rules int
-	}{{true, 1}, {false, 2}} {
-		forwarding.Store(c.on)
+		on    [families]bool
+		rules [families]int
+	}{{[families]bool{true, false}, [families]int{1, 2}}, {[families]bool{true, true}, [families]int{1, 1}},
+		{[families]bool{false, true}, [families]int{2, 1}}, {[families]bool{false, false}, [families]int{2, 2}}} {
+		forwarding[ipv4].Store(c.on[ipv4])
+		forwarding[ipv6].Store(c.on[ipv6])
 		deadline := time.Now().Add(10 * time.Second)
 		for admitRules() != c.rules {
 			if time.Now().After(deadline) {
-				t.Fatalf("forwarding %v: %d admit rules, want %d", c.on, admitRules(), c.rules)
+				t.Fatalf("forwarding %v: %v admit rules, want %v", c.on, admitRules(), c.rules)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
