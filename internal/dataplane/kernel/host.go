@@ -1,7 +1,9 @@
 package kernel
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"maps"
 	"net/netip"
 
@@ -16,6 +18,8 @@ type hostNet struct {
 	// net.ipv6.conf.all.forwarding: without it the kernel drops a packet
 	// DNATed to another host's address.
 	forwarding [families]bool
+	// noIPv6 is a host without an IPv6 stack: nothing to say about its forwarding.
+	noIPv6 bool
 	// local are this host's addresses, read only while forwarding is off
 	// for a family: a target there is reached without forwarding.
 	local map[netip.Addr]bool
@@ -25,7 +29,7 @@ type hostNet struct {
 var forwardingSysctl = [families]string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"}
 
 func (h hostNet) equal(g hostNet) bool {
-	return h.forwarding == g.forwarding && maps.Equal(h.local, g.local)
+	return h.forwarding == g.forwarding && h.noIPv6 == g.noIPv6 && maps.Equal(h.local, g.local)
 }
 
 // ingress reports whether the kernel may take the socket's new flows that
@@ -70,9 +74,16 @@ func (p *Path) refreshHost() bool {
 	}
 	for f, on := range h.forwarding {
 		was := p.host.forwarding[f]
+		// IPv6 forwarding is off on most hosts, and only dualstack load balancers need it: a
+		// note, not a warning.
+		level := slog.LevelWarn
+		if family(f) == ipv6 {
+			level = slog.LevelInfo
+		}
 		switch {
+		case family(f) == ipv6 && h.noIPv6:
 		case !on && (!p.hostRead || was):
-			p.log.Warn("IP forwarding is off: flows from other hosts to targets on other hosts go through the userspace proxy; set the sysctl to 1 for the kernel fast path to forward them",
+			p.log.Log(context.Background(), level, "IP forwarding is off: flows from other hosts to targets on other hosts go through the userspace proxy; set the sysctl to 1 for the kernel fast path to forward them",
 				"sysctl", forwardingSysctl[f])
 		case on && p.hostRead && !was:
 			p.log.Info("IP forwarding is on: the kernel fast path forwards flows from other hosts to targets on other hosts",

@@ -23,6 +23,7 @@ func readHostNet() (hostNet, error) {
 	for f, name := range forwardingFile {
 		v, err := os.ReadFile(name)
 		if errors.Is(err, fs.ErrNotExist) && family(f) == ipv6 {
+			h.noIPv6 = true
 			continue
 		}
 		if err != nil {
