@@ -14,9 +14,11 @@ run: build
 # Unit and conformance tests with the race detector, the end-to-end tests (short mode), the data
 # plane's tests again with the kernel fast path (skipped without root), the portable stand-ins'
 # tests, the cross-compiles, and a CI-sized run of every fuzz target.
+# The end-to-end package runs whole programs one after another: it gets more than go test's default
+# ten minutes, which a loaded 2-core machine can come near.
 test:
 	$(GO) vet ./...
-	$(GO) test -race -short -count=1 ./...
+	$(GO) test -race -short -count=1 -timeout 25m ./...
 	$(GO) test -race -short -count=1 ./internal/dataplane -args -kernel
 	$(MAKE) test-portable
 	$(MAKE) cross
