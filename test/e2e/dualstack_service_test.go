@@ -31,7 +31,7 @@ func TestDualstackServiceAcrossNetworkNamespaces(t *testing.T) {
 	w := newNetnsWorld(t)
 	ctx := context.Background()
 	vpc, _ := vpcSubnets(t, w.ec2)
-	d, err := deploy.NewFromConfig(w.lb.config(t), deploy.Options{Model: model.DefaultConfig("netns", aws.ToString(vpc))})
+	d, err := deploy.NewFromConfig(w.lbProc.config(t), deploy.Options{Model: model.DefaultConfig("netns", aws.ToString(vpc))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,8 +94,8 @@ func TestDualstackServiceAcrossNetworkNamespaces(t *testing.T) {
 		h, err := w.elb.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(res.TargetGroupARNs[stack.TargetGroups[0].ResourceID])})
 		return err == nil && len(h.TargetHealthDescriptions) == 1 && h.TargetHealthDescriptions[0].TargetHealth.State == elbtypes.TargetHealthStateEnumHealthy
 	})
-	zoneB6 := w.lb.zoneAddress(t, lb, "us-east-1b", dns.TypeAAAA)
-	if got := lookup(t, w.lb.DNS, aws.ToString(lb.DNSName), dns.TypeAAAA); len(got) != 1 || got[0] != zoneB6 {
+	zoneB6 := w.lbProc.zoneAddress(t, lb, "us-east-1b", dns.TypeAAAA)
+	if got := lookup(t, w.lbProc.DNS, aws.ToString(lb.DNSName), dns.TypeAAAA); len(got) != 1 || got[0] != zoneB6 {
 		t.Errorf("AAAA %s: %v, want [%s]", aws.ToString(lb.DNSName), got, zoneB6)
 	}
 
@@ -106,7 +106,7 @@ func TestDualstackServiceAcrossNetworkNamespaces(t *testing.T) {
 	if out, err := w.dial(front, "2001:db8::3"); err == nil || !strings.Contains(out, "timeout") {
 		t.Errorf("IPv6 client outside the source ranges: %q, %v; want a timeout", out, err)
 	}
-	if got, err := w.dial(w.lb.zoneAddress(t, lb, "us-east-1b", dns.TypeA)+":80", "198.18.0.2"); err != nil || !strings.HasPrefix(got, "hello from 198.18.2.10:8080,") {
+	if got, err := w.dial(w.lbProc.zoneAddress(t, lb, "us-east-1b", dns.TypeA)+":80", "198.18.0.2"); err != nil || !strings.HasPrefix(got, "hello from 198.18.2.10:8080,") {
 		t.Errorf("IPv4 client in the source ranges: %q, %v", got, err)
 	}
 }

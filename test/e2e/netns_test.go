@@ -4,11 +4,7 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -39,107 +35,24 @@ instances:
   - {name: target, subnet: b, privateIp: 198.18.2.10, securityGroups: [targets]}
 `
 
-// netnsWorld is a client host, moat lb and a target host in three network namespaces joined by
-// veth pairs, so that addresses, zones and the listener's privileged port are real routing
-// rather than loopback:
-//
-//	client (198.18.0.2, .3; 2001:db8::2, ::3) ── veth ── lb (198.18.0.1, 2001:db8::1) ── veth ── target 198.18.2.10:8080, [2001:db8:0:3::10]:8080
-//
-// The load balancer addresses moat allocates (from the 100th of each subnet: 198.18.{1,2}.96/27,
-// 2001:db8:0:{1,2}::/64) are routed to the lb host, as a cloud routes an NLB's addresses to its
-// nodes; binding IPv6 addresses that are only routed needs net.ipv6.ip_nonlocal_bind there.
+// netnsWorld is a netnsLab with echo servers on the target host (198.18.2.10:8080 and
+// [2001:db8:0:3::10]:8080) and moat lb running with netnsInventory.
 type netnsWorld struct {
-	client string // the client host's namespace
-	lbNS   string // moat lb's
-	lb     *lbProcess
+	*netnsLab
+	lbProc *lbProcess
 	ec2    *ec2.Client
 	elb    *elbv2.Client
 }
 
-// newNetnsWorld builds the namespaces, starts the target's echo server and moat lb (its API on
-// 198.18.9.2, which the test process reaches through a veth of its own) with netnsInventory.
+// newNetnsWorld builds the lab, starts the target's echo servers and moat lb.
 func newNetnsWorld(t *testing.T) *netnsWorld {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("network namespaces need root")
-	}
-	id := fmt.Sprint(os.Getpid() % 100000)
-	client, lbns, target := "moatc"+id, "moatl"+id, "moatt"+id
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	for _, ns := range []string{client, lbns, target} {
-		run("netns", "add", ns)
-		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
-		run("-n", ns, "link", "set", "lo", "up")
-	}
-	// addr adds an address in ns ("" for the test's own); IPv6 ones skip duplicate address
-	// detection, which would keep them unusable for a second or two.
-	addr := func(ns, a, dev string) {
-		args := []string{"addr", "add", a, "dev", dev}
-		if strings.Contains(a, ":") {
-			args = append([]string{"-6"}, append(args, "nodad")...)
-		}
-		if ns != "" {
-			args = append([]string{"-n", ns}, args...)
-		}
-		run(args...)
-	}
-	veth := func(a, nsA string, addrsA []string, b, nsB string, addrsB []string) {
-		run("link", "add", a, "type", "veth", "peer", "name", b)
-		for _, end := range []struct {
-			dev, ns string
-			addrs   []string
-		}{{a, nsA, addrsA}, {b, nsB, addrsB}} {
-			if end.ns != "" {
-				run("link", "set", end.dev, "netns", end.ns)
-				run("-n", end.ns, "link", "set", end.dev, "up")
-			} else {
-				run("link", "set", end.dev, "up")
-				t.Cleanup(func() { _ = exec.Command("ip", "link", "del", end.dev).Run() })
-			}
-			for _, a := range end.addrs {
-				addr(end.ns, a, end.dev)
-			}
-		}
-	}
-	veth("c"+id, client, []string{"198.18.0.2/24", "198.18.0.3/24", "2001:db8::2/64", "2001:db8::3/64"},
-		"lc"+id, lbns, []string{"198.18.0.1/24", "2001:db8::1/64"})
-	// The target's IPv6 address is in the VPC's block but in no subnet's (zone b's is the load
-	// balancer addresses' here): an ip target of zone "all".
-	veth("t"+id, target, []string{"198.18.2.10/24", "2001:db8:0:3::10/64"}, "lt"+id, lbns, []string{"198.18.2.1/24", "2001:db8:0:3::1/64"})
-	veth("r"+id, "", []string{"198.18.9.1/30"}, "lr"+id, lbns, []string{"198.18.9.2/30"}) // the test's own path to the API
-	run("-n", client, "route", "add", "198.18.0.0/15", "via", "198.18.0.1")
-	run("-n", client, "-6", "route", "add", "2001:db8::/56", "via", "2001:db8::1")
-	run("-n", target, "route", "add", "default", "via", "198.18.2.1")
-	run("-n", target, "-6", "route", "add", "default", "via", "2001:db8:0:3::1")
-	for _, r := range []string{"198.18.1.96/27", "198.18.2.96/27", "2001:db8:0:1::/64", "2001:db8:0:2::/64"} {
-		run("-n", lbns, "route", "add", "local", r, "dev", "lo")
-	}
-	if out, err := exec.Command("ip", "netns", "exec", lbns, "sysctl", "-w", "net.ipv6.ip_nonlocal_bind=1").CombinedOutput(); err != nil {
-		t.Fatalf("sysctl in %s: %v\n%s", lbns, err, out)
-	}
-
+	w := &netnsWorld{netnsLab: newNetnsLab(t, "w")}
 	for _, listen := range []string{"198.18.2.10:8080", "[2001:db8:0:3::10]:8080"} {
-		backend := exec.Command("ip", "netns", "exec", target, echoBin, listen)
-		backend.SysProcAttr = dieWithTest()
-		if err := backend.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = backend.Process.Kill(); _ = backend.Wait() })
+		w.serve(w.target, echoBin, listen)
 	}
-
-	dir := t.TempDir()
-	inventory := filepath.Join(dir, "inventory.yaml")
-	if err := os.WriteFile(inventory, []byte(netnsInventory), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	w := &netnsWorld{client: client, lbNS: lbns}
-	w.lb = startLBIn(t, []string{"ip", "netns", "exec", lbns}, "198.18.9.2", filepath.Join(dir, "lb"), "--inventory", inventory)
-	w.ec2, w.elb = w.lb.clients(t)
+	w.lbProc = w.startLB()
+	w.ec2, w.elb = w.lbProc.clients(t)
 	return w
 }
 
@@ -153,8 +66,7 @@ func (w *netnsWorld) dial(addr, source string) (string, error) {
 
 // dialOut is dial's whole output: the greeting and the client's own address ("local …").
 func (w *netnsWorld) dialOut(addr, source string) (string, error) {
-	out, err := exec.Command("ip", "netns", "exec", w.client, echoBin, "dial", addr, source).Output()
-	return strings.TrimSpace(string(out)), err
+	return w.netnsLab.dial("dial", addr, source)
 }
 
 // netnsStack is what createStack made: a load balancer with a frontend group, and a target group
@@ -239,7 +151,7 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 	w := newNetnsWorld(t)
 	s := w.createStack(t, elbtypes.IpAddressTypeIpv4,
 		ec2types.IpPermission{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(80), ToPort: aws.Int32(80), IpRanges: []ec2types.IpRange{{CidrIp: aws.String("198.18.0.2/32")}}})
-	zoneB := w.lb.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA)
+	zoneB := w.lbProc.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA)
 	if zoneB != "198.18.2.100" {
 		t.Fatalf("zone b address %s, want 198.18.2.100 (the first the allocator hands out)", zoneB)
 	}
@@ -280,7 +192,7 @@ func TestDualstackAcrossNetworkNamespaces(t *testing.T) {
 	if s.lb.IpAddressType != elbtypes.IpAddressTypeDualstack {
 		t.Fatalf("ip address type %s", s.lb.IpAddressType)
 	}
-	zoneB6 := w.lb.zoneAddress(t, s.lb, "us-east-1b", dns.TypeAAAA)
+	zoneB6 := w.lbProc.zoneAddress(t, s.lb, "us-east-1b", dns.TypeAAAA)
 	if zoneB6 != "2001:db8:0:2::64" {
 		t.Fatalf("zone b IPv6 address %q, want 2001:db8:0:2::64 (the first the allocator hands out)", zoneB6)
 	}
@@ -289,18 +201,18 @@ func TestDualstackAcrossNetworkNamespaces(t *testing.T) {
 
 	// Only zone b has a healthy target: DNS answers its addresses, of each family.
 	name := aws.ToString(s.lb.DNSName)
-	if got := lookup(t, w.lb.DNS, name, dns.TypeAAAA); len(got) != 1 || got[0] != zoneB6 {
+	if got := lookup(t, w.lbProc.DNS, name, dns.TypeAAAA); len(got) != 1 || got[0] != zoneB6 {
 		t.Errorf("AAAA %s: %v, want [%s]", name, got, zoneB6)
 	}
-	if got := lookup(t, w.lb.DNS, name, dns.TypeA); len(got) != 1 || got[0] != w.lb.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA) {
-		t.Errorf("A %s: %v, want [%s]", name, got, w.lb.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA))
+	if got := lookup(t, w.lbProc.DNS, name, dns.TypeA); len(got) != 1 || got[0] != w.lbProc.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA) {
+		t.Errorf("A %s: %v, want [%s]", name, got, w.lbProc.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA))
 	}
 	v4only, err := w.elb.CreateLoadBalancer(context.Background(), &elbv2.CreateLoadBalancerInput{Name: aws.String("v4only"), Type: elbtypes.LoadBalancerTypeEnumNetwork,
 		Scheme: elbtypes.LoadBalancerSchemeEnumInternal, Subnets: []string{*s.lb.AvailabilityZones[0].SubnetId}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := lookup(t, w.lb.DNS, aws.ToString(v4only.LoadBalancers[0].DNSName), dns.TypeAAAA); len(got) != 0 {
+	if got := lookup(t, w.lbProc.DNS, aws.ToString(v4only.LoadBalancers[0].DNSName), dns.TypeAAAA); len(got) != 0 {
 		t.Errorf("AAAA of an ipv4 load balancer: %v, want none", got)
 	}
 
@@ -313,7 +225,7 @@ func TestDualstackAcrossNetworkNamespaces(t *testing.T) {
 	if out, err := w.dial(target, "2001:db8::3"); err == nil || !strings.Contains(out, "timeout") {
 		t.Errorf("denied IPv6 client: %q, %v; want a timeout", out, err)
 	}
-	if got, err := w.dial(w.lb.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA)+":80", "198.18.0.2"); err != nil || !strings.HasPrefix(got, "hello from 198.18.2.10:8080,") {
+	if got, err := w.dial(w.lbProc.zoneAddress(t, s.lb, "us-east-1b", dns.TypeA)+":80", "198.18.0.2"); err != nil || !strings.HasPrefix(got, "hello from 198.18.2.10:8080,") {
 		t.Errorf("admitted IPv4 client: %q, %v", got, err)
 	}
 
@@ -325,12 +237,10 @@ func TestDualstackAcrossNetworkNamespaces(t *testing.T) {
 func (w *netnsWorld) ipv6ToIPv6(t *testing.T, s netnsStack, zoneB6 string) {
 	t.Helper()
 	ctx := context.Background()
-	if !strings.Contains(w.lb.stderr.String(), "kernel fast path on") {
-		t.Fatalf("moat lb runs without the kernel fast path:\n%s", w.lb.stderr)
+	if !strings.Contains(w.lbProc.stderr.String(), "kernel fast path on") {
+		t.Fatalf("moat lb runs without the kernel fast path:\n%s", w.lbProc.stderr)
 	}
-	if out, err := exec.Command("ip", "netns", "exec", w.lbNS, "sysctl", "-w", "net.ipv6.conf.all.forwarding=1").CombinedOutput(); err != nil {
-		t.Fatalf("sysctl in %s: %v\n%s", w.lbNS, err, out)
-	}
+	w.sysctl(w.lb, "net.ipv6.conf.all.forwarding=1")
 	vpc, _ := vpcSubnets(t, w.ec2)
 	tg, err := w.elb.CreateTargetGroup(ctx, &elbv2.CreateTargetGroupInput{Name: aws.String("v6"), Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(8080),
 		VpcId: vpc, TargetType: elbtypes.TargetTypeEnumIp, IpAddressType: elbtypes.TargetGroupIpAddressTypeEnumIpv6,
@@ -365,7 +275,7 @@ func (w *netnsWorld) ipv6ToIPv6(t *testing.T, s netnsStack, zoneB6 string) {
 		t.Errorf("admitted IPv6 client got %q, want the IPv6 target seeing %v", out, front.Addr())
 	}
 	local := answerAddr(t, out, "local ")
-	f, ok := conntrackFlow(t, w.lbNS, unix.IPPROTO_TCP, local, front)
+	f, ok := conntrackFlow(t, w.lb, unix.IPPROTO_TCP, local, front)
 	switch {
 	case !ok:
 		t.Errorf("no conntrack entry for %v → %v in the lb host", local, front)
@@ -374,7 +284,7 @@ func (w *netnsWorld) ipv6ToIPv6(t *testing.T, s netnsStack, zoneB6 string) {
 	case f.TupleReply.IP.SourceAddress != netip.MustParseAddr("2001:db8:0:3::10"):
 		t.Errorf("conntrack sends the flow to %v, want the IPv6 target", f.TupleReply.IP.SourceAddress)
 	}
-	if n := metricValue(t, w.lb, "moat_dataplane_proxied_flows_total", `listener="`+listener+`"`); n != 0 {
+	if n := metricValue(t, w.lbProc, "moat_dataplane_proxied_flows_total", `listener="`+listener+`"`); n != 0 {
 		t.Errorf("the userspace proxy accepted %v IPv6 flows, want 0", n)
 	}
 	if out, err := w.dial(front.String(), "2001:db8::3"); err == nil || !strings.Contains(out, "timeout") {

@@ -24,9 +24,13 @@ import (
 // by veth pairs, so that addresses, zones and privileged ports are real routing rather than
 // loopback:
 //
-//	client (198.18.0.2, .3) ── veth ── lb (198.18.0.1; load balancer addresses 198.18.{1,2}.96/27 routed locally) ── veth ── target 198.18.2.10
+//	client (198.18.0.2, .3; 2001:db8::2, ::3) ── veth ── lb (198.18.0.1, 2001:db8::1) ── veth ── target (198.18.2.10, 2001:db8:0:3::10)
 //
-// plus a veth from the test's own namespace to lb, for the API (a /30 in 198.18.9.0/24).
+// plus a veth from the test's own namespace to lb, for the API (a /30 in 198.18.9.0/24). The load
+// balancer addresses moat allocates (from the 100th of each subnet: 198.18.{1,2}.96/27,
+// 2001:db8:0:{1,2}::/64) are routed to the lb host, as a cloud routes an NLB's addresses to its
+// nodes; binding IPv6 addresses that are only routed needs net.ipv6.ip_nonlocal_bind there. The
+// target's IPv6 address is in the VPC's block but in no subnet's: an ip target of zone "all".
 type netnsLab struct {
 	t                  *testing.T
 	client, lb, target string // the namespaces
@@ -36,6 +40,7 @@ type netnsLab struct {
 // newNetnsLab builds a lab named after tag and the test process, so that labs of other tests and
 // runs do not collide.
 func newNetnsLab(t *testing.T, tag string) *netnsLab {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root")
 	}
@@ -52,33 +57,51 @@ func newNetnsLab(t *testing.T, tag string) *netnsLab {
 		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 		run("-n", ns, "link", "set", "lo", "up")
 	}
-	veth := func(a, nsA, addrA, b, nsB, addrB string) {
+	// addr adds an address in ns ("" for the test's own); IPv6 ones skip duplicate address
+	// detection, which would keep them unusable for a second or two.
+	addr := func(ns, a, dev string) {
+		args := []string{"addr", "add", a, "dev", dev}
+		if strings.Contains(a, ":") {
+			args = append([]string{"-6"}, append(args, "nodad")...)
+		}
+		if ns != "" {
+			args = append([]string{"-n", ns}, args...)
+		}
+		run(args...)
+	}
+	veth := func(a, nsA string, addrsA []string, b, nsB string, addrsB []string) {
 		run("link", "add", a, "type", "veth", "peer", "name", b)
-		for _, end := range [][3]string{{a, nsA, addrA}, {b, nsB, addrB}} {
-			if end[1] != "" {
-				run("link", "set", end[0], "netns", end[1])
-				run("-n", end[1], "addr", "add", end[2], "dev", end[0])
-				run("-n", end[1], "link", "set", end[0], "up")
+		for _, end := range []struct {
+			dev, ns string
+			addrs   []string
+		}{{a, nsA, addrsA}, {b, nsB, addrsB}} {
+			if end.ns != "" {
+				run("link", "set", end.dev, "netns", end.ns)
+				run("-n", end.ns, "link", "set", end.dev, "up")
 			} else {
-				run("addr", "add", end[2], "dev", end[0])
-				run("link", "set", end[0], "up")
-				t.Cleanup(func() { _ = exec.Command("ip", "link", "del", end[0]).Run() })
+				run("link", "set", end.dev, "up")
+				t.Cleanup(func() { _ = exec.Command("ip", "link", "del", end.dev).Run() })
+			}
+			for _, a := range end.addrs {
+				addr(end.ns, a, end.dev)
 			}
 		}
 	}
 	// The API's /30, apart from other labs' and from the leftovers of a killed run.
 	octet := 4 * ((os.Getpid() + int(tag[0])) % 64)
 	l.apiHost = fmt.Sprintf("198.18.9.%d", octet+2)
-	veth("c"+id, l.client, "198.18.0.2/24", "lc"+id, l.lb, "198.18.0.1/24")
-	veth("t"+id, l.target, "198.18.2.10/24", "lt"+id, l.lb, "198.18.2.1/24")
-	veth("r"+id, "", fmt.Sprintf("198.18.9.%d/30", octet+1), "lr"+id, l.lb, l.apiHost+"/30")
-	run("-n", l.client, "addr", "add", "198.18.0.3/24", "dev", "c"+id)
+	veth("c"+id, l.client, []string{"198.18.0.2/24", "198.18.0.3/24", "2001:db8::2/64", "2001:db8::3/64"},
+		"lc"+id, l.lb, []string{"198.18.0.1/24", "2001:db8::1/64"})
+	veth("t"+id, l.target, []string{"198.18.2.10/24", "2001:db8:0:3::10/64"}, "lt"+id, l.lb, []string{"198.18.2.1/24", "2001:db8:0:3::1/64"})
+	veth("r"+id, "", []string{fmt.Sprintf("198.18.9.%d/30", octet+1)}, "lr"+id, l.lb, []string{l.apiHost + "/30"})
 	run("-n", l.client, "route", "add", "198.18.0.0/15", "via", "198.18.0.1")
+	run("-n", l.client, "-6", "route", "add", "2001:db8::/56", "via", "2001:db8::1")
 	run("-n", l.target, "route", "add", "default", "via", "198.18.2.1")
-	// The load balancer addresses moat allocates (from the 100th of each subnet) are routed to
-	// the lb host, as a cloud routes an NLB's addresses to its nodes.
-	run("-n", l.lb, "route", "add", "local", "198.18.1.96/27", "dev", "lo")
-	run("-n", l.lb, "route", "add", "local", "198.18.2.96/27", "dev", "lo")
+	run("-n", l.target, "-6", "route", "add", "default", "via", "2001:db8:0:3::1")
+	for _, r := range []string{"198.18.1.96/27", "198.18.2.96/27", "2001:db8:0:1::/64", "2001:db8:0:2::/64"} {
+		run("-n", l.lb, "route", "add", "local", r, "dev", "lo")
+	}
+	l.sysctl(l.lb, "net.ipv6.ip_nonlocal_bind=1")
 	return l
 }
 
