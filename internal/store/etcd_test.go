@@ -1,0 +1,357 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/moatlb/moat/internal/etcdtest"
+)
+
+// Tests of what only a shared store has: several nodes (clients) writing at once. Each test
+// opens two stores on one root of the package's etcd member, as two moat lb nodes would.
+
+func twoNodes(t *testing.T) (Store, Store) {
+	open := etcdOpener(t)
+	return open(t), open(t)
+}
+
+// countedUpdate runs an update, counting how often fn runs: more runs than updates are
+// conflicts that were retried.
+func countedUpdate(st Store, runs *atomic.Int64, fn func(Tx) error) error {
+	return st.Update(func(tx Tx) error { runs.Add(1); return fn(tx) })
+}
+
+// TestEtcdCreateIfAbsentHasOneWinner: writers on two nodes each create a record named X, under
+// a key of their own, if no record of the bucket has that name, as the API checks names. Exactly
+// one may succeed, though none of them wrote a key another read.
+func TestEtcdCreateIfAbsentHasOneWinner(t *testing.T) {
+	a, b := twoNodes(t)
+	errExists := errors.New("exists")
+	var runs atomic.Int64
+	const rounds, writers = 5, 8
+	for round := range rounds {
+		name := fmt.Sprintf("name-%d", round)
+		var wg sync.WaitGroup
+		var won atomic.Int64
+		for w := range writers {
+			st := []Store{a, b}[w%2]
+			wg.Go(func() {
+				err := countedUpdate(st, &runs, func(tx Tx) error {
+					err := tx.ForEach("named", func(_ string, raw []byte) error {
+						if strings.Contains(string(raw), `"`+name+`"`) {
+							return errExists
+						}
+						return nil
+					})
+					if err != nil {
+						return err
+					}
+					return Save(tx, "named", fmt.Sprintf("%s-writer-%d", name, w), record{name, w})
+				})
+				switch {
+				case err == nil:
+					won.Add(1)
+				case !errors.Is(err, errExists):
+					t.Errorf("writer %d: %v", w, err)
+				}
+			})
+		}
+		wg.Wait()
+		if won.Load() != 1 {
+			t.Errorf("%s: %d writers created it, want exactly one", name, won.Load())
+		}
+	}
+	all := viewAll(t, a, "named")
+	if len(all) != rounds {
+		t.Errorf("%d records, want one per name (%d): %+v", len(all), rounds, all)
+	}
+	t.Logf("%d updates ran their function %d times", rounds*writers, runs.Load())
+}
+
+// TestEtcdCounterFromTwoNodes increments one counter n times from each node, from several
+// goroutines: no increment may be lost.
+func TestEtcdCounterFromTwoNodes(t *testing.T) {
+	a, b := twoNodes(t)
+	const n, goroutines = 40, 4 // per node
+	var runs atomic.Int64
+	var wg sync.WaitGroup
+	for _, st := range []Store{a, b} {
+		for range goroutines {
+			wg.Go(func() {
+				for range n / goroutines {
+					err := countedUpdate(st, &runs, func(tx Tx) error {
+						c, err := Load[record](tx, "counter", "c")
+						if err != nil && !errors.Is(err, ErrNotFound) {
+							return err
+						}
+						c.Count++
+						return Save(tx, "counter", "c", c)
+					})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	for _, st := range []Store{a, b} {
+		err := st.View(func(tx Tx) error {
+			c, err := Load[record](tx, "counter", "c")
+			if err == nil && c.Count != 2*n {
+				t.Errorf("counter %d, want %d", c.Count, 2*n)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d increments ran their function %d times", 2*n, runs.Load())
+}
+
+// TestEtcdUpdateRacingDeleteNeverResurrects: one node keeps changing a record if it exists while
+// the other deletes it. Once the delete is acknowledged, the record stays gone.
+func TestEtcdUpdateRacingDeleteNeverResurrects(t *testing.T) {
+	a, b := twoNodes(t)
+	for round := range 10 {
+		key := fmt.Sprintf("r%d", round)
+		if err := a.Update(func(tx Tx) error { return Save(tx, "racing", key, record{key, 0}) }); err != nil {
+			t.Fatal(err)
+		}
+		deleted := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			// Until well after the delete: changes in flight when it commits must all fail.
+			for after := 0; after < 5; {
+				select {
+				case <-deleted:
+					after++
+				default:
+				}
+				err := a.Update(func(tx Tx) error {
+					r, err := Load[record](tx, "racing", key)
+					if errors.Is(err, ErrNotFound) {
+						return nil
+					}
+					if err != nil {
+						return err
+					}
+					r.Count++
+					return Save(tx, "racing", key, r)
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+		if err := b.Update(func(tx Tx) error {
+			if _, err := tx.Get("racing", key); err != nil {
+				return err
+			}
+			return tx.Delete("racing", key)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		close(deleted)
+		wg.Wait()
+		for _, st := range []Store{a, b} {
+			if all := viewAll(t, st, "racing"); len(all) != 0 {
+				t.Fatalf("round %d: deleted record is back: %+v", round, all)
+			}
+		}
+	}
+}
+
+// TestEtcdViewIsOneSnapshotAcrossPages reads a bucket larger than one page while another node
+// changes records on both sides of where the walk is: the walk shows the bucket as it was when
+// it began.
+func TestEtcdViewIsOneSnapshotAcrossPages(t *testing.T) {
+	a, b := twoNodes(t)
+	const n = 3*etcdPage + 10
+	key := func(i int) string { return fmt.Sprintf("k%04d", i) }
+	pad := strings.Repeat("x", 2000) // some megabytes in all, more than one etcd message may hold
+	for from := 0; from < n; from += 100 {
+		if err := a.Update(func(tx Tx) error {
+			for i := from; i < min(from+100, n); i++ {
+				if err := Save(tx, "big", key(i), record{key(i) + pad, i}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seen []record
+	err := a.View(func(tx Tx) error {
+		return tx.ForEach("big", func(k string, raw []byte) error {
+			if len(seen) == n/2 {
+				// Change a record already read, one not yet read, delete one, add one.
+				err := b.Update(func(tx Tx) error {
+					for _, i := range []int{1, n - 2} {
+						if err := Save(tx, "big", key(i), record{"changed", -1}); err != nil {
+							return err
+						}
+					}
+					if err := tx.Delete("big", key(n-1)); err != nil {
+						return err
+					}
+					return Save(tx, "big", key(n), record{"added", -1})
+				})
+				if err != nil {
+					return err
+				}
+			}
+			r, err := Load[record](tx, "big", k)
+			seen = append(seen, r)
+			return err
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != n {
+		t.Fatalf("the walk saw %d records, want %d", len(seen), n)
+	}
+	for i, r := range seen {
+		if r.Count != i || r.Name != key(i)+pad {
+			t.Fatalf("record %d: %.20q %d, want it as it was when the view began", i, r.Name, r.Count)
+		}
+	}
+}
+
+// TestEtcdChangesHearOtherNodes: a commit on one node signals the Changes of another.
+func TestEtcdChangesHearOtherNodes(t *testing.T) {
+	a, b := twoNodes(t)
+	changes, stop := a.Changes()
+	defer stop()
+	if err := b.Update(func(tx Tx) error { return Save(tx, "things", "x", record{"x", 1}) }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changes:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no change signalled on the other node")
+	}
+}
+
+// TestEtcdRefusesDamagedRecord: a value that is not what the store sealed under its key (bytes
+// changed, or a record moved under another key, by another etcd client) is ErrCorrupt.
+func TestEtcdRefusesDamagedRecord(t *testing.T) {
+	st := etcdOpener(t)(t).(*Etcd)
+	if err := st.Update(func(tx Tx) error { return Save(tx, "things", "a", record{"a", 1}) }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := st.client.Get(ctx, st.bucketPrefix("things")+"a")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatal(resp, err)
+	}
+	sealed := resp.Kvs[0].Value
+	flipped := append([]byte(nil), sealed...)
+	flipped[len(flipped)-2] ^= 1
+	for key, value := range map[string][]byte{"moved": sealed, "flipped": flipped} {
+		if _, err := st.client.Put(ctx, st.bucketPrefix("things")+key, string(value)); err != nil {
+			t.Fatal(err)
+		}
+		err := st.View(func(tx Tx) error { _, err := tx.Get("things", key); return err })
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "things/"+key) {
+			t.Errorf("Get of a %s record: %v, want ErrCorrupt naming it", key, err)
+		}
+		err = st.View(func(tx Tx) error { return tx.ForEach("things", func(string, []byte) error { return nil }) })
+		if !errors.Is(err, ErrCorrupt) {
+			t.Errorf("ForEach over a %s record: %v, want ErrCorrupt", key, err)
+		}
+		if _, err := st.client.Delete(ctx, st.bucketPrefix("things")+key); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestEtcdStuckClusterTimesOut: when etcd stops answering, View and Update fail after the
+// timeout instead of hanging, and work again once it answers.
+func TestEtcdStuckClusterTimesOut(t *testing.T) {
+	testEtcd(t) // skips without a binary
+	bin, err := etcdtest.Binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	member, err := etcdtest.Start(bin, filepath.Join(t.TempDir(), "member"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer member.Stop()
+	const timeout = time.Second
+	st, err := OpenEtcd(EtcdConfig{Endpoints: []string{member.Endpoint}, Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	write := func() error { return st.Update(func(tx Tx) error { return Save(tx, "things", "a", record{"a", 1}) }) }
+	read := func() error { return st.View(func(tx Tx) error { _, err := tx.Get("things", "a"); return err }) }
+	if err := write(); err != nil {
+		t.Fatal(err)
+	}
+	if err := member.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	for name, call := range map[string]func() error{"Update": write, "View": read} {
+		start := time.Now()
+		err := call()
+		took := time.Since(start)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s against a stuck etcd: %v, want a deadline error", name, err)
+		}
+		if took > 20*timeout {
+			t.Errorf("%s against a stuck etcd took %s, with a timeout of %s", name, took, timeout)
+		}
+	}
+	if err := member.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for err := read(); err != nil; err = read() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after resuming etcd: %v", err)
+		}
+	}
+}
+
+// TestOpenEtcdUnreachable: opening a store no etcd answers for fails within the timeout.
+func TestOpenEtcdUnreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close() // nothing listens there now
+	start := time.Now()
+	st, err := OpenEtcd(EtcdConfig{Endpoints: []string{l.Addr().String()}, Timeout: time.Second})
+	if err == nil {
+		st.Close()
+		t.Fatal("opened a store on a port no etcd listens on")
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("failing took %s, with a timeout of 1s", took)
+	}
+}
+
+func viewAll(t *testing.T, st Store, bucket string) []record {
+	t.Helper()
+	var all []record
+	if err := st.View(func(tx Tx) (err error) { all, err = List[record](tx, bucket); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return all
+}
