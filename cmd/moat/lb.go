@@ -62,6 +62,7 @@ add-read-only NAME" adds one); any other valid key may do anything.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.APIAddr, "api-addr", "127.0.0.1:7080", "address of the AWS API (ELBv2 and EC2 on one endpoint)")
 	f.StringVar(&cfg.DataDir, "data-dir", lb.DefaultDataDir(), "directory for the state and the generated credentials")
+	f.StringVar(&cfg.Store, "store", "", "keep the state in etcd instead of <data-dir>/state.db: etcd://host:port[,host:port…][/root], root being the key prefix of this deployment (default /moat); plain connections, no TLS yet. The data dir still holds this node's credentials. Back up with etcdctl snapshot save")
 	f.StringVar(&cfg.InventoryPath, "inventory", "", "inventory file (YAML) declaring VPCs, subnets, instances and prefix lists; default: one VPC on 127.0.0.0/8 with two zones")
 	f.StringVar(&cfg.Region, "region", "us-east-1", "the region this endpoint serves")
 	f.StringVar(&cfg.AccountID, "account-id", "000000000000", "the 12-digit account ID in ARNs and owner IDs")

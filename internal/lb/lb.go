@@ -27,12 +27,16 @@ import (
 	"github.com/moatlb/moat/internal/dataplane"
 	"github.com/moatlb/moat/internal/firewall"
 	"github.com/moatlb/moat/internal/flowlog"
+	"github.com/moatlb/moat/internal/store"
 )
 
 // Config is how moat lb runs; the flags of `moat lb` fill it.
 type Config struct {
-	APIAddr       string
-	DataDir       string
+	APIAddr string
+	DataDir string
+	// Store is --store: empty for the state in <DataDir>/state.db, or an etcd cluster
+	// (etcd://host:port[,host:port…][/root]) that several moat lb nodes share.
+	Store         string
 	InventoryPath string // empty: the default inventory
 	Region        string
 	AccountID     string
@@ -130,11 +134,11 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	st, err := openState(cfg.DataDir, cfg.StartFresh, log)
+	st, closeStore, err := openStore(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer closeStore()
 	// A stale endpoints file from an earlier run would point waiters at dead ports.
 	if err := os.Remove(filepath.Join(cfg.DataDir, EndpointsFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -147,7 +151,9 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if created {
 		log.Info("generated credentials", "file", credsPath)
 	}
-	if stopAdmin, err := serveAdmin(cfg.DataDir, st, log); err != nil {
+	if bolt, ok := st.(*store.Bolt); !ok {
+		log.Info("no admin socket: moat lb backup reads the state file; back up an etcd store with etcdctl snapshot save")
+	} else if stopAdmin, err := serveAdmin(cfg.DataDir, bolt, log); err != nil {
 		log.Warn("no admin socket: moat lb backup works only while moat lb is stopped", "err", err)
 	} else {
 		defer stopAdmin()

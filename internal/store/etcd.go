@@ -37,6 +37,10 @@ import (
 // cluster gives an error, never a hang. When an update's commit times out, whether it happened
 // is unknown, as with any remote store.
 //
+// One update's commit is one etcd request, so it holds what etcd allows one transaction: with
+// etcd's defaults (--max-txn-ops 128, --max-request-bytes 1.5 MiB), up to 128 writes, each
+// written bucket's marker counted, and 1.5 MiB in all. A larger one fails, writing nothing.
+//
 // Shared reads (LoadShared, ListShared) decode every time, and Version reports no versions: the
 // shared cache's bookkeeping of deletes only sees this process's commits. Callers fall back to
 // plain reads, correct but slower.
@@ -49,7 +53,7 @@ type Etcd struct {
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 
-	updateMu sync.Mutex // updates take turns
+	turn chan struct{} // holds a value while an update runs: updates take turns
 
 	mu       sync.Mutex
 	closed   bool
@@ -111,7 +115,7 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Etcd{client: client, root: root, timeout: timeout, ctx: ctx, cancel: cancel,
 		name:     fmt.Sprintf("etcd %s%s", strings.Join(cfg.Endpoints, ","), root),
-		watchers: map[chan struct{}]struct{}{}, seenMore: make(chan struct{}), watching: make(chan struct{})}
+		watchers: map[chan struct{}]struct{}{}, seenMore: make(chan struct{}), watching: make(chan struct{}), turn: make(chan struct{}, 1)}
 	getCtx, done := context.WithTimeout(ctx, timeout)
 	resp, err := client.Get(getCtx, s.markerKey(formatBucket))
 	done()
@@ -139,13 +143,19 @@ func (s *Etcd) View(fn func(Tx) error) error {
 }
 
 func (s *Etcd) Update(fn func(Tx) error) error {
-	s.updateMu.Lock()
-	defer s.updateMu.Unlock()
 	ctx, cancel, err := s.begin()
 	if err != nil {
 		return err
 	}
 	defer cancel()
+	// The deadline counts the wait for the updates before, so that behind a stuck cluster each
+	// fails in time instead of waiting for all of those before it to time out.
+	select {
+	case s.turn <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("%s: waiting for the updates before this one: %w", s.name, ctx.Err())
+	}
+	defer func() { <-s.turn }()
 	for {
 		tx := &etcdTx{s: s, ctx: ctx, markers: map[string]int64{}, pending: map[string]map[string][]byte{}}
 		if err := fn(tx); err != nil {
@@ -156,9 +166,7 @@ func (s *Etcd) Update(fn func(Tx) error) error {
 			return fmt.Errorf("%s: commit: %w", s.name, err)
 		}
 		if committed {
-			if rev != 0 {
-				s.awaitWatch(ctx, rev)
-			}
+			s.awaitWatch(ctx, rev)
 			return nil
 		}
 		// Another commit wrote a bucket fn read: run it again on what is there now.
@@ -180,12 +188,13 @@ func (s *Etcd) begin() (context.Context, context.CancelFunc, error) {
 // awaitWatch waits until the watch has reported revision rev to the Changes channels, so that,
 // as with the bolt store, they hear of a commit before its Update returns. A watch that lags
 // past the deadline only delays the signal: the commit stands.
+// Without Changes channels there is nobody to wait for.
 func (s *Etcd) awaitWatch(ctx context.Context, rev int64) {
 	for {
 		s.mu.Lock()
-		seen, more := s.seen, s.seenMore
+		seen, more, listened := s.seen, s.seenMore, len(s.watchers) > 0
 		s.mu.Unlock()
-		if seen >= rev {
+		if seen >= rev || !listened {
 			return
 		}
 		select {
@@ -261,8 +270,8 @@ func (s *Etcd) notify() {
 
 // Close waits for the update in progress, then disconnects; transactions after it fail.
 func (s *Etcd) Close() error {
-	s.updateMu.Lock()
-	defer s.updateMu.Unlock()
+	s.turn <- struct{}{}
+	defer func() { <-s.turn }()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
