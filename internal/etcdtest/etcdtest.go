@@ -44,7 +44,7 @@ func Binary() (string, error) {
 	return "", fmt.Errorf("%w in $KUBEBUILDER_ASSETS or the kube assets cache (%s); run hack/kube-assets.sh to build one", ErrNoBinary, strings.Join(dirs, ", "))
 }
 
-// Member is one running etcd, a cluster of its own, serving clients on loopback.
+// Member is one running etcd member, serving clients on loopback.
 type Member struct {
 	Endpoint string // host:port of its client URL
 	cmd      *exec.Cmd
@@ -52,58 +52,92 @@ type Member struct {
 	log      string
 }
 
-// startTimeout bounds how long a member may take to become healthy on a busy machine.
+// startTimeout bounds how long members may take to become healthy on a busy machine.
 const startTimeout = 60 * time.Second
 
-// Start runs a member of binary with its data in dataDir (created), and waits until it is healthy.
+// Start runs a cluster of one member with its data in dataDir, and waits until it is healthy.
 // Stop it with Stop.
 func Start(binary, dataDir string) (*Member, error) {
+	members, err := StartCluster(binary, dataDir, 1)
+	if err != nil {
+		return nil, err
+	}
+	return members[0], nil
+}
+
+// StartCluster runs a cluster of n members, their data in dir/member-<i> (created), and waits
+// until every one is healthy (a leader is elected). Stop each with Stop.
+func StartCluster(binary, dir string, n int) ([]*Member, error) {
 	var err error
 	for range 3 { // the free ports found may be taken before etcd binds them
-		var m *Member
-		if m, err = start(binary, dataDir); err == nil {
-			return m, nil
+		var members []*Member
+		if members, err = startCluster(binary, dir, n); err == nil {
+			return members, nil
 		}
-		if err := os.RemoveAll(dataDir); err != nil {
-			return nil, err
+		for i := range n {
+			if err := os.RemoveAll(filepath.Join(dir, fmt.Sprintf("member-%d", i))); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return nil, err
 }
 
-func start(binary, dataDir string) (*Member, error) {
-	clientPort, err := freePort()
-	if err != nil {
-		return nil, err
+func startCluster(binary, dir string, n int) ([]*Member, error) {
+	clientURLs, peerURLs, initial := make([]string, n), make([]string, n), make([]string, n)
+	for i := range n {
+		clientPort, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		peerPort, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		clientURLs[i] = fmt.Sprintf("http://127.0.0.1:%d", clientPort)
+		peerURLs[i] = fmt.Sprintf("http://127.0.0.1:%d", peerPort)
+		initial[i] = fmt.Sprintf("m%d=%s", i, peerURLs[i])
 	}
-	peerPort, err := freePort()
-	if err != nil {
-		return nil, err
+	var members []*Member
+	stopAll := func() {
+		for _, m := range members {
+			m.Stop()
+		}
 	}
-	clientURL := fmt.Sprintf("http://127.0.0.1:%d", clientPort)
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
-	logPath := dataDir + ".log"
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
+	for i := range n {
+		dataDir := filepath.Join(dir, fmt.Sprintf("member-%d", i))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		logFile, err := os.Create(dataDir + ".log")
+		if err != nil {
+			stopAll()
+			return nil, err
+		}
+		m := &Member{Endpoint: strings.TrimPrefix(clientURLs[i], "http://"), exited: make(chan struct{}), log: logFile.Name()}
+		m.cmd = exec.Command(binary,
+			"--name", fmt.Sprintf("m%d", i), "--data-dir", dataDir,
+			"--listen-client-urls", clientURLs[i], "--advertise-client-urls", clientURLs[i],
+			"--listen-peer-urls", peerURLs[i], "--initial-advertise-peer-urls", peerURLs[i],
+			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
+			"--log-level", "warn")
+		m.cmd.Stdout, m.cmd.Stderr = logFile, logFile
+		err = m.cmd.Start()
+		logFile.Close()
+		if err != nil {
+			stopAll()
+			return nil, err
+		}
+		go func() { _ = m.cmd.Wait(); close(m.exited) }()
+		members = append(members, m)
 	}
-	defer logFile.Close()
-	m := &Member{Endpoint: fmt.Sprintf("127.0.0.1:%d", clientPort), exited: make(chan struct{}), log: logPath}
-	m.cmd = exec.Command(binary,
-		"--name", "test", "--data-dir", dataDir,
-		"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
-		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-		"--initial-cluster", "test="+peerURL, "--log-level", "warn")
-	m.cmd.Stdout, m.cmd.Stderr = logFile, logFile
-	if err := m.cmd.Start(); err != nil {
-		return nil, err
+	for i, m := range members {
+		if err := m.awaitHealthy(clientURLs[i] + "/health"); err != nil {
+			stopAll()
+			return nil, fmt.Errorf("etcd member on %s: %w; its log (%s):\n%s", m.Endpoint, err, m.log, m.logTail())
+		}
 	}
-	go func() { _ = m.cmd.Wait(); close(m.exited) }()
-	if err := m.awaitHealthy(clientURL + "/health"); err != nil {
-		m.Stop()
-		return nil, fmt.Errorf("etcd member on %s: %w; its log (%s):\n%s", m.Endpoint, err, logPath, m.logTail())
-	}
-	return m, nil
+	return members, nil
 }
 
 func (m *Member) awaitHealthy(url string) error {

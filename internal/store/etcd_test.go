@@ -364,3 +364,112 @@ func viewAll(t *testing.T, st Store, bucket string) []record {
 	}
 	return all
 }
+
+// TestEtcdKeepsAcknowledgedWritesWhenTheLeaderDies: writers on two nodes of a three-member
+// cluster write records while the leader is killed. Every acknowledged write is there
+// afterwards, read through either node, and writes succeed again without it.
+func TestEtcdKeepsAcknowledgedWritesWhenTheLeaderDies(t *testing.T) {
+	testEtcd(t) // skips without a binary
+	bin, err := etcdtest.Binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	members, err := etcdtest.StartCluster(bin, t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, m := range members {
+			m.Stop()
+		}
+	}()
+	var endpoints []string
+	for _, m := range members {
+		endpoints = append(endpoints, m.Endpoint)
+	}
+	nodes := make([]*Etcd, 2)
+	for i := range nodes {
+		if nodes[i], err = OpenEtcd(EtcdConfig{Endpoints: endpoints, Timeout: 10 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		defer nodes[i].Close()
+	}
+	leader := findLeader(t, nodes[0], members)
+
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	var failed []error
+	killed := make(chan struct{})
+	enough := make(chan struct{}) // closed at 40 acknowledged writes
+	enoughOnce := sync.OnceFunc(func() { close(enough) })
+	var wg sync.WaitGroup
+	for w := range 4 {
+		st := nodes[w%2]
+		wg.Go(func() {
+			// Until a few writes of this writer succeeded after the kill.
+			for i, afterKill := 0, 0; afterKill < 5; i++ {
+				select {
+				case <-killed:
+					afterKill++
+				default:
+				}
+				key := fmt.Sprintf("w%d-%04d", w, i)
+				err := st.Update(func(tx Tx) error { return Save(tx, "acked", key, record{key, i}) })
+				mu.Lock()
+				if err == nil {
+					acked[key] = true
+				} else {
+					failed = append(failed, err)
+					afterKill-- // only successes count
+				}
+				if len(acked) >= 40 {
+					enoughOnce()
+				}
+				mu.Unlock()
+				if i > 2000 {
+					t.Errorf("writer %d: no progress after the kill (%v)", w, err)
+					return
+				}
+			}
+		})
+	}
+	select {
+	case <-enough:
+	case <-time.After(60 * time.Second):
+		t.Fatal("not 40 writes acknowledged in 60 s")
+	}
+	leader.Stop()
+	close(killed)
+	wg.Wait()
+	for i, st := range nodes {
+		all := viewAll(t, st, "acked")
+		have := map[string]bool{}
+		for _, r := range all {
+			have[r.Name] = true
+		}
+		for key := range acked {
+			if !have[key] {
+				t.Errorf("node %d: acknowledged write %s is gone", i, key)
+			}
+		}
+	}
+	t.Logf("%d writes acknowledged, %d failed while the leader was killed (their outcome is unknown): %v", len(acked), len(failed), failed)
+}
+
+// findLeader returns the member that leads the cluster, asking it through the store's client.
+func findLeader(t *testing.T, st *Etcd, members []*etcdtest.Member) *etcdtest.Member {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, m := range members {
+		status, err := st.client.Status(ctx, m.Endpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status.Leader == status.Header.MemberId {
+			return m
+		}
+	}
+	t.Fatal("no member leads the cluster")
+	return nil
+}
