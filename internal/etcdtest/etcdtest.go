@@ -58,7 +58,23 @@ const startTimeout = 60 * time.Second
 // Start runs a cluster of one member with its data in dataDir, and waits until it is healthy.
 // Stop it with Stop.
 func Start(binary, dataDir string) (*Member, error) {
-	members, err := StartCluster(binary, dataDir, 1)
+	members, err := startClusterRetrying(binary, dataDir, 1, nil)
+	if err != nil {
+		return nil, err
+	}
+	return members[0], nil
+}
+
+// TLSFiles are the PEM files of a member that serves clients over TLS and asks them for
+// certificates signed by CAFile.
+type TLSFiles struct {
+	CertFile, KeyFile string // the member's, for 127.0.0.1
+	CAFile            string
+}
+
+// StartTLS is Start for a member that serves clients over TLS only, with client certificates.
+func StartTLS(binary, dataDir string, files TLSFiles) (*Member, error) {
+	members, err := startClusterRetrying(binary, dataDir, 1, &files)
 	if err != nil {
 		return nil, err
 	}
@@ -68,10 +84,14 @@ func Start(binary, dataDir string) (*Member, error) {
 // StartCluster runs a cluster of n members, their data in dir/member-<i> (created), and waits
 // until every one is healthy (a leader is elected). Stop each with Stop.
 func StartCluster(binary, dir string, n int) ([]*Member, error) {
+	return startClusterRetrying(binary, dir, n, nil)
+}
+
+func startClusterRetrying(binary, dir string, n int, files *TLSFiles) ([]*Member, error) {
 	var err error
 	for range 3 { // the free ports found may be taken before etcd binds them
 		var members []*Member
-		if members, err = startCluster(binary, dir, n); err == nil {
+		if members, err = startCluster(binary, dir, n, files); err == nil {
 			return members, nil
 		}
 		for i := range n {
@@ -83,19 +103,24 @@ func StartCluster(binary, dir string, n int) ([]*Member, error) {
 	return nil, err
 }
 
-func startCluster(binary, dir string, n int) ([]*Member, error) {
-	clientURLs, peerURLs, initial := make([]string, n), make([]string, n), make([]string, n)
+func startCluster(binary, dir string, n int, files *TLSFiles) ([]*Member, error) {
+	clientScheme := "http"
+	if files != nil {
+		clientScheme = "https"
+	}
+	clientURLs, peerURLs, healthURLs, initial := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	for i := range n {
-		clientPort, err := freePort()
-		if err != nil {
-			return nil, err
+		var ports [3]int
+		for j := range ports {
+			var err error
+			if ports[j], err = freePort(); err != nil {
+				return nil, err
+			}
 		}
-		peerPort, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		clientURLs[i] = fmt.Sprintf("http://127.0.0.1:%d", clientPort)
-		peerURLs[i] = fmt.Sprintf("http://127.0.0.1:%d", peerPort)
+		clientURLs[i] = fmt.Sprintf("%s://127.0.0.1:%d", clientScheme, ports[0])
+		peerURLs[i] = fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+		// /health on a plain listener of its own, whatever the client listener asks for.
+		healthURLs[i] = fmt.Sprintf("http://127.0.0.1:%d", ports[2])
 		initial[i] = fmt.Sprintf("m%d=%s", i, peerURLs[i])
 	}
 	var members []*Member
@@ -114,13 +139,18 @@ func startCluster(binary, dir string, n int) ([]*Member, error) {
 			stopAll()
 			return nil, err
 		}
-		m := &Member{Endpoint: strings.TrimPrefix(clientURLs[i], "http://"), exited: make(chan struct{}), log: logFile.Name()}
-		m.cmd = exec.Command(binary,
-			"--name", fmt.Sprintf("m%d", i), "--data-dir", dataDir,
+		m := &Member{Endpoint: strings.TrimPrefix(clientURLs[i], clientScheme+"://"), exited: make(chan struct{}), log: logFile.Name()}
+		args := []string{"--name", fmt.Sprintf("m%d", i), "--data-dir", dataDir,
 			"--listen-client-urls", clientURLs[i], "--advertise-client-urls", clientURLs[i],
 			"--listen-peer-urls", peerURLs[i], "--initial-advertise-peer-urls", peerURLs[i],
+			"--listen-metrics-urls", healthURLs[i],
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
-			"--log-level", "warn")
+			"--log-level", "warn"}
+		if files != nil {
+			args = append(args, "--cert-file", files.CertFile, "--key-file", files.KeyFile,
+				"--trusted-ca-file", files.CAFile, "--client-cert-auth")
+		}
+		m.cmd = exec.Command(binary, args...)
 		m.cmd.Stdout, m.cmd.Stderr = logFile, logFile
 		err = m.cmd.Start()
 		logFile.Close()
@@ -132,7 +162,7 @@ func startCluster(binary, dir string, n int) ([]*Member, error) {
 		members = append(members, m)
 	}
 	for i, m := range members {
-		if err := m.awaitHealthy(clientURLs[i] + "/health"); err != nil {
+		if err := m.awaitHealthy(healthURLs[i] + "/health"); err != nil {
 			stopAll()
 			return nil, fmt.Errorf("etcd member on %s: %w; its log (%s):\n%s", m.Endpoint, err, m.log, m.logTail())
 		}

@@ -56,6 +56,12 @@ func TestValidate(t *testing.T) {
 		{"etcd endpoint without a host", func(c *Config) { c.Store = "etcd://:2379" }, `endpoint ":2379"`},
 		{"etcd root with an empty name", func(c *Config) { c.Store = "etcd://a:2379/moat//prod" }, "root"},
 		{"etcd root ending in a slash", func(c *Config) { c.Store = "etcd://a:2379/moat/" }, "root"},
+		{"etcd over TLS", func(c *Config) {
+			c.Store, c.StoreCAFile, c.StoreCertFile, c.StoreKeyFile = "etcd://a:2379", "ca.pem", "c.pem", "k.pem"
+		}, ""},
+		{"etcd over TLS with the system's CAs", func(c *Config) { c.Store, c.StoreCertFile, c.StoreKeyFile = "etcd://a:2379", "c.pem", "k.pem" }, ""},
+		{"etcd client certificate without its key", func(c *Config) { c.Store, c.StoreCertFile = "etcd://a:2379", "c.pem" }, "--store-key"},
+		{"store TLS without a store", func(c *Config) { c.StoreCAFile = "ca.pem" }, "only with --store"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

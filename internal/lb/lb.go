@@ -32,11 +32,8 @@ import (
 
 // Config is how moat lb runs; the flags of `moat lb` fill it.
 type Config struct {
-	APIAddr string
-	DataDir string
-	// Store is --store: empty for the state in <DataDir>/state.db, or an etcd cluster
-	// (etcd://host:port[,host:port…][/root]) that several moat lb nodes share.
-	Store         string
+	APIAddr       string
+	DataDir       string
 	InventoryPath string // empty: the default inventory
 	Region        string
 	AccountID     string
@@ -55,6 +52,13 @@ type Config struct {
 	// StartFresh lets moat lb start with empty state where state.db is missing or empty although
 	// credentials show the data dir served before; without it that is refused as lost state.
 	StartFresh bool
+	// Store is --store: empty for the state in <DataDir>/state.db, or an etcd cluster
+	// (etcd://host:port[,host:port…][/root]) that several moat lb nodes share.
+	Store string
+	// StoreCAFile, StoreCertFile and StoreKeyFile make the connections to etcd TLS, as etcdctl's
+	// --cacert, --cert and --key do: the CA that signed the members' certificates (empty: the
+	// system's), and this node's client certificate and key.
+	StoreCAFile, StoreCertFile, StoreKeyFile string
 }
 
 // Kernel fast path modes (--fast-path).

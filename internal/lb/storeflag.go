@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,15 +12,43 @@ import (
 
 	"github.com/moatlb/moat/internal/lockfile"
 	"github.com/moatlb/moat/internal/store"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 )
 
 // etcdScheme starts a --store that names an etcd cluster.
 const etcdScheme = "etcd://"
 
+// validateStore checks --store and the TLS flags that go with it.
+func (cfg Config) validateStore() error {
+	if cfg.Store == "" {
+		if cfg.StoreCAFile != "" || cfg.StoreCertFile != "" || cfg.StoreKeyFile != "" {
+			return errors.New("--store-cacert, --store-cert and --store-key: only with --store etcd://…")
+		}
+		return nil
+	}
+	if (cfg.StoreCertFile == "") != (cfg.StoreKeyFile == "") {
+		return errors.New("--store-cert and --store-key: give both or neither")
+	}
+	_, err := parseStore(cfg.Store)
+	return err
+}
+
+// storeTLS is the client TLS configuration the flags ask for: nil without any of them.
+func (cfg Config) storeTLS() (*tls.Config, error) {
+	if cfg.StoreCAFile == "" && cfg.StoreCertFile == "" && cfg.StoreKeyFile == "" {
+		return nil, nil
+	}
+	info := transport.TLSInfo{TrustedCAFile: cfg.StoreCAFile, CertFile: cfg.StoreCertFile, KeyFile: cfg.StoreKeyFile}
+	tlsCfg, err := info.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("--store TLS: %w", err)
+	}
+	return tlsCfg, nil
+}
+
 // parseStore reads --store: etcd://host:port[,host:port…][/root], the cluster's client
 // endpoints and the key prefix under which this deployment's records live (/moat by default;
-// deployments sharing a cluster need different ones). Connections are plain, without TLS or
-// client certificates, for now.
+// deployments sharing a cluster need different ones).
 func parseStore(s string) (store.EtcdConfig, error) {
 	bad := func(why string, args ...any) error {
 		return fmt.Errorf("--store %q: %s", s, fmt.Sprintf(why, args...))
@@ -62,6 +91,9 @@ func openStore(cfg Config, log *slog.Logger) (st store.Store, closeStore func(),
 	}
 	etcdCfg, err := parseStore(cfg.Store)
 	if err != nil {
+		return nil, nil, err
+	}
+	if etcdCfg.TLS, err = cfg.storeTLS(); err != nil {
 		return nil, nil, err
 	}
 	release, err := lockfile.Acquire(filepath.Join(cfg.DataDir, "lock"))

@@ -1,17 +1,21 @@
 package lb
 
 import (
+	"crypto/x509"
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/moatlb/moat/internal/etcdtest"
+	"github.com/moatlb/moat/internal/lbtest"
 	"github.com/moatlb/moat/internal/store"
 )
 
@@ -92,5 +96,51 @@ func TestOpenStoreOnEtcd(t *testing.T) {
 	member.Stop()
 	if body := readyz(); strings.Contains(body, "data plane starting") {
 		t.Errorf("/readyz with etcd down: %q, want the store's error", body)
+	}
+}
+
+// TestOpenStoreOnEtcdOverTLS: the TLS flags reach etcd, which serves only clients with a
+// certificate of its CA.
+func TestOpenStoreOnEtcdOverTLS(t *testing.T) {
+	bin, err := etcdtest.Binary()
+	if errors.Is(err, etcdtest.ErrNoBinary) {
+		t.Skipf("needs etcd: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ca := lbtest.NewCA(t)
+	server := ca.IssueWith(t, "etcd", func(c *x509.Certificate) {
+		c.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	})
+	client := ca.IssueWith(t, "moat lb", func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth} })
+	write := func(name string, pem []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, pem, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	files := etcdtest.TLSFiles{CertFile: write("server.pem", server.PEM), KeyFile: write("server-key.pem", server.KeyPEM), CAFile: write("ca.pem", ca.PEM)}
+	member, err := etcdtest.StartTLS(bin, filepath.Join(dir, "etcd"), files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer member.Stop()
+	cfg := validConfig()
+	cfg.DataDir, cfg.Store = t.TempDir(), "etcd://"+member.Endpoint
+	cfg.StoreCAFile, cfg.StoreCertFile, cfg.StoreKeyFile = files.CAFile, write("client.pem", client.PEM), write("client-key.pem", client.KeyPEM)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	st, closeStore, err := openStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeStore()
+	if err := st.Update(func(tx store.Tx) error { return store.Save(tx, "things", "x", "over TLS") }); err != nil {
+		t.Fatal(err)
 	}
 }
