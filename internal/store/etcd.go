@@ -67,10 +67,8 @@ type Etcd struct {
 type EtcdConfig struct {
 	Endpoints []string
 	TLS       *tls.Config // nil: plain connections
-	Username  string
-	Password  string
-	// Root is the key prefix of every record ("/moat" when empty): deployments sharing a cluster
-	// must use different ones.
+	// Root is the key prefix of every record ("/moat" when empty). Deployments sharing a cluster
+	// need roots that are not one inside the other: /moat/a and /moat/b, not /moat and /moat/b.
 	Root string
 	// Timeout bounds each View and Update, all its calls to etcd and retries included (10 s when
 	// zero).
@@ -104,8 +102,6 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 	client, err := clientv3.New(clientv3.Config{
 		Endpoints:   cfg.Endpoints,
 		TLS:         cfg.TLS,
-		Username:    cfg.Username,
-		Password:    cfg.Password,
 		DialTimeout: timeout,
 		Logger:      zap.NewNop(), // errors reach callers; its retry chatter would flood the log
 	})
@@ -116,8 +112,9 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 	s := &Etcd{client: client, root: root, timeout: timeout, ctx: ctx, cancel: cancel,
 		name:     fmt.Sprintf("etcd %s%s", strings.Join(cfg.Endpoints, ","), root),
 		watchers: map[chan struct{}]struct{}{}, seenMore: make(chan struct{}), watching: make(chan struct{}), turn: make(chan struct{}, 1)}
+	// Any read gives the revision to watch from; this key is never written.
 	getCtx, done := context.WithTimeout(ctx, timeout)
-	resp, err := client.Get(getCtx, s.markerKey(formatBucket))
+	resp, err := client.Get(getCtx, s.root+"/")
 	done()
 	if err != nil {
 		cancel()
@@ -187,8 +184,8 @@ func (s *Etcd) begin() (context.Context, context.CancelFunc, error) {
 
 // awaitWatch waits until the watch has reported revision rev to the Changes channels, so that,
 // as with the bolt store, they hear of a commit before its Update returns. A watch that lags
-// past the deadline only delays the signal: the commit stands.
-// Without Changes channels there is nobody to wait for.
+// past the deadline only delays the signal: the commit stands. Without Changes channels there is
+// nobody to wait for.
 func (s *Etcd) awaitWatch(ctx context.Context, rev int64) {
 	for {
 		s.mu.Lock()
