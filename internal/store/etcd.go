@@ -6,8 +6,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
+	"math"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -41,9 +45,9 @@ import (
 // etcd's defaults (--max-txn-ops 128, --max-request-bytes 1.5 MiB), up to 128 writes, each
 // written bucket's marker counted, and 1.5 MiB in all. A larger one fails, writing nothing.
 //
-// Shared reads (LoadShared, ListShared) decode every time, and Version reports no versions: the
-// shared cache's bookkeeping of deletes only sees this process's commits. Callers fall back to
-// plain reads, correct but slower.
+// Version is the mod revision of the bucket's marker, so indexes built from a bucket are kept
+// until any node writes it. Shared reads (LoadShared, ListShared) decode every time: the shared
+// cache's bookkeeping of deletes sees only this process's commits.
 type Etcd struct {
 	client  *clientv3.Client
 	root    string
@@ -136,7 +140,7 @@ func (s *Etcd) View(fn func(Tx) error) error {
 		return err
 	}
 	defer cancel()
-	return fn(&etcdTx{s: s, ctx: ctx})
+	return fn(&etcdTx{s: s, ctx: ctx, markers: map[string]int64{}})
 }
 
 func (s *Etcd) Update(fn func(Tx) error) error {
@@ -285,10 +289,11 @@ type etcdTx struct {
 	s   *Etcd
 	ctx context.Context
 	rev int64 // the revision every read is at; 0 until the first read
-	// markers are the mod revisions of the markers of the buckets the update read, at rev.
-	// nil in a read-only transaction, as pending is: the update's writes (bucket, key, stored
-	// bytes or nil for a delete), held until it commits.
+	// markers are the mod revisions, at rev, of the markers of the buckets whose contents the
+	// transaction depends on: in an update, those it read, which the commit checks.
 	markers map[string]int64
+	// pending are an update's writes (bucket, key, stored bytes or nil for a delete), held until
+	// it commits; nil in a read-only transaction.
 	pending map[string]map[string][]byte
 }
 
@@ -307,25 +312,48 @@ func (t *etcdTx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetRespon
 	return resp, nil
 }
 
-// readBucket notes, in an update, the bucket's marker at the transaction's revision, for the
-// commit to check.
+// readBucket notes, in an update, the bucket's marker for the commit to check.
 func (t *etcdTx) readBucket(bucket string) error {
-	if t.markers == nil {
+	if t.pending == nil {
 		return nil
 	}
-	if _, ok := t.markers[bucket]; ok {
-		return nil
+	_, err := t.marker(bucket)
+	return err
+}
+
+// marker returns the mod revision of the bucket's marker at the transaction's revision (0: the
+// bucket was never written).
+func (t *etcdTx) marker(bucket string) (int64, error) {
+	if m, ok := t.markers[bucket]; ok {
+		return m, nil
 	}
 	resp, err := t.get(t.s.markerKey(bucket))
 	if err != nil {
-		return err
+		return 0, err
 	}
-	t.markers[bucket] = 0 // never written
+	var m int64
 	if len(resp.Kvs) > 0 {
-		t.markers[bucket] = resp.Kvs[0].ModRevision
+		m = resp.Kvs[0].ModRevision
 	}
-	return nil
+	t.markers[bucket] = m
+	return m, nil
 }
+
+// version implements Version: the marker's mod revision names the bucket's committed contents,
+// since every commit that writes the bucket puts the marker. In an update, the keys it wrote are
+// the changed ones. When the marker cannot be read, the version is one no bucket has, never the
+// same twice, so that nothing kept is reused and the read that follows meets the failure.
+func (t *etcdTx) version(bucket string) (uint64, []string) {
+	changed := slices.Sorted(maps.Keys(t.pending[bucket]))
+	m, err := t.marker(bucket)
+	if err != nil {
+		return math.MaxUint64 - unreadVersions.Add(1), changed
+	}
+	return uint64(m), changed
+}
+
+// unreadVersions counts the versions given for markers that could not be read.
+var unreadVersions atomic.Uint64
 
 func (t *etcdTx) Get(bucket, key string) ([]byte, error) {
 	if stored, ok := t.pending[bucket][key]; ok {

@@ -473,3 +473,41 @@ func findLeader(t *testing.T, st *Etcd, members []*etcdtest.Member) *etcdtest.Me
 	t.Fatal("no member leads the cluster")
 	return nil
 }
+
+// TestEtcdVersionFollowsOtherNodes: a bucket's version is the same on every node, and changes
+// when any node writes the bucket, deletes included, so that an index kept on one node is not
+// reused after another changed the bucket.
+func TestEtcdVersionFollowsOtherNodes(t *testing.T) {
+	a, b := twoNodes(t)
+	version := func(st Store) uint64 {
+		t.Helper()
+		var v uint64
+		err := st.View(func(tx Tx) error {
+			var ok bool
+			if v, _, ok = Version(tx, "x"); !ok {
+				t.Fatal("the etcd store keeps no versions")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for i, change := range []func(tx Tx) error{
+		func(tx Tx) error { return Save(tx, "x", "k", record{"k", 1}) },
+		func(tx Tx) error { return tx.Delete("x", "k") },
+	} {
+		before := version(a)
+		if err := b.Update(change); err != nil {
+			t.Fatal(err)
+		}
+		after := version(a)
+		if after == before {
+			t.Errorf("change %d on node b: node a's version stays %d", i, before)
+		}
+		if vb := version(b); vb != after {
+			t.Errorf("change %d: node a has version %d, node b %d", i, after, vb)
+		}
+	}
+}

@@ -354,56 +354,75 @@ var errRollback = errors.New("rollback")
 // and only then, and an update sees which keys differ from it: its own writes and those of the
 // updates before it in the same commit.
 func TestVersionNamesCommittedContents(t *testing.T) {
+	forEachStore(t, func(t *testing.T, open opener) {
+		st := open(t)
+		defer st.Close()
+		version := func(bucket string) uint64 {
+			t.Helper()
+			var v uint64
+			err := st.View(func(tx Tx) error {
+				var changed []string
+				var ok bool
+				if v, changed, ok = Version(tx, bucket); !ok || changed != nil {
+					t.Errorf("read-only transaction: version of %s %v, changed %v", bucket, ok, changed)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+		put := func(tx Tx, bucket, key string) error { return Save(tx, bucket, key, record{bucket, rand.IntN(1000)}) }
+		x0, y0 := version("x"), version("y")
+		if err := st.Update(func(tx Tx) error { return put(tx, "x", "k") }); err != nil {
+			t.Fatal(err)
+		}
+		x1 := version("x")
+		if x1 == x0 || version("y") != y0 || version("x") != x1 {
+			t.Errorf("after writing x: x %d -> %d, y %d -> %d, want x alone to change, once", x0, x1, y0, version("y"))
+		}
+		err := st.Update(func(tx Tx) error {
+			if v, changed, _ := Version(tx, "x"); v != x1 || changed != nil {
+				t.Errorf("update before writing x: version %d, changed %v, want %d and none", v, changed, x1)
+			}
+			if err := put(tx, "x", "k"); err != nil {
+				return err
+			}
+			if err := tx.Delete("x", "a"); err != nil {
+				return err
+			}
+			if v, changed, _ := Version(tx, "x"); v != x1 || !slices.Equal(changed, []string{"a", "k"}) {
+				t.Errorf("update after writing x: version %d, changed %v, want %d and [a k]", v, changed, x1)
+			}
+			return errRollback
+		})
+		if !errors.Is(err, errRollback) {
+			t.Fatal(err)
+		}
+		if v := version("x"); v != x1 {
+			t.Errorf("after a rolled-back write: x %d, want %d", v, x1)
+		}
+	})
+}
+
+// TestBoltVersionInGroupCommit: of two updates in one commit, the second sees the first's write
+// to x, not yet committed, as a change from x's version.
+func TestBoltVersionInGroupCommit(t *testing.T) {
 	st, _ := openTemp(t)
 	defer st.Close()
-	version := func(bucket string) uint64 {
+	put := func(tx Tx, bucket, key string) error { return Save(tx, bucket, key, record{bucket, rand.IntN(1000)}) }
+	version := func(bucket string) (v uint64) {
 		t.Helper()
-		var v uint64
-		err := st.View(func(tx Tx) error {
-			var changed []string
-			var ok bool
-			if v, changed, ok = Version(tx, bucket); !ok || changed != nil {
-				t.Errorf("read-only transaction: version of %s %v, changed %v", bucket, ok, changed)
-			}
-			return nil
-		})
-		if err != nil {
+		if err := st.View(func(tx Tx) error { v, _, _ = Version(tx, bucket); return nil }); err != nil {
 			t.Fatal(err)
 		}
 		return v
 	}
-	put := func(tx Tx, bucket, key string) error { return Save(tx, bucket, key, record{bucket, rand.IntN(1000)}) }
-	x0, y0 := version("x"), version("y")
 	if err := st.Update(func(tx Tx) error { return put(tx, "x", "k") }); err != nil {
 		t.Fatal(err)
 	}
-	x1 := version("x")
-	if x1 == x0 || version("y") != y0 || version("x") != x1 {
-		t.Errorf("after writing x: x %d -> %d, y %d -> %d, want x alone to change, once", x0, x1, y0, version("y"))
-	}
-	err := st.Update(func(tx Tx) error {
-		if v, changed, _ := Version(tx, "x"); v != x1 || changed != nil {
-			t.Errorf("update before writing x: version %d, changed %v, want %d and none", v, changed, x1)
-		}
-		if err := put(tx, "x", "k"); err != nil {
-			return err
-		}
-		if err := tx.Delete("x", "a"); err != nil {
-			return err
-		}
-		if v, changed, _ := Version(tx, "x"); v != x1 || !slices.Equal(changed, []string{"a", "k"}) {
-			t.Errorf("update after writing x: version %d, changed %v, want %d and [a k]", v, changed, x1)
-		}
-		return errRollback
-	})
-	if !errors.Is(err, errRollback) {
-		t.Fatal(err)
-	}
-	if v := version("x"); v != x1 {
-		t.Errorf("after a rolled-back write: x %d, want %d", v, x1)
-	}
-
-	// Two updates in one commit: the second sees the first's write to x, not yet committed.
+	x1, y0 := version("x"), version("y")
 	var second struct {
 		x, y      uint64
 		cx, cy    []string
