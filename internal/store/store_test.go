@@ -64,7 +64,7 @@ var etcdMember struct {
 	skip   bool
 }
 
-func testEtcd(t *testing.T) string {
+func testEtcd(t testing.TB) string {
 	t.Helper()
 	m := &etcdMember
 	m.once.Do(func() {
@@ -330,5 +330,69 @@ func TestStoreUpdateSeesItsOwnWrites(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+	})
+}
+
+// BenchmarkStoreUpdate: read-modify-write updates of one record each, from 8 goroutines, as API
+// clients make them.
+func BenchmarkStoreUpdate(b *testing.B) {
+	benchStores(b, func(b *testing.B, st Store) {
+		var n atomic.Int64
+		b.SetParallelism(8)
+		b.RunParallel(func(pb *testing.PB) {
+			key := fmt.Sprintf("k%d", n.Add(1))
+			for pb.Next() {
+				err := st.Update(func(tx Tx) error {
+					r, err := Load[record](tx, "bench", key)
+					if err != nil && !errors.Is(err, ErrNotFound) {
+						return err
+					}
+					r.Count++
+					return Save(tx, "bench", key, r)
+				})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkStoreView: views reading one record, from 8 goroutines.
+func BenchmarkStoreView(b *testing.B) {
+	benchStores(b, func(b *testing.B, st Store) {
+		if err := st.Update(func(tx Tx) error { return Save(tx, "bench", "k", record{"k", 1}) }); err != nil {
+			b.Fatal(err)
+		}
+		b.SetParallelism(8)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := st.View(func(tx Tx) error { _, err := Load[record](tx, "bench", "k"); return err }); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
+func benchStores(b *testing.B, bench func(b *testing.B, st Store)) {
+	b.Run("bolt", func(b *testing.B) {
+		st, err := OpenBolt(filepath.Join(b.TempDir(), "state.db"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer st.Close()
+		bench(b, st)
+	})
+	b.Run("etcd", func(b *testing.B) {
+		endpoint := testEtcd(b)
+		st, err := OpenEtcd(EtcdConfig{Endpoints: []string{endpoint}, Root: "/bench/" + strings.ReplaceAll(b.Name(), "/", "-")})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer st.Close()
+		bench(b, st)
 	})
 }
