@@ -123,6 +123,10 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 	if err != nil {
 		cancel()
 		client.Close()
+		if errors.Is(err, context.DeadlineExceeded) {
+			// What the client says of a refused connection or a failed TLS handshake too.
+			return nil, fmt.Errorf("%s: no answer within %s (is etcd running there, and do the TLS settings match its?): %w", s.name, timeout, err)
+		}
 		return nil, fmt.Errorf("%s: %w", s.name, err)
 	}
 	s.seen = resp.Header.Revision

@@ -354,6 +354,9 @@ func TestOpenEtcdUnreachable(t *testing.T) {
 	if took := time.Since(start); took > 20*time.Second {
 		t.Errorf("failing took %s, with a timeout of 1s", took)
 	}
+	if !strings.Contains(err.Error(), "no answer within 1s") {
+		t.Errorf("error %q does not say that nothing answered", err)
+	}
 }
 
 func viewAll(t *testing.T, st Store, bucket string) []record {
