@@ -335,6 +335,7 @@ func TestEtcdStuckClusterTimesOut(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("after resuming etcd: %v", err)
 		}
+		time.Sleep(50 * time.Millisecond) // poll interval
 	}
 }
 

@@ -42,7 +42,8 @@ func forEachStore(t *testing.T, test func(t *testing.T, open opener)) {
 func etcdOpener(t *testing.T) opener {
 	t.Helper()
 	endpoint := testEtcd(t)
-	root := "/test/" + strings.ReplaceAll(t.Name(), "/", "-")
+	// Fresh for every run of the test (-count), as the member outlives them.
+	root := fmt.Sprintf("/test/%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), etcdRoots.Add(1))
 	return func(t *testing.T) Store {
 		t.Helper()
 		st, err := OpenEtcd(EtcdConfig{Endpoints: []string{endpoint}, Root: root, Timeout: 30 * time.Second})
@@ -53,6 +54,8 @@ func etcdOpener(t *testing.T) opener {
 		return st
 	}
 }
+
+var etcdRoots atomic.Int64
 
 // One etcd member serves the package's tests, each under its own root; it starts with the first
 // test that needs it.
@@ -388,7 +391,7 @@ func benchStores(b *testing.B, bench func(b *testing.B, st Store)) {
 	})
 	b.Run("etcd", func(b *testing.B) {
 		endpoint := testEtcd(b)
-		st, err := OpenEtcd(EtcdConfig{Endpoints: []string{endpoint}, Root: "/bench/" + strings.ReplaceAll(b.Name(), "/", "-")})
+		st, err := OpenEtcd(EtcdConfig{Endpoints: []string{endpoint}, Root: fmt.Sprintf("/bench/%s-%d", strings.ReplaceAll(b.Name(), "/", "-"), etcdRoots.Add(1))})
 		if err != nil {
 			b.Fatal(err)
 		}
