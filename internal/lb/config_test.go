@@ -49,6 +49,21 @@ func TestValidate(t *testing.T) {
 		{"no API connections", func(c *Config) { c.API.MaxConnections = 0 }, "--api-max-connections 0"},
 		{"no read timeout", func(c *Config) { c.API.ReadTimeout = 0 }, "--api-read-timeout"},
 		{"negative idle timeout", func(c *Config) { c.API.IdleTimeout = -time.Second }, "--api-idle-timeout"},
+		{"etcd store", func(c *Config) { c.Store = "etcd://127.0.0.1:2379" }, ""},
+		{"etcd store of three members with a root", func(c *Config) { c.Store = "etcd://a:2379,b:2379,[::1]:2379/moat/prod" }, ""},
+		{"store of another kind", func(c *Config) { c.Store = "http://127.0.0.1:2379" }, `--store "http://127.0.0.1:2379"`},
+		{"etcd store without endpoints", func(c *Config) { c.Store = "etcd://" }, "--store"},
+		{"etcd endpoint without a port", func(c *Config) { c.Store = "etcd://a:2379,b" }, `endpoint "b"`},
+		{"etcd endpoint with port 0", func(c *Config) { c.Store = "etcd://a:0" }, "port from 1 to 65535"},
+		{"etcd endpoint without a host", func(c *Config) { c.Store = "etcd://:2379" }, `endpoint ":2379"`},
+		{"etcd root with an empty name", func(c *Config) { c.Store = "etcd://a:2379/moat//prod" }, "root"},
+		{"etcd root ending in a slash", func(c *Config) { c.Store = "etcd://a:2379/moat/" }, "root"},
+		{"etcd over TLS", func(c *Config) {
+			c.Store, c.StoreCAFile, c.StoreCertFile, c.StoreKeyFile = "etcd://a:2379", "ca.pem", "c.pem", "k.pem"
+		}, ""},
+		{"etcd over TLS with the system's CAs", func(c *Config) { c.Store, c.StoreCertFile, c.StoreKeyFile = "etcd://a:2379", "c.pem", "k.pem" }, ""},
+		{"etcd client certificate without its key", func(c *Config) { c.Store, c.StoreCertFile = "etcd://a:2379", "c.pem" }, "--store-key"},
+		{"store TLS without a store", func(c *Config) { c.StoreCAFile = "ca.pem" }, "only with --store"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

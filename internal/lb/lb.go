@@ -28,6 +28,7 @@ import (
 	"github.com/moatlb/moat/internal/dataplane"
 	"github.com/moatlb/moat/internal/firewall"
 	"github.com/moatlb/moat/internal/flowlog"
+	"github.com/moatlb/moat/internal/store"
 )
 
 // Config is how moat lb runs; the flags of `moat lb` fill it.
@@ -55,6 +56,13 @@ type Config struct {
 	// StartFresh lets moat lb start with empty state where state.db is missing or empty although
 	// credentials show the data dir served before; without it that is refused as lost state.
 	StartFresh bool
+	// Store is --store: empty for the state in <DataDir>/state.db, or an etcd cluster
+	// (etcd://host:port[,host:port…][/root]) that several moat lb nodes share.
+	Store string
+	// StoreCAFile, StoreCertFile and StoreKeyFile make the connections to etcd TLS, as etcdctl's
+	// --cacert, --cert and --key do: the CA that signed the members' certificates (empty: the
+	// system's), and this node's client certificate and key.
+	StoreCAFile, StoreCertFile, StoreKeyFile string
 }
 
 // Kernel fast path modes (--fast-path).
@@ -140,11 +148,11 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	st, err := openState(cfg.DataDir, cfg.StartFresh, log)
+	st, closeStore, err := openStore(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer closeStore()
 	// A stale endpoints file from an earlier run would point waiters at dead ports.
 	if err := os.Remove(filepath.Join(cfg.DataDir, EndpointsFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -157,7 +165,9 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if created {
 		log.Info("generated credentials", "file", credsPath)
 	}
-	if stopAdmin, err := serveAdmin(cfg.DataDir, st, log); err != nil {
+	if bolt, ok := st.(*store.Bolt); !ok {
+		log.Info("no admin socket: moat lb backup reads the state file; back up an etcd store with etcdctl snapshot save")
+	} else if stopAdmin, err := serveAdmin(cfg.DataDir, bolt, log); err != nil {
 		log.Warn("no admin socket: moat lb backup works only while moat lb is stopped", "err", err)
 	} else {
 		defer stopAdmin()

@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"sync/atomic"
@@ -23,7 +24,7 @@ type readiness struct {
 }
 
 func (r *readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	if err := r.store.View(func(store.Tx) error { return nil }); err != nil {
+	if err := r.store.View(probeStore); err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
@@ -38,4 +39,14 @@ func (r *readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "ok")
+}
+
+// probeStore reads a record (one that never exists): an empty transaction would not reach an etcd
+// store, which talks to the cluster only when a transaction reads.
+func probeStore(tx store.Tx) error {
+	_, err := tx.Get("readyz", "probe")
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	return err
 }

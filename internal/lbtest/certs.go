@@ -69,11 +69,20 @@ func (ca CA) Pool() *x509.CertPool {
 // by the CA and valid for a day.
 func (ca CA) Issue(t testing.TB, commonName string, dnsNames ...string) Cert {
 	t.Helper()
+	return ca.IssueWith(t, commonName, func(tmpl *x509.Certificate) { tmpl.DNSNames = dnsNames })
+}
+
+// IssueWith is Issue for a certificate that change makes of the server certificate's template:
+// one for IP addresses, or for clients.
+func (ca CA) IssueWith(t testing.TB, commonName string, change func(*x509.Certificate)) Cert {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return makeCert(t, leafTemplate(t, commonName, dnsNames, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)), ca.X509, key, ca.key)
+	tmpl := leafTemplate(t, commonName, nil, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	change(tmpl)
+	return makeCert(t, tmpl, ca.X509, key, ca.key)
 }
 
 func leafTemplate(t testing.TB, commonName string, dnsNames []string, notBefore, notAfter time.Time) *x509.Certificate {

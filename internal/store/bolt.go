@@ -353,7 +353,18 @@ func (t *boltTx) stored(bucket, key string) ([]byte, error) {
 // forEachStored calls fn with every record of bucket in key order, the update's pending writes
 // merged in.
 func (t *boltTx) forEachStored(bucket string, fn func(key, stored []byte) error) error {
-	writes := t.pending[bucket]
+	walk := func(yield func(k, stored []byte) error) error {
+		if bk := t.tx.Bucket([]byte(bucket)); bk != nil {
+			return bk.ForEach(yield)
+		}
+		return nil
+	}
+	return withPending(t.pending[bucket], walk, fn)
+}
+
+// withPending calls fn for every record that walk yields (in key order) with an update's pending
+// writes to the bucket (stored bytes, or nil for a delete) merged in, in key order.
+func withPending(writes map[string][]byte, walk func(yield func(key, stored []byte) error) error, fn func(key, stored []byte) error) error {
 	pendingKeys := slices.Sorted(maps.Keys(writes))
 	// yieldPending calls fn for the pending records before key (all of them when key is nil).
 	yieldPending := func(key []byte) error {
@@ -368,25 +379,23 @@ func (t *boltTx) forEachStored(bucket string, fn func(key, stored []byte) error)
 		}
 		return nil
 	}
-	if bk := t.tx.Bucket([]byte(bucket)); bk != nil {
-		err := bk.ForEach(func(k, stored []byte) error {
-			if err := yieldPending(k); err != nil {
-				return err
-			}
-			if stored, ok := writes[string(k)]; ok {
-				if len(pendingKeys) > 0 && pendingKeys[0] == string(k) {
-					pendingKeys = pendingKeys[1:]
-				}
-				if stored == nil {
-					return nil // deleted
-				}
-				return fn(k, stored)
-			}
-			return fn(k, stored)
-		})
-		if err != nil {
+	err := walk(func(k, stored []byte) error {
+		if err := yieldPending(k); err != nil {
 			return err
 		}
+		if stored, ok := writes[string(k)]; ok {
+			if len(pendingKeys) > 0 && pendingKeys[0] == string(k) {
+				pendingKeys = pendingKeys[1:]
+			}
+			if stored == nil {
+				return nil // deleted
+			}
+			return fn(k, stored)
+		}
+		return fn(k, stored)
+	})
+	if err != nil {
+		return err
 	}
 	return yieldPending(nil)
 }

@@ -58,97 +58,93 @@ func sharedEqualsFresh[T any](t *testing.T, tx Tx, bucket string) []T {
 // TestSharedReadsFollowCommitsRollbacksAndRestarts reads through the cache after each kind of
 // change: it must always show what the transaction's snapshot holds.
 func TestSharedReadsFollowCommitsRollbacksAndRestarts(t *testing.T) {
-	st, path := openTemp(t)
-	put := func(name string, n int) error {
-		return st.Update(func(tx Tx) error { return Save(tx, "things", name, record{name, n}) })
-	}
-	view := func() []record {
-		var out []record
-		if err := st.View(func(tx Tx) error { out = sharedEqualsFresh[record](t, tx, "things"); return nil }); err != nil {
+	forEachStore(t, func(t *testing.T, open opener) {
+		st := open(t)
+		put := func(name string, n int) error {
+			return st.Update(func(tx Tx) error { return Save(tx, "things", name, record{name, n}) })
+		}
+		view := func() []record {
+			var out []record
+			if err := st.View(func(tx Tx) error { out = sharedEqualsFresh[record](t, tx, "things"); return nil }); err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+		for _, name := range []string{"a", "b", "c"} {
+			if err := put(name, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		view() // caches a, b and c
+		if err := put("b", 2); err != nil {
 			t.Fatal(err)
 		}
-		return out
-	}
-	for _, name := range []string{"a", "b", "c"} {
-		if err := put(name, 1); err != nil {
+		if got := view(); !slices.Equal(got, []record{{"a", 1}, {"b", 2}, {"c", 1}}) {
+			t.Fatalf("after changing b: %+v", got)
+		}
+
+		// A rolled-back update wrote and read records (shared and not); none of it may show.
+		boom := errors.New("boom")
+		err := st.Update(func(tx Tx) error {
+			if err := Save(tx, "things", "a", record{"a", 99}); err != nil {
+				return err
+			}
+			if err := Save(tx, "things", "d", record{"d", 99}); err != nil {
+				return err
+			}
+			if err := tx.Delete("things", "c"); err != nil {
+				return err
+			}
+			got := sharedEqualsFresh[record](t, tx, "things")
+			if !slices.Equal(got, []record{{"a", 99}, {"b", 2}, {"d", 99}}) {
+				t.Errorf("inside the update: %+v", got)
+			}
+			return boom
+		})
+		if !errors.Is(err, boom) {
 			t.Fatal(err)
 		}
-	}
-	view() // caches a, b and c
-	if err := put("b", 2); err != nil {
-		t.Fatal(err)
-	}
-	if got := view(); !slices.Equal(got, []record{{"a", 1}, {"b", 2}, {"c", 1}}) {
-		t.Fatalf("after changing b: %+v", got)
-	}
+		if got := view(); !slices.Equal(got, []record{{"a", 1}, {"b", 2}, {"c", 1}}) {
+			t.Fatalf("after a rollback: %+v", got)
+		}
+		err = st.View(func(tx Tx) error {
+			if _, err := LoadShared[record](tx, "things", "d"); !errors.Is(err, ErrNotFound) {
+				t.Errorf("d after its rollback: %v, want ErrNotFound", err)
+			}
+			got, err := LoadShared[record](tx, "things", "a")
+			if err != nil || got != (record{"a", 1}) {
+				t.Errorf("a after the rollback: %+v, %v", got, err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 
-	// A rolled-back update wrote and read records (shared and not); none of it may show.
-	boom := errors.New("boom")
-	err := st.Update(func(tx Tx) error {
-		if err := Save(tx, "things", "a", record{"a", 99}); err != nil {
-			return err
+		if err := st.Update(func(tx Tx) error { return tx.Delete("things", "a") }); err != nil {
+			t.Fatal(err)
 		}
-		if err := Save(tx, "things", "d", record{"d", 99}); err != nil {
-			return err
+		if got := view(); !slices.Equal(got, []record{{"b", 2}, {"c", 1}}) {
+			t.Fatalf("after deleting a: %+v", got)
 		}
-		if err := tx.Delete("things", "c"); err != nil {
-			return err
+
+		// A restart starts with nothing cached, and another process (node) may have changed the store.
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
 		}
-		got := sharedEqualsFresh[record](t, tx, "things")
-		if !slices.Equal(got, []record{{"a", 99}, {"b", 2}, {"d", 99}}) {
-			t.Errorf("inside the update: %+v", got)
+		other := open(t)
+		if err := other.Update(func(tx Tx) error { return Save(tx, "things", "c", record{"c", 3}) }); err != nil {
+			t.Fatal(err)
 		}
-		return boom
+		if err := other.Close(); err != nil {
+			t.Fatal(err)
+		}
+		st = open(t)
+		defer st.Close()
+		if got := view(); !slices.Equal(got, []record{{"b", 2}, {"c", 3}}) {
+			t.Fatalf("after a restart: %+v", got)
+		}
 	})
-	if !errors.Is(err, boom) {
-		t.Fatal(err)
-	}
-	if got := view(); !slices.Equal(got, []record{{"a", 1}, {"b", 2}, {"c", 1}}) {
-		t.Fatalf("after a rollback: %+v", got)
-	}
-	err = st.View(func(tx Tx) error {
-		if _, err := LoadShared[record](tx, "things", "d"); !errors.Is(err, ErrNotFound) {
-			t.Errorf("d after its rollback: %v, want ErrNotFound", err)
-		}
-		got, err := LoadShared[record](tx, "things", "a")
-		if err != nil || got != (record{"a", 1}) {
-			t.Errorf("a after the rollback: %+v, %v", got, err)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	if err := st.Update(func(tx Tx) error { return tx.Delete("things", "a") }); err != nil {
-		t.Fatal(err)
-	}
-	if got := view(); !slices.Equal(got, []record{{"b", 2}, {"c", 1}}) {
-		t.Fatalf("after deleting a: %+v", got)
-	}
-
-	// A restart starts with nothing cached, and another process may have changed the file.
-	if err := st.Close(); err != nil {
-		t.Fatal(err)
-	}
-	other, err := OpenBolt(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := other.Update(func(tx Tx) error { return Save(tx, "things", "c", record{"c", 3}) }); err != nil {
-		t.Fatal(err)
-	}
-	if err := other.Close(); err != nil {
-		t.Fatal(err)
-	}
-	st, err = OpenBolt(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if got := view(); !slices.Equal(got, []record{{"b", 2}, {"c", 3}}) {
-		t.Fatalf("after a restart: %+v", got)
-	}
 }
 
 // TestSharedReadRefusesRecordDamagedWhileOpen damages a record the cache holds: the shared read
@@ -232,118 +228,124 @@ func TestSharedValuesAreReadOnly(t *testing.T) {
 // against readers that compare shared and decoding reads in each transaction, then checks that
 // the cache holds nothing of deleted records. Run it with -race.
 func TestSharedReadsUnderConcurrentWrites(t *testing.T) {
-	st, _ := openTemp(t)
-	defer st.Close()
-	const keys = 40
-	key := func(i int) string { return fmt.Sprintf("k%03d", i) }
-	if err := st.Update(func(tx Tx) error {
-		for i := range keys {
-			if err := Save(tx, "things", key(i), record{key(i), 0}); err != nil {
-				return err
+	forEachStore(t, func(t *testing.T, open opener) {
+		st := open(t)
+		defer st.Close()
+		const keys = 40
+		key := func(i int) string { return fmt.Sprintf("k%03d", i) }
+		if err := st.Update(func(tx Tx) error {
+			for i := range keys {
+				if err := Save(tx, "things", key(i), record{key(i), 0}); err != nil {
+					return err
+				}
 			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(2 * time.Second)
-	if testing.Short() {
-		deadline = time.Now().Add(500 * time.Millisecond)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
-	fail := func(err error) {
-		mu.Lock()
-		errs = append(errs, err)
-		mu.Unlock()
-	}
-	for w := range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := 1; time.Now().Before(deadline); n++ {
-				i := rand.IntN(keys)
-				err := st.Update(func(tx Tx) error {
-					switch rand.IntN(4) {
-					case 0:
-						return tx.Delete("things", key(i))
-					case 1:
-						// Read, write, then fail: nothing of it may stay.
+		deadline := time.Now().Add(2 * time.Second)
+		if testing.Short() {
+			deadline = time.Now().Add(500 * time.Millisecond)
+		}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var errs []error
+		fail := func(err error) {
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		}
+		for w := range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for n := 1; time.Now().Before(deadline); n++ {
+					i := rand.IntN(keys)
+					err := st.Update(func(tx Tx) error {
+						switch rand.IntN(4) {
+						case 0:
+							return tx.Delete("things", key(i))
+						case 1:
+							// Read, write, then fail: nothing of it may stay.
+							if _, err := ListShared[record](tx, "things"); err != nil {
+								return err
+							}
+							if err := Save(tx, "things", key(i), record{"rolled back", -1}); err != nil {
+								return err
+							}
+							if _, err := LoadShared[record](tx, "things", key(i)); err != nil {
+								return err
+							}
+							return errRollback
+						}
 						if _, err := ListShared[record](tx, "things"); err != nil {
 							return err
 						}
-						if err := Save(tx, "things", key(i), record{"rolled back", -1}); err != nil {
-							return err
-						}
-						if _, err := LoadShared[record](tx, "things", key(i)); err != nil {
-							return err
-						}
-						return errRollback
+						return Save(tx, "things", key(i), record{key(i), w*1_000_000 + n})
+					})
+					if err != nil && !errors.Is(err, errRollback) {
+						fail(err)
 					}
-					if _, err := ListShared[record](tx, "things"); err != nil {
-						return err
-					}
-					return Save(tx, "things", key(i), record{key(i), w*1_000_000 + n})
-				})
-				if err != nil && !errors.Is(err, errRollback) {
-					fail(err)
 				}
-			}
-		}()
-	}
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for time.Now().Before(deadline) {
-				err := st.View(func(tx Tx) error {
-					fresh, err := List[record](tx, "things")
-					if err != nil {
-						return err
-					}
-					shared, err := ListShared[record](tx, "things")
-					if err != nil {
-						return err
-					}
-					if !reflect.DeepEqual(fresh, shared) {
-						return fmt.Errorf("ListShared %v, List %v in one transaction", shared, fresh)
-					}
-					for _, r := range fresh {
-						if r.Count < 0 {
-							return fmt.Errorf("a rolled-back write is visible: %+v", r)
-						}
-						got, err := LoadShared[record](tx, "things", r.Name)
-						if err != nil || got != r {
-							return fmt.Errorf("LoadShared %s: %+v, %v; List has %+v", r.Name, got, err, r)
-						}
-					}
-					return nil
-				})
-				if err != nil {
-					fail(err)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if len(errs) > 0 {
-		t.Fatalf("%d failures, first: %v", len(errs), errs[0])
-	}
-	var live []string
-	if err := st.View(func(tx Tx) error {
-		return tx.ForEach("things", func(k string, _ []byte) error { live = append(live, k); return nil })
-	}); err != nil {
-		t.Fatal(err)
-	}
-	b := st.cache.bucket("things")
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	for k := range b.records {
-		if !slices.Contains(live, k) {
-			t.Errorf("the cache keeps deleted record %s", k)
+			}()
 		}
-	}
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(deadline) {
+					err := st.View(func(tx Tx) error {
+						fresh, err := List[record](tx, "things")
+						if err != nil {
+							return err
+						}
+						shared, err := ListShared[record](tx, "things")
+						if err != nil {
+							return err
+						}
+						if !reflect.DeepEqual(fresh, shared) {
+							return fmt.Errorf("ListShared %v, List %v in one transaction", shared, fresh)
+						}
+						for _, r := range fresh {
+							if r.Count < 0 {
+								return fmt.Errorf("a rolled-back write is visible: %+v", r)
+							}
+							got, err := LoadShared[record](tx, "things", r.Name)
+							if err != nil || got != r {
+								return fmt.Errorf("LoadShared %s: %+v, %v; List has %+v", r.Name, got, err, r)
+							}
+						}
+						return nil
+					})
+					if err != nil {
+						fail(err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if len(errs) > 0 {
+			t.Fatalf("%d failures, first: %v", len(errs), errs[0])
+		}
+		var live []string
+		if err := st.View(func(tx Tx) error {
+			return tx.ForEach("things", func(k string, _ []byte) error { live = append(live, k); return nil })
+		}); err != nil {
+			t.Fatal(err)
+		}
+		bolt, ok := st.(*Bolt)
+		if !ok {
+			return // the other stores keep no cache
+		}
+		b := bolt.cache.bucket("things")
+		b.mu.RLock()
+		defer b.mu.RUnlock()
+		for k := range b.records {
+			if !slices.Contains(live, k) {
+				t.Errorf("the cache keeps deleted record %s", k)
+			}
+		}
+	})
 }
 
 var errRollback = errors.New("rollback")
@@ -352,56 +354,75 @@ var errRollback = errors.New("rollback")
 // and only then, and an update sees which keys differ from it: its own writes and those of the
 // updates before it in the same commit.
 func TestVersionNamesCommittedContents(t *testing.T) {
+	forEachStore(t, func(t *testing.T, open opener) {
+		st := open(t)
+		defer st.Close()
+		version := func(bucket string) uint64 {
+			t.Helper()
+			var v uint64
+			err := st.View(func(tx Tx) error {
+				var changed []string
+				var ok bool
+				if v, changed, ok = Version(tx, bucket); !ok || changed != nil {
+					t.Errorf("read-only transaction: version of %s %v, changed %v", bucket, ok, changed)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+		put := func(tx Tx, bucket, key string) error { return Save(tx, bucket, key, record{bucket, rand.IntN(1000)}) }
+		x0, y0 := version("x"), version("y")
+		if err := st.Update(func(tx Tx) error { return put(tx, "x", "k") }); err != nil {
+			t.Fatal(err)
+		}
+		x1 := version("x")
+		if x1 == x0 || version("y") != y0 || version("x") != x1 {
+			t.Errorf("after writing x: x %d -> %d, y %d -> %d, want x alone to change, once", x0, x1, y0, version("y"))
+		}
+		err := st.Update(func(tx Tx) error {
+			if v, changed, _ := Version(tx, "x"); v != x1 || changed != nil {
+				t.Errorf("update before writing x: version %d, changed %v, want %d and none", v, changed, x1)
+			}
+			if err := put(tx, "x", "k"); err != nil {
+				return err
+			}
+			if err := tx.Delete("x", "a"); err != nil {
+				return err
+			}
+			if v, changed, _ := Version(tx, "x"); v != x1 || !slices.Equal(changed, []string{"a", "k"}) {
+				t.Errorf("update after writing x: version %d, changed %v, want %d and [a k]", v, changed, x1)
+			}
+			return errRollback
+		})
+		if !errors.Is(err, errRollback) {
+			t.Fatal(err)
+		}
+		if v := version("x"); v != x1 {
+			t.Errorf("after a rolled-back write: x %d, want %d", v, x1)
+		}
+	})
+}
+
+// TestBoltVersionInGroupCommit: of two updates in one commit, the second sees the first's write
+// to x, not yet committed, as a change from x's version.
+func TestBoltVersionInGroupCommit(t *testing.T) {
 	st, _ := openTemp(t)
 	defer st.Close()
-	version := func(bucket string) uint64 {
+	put := func(tx Tx, bucket, key string) error { return Save(tx, bucket, key, record{bucket, rand.IntN(1000)}) }
+	version := func(bucket string) (v uint64) {
 		t.Helper()
-		var v uint64
-		err := st.View(func(tx Tx) error {
-			var changed []string
-			var ok bool
-			if v, changed, ok = Version(tx, bucket); !ok || changed != nil {
-				t.Errorf("read-only transaction: version of %s %v, changed %v", bucket, ok, changed)
-			}
-			return nil
-		})
-		if err != nil {
+		if err := st.View(func(tx Tx) error { v, _, _ = Version(tx, bucket); return nil }); err != nil {
 			t.Fatal(err)
 		}
 		return v
 	}
-	put := func(tx Tx, bucket, key string) error { return Save(tx, bucket, key, record{bucket, rand.IntN(1000)}) }
-	x0, y0 := version("x"), version("y")
 	if err := st.Update(func(tx Tx) error { return put(tx, "x", "k") }); err != nil {
 		t.Fatal(err)
 	}
-	x1 := version("x")
-	if x1 == x0 || version("y") != y0 || version("x") != x1 {
-		t.Errorf("after writing x: x %d -> %d, y %d -> %d, want x alone to change, once", x0, x1, y0, version("y"))
-	}
-	err := st.Update(func(tx Tx) error {
-		if v, changed, _ := Version(tx, "x"); v != x1 || changed != nil {
-			t.Errorf("update before writing x: version %d, changed %v, want %d and none", v, changed, x1)
-		}
-		if err := put(tx, "x", "k"); err != nil {
-			return err
-		}
-		if err := tx.Delete("x", "a"); err != nil {
-			return err
-		}
-		if v, changed, _ := Version(tx, "x"); v != x1 || !slices.Equal(changed, []string{"a", "k"}) {
-			t.Errorf("update after writing x: version %d, changed %v, want %d and [a k]", v, changed, x1)
-		}
-		return errRollback
-	})
-	if !errors.Is(err, errRollback) {
-		t.Fatal(err)
-	}
-	if v := version("x"); v != x1 {
-		t.Errorf("after a rolled-back write: x %d, want %d", v, x1)
-	}
-
-	// Two updates in one commit: the second sees the first's write to x, not yet committed.
+	x1, y0 := version("x"), version("y")
 	var second struct {
 		x, y      uint64
 		cx, cy    []string

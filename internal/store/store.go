@@ -3,7 +3,8 @@
 // after its change is safe, and a kill -9 at any moment loses no acknowledged change.
 //
 // The interface is deliberately small — buckets of keyed records and serialisable transactions — so
-// that an etcd-backed implementation can serve several moat lb nodes later.
+// that it has two implementations: Bolt, one file for one moat lb, and Etcd, an etcd cluster that
+// several moat lb nodes share.
 package store
 
 import (
