@@ -70,12 +70,18 @@ func benchLab(l lab, o testOpts, reps int) {
 	check(backends.Start())
 	defer func() { _ = backends.Process.Kill(); _ = backends.Wait() }()
 
+	// run runs a test from the client host; a failed one stops the benchmark, after what moat lb
+	// counted of its flows (refusals and target errors say why a connection was reset).
+	var current *target
 	run := func(test, addr string) result {
 		cmd := exec.Command("ip", "netns", "exec", l.client, self, "-test", test, "-addr", addr,
 			"-bytes", strconv.FormatInt(o.size, 10), "-duration", o.duration.String(), "-requests", strconv.Itoa(o.requests))
 		cmd.Stderr = os.Stderr
 		out, err := cmd.Output()
 		if err != nil {
+			if current != nil && current.metrics != "" {
+				log.Printf("%s: %s", current.name, flowCounts(current.metrics))
+			}
 			log.Fatalf("lbbench: %s test of %s: %v", test, addr, err)
 		}
 		var r result
@@ -108,6 +114,7 @@ func benchLab(l lab, o testOpts, reps int) {
 	for round := range reps {
 		for _, p := range paths {
 			stop := p.start(p.t)
+			current = p.t
 			p.t.measure(run, o.size)
 			if p.t.metrics != "" {
 				log.Printf("%s: %s", p.t.name, flowCounts(p.t.metrics))
@@ -245,14 +252,30 @@ func flowCounts(metrics string) string {
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		name, rest, _ := strings.Cut(sc.Text(), "{")
-		if name == "moat_dataplane_new_flows_total" || name == "moat_dataplane_proxied_flows_total" {
-			fields := strings.Fields(rest)
-			v, _ := strconv.ParseFloat(fields[len(fields)-1], 64)
-			sums[name] += v
+		switch name {
+		case "moat_dataplane_new_flows_total", "moat_dataplane_proxied_flows_total", "moat_dataplane_target_connect_errors_total":
+		case "moat_dataplane_denied_flows_total":
+			_, reason, _ := strings.Cut(rest, `reason="`)
+			reason, _, _ = strings.Cut(reason, `"`)
+			name += " " + reason
+		default:
+			continue
 		}
+		fields := strings.Fields(rest)
+		v, _ := strconv.ParseFloat(fields[len(fields)-1], 64)
+		sums[name] += v
 	}
 	check(sc.Err())
-	return fmt.Sprintf("%.0f new flows, %.0f of them through the userspace proxy", sums["moat_dataplane_new_flows_total"], sums["moat_dataplane_proxied_flows_total"])
+	out := fmt.Sprintf("%.0f new flows, %.0f of them through the userspace proxy", sums["moat_dataplane_new_flows_total"], sums["moat_dataplane_proxied_flows_total"])
+	for _, reason := range []string{"security_group", "no_target", "flow_limit"} {
+		if n := sums["moat_dataplane_denied_flows_total "+reason]; n > 0 {
+			out += fmt.Sprintf(", %.0f refused (%s)", n, reason)
+		}
+	}
+	if n := sums["moat_dataplane_target_connect_errors_total"]; n > 0 {
+		out += fmt.Sprintf(", %.0f target connect errors", n)
+	}
+	return out
 }
 
 // startProxy writes cfg to a file in dir and starts bin with args (where "CFG" is the file),
