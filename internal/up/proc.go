@@ -109,23 +109,26 @@ func logTail(path string, n int) string {
 
 // resolveAddr turns host:0 into host:<a free port>; other addresses are checked to be free, so
 // that a port in use fails with a clear message before anything starts.
-func resolveAddr(flag, addr string) (string, error) {
+//
+// It returns the address with its port (a free one for host:0) and the listener that holds it:
+// the caller closes it just before a child binds the address, so that nothing moat up binds
+// meanwhile (moat lb's own host:0 addresses) is given the same port.
+func resolveAddr(flag, addr string) (string, net.Listener, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", fmt.Errorf("--%s %q: %w", flag, addr, err)
+		return "", nil, fmt.Errorf("--%s %q: %w", flag, addr, err)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return "", fmt.Errorf("--%s %s is in use (is another moat up running?): choose another address with --%s, or host:0 for any free port", flag, addr, flag)
+			return "", nil, fmt.Errorf("--%s %s is in use (is another moat up running?): choose another address with --%s, or host:0 for any free port", flag, addr, flag)
 		}
-		return "", fmt.Errorf("--%s %s: %w", flag, addr, err)
+		return "", nil, fmt.Errorf("--%s %s: %w", flag, addr, err)
 	}
-	defer ln.Close()
 	if port == "0" {
-		return net.JoinHostPort(host, fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)), nil
+		return net.JoinHostPort(host, fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)), ln, nil
 	}
-	return addr, nil
+	return addr, ln, nil
 }
 
 // poll calls check every interval until it returns true or an error, ctx ends, or the deadline.

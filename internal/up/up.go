@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -145,9 +146,20 @@ func Run(ctx context.Context, o Options) (err error) {
 
 	// Check every fixed address first: a port in use should fail now, not as a child's log line.
 	var kubeAPIAddr, etcdAddr, etcdPeer, ctrlMetrics, ctrlProbe string
+	var held []net.Listener // the children's addresses, held until moat lb has bound its own
+	releaseHeld := func() {
+		for _, ln := range held {
+			ln.Close()
+		}
+		held = nil
+	}
+	defer releaseHeld()
 	resolve := func(dst *string, flag, addr string) {
 		if err == nil {
-			*dst, err = resolveAddr(flag, addr)
+			var ln net.Listener
+			if *dst, ln, err = resolveAddr(flag, addr); ln != nil {
+				held = append(held, ln)
+			}
 		}
 	}
 	if !existing {
@@ -196,6 +208,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		return nil
 	}
 	p.step("moat lb serving: API %s, DNS %s", eps.API, eps.DNS)
+	releaseHeld()
 
 	st := State{LB: eps, ClusterName: clusterName, PID: os.Getpid()}
 	var kc *localCluster
