@@ -45,11 +45,6 @@ ip -n "$target" route add default via 198.18.2.1
 ip -n "$lb" route add local 198.18.1.96/27 dev lo
 ip -n "$lb" route add local 198.18.2.96/27 dev lo
 ip netns exec "$lb" sysctl -q -w net.ipv4.ip_forward=1
-# The userspace proxies (moat's, HAProxy) connect to the one target from one address, and the
-# connections-per-second test closes thousands of them a second: without reuse of TIME_WAIT
-# ports (safe with TCP timestamps; what HAProxy's documentation advises) the next round runs out
-# of source ports, and a new flow's connect to the target fails (moat resets the client's).
-ip netns exec "$lb" sysctl -q -w net.ipv4.tcp_tw_reuse=1
 
 # On a 2-core machine, pin the proxies to CPU 1 and the load (client and backends) to CPU 0, so
 # that the two do not steal each other's time.
