@@ -18,6 +18,24 @@ import (
 	"github.com/moatlb/moat/internal/tlspolicy"
 )
 
+// tlsWorld is where most TLS tests start: a test net, an engine, a CA, and a backend in zone a
+// with its health-check port.
+type tlsWorld struct {
+	n      testNet
+	h      *harness
+	ca     lbtest.CA
+	hcPort uint16
+	a      *backend
+}
+
+func newTLSWorld(t *testing.T) tlsWorld {
+	t.Helper()
+	w := tlsWorld{n: newNet(), h: newHarness(t), ca: lbtest.NewCA(t)}
+	w.hcPort = freePort(t, w.n.inA(0))
+	w.a = newBackend(t, "a", w.n.inA(0), "zone-a", w.hcPort)
+	return w
+}
+
 // leaf issues a server certificate for names (the first is also its common name).
 func leaf(t testing.TB, ca lbtest.CA, names ...string) tls.Certificate {
 	t.Helper()
@@ -98,11 +116,8 @@ func tlsLB(n testNet, port uint16, lt *ListenerTLS, admit *secgroup.Policy, tg T
 
 func TestTLSTerminates(t *testing.T) {
 	t.Parallel()
-	n := newNet()
-	h := newHarness(t)
-	ca := lbtest.NewCA(t)
-	hcPort := freePort(t, n.inA(0))
-	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
+	w := newTLSWorld(t)
+	n, h, ca, hcPort, a := w.n, w.h, w.ca, w.hcPort, w.a
 	port := freePort(t, n.lbA())
 	h.apply(tlsLB(n, port, &ListenerTLS{
 		Certificates: []tls.Certificate{leaf(t, ca, "lb.test")},
@@ -154,11 +169,8 @@ func TestTLSTerminates(t *testing.T) {
 
 func TestTLSHandshakeTimeout(t *testing.T) {
 	t.Parallel()
-	n := newNet()
-	h := newHarness(t)
-	ca := lbtest.NewCA(t)
-	hcPort := freePort(t, n.inA(0))
-	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
+	w := newTLSWorld(t)
+	n, h, ca, hcPort, a := w.n, w.h, w.ca, w.hcPort, w.a
 	port := freePort(t, n.lbA())
 	h.apply(tlsLB(n, port, &ListenerTLS{
 		Certificates: []tls.Certificate{leaf(t, ca, "lb.test")}, HandshakeTimeout: 300 * time.Millisecond,
@@ -188,11 +200,8 @@ func TestTLSHandshakeTimeout(t *testing.T) {
 
 func TestTLSSNI(t *testing.T) {
 	t.Parallel()
-	n := newNet()
-	h := newHarness(t)
-	ca := lbtest.NewCA(t)
-	hcPort := freePort(t, n.inA(0))
-	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
+	w := newTLSWorld(t)
+	n, h, ca, hcPort, a := w.n, w.h, w.ca, w.hcPort, w.a
 	port := freePort(t, n.lbA())
 	// The default matches every name under .test: the list must still win for its names.
 	h.apply(tlsLB(n, port, &ListenerTLS{
@@ -228,11 +237,8 @@ func TestTLSSNI(t *testing.T) {
 
 func TestTLSALPN(t *testing.T) {
 	t.Parallel()
-	n := newNet()
-	h := newHarness(t)
-	ca := lbtest.NewCA(t)
-	hcPort := freePort(t, n.inA(0))
-	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
+	w := newTLSWorld(t)
+	n, h, ca, hcPort, a := w.n, w.h, w.ca, w.hcPort, w.a
 	cert := leaf(t, ca, "lb.test")
 	ports := map[string]uint16{}
 	var listeners []Listener
@@ -275,11 +281,8 @@ func TestTLSALPN(t *testing.T) {
 
 func TestTLSDeniedBeforeHandshake(t *testing.T) {
 	t.Parallel()
-	n := newNet()
-	h := newHarness(t)
-	ca := lbtest.NewCA(t)
-	hcPort := freePort(t, n.inA(0))
-	a := newBackend(t, "a", n.inA(0), "zone-a", hcPort)
+	w := newTLSWorld(t)
+	n, h, ca, hcPort, a := w.n, w.h, w.ca, w.hcPort, w.a
 	port := freePort(t, n.lbA())
 	h.apply(tlsLB(n, port, &ListenerTLS{Certificates: []tls.Certificate{leaf(t, ca, "lb.test")}},
 		policy("127.0.0.2/32"), group("tg", hcPort, a.cfg())))
