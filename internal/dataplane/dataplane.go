@@ -299,6 +299,9 @@ type Engine interface {
 	// load balancer, a *ListenerError naming the first address it does not,
 	// and ErrUnknownListener when the listener is not in the current Config.
 	ListenerStatus(listenerID string) error
+	// Decide reports what the engine does now with a new flow from client to the listener
+	// socket at lb (network tcp or udp); false when no socket listens there. See Decision.
+	Decide(client, lb netip.AddrPort, network string) (Decision, bool)
 	// Close stops serving: listeners close, flows are reset, health checks
 	// stop, and it returns when all of the engine's goroutines have ended.
 	Close() error

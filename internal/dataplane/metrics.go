@@ -126,6 +126,15 @@ type listenerMetrics struct {
 	tlsHandshakeErrors       prometheus.Counter
 }
 
+// countDenied counts a flow denied for reason (DenySecurityGroup, DenyNoTarget).
+func (m *listenerMetrics) countDenied(reason string) {
+	if reason == DenySecurityGroup {
+		m.deniedSG.Inc()
+	} else {
+		m.deniedNoTarget.Inc()
+	}
+}
+
 // listener resolves a listener's series; tls adds a TLS listener's own.
 func (m *metrics) listener(lb, listener, proto string, tls bool) *listenerMetrics {
 	lm := &listenerMetrics{

@@ -164,18 +164,10 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 	local := addrPortOf(c.LocalAddr())
 	// Denials are counted and logged before the reset, so that whoever sees
 	// the reset can see the record of it.
-	if !r.policy.Allows(client.Addr()) {
-		s.u.flowLog.denied(r, client, DenySecurityGroup)
-		r.m.deniedSG.Inc()
-		reset(c)
-		return
-	}
-	sel := r.tg.sel.Load()
-	cands := sel.scope(r.zone, r.crossZone)
-	t := cands.pick(flowHash(s.u.seed, client, local, syscall.IPPROTO_TCP, sel.set.StickinessSourceIP))
+	t, set, denied := r.admit(s.u, client, local, syscall.IPPROTO_TCP)
 	if t == nil {
-		s.u.flowLog.denied(r, client, DenyNoTarget)
-		r.m.deniedNoTarget.Inc()
+		s.u.flowLog.denied(r, client, denied)
+		r.m.countDenied(denied)
 		reset(c)
 		return
 	}
@@ -216,7 +208,7 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 
 	d := net.Dialer{Timeout: s.u.connectTimeout, Control: s.u.controlUpstream}
 	d.SetMultipathTCP(false)
-	if src := r.upstreamSource(sel.set.PreserveClientIP, client.Addr(), local.Addr(), t.addr.Addr()); src.IsValid() {
+	if src := r.upstreamSource(set.PreserveClientIP, client.Addr(), local.Addr(), t.addr.Addr()); src.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 	}
 	uc, err := d.DialContext(f.ctx, "tcp", t.addr.String())
@@ -232,14 +224,14 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 	if !f.setUpstream(up) {
 		return
 	}
-	if sel.set.ProxyProtocolV2 {
+	if set.ProxyProtocolV2 {
 		// Before the first byte of the client's: the target reads it first.
 		if _, err := up.Write(ppv2Header(client, local)); err != nil {
 			f.terminate()
 			return
 		}
 	}
-	if r.tls != nil && sel.set.TLS {
+	if r.tls != nil && set.TLS {
 		f.upTLS = tls.Client(up, r.tls.backendFor(f.clientTLS.ConnectionState().NegotiatedProtocol))
 		if err := handshake(f.upTLS, up, r.tls.handshakeTimeout); err != nil {
 			if f.ctx.Err() == nil {

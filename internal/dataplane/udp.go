@@ -141,17 +141,10 @@ func (s *udpSocket) flowFor(client netip.AddrPort) *udpFlow {
 		return nil
 	}
 	r := s.r.Load()
-	if !r.policy.Allows(client.Addr()) {
-		s.u.flowLog.denied(r, client, DenySecurityGroup)
-		r.m.deniedSG.Inc()
-		return nil
-	}
-	sel := r.tg.sel.Load()
-	t := sel.scope(r.zone, r.crossZone).pick(
-		flowHash(s.u.seed, client, s.key.addrPort(), syscall.IPPROTO_UDP, sel.set.StickinessSourceIP))
+	t, set, denied := r.admit(s.u, client, s.key.addrPort(), syscall.IPPROTO_UDP)
 	if t == nil {
-		s.u.flowLog.denied(r, client, DenyNoTarget)
-		r.m.deniedNoTarget.Inc()
+		s.u.flowLog.denied(r, client, denied)
+		r.m.countDenied(denied)
 		return nil
 	}
 	if !r.flows.take() {
@@ -160,7 +153,7 @@ func (s *udpSocket) flowFor(client netip.AddrPort) *udpFlow {
 		return nil
 	}
 	d := net.Dialer{Control: s.u.controlUpstream}
-	if src := r.upstreamSource(sel.set.PreserveClientIP, client.Addr(), s.key.addr, t.addr.Addr()); src.IsValid() {
+	if src := r.upstreamSource(set.PreserveClientIP, client.Addr(), s.key.addr, t.addr.Addr()); src.IsValid() {
 		d.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 	}
 	conn, err := d.Dial("udp", t.addr.String())
