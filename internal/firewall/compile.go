@@ -156,3 +156,38 @@ func compileRules(rules []secgroup.Rule) []match {
 	})
 	return out
 }
+
+// Judgement is what the firewall does with the first packet of a new flow to an address.
+type Judgement struct {
+	// Interface and Instance own the address; both are empty when the program protects no
+	// interface with it, so nothing is enforced there.
+	Interface, Instance string
+	Admitted            bool // a rule of the interface's groups admits the flow
+}
+
+// Judge reports what the program does with a new inbound flow (not one of moat lb's) from src
+// to dst's port: it runs the matches compile gives the kernel table, so it judges as the table
+// does.
+func (p Program) Judge(src, dst netip.Addr, protocol int, port uint16) Judgement {
+	ifaces, _ := compile(p.Interfaces)
+	src, dst = src.Unmap(), dst.Unmap()
+	for _, c := range ifaces {
+		if _, ok := slices.BinarySearchFunc(c.addrs, dst, netip.Addr.Compare); !ok {
+			continue
+		}
+		j := Judgement{Interface: c.id, Instance: c.instance}
+		j.Admitted = slices.ContainsFunc(c.in, func(m match) bool { return m.admits(src, protocol, port) })
+		return j
+	}
+	return Judgement{}
+}
+
+func (m match) admits(peer netip.Addr, protocol int, port uint16) bool {
+	if m.protocol != secgroup.ProtocolAll && m.protocol != protocol {
+		return false
+	}
+	if m.ports && (port < m.fromPort || port > m.toPort) {
+		return false
+	}
+	return slices.ContainsFunc(m.peers, func(r netipx.IPRange) bool { return r.Contains(peer) })
+}

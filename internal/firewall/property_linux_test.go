@@ -413,17 +413,23 @@ func TestFirewallMatchesReference(t *testing.T) {
 			return b.String()
 		}
 
-		apply(t, f, Program{Mode: Enforce, Interfaces: ifaces})
+		program := Program{Mode: Enforce, Interfaces: ifaces}
+		apply(t, f, program)
 		base := deniedByLabel(t, reg)
 		enforced := map[propLabel]float64{} // the chain that drops: outbound first
 		audited := map[propLabel]float64{}  // every chain that denies
 		mismatches := 0
 		for _, fl := range fls {
 			v := refJudge(ifaces, fl)
-			if got := observe(t, fl, v.admitted()); got != v.admitted() {
+			got := observe(t, fl, v.admitted())
+			if got != v.admitted() {
 				mismatches++
 				t.Errorf("round %d, enforce: %v admitted=%v, the reference says %v (denied outbound %v, inbound %v)",
 					round, fl, got, v.admitted(), v.outDenied, v.inDenied)
+			}
+			// Judge (what moat explain reports) must say what the table did at the inbound side.
+			if j := program.Judge(fl.src, fl.dst.Addr(), fl.proto, fl.dst.Port()); !v.outDenied && (j.Interface == "" || j.Admitted) != got {
+				t.Errorf("round %d: Judge(%v) = %+v, the table admitted=%v", round, fl, j, got)
 			}
 			if v.outDenied {
 				l := propLabel{ifaces[v.srcInst].Instance, "outbound"}
