@@ -68,31 +68,61 @@ func New(st cloud.State) *Resolver {
 func (r *Resolver) Rules(groups []string, egress bool) []secgroup.Rule {
 	var out []secgroup.Rule
 	for _, id := range groups {
-		g := r.groups[id]
-		rules := g.Ingress
-		if egress {
-			rules = g.Egress
-		}
-		for _, rule := range rules {
-			proto, err := secgroup.ParseProtocol(rule.Protocol)
-			if err != nil {
-				continue
+		for _, rule := range r.groupRules(id, egress) {
+			if sr, ok := r.resolve(rule); ok {
+				out = append(out, sr)
 			}
-			sr := secgroup.Rule{Protocol: proto, FromPort: rule.FromPort, ToPort: rule.ToPort}
-			switch {
-			case rule.CIDRv4 != "" || rule.CIDRv6 != "":
-				if p, err := netip.ParsePrefix(rule.CIDRv4 + rule.CIDRv6); err == nil {
-					sr.Sources = []netip.Prefix{p}
-				}
-			case rule.GroupID != "":
-				sr.Sources = r.members[rule.GroupID]
-			default:
-				sr.Sources = r.prefixLists[rule.PrefixListID]
-			}
-			out = append(out, sr)
 		}
 	}
 	return out
+}
+
+// Admitting returns the first rule of groups, in their order, that admits peer for protocol and
+// port (a source for inbound rules, a destination for outbound ones), and its group: the rule
+// to name when telling why a flow is allowed. It resolves and compiles each rule as Rules and
+// secgroup.Compile do for the data plane.
+func (r *Resolver) Admitting(groups []string, egress bool, protocol int, port uint16, peer netip.Addr) (cloud.SecurityGroup, cloud.Rule, bool) {
+	for _, id := range groups {
+		for _, rule := range r.groupRules(id, egress) {
+			if sr, ok := r.resolve(rule); ok && secgroup.Compile([]secgroup.Rule{sr}, protocol, port).Allows(peer) {
+				return r.groups[id], rule, true
+			}
+		}
+	}
+	return cloud.SecurityGroup{}, cloud.Rule{}, false
+}
+
+// Group returns the group with ID id, if the state has it.
+func (r *Resolver) Group(id string) (cloud.SecurityGroup, bool) {
+	g, ok := r.groups[id]
+	return g, ok
+}
+
+func (r *Resolver) groupRules(id string, egress bool) []cloud.Rule {
+	if egress {
+		return r.groups[id].Egress
+	}
+	return r.groups[id].Ingress
+}
+
+// resolve turns rule's peer into prefixes; false for a protocol secgroup does not know.
+func (r *Resolver) resolve(rule cloud.Rule) (secgroup.Rule, bool) {
+	proto, err := secgroup.ParseProtocol(rule.Protocol)
+	if err != nil {
+		return secgroup.Rule{}, false
+	}
+	sr := secgroup.Rule{Protocol: proto, FromPort: rule.FromPort, ToPort: rule.ToPort}
+	switch {
+	case rule.CIDRv4 != "" || rule.CIDRv6 != "":
+		if p, err := netip.ParsePrefix(rule.CIDRv4 + rule.CIDRv6); err == nil {
+			sr.Sources = []netip.Prefix{p}
+		}
+	case rule.GroupID != "":
+		sr.Sources = r.members[rule.GroupID]
+	default:
+		sr.Sources = r.prefixLists[rule.PrefixListID]
+	}
+	return sr, true
 }
 
 // Firewall is the instance firewall's program for the instance interfaces that protect selects,
