@@ -48,6 +48,6 @@ func newRootCommand() *cobra.Command {
 		}
 		return nil, fmt.Errorf("--log-format must be text or json, not %q", logFormat)
 	}
-	root.AddCommand(newLBCommand(logger), newUpCommand(logger, up.Run), newControllerCommand(logger), newNodeCommand(logger, node.Run))
+	root.AddCommand(newLBCommand(logger), newUpCommand(logger, up.Run), newControllerCommand(logger), newNodeCommand(logger, node.Run), newExplainCommand())
 	return root
 }

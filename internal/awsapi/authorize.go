@@ -102,6 +102,9 @@ var actionAccess = map[string]map[string]access{
 	"shield": {
 		"GetSubscriptionState": read,
 	},
+	moatSigningName: {
+		"Explain": read,
+	},
 }
 
 // checkAccess refuses a read-only key every action that is not a read: ok is false, and denied

@@ -239,11 +239,11 @@ func TestEveryActionIsClassified(t *testing.T) {
 		t.Fatalf("served actions: %v", served)
 	}
 	isRead := func(action string) bool {
-		return strings.HasPrefix(action, "Describe") || strings.HasPrefix(action, "Get") || strings.HasPrefix(action, "List")
+		return strings.HasPrefix(action, "Describe") || strings.HasPrefix(action, "Get") || strings.HasPrefix(action, "List") || action == "Explain"
 	}
 	refusal := map[string]string{"ec2": "UnauthorizedOperation", "elasticloadbalancing": "AccessDenied", "sts": "AccessDenied"}
 	version := map[string]string{"ec2": "2016-11-15", "elasticloadbalancing": "2015-12-01", "sts": "2011-06-15"}
-	jsonTarget := map[string]string{"acm": "CertificateManager", "shield": "AWSShield_20160616"}
+	jsonTarget := map[string]string{"acm": "CertificateManager", "shield": "AWSShield_20160616", "moat": "MoatService"}
 	for service, actions := range served {
 		for _, action := range actions {
 			class := awsapi.Classification(service, action)

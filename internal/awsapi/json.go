@@ -43,7 +43,7 @@ func jsonOp[In any](fn func(ctx context.Context, in *In) (any, error)) jsonHandl
 // for the query protocols' requests. A target of no service moat serves goes to ACM, which
 // refuses it.
 func (s *Server) routeJSON(r *http.Request) *jsonService {
-	services := []*jsonService{s.acm, s.shield}
+	services := []*jsonService{s.acm, s.shield, s.moat}
 	if target := r.Header.Get("X-Amz-Target"); target != "" {
 		prefix, _, _ := strings.Cut(target, ".")
 		for _, svc := range services {

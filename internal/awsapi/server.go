@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,7 +60,10 @@ type Server struct {
 	sts      *service
 	acm      *jsonService
 	shield   *jsonService
+	moat     *jsonService
 	requests *prometheus.CounterVec
+	// explainer answers moat's own Explain; set once the data plane runs.
+	explainer atomic.Pointer[explainerSlot]
 }
 
 // New returns the API server for c, verifying requests with v. reg, if not nil, receives the
@@ -78,6 +82,7 @@ func New(c *cloud.Cloud, v *sigv4.Verifier, log *slog.Logger, reg prometheus.Reg
 	s.sts = &service{name: "sts", version: stsVersion, style: wire.MemberLists, handlers: s.stsHandlers(), reply: wire.QueryReply(wire.STSNamespace), fail: queryErrorWriter(wire.STSNamespace), internalErr: "InternalFailure"}
 	s.acm = &jsonService{name: "acm", target: "CertificateManager", handlers: s.acmHandlers()}
 	s.shield = &jsonService{name: "shield", target: "AWSShield_20160616", handlers: s.shieldHandlers()}
+	s.moat = &jsonService{name: moatSigningName, target: moatTarget, handlers: s.moatHandlers()}
 	return s
 }
 

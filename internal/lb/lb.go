@@ -108,6 +108,19 @@ type Endpoints struct {
 // EndpointsFile is the name of the endpoints file in the data dir.
 const EndpointsFile = "endpoints.json"
 
+// ReadEndpoints reads the endpoints file of the moat lb running with dataDir.
+func ReadEndpoints(dataDir string) (Endpoints, error) {
+	var eps Endpoints
+	data, err := os.ReadFile(filepath.Join(dataDir, EndpointsFile))
+	if err != nil {
+		return eps, err
+	}
+	if err := json.Unmarshal(data, &eps); err != nil {
+		return eps, fmt.Errorf("%s: %w", filepath.Join(dataDir, EndpointsFile), err)
+	}
+	return eps, nil
+}
+
 func writeEndpoints(path string, eps Endpoints) error {
 	data, err := json.MarshalIndent(eps, "", "  ")
 	if err != nil {
@@ -227,6 +240,11 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	c.SetPortChecker(canListen(routes.Why))
 	sgMode := cmp.Or(cfg.InstanceSGMode, firewall.Enforce)
 	fw, sgStatus := startFirewall(sgMode, cfg.DataDir, cfg.FlowLog, reg, log)
+	explainMode := sgMode
+	if fw == nil {
+		explainMode = firewall.Off
+	}
+	api.SetExplainer(explainer{c: c, engine: engine, firewall: explainMode})
 	synced := make(chan struct{})
 	go func() {
 		defer close(synced)

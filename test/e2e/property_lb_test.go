@@ -4,10 +4,12 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,11 +17,14 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 	"github.com/miekg/dns"
+
+	"github.com/moatlb/moat/internal/explain"
 )
 
 // TestInstanceGroupThroughLBProperty draws random rules for a target instance's group, for the
@@ -158,11 +163,27 @@ func throughLBProperty(t *testing.T, w *sgWorld, rng *rand.Rand, audit bool) {
 				defer wg.Done()
 				limit <- struct{}{}
 				defer func() { <-limit }()
-				if err := f.dial(frontEnd, client); (err == nil) != wantLB {
-					t.Errorf("round %d: client %s through the load balancer: %v, the reference admits: %v\n%s", round, client, err, wantLB, f.describe(nodesIn, frontIn, frontOut))
+				errLB := f.dial(frontEnd, client)
+				if (errLB == nil) != wantLB {
+					t.Errorf("round %d: client %s through the load balancer: %v, the reference admits: %v\n%s", round, client, errLB, wantLB, f.describe(nodesIn, frontIn, frontOut))
 				}
+				// moat explain must give the verdict the data plane acted on, and the reference's
+				// reason for it.
+				wantVerdict := explain.Allowed
+				switch {
+				case !refAdmits(frontIn, f.listenPort, client):
+					wantVerdict = explain.DroppedByLoadBalancerGroup
+				case !outboundOK || !targetOK:
+					wantVerdict = explain.DroppedByTargetGroup
+				}
+				f.checkExplain(t, client, frontEnd, errLB, wantVerdict)
 				errDirect := f.dial(target, client)
 				gotDirect := errDirect == nil
+				wantVerdict = explain.Allowed
+				if !wantDirect && !audit {
+					wantVerdict = explain.DroppedByTargetGroup
+				}
+				f.checkExplain(t, client, target, errDirect, wantVerdict)
 				switch {
 				case audit && !gotDirect:
 					t.Errorf("round %d: client %s straight to the target was dropped in audit mode", round, client)
@@ -185,6 +206,65 @@ func throughLBProperty(t *testing.T, w *sgWorld, rng *rand.Rand, audit bool) {
 	}
 	t.Logf("%d rounds of %d probes: the reference admits %d through the load balancer, denies %d straight to the target; in %d rounds the outbound rules, in %d the target's, keep the load balancer out",
 		rounds, probes, lbAdmits, directDenials, outboundDenies, targetDenies)
+
+	// With its only target deregistered (draining), the load balancer has no target for a new
+	// flow of a client its group admits (the last round's marker): it resets it, and moat
+	// explain, asked through the CLI, says so and what would help.
+	if _, err := elbc.DeregisterTargets(ctx, &elbv2.DeregisterTargetsInput{TargetGroupArn: tgARN, Targets: []elbtypes.TargetDescription{{Id: aws.String(nodeID)}}}); err != nil {
+		t.Fatal(err)
+	}
+	marker := netip.AddrFrom4([4]byte{127, 0, 0, byte(200 + rounds - 1)})
+	waitFor(t, 10*time.Second, "explain to see the target draining", func() bool {
+		return f.explain(t, marker, frontEnd).Paths[0].Verdict == explain.NoHealthyTarget
+	})
+	f.checkExplain(t, marker, frontEnd, f.dial(frontEnd, marker), explain.NoHealthyTarget)
+	out, err := exec.Command(moatBin, "explain", "--endpoint-url", w.p.API, "--credentials-file", w.p.Creds, "--region", "us-east-1",
+		"--from", marker.String(), "--to", frontEnd).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "NO_HEALTHY_TARGET") || !strings.Contains(string(out), "aws elbv2 register-targets --target-group-arn "+*tgARN) {
+		t.Errorf("moat explain: %v\n%s", err, out)
+	}
+}
+
+// explain asks moat lb what it does with a flow from client to target (address:port).
+func (f *lbProp) explain(t *testing.T, client netip.Addr, target string) explain.Answer {
+	t.Helper()
+	creds, err := f.w.p.config(t).Credentials.Retrieve(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := explain.Client{Endpoint: f.w.p.API, Region: "us-east-1", Credentials: credentials.StaticCredentialsProvider{Value: creds}}
+	a, err := c.Ask(context.Background(), explain.Query{From: client.String(), To: target})
+	if err != nil {
+		t.Fatalf("explain %s → %s: %v", client, target, err)
+	}
+	if len(a.Paths) != 1 {
+		t.Fatalf("explain %s → %s: %d paths, want 1: %+v", client, target, len(a.Paths), a)
+	}
+	return a
+}
+
+// checkExplain checks moat explain's verdict on a flow from client to target against want (the
+// reference's) and against dialErr, what the flow met: admitted, dropped (a timeout), or reset by
+// the load balancer (dropped by the targets' groups, or no target).
+func (f *lbProp) checkExplain(t *testing.T, client netip.Addr, target string, dialErr error, want string) {
+	t.Helper()
+	a := f.explain(t, client, target)
+	got := a.Paths[0].Verdict
+	observed := map[string]string{explain.Allowed: "admitted", explain.DroppedByLoadBalancerGroup: "dropped", explain.DroppedByTargetGroup: "reset", explain.NoHealthyTarget: "reset"}
+	if !strings.Contains(target, f.frontAddr) && got == explain.DroppedByTargetGroup {
+		observed[got] = "dropped" // straight to the target, its firewall drops
+	}
+	met := "reset"
+	switch {
+	case dialErr == nil:
+		met = "admitted"
+	case strings.Contains(dialErr.Error(), "timeout"):
+		met = "dropped"
+	}
+	if got != want || observed[got] != met {
+		steps, _ := json.MarshalIndent(a.Paths[0], "  ", "  ")
+		t.Errorf("explain %s → %s: %s, the reference says %s and the flow was %s (%v)\n  %s", client, target, got, want, met, dialErr, steps)
+	}
 }
 
 // draw returns random rules: the target group's inbound ones, the frontend group's inbound and
