@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -823,6 +824,11 @@ func (d *demo) printTryIt(host, addr, nodeAddr string) {
 	if d.eps.InstanceSecurityGroups == "enforce" {
 		fmt.Fprintf(&b, "  curl --interface %s --max-time 3 http://%s/    # straight to a node: times out too\n", DemoDenied, nodeAddr)
 	}
+	moat, err := os.Executable()
+	if err != nil {
+		moat = "moat"
+	}
+	fmt.Fprintf(&b, "  %s explain --endpoint-url %s --from %s --to %s:%d    # why, and the rule that would admit it\n", moat, d.eps.API, DemoDenied, host, d.port)
 	fmt.Fprintf(&b, "  kubectl get nodes -o wide\n")
 	fmt.Fprintf(&b, "  kubectl -n %s get service %s\n", DemoNamespace, DemoService)
 	fmt.Fprintf(&b, "  kubectl -n %s patch service %s -p '{\"spec\":{\"loadBalancerSourceRanges\":[\"%s/32\"]}}'    # now %s gets in, %s not\n",

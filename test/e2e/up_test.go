@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -488,6 +489,39 @@ func TestUp(t *testing.T) {
 		t.Fatalf("%s does not resolve", lbHost)
 	}
 	front := net.JoinHostPort(addrs[0], fmt.Sprint(demoPort))
+
+	// The moat explain command the demo prints tells why 127.0.0.3 is dropped at every zone's
+	// address, and the rule that would admit it; for 127.0.0.2 it names the rule that admits it.
+	t.Run("explain", func(t *testing.T) {
+		var command []string
+		for line := range strings.Lines(outText) {
+			if before, _, ok := strings.Cut(line, "    # why, and the rule"); ok && strings.Contains(before, " explain ") {
+				command = strings.Fields(before)
+			}
+		}
+		if len(command) == 0 {
+			t.Fatalf("the demo prints no moat explain command:\n%s", outText)
+		}
+		explainAs := func(from string) string {
+			args := slices.Clone(command[1:])
+			args[slices.Index(args, "--from")+1] = from
+			cmd := exec.Command(command[0], args...)
+			cmd.Env = append(os.Environ(), "AWS_SHARED_CREDENTIALS_FILE="+up.st.LB.CredentialsFile, "AWS_REGION=us-east-1")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v: %v\n%s", cmd, err, out)
+			}
+			return string(out)
+		}
+		out := explainAs("127.0.0.3")
+		if strings.Count(out, ": DROPPED_BY_LOAD_BALANCER_GROUP") != 2 || !strings.Contains(out, "authorize-security-group-ingress") || !strings.Contains(out, "--cidr 127.0.0.3/32") {
+			t.Errorf("moat explain for 127.0.0.3:\n%s", out)
+		}
+		out = explainAs("127.0.0.2")
+		if strings.Count(out, ": ALLOWED") != 2 || !strings.Contains(out, "inbound tcp "+fmt.Sprint(demoPort)+" from 127.0.0.2/32") {
+			t.Errorf("moat explain for 127.0.0.2:\n%s", out)
+		}
+	})
 
 	// The user edits the source ranges: the other client gets in, the first not.
 	t.Run("source ranges follow the Service", func(t *testing.T) {
