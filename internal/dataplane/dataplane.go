@@ -53,7 +53,8 @@
 // Both are counted (moat_dataplane_denied_flows_total) and can be logged
 // (Options.FlowLog). Packets the kernel filter drops are counted per listener
 // (moat_dataplane_listener_dropped_packets_total, one per SYN retransmission
-// or datagram) but carry no client address, so they cannot be logged.
+// or datagram) but carry no client address the engine could log; moat lb's
+// instance firewall logs them instead, where it runs (firewall.Listener).
 //
 // A client whose flow has no target at all (an empty target group, or every
 // target draining or unreachable by the backend security groups) is reset

@@ -11,7 +11,8 @@ import (
 // flowlog has the format). Only denials the data plane sees are logged:
 // accept-and-reset and UDP datagrams judged in userspace, and flows without a
 // target. Packets the kernel's socket filter drops are counted, but the
-// kernel does not say whose they were.
+// kernel does not tell the engine whose they were: moat lb's instance
+// firewall logs those, in the same format (firewall.Listener).
 type flowLog struct{ log *flowlog.Log }
 
 func (l *flowLog) denied(r *route, client netip.AddrPort, reason string) {

@@ -64,6 +64,52 @@ type Program struct {
 	// reaches its interface's groups. moat node sets it; moat lb cannot, because the instances
 	// it protects live on loopback.
 	SkipLoopback bool
+	// Listeners are moat lb's listener sockets on this host whose denied clients the flow log
+	// should name (see Listener). The firewall only logs them, it never drops them: that is the
+	// data plane's job. Without a flow log, or in mode Off, they are left out.
+	Listeners []Listener
+}
+
+// Listener is a load balancer listener's socket on this host. The data plane's socket filter
+// drops the flows its groups deny before any process sees whose they were; the firewall logs
+// the first packet of each new flow to the socket from outside Admit, so that the flow log
+// names the client as it does for the data plane's own denials (ReasonListenerGroups).
+type Listener struct {
+	LoadBalancer, ID string // the data plane's IDs (ARNs)
+	Addr             netip.AddrPort
+	Protocol         int              // secgroup.ProtocolTCP or secgroup.ProtocolUDP
+	Admit            []netipx.IPRange // the IPv4 clients the listener's groups admit
+}
+
+// ReasonListenerGroups is the flow log's reason for a listener's denial, as the data plane
+// writes it: no rule of the load balancer's groups admits the client.
+const ReasonListenerGroups = "security_group"
+
+// listenerKey is how a logged packet finds its listener: protocol, destination address and port.
+type listenerKey struct {
+	protocol int
+	addr     netip.AddrPort
+}
+
+// compileListeners keeps the IPv4 listeners (the table is IPv4's) whose groups deny someone, one
+// per socket, in a stable order.
+func compileListeners(ls []Listener) []Listener {
+	var out []Listener
+	seen := map[listenerKey]bool{}
+	for _, l := range ls {
+		l.Addr = netip.AddrPortFrom(l.Addr.Addr().Unmap(), l.Addr.Port())
+		k := listenerKey{l.Protocol, l.Addr}
+		everyone := len(l.Admit) == 1 && l.Admit[0].From() == netip.IPv4Unspecified() && l.Admit[0].To() == netip.AddrFrom4([4]byte{255, 255, 255, 255})
+		if !l.Addr.Addr().Is4() || seen[k] || everyone || (l.Protocol != secgroup.ProtocolTCP && l.Protocol != secgroup.ProtocolUDP) {
+			continue
+		}
+		seen[k] = true
+		out = append(out, l)
+	}
+	slices.SortFunc(out, func(a, b Listener) int {
+		return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Protocol, b.Protocol))
+	})
+	return out
 }
 
 // match is one compiled rule: a protocol, a port range and the peers it

@@ -67,12 +67,20 @@ func prefixField(s string) string {
 	return s[:min(len(s), (logPrefixMax-len("moat would_deny outbound")-5)/3)]
 }
 
+// listenerLogPrefix names the listener chains' log statement: which socket is in the packet.
+func listenerLogPrefix(table string) string {
+	return "moat " + prefixField(table) + " " + flowlog.Deny + " listener"
+}
+
 // parseDenial reads a packet that table's deny chains logged: the prefix
 // says where, the IPv4 header and the first transport bytes say which flow.
+// A listener's denial is named by listener, which finds the socket by
+// protocol, destination address and port (false: no listener there any more).
 // It reports false for anything else.
-func parseDenial(table, prefix string, payload []byte, now time.Time) (flowlog.Entry, bool) {
+func parseDenial(table, prefix string, payload []byte, now time.Time, listener func(listenerKey) (Listener, bool)) (flowlog.Entry, bool) {
 	f := strings.Split(prefix, " ")
-	if len(f) != 6 || f[0] != "moat" || f[1] != prefixField(table) || (f[2] != flowlog.Deny && f[2] != flowlog.WouldDeny) {
+	atListener := prefix == listenerLogPrefix(table)
+	if !atListener && (len(f) != 6 || f[0] != "moat" || f[1] != prefixField(table) || (f[2] != flowlog.Deny && f[2] != flowlog.WouldDeny)) {
 		return flowlog.Entry{}, false
 	}
 	if len(payload) < 20 || payload[0]>>4 != 4 {
@@ -84,13 +92,26 @@ func parseDenial(table, prefix string, payload []byte, now time.Time) (flowlog.E
 	}
 	proto := payload[9]
 	src, dst := netip.AddrFrom4([4]byte(payload[12:16])), netip.AddrFrom4([4]byte(payload[16:20]))
-	e := flowlog.Entry{Time: now.UTC(), Action: f[2], Direction: f[3], Instance: f[4], Interface: f[5],
-		Protocol: protocolName(proto), Source: src.String(), Destination: dst.String(), Reason: ReasonNoRule}
+	var srcPort, dstPort uint16
 	// Ports, for tcp and udp, when this is a flow's first fragment.
 	fragOffset := binary.BigEndian.Uint16(payload[6:8]) & 0x1fff
-	if (proto == 6 || proto == 17) && fragOffset == 0 && len(payload) >= ihl+4 {
-		e.Source = netip.AddrPortFrom(src, binary.BigEndian.Uint16(payload[ihl:])).String()
-		e.Destination = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(payload[ihl+2:])).String()
+	ported := (proto == 6 || proto == 17) && fragOffset == 0 && len(payload) >= ihl+4
+	if ported {
+		srcPort, dstPort = binary.BigEndian.Uint16(payload[ihl:]), binary.BigEndian.Uint16(payload[ihl+2:])
+	}
+	if atListener {
+		l, ok := listener(listenerKey{int(proto), netip.AddrPortFrom(dst, dstPort)})
+		if !ported || !ok {
+			return flowlog.Entry{}, false
+		}
+		return flowlog.Entry{Time: now.UTC(), Action: flowlog.Deny, LoadBalancer: l.LoadBalancer, Listener: l.ID,
+			Protocol: protocolName(proto), Client: netip.AddrPortFrom(src, srcPort).String(), Reason: ReasonListenerGroups}, true
+	}
+	e := flowlog.Entry{Time: now.UTC(), Action: f[2], Direction: f[3], Instance: f[4], Interface: f[5],
+		Protocol: protocolName(proto), Source: src.String(), Destination: dst.String(), Reason: ReasonNoRule}
+	if ported {
+		e.Source = netip.AddrPortFrom(src, srcPort).String()
+		e.Destination = netip.AddrPortFrom(dst, dstPort).String()
 	}
 	return e, true
 }

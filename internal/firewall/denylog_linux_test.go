@@ -17,6 +17,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go4.org/netipx"
 	"golang.org/x/sys/unix"
 
 	"github.com/moatlb/moat/internal/flowlog"
@@ -240,5 +241,56 @@ func TestPacketLogGroupTaken(t *testing.T) {
 	waitCounted(t, reg, "i-a", "inbound")
 	if flows.String() != "" {
 		t.Errorf("flow log without a packet log: %q", flows.String())
+	}
+}
+
+// TestListenerDenialsLogged: the first packet of a flow to a listener socket from a client its
+// groups do not admit is logged with the listener and the client, once per flow, and passes on
+// (the data plane, not the firewall, drops it); admitted clients and other ports are not logged.
+func TestListenerDenialsLogged(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	flows := &lockedBuffer{}
+	f, err := New(Options{Table: "lst", Registerer: prometheus.NewRegistry(), FlowLog: flows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tcpSocket := listen(t, netip.AddrPortFrom(lbAddr, 8080))
+	other := listen(t, netip.AddrPortFrom(lbAddr, 8081))
+	udpSocket := netip.AddrPortFrom(lbAddr, 8082)
+	admit := netipx.IPRangeFrom(netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.2"))
+	apply(t, f, Program{Mode: Enforce, Listeners: []Listener{
+		{LoadBalancer: "lb-1", ID: "listener-tcp", Addr: tcpSocket, Protocol: 6, Admit: []netipx.IPRange{admit}},
+		{LoadBalancer: "lb-1", ID: "listener-udp", Addr: udpSocket, Protocol: 17}, // admits no one
+	}})
+
+	if !admitted(t, client, tcpSocket) || !admitted(t, netip.MustParseAddr("127.0.0.2"), tcpSocket) || !admitted(t, client, other) {
+		t.Fatal("the listener log dropped a flow")
+	}
+	sendUDP(t, netip.AddrPortFrom(client, 0), udpSocket, 3)
+	e := waitEntry(t, flows, "the tcp listener's denial", func(e flowlog.Entry) bool { return e.Listener == "listener-tcp" })
+	if e.Action != flowlog.Deny || e.LoadBalancer != "lb-1" || e.Protocol != "tcp" || !strings.HasPrefix(e.Client, client.String()+":") ||
+		e.Reason != ReasonListenerGroups || e.Instance != "" || e.Source != "" {
+		t.Errorf("tcp entry %+v", e)
+	}
+	waitEntry(t, flows, "the udp listener's denial", func(e flowlog.Entry) bool { return e.Listener == "listener-udp" && e.Protocol == "udp" })
+	// Whatever else was logged came from client 127.0.0.3 to the two listeners, once per flow.
+	var tcp, udp int
+	for _, e := range flows.entries(t) {
+		switch {
+		case !strings.HasPrefix(e.Client, client.String()+":"):
+			t.Errorf("logged %+v", e)
+		case e.Listener == "listener-tcp":
+			tcp++
+		case e.Listener == "listener-udp":
+			udp++
+		default:
+			t.Errorf("logged %+v", e)
+		}
+	}
+	if tcp != 1 || udp != 1 {
+		t.Errorf("%d tcp and %d udp entries, want one each:\n%s", tcp, udp, flows.String())
 	}
 }

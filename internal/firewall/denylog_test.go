@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -46,7 +47,7 @@ func TestParseDenial(t *testing.T) {
 		{"ihl under 5", prefix, ipv4(6, 4, 0, client, node, 1, 2), false, "", "", ""},
 		{"ihl past the payload", prefix, ipv4(6, 15, 0, client, node, 1, 2)[:40], false, "", "", ""},
 	} {
-		e, ok := parseDenial("t1", c.prefix, c.payload, now)
+		e, ok := parseDenial("t1", c.prefix, c.payload, now, noListener)
 		if ok != c.ok {
 			t.Errorf("%s: ok %v, want %v", c.name, ok, c.ok)
 			continue
@@ -59,6 +60,36 @@ func TestParseDenial(t *testing.T) {
 		if e != want {
 			t.Errorf("%s: %+v, want %+v", c.name, e, want)
 		}
+	}
+}
+
+func noListener(listenerKey) (Listener, bool) { return Listener{}, false }
+
+// TestParseListenerDenial: a listener chain's packet names the listener found by protocol,
+// destination address and port, and the client; one of no listener, or without ports, is
+// dropped.
+func TestParseListenerDenial(t *testing.T) {
+	now := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	client, lb := [4]byte{127, 0, 0, 3}, [4]byte{127, 1, 0, 100}
+	web := Listener{LoadBalancer: "arn:lb", ID: "arn:listener", Addr: netip.MustParseAddrPort("127.1.0.100:8080"), Protocol: 6}
+	find := func(k listenerKey) (Listener, bool) { return web, k == listenerKey{6, web.Addr} }
+	prefix := listenerLogPrefix("t1")
+	e, ok := parseDenial("t1", prefix, ipv4(6, 5, 0, client, lb, 40522, 8080), now, find)
+	want := flowlog.Entry{Time: now, Action: flowlog.Deny, LoadBalancer: "arn:lb", Listener: "arn:listener", Protocol: "tcp", Client: "127.0.0.3:40522", Reason: ReasonListenerGroups}
+	if !ok || e != want {
+		t.Errorf("got %+v %v, want %+v", e, ok, want)
+	}
+	for name, payload := range map[string][]byte{
+		"another port":          ipv4(6, 5, 0, client, lb, 40522, 8081),
+		"udp to a tcp listener": ipv4(17, 5, 0, client, lb, 40522, 8080),
+		"a later fragment":      ipv4(6, 5, 100, client, lb, 40522, 8080),
+	} {
+		if e, ok := parseDenial("t1", prefix, payload, now, find); ok {
+			t.Errorf("%s: %+v", name, e)
+		}
+	}
+	if _, ok := parseDenial("t2", prefix, ipv4(6, 5, 0, client, lb, 40522, 8080), now, find); ok {
+		t.Error("another table's listener denial was read")
 	}
 }
 
@@ -125,7 +156,7 @@ func FuzzParseDenial(f *testing.F) {
 	f.Add(prefix, ipv4(17, 15, 0, [4]byte{10, 0, 0, 1}, [4]byte{10, 0, 0, 2}, 3, 4))
 	f.Add("moat t1 deny", []byte{0x45})
 	f.Fuzz(func(t *testing.T, prefix string, payload []byte) {
-		e, ok := parseDenial("t1", prefix, payload, time.Now())
+		e, ok := parseDenial("t1", prefix, payload, time.Now(), noListener)
 		if ok && (e.Source == "" || e.Destination == "" || e.Protocol == "" || e.Reason != ReasonNoRule) {
 			t.Errorf("accepted %q %x as %+v", prefix, payload, e)
 		}
@@ -137,7 +168,7 @@ func FuzzParseDenial(f *testing.F) {
 func TestParseDenialLongTable(t *testing.T) {
 	table := strings.Repeat("t", 100) + " x"
 	prefix := logPrefix(table, flowlog.WouldDeny, "outbound", "i-a", "eni-a")
-	e, ok := parseDenial(table, prefix, ipv4(6, 5, 0, [4]byte{127, 1, 0, 10}, [4]byte{127, 0, 0, 5}, 1, 2), time.Now())
+	e, ok := parseDenial(table, prefix, ipv4(6, 5, 0, [4]byte{127, 1, 0, 10}, [4]byte{127, 0, 0, 5}, 1, 2), time.Now(), noListener)
 	if !ok || e.Action != flowlog.WouldDeny || e.Direction != "outbound" {
 		t.Errorf("%q: %+v %v", prefix, e, ok)
 	}

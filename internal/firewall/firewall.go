@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,15 +66,19 @@ type Firewall struct {
 	err      error         // of the last attempt; nil when the kernel has the latest program
 	progress chan struct{} // closed and replaced when applied changes
 
+	// listeners are the listener sockets whose denials the table logs now, for the reader.
+	listeners atomic.Pointer[map[listenerKey]Listener]
+
 	// The worker's own.
 	c      kernelConn
 	labels map[string][2]string // counter name → instance, direction
 	// last is what the kernel has (lastSet: since this process programmed
 	// it), so that a commit that changes no rule costs nothing.
-	last         []compiled
-	lastSet      bool
-	lastMode     Mode
-	lastLoopback bool
+	last          []compiled
+	lastListeners []Listener
+	lastSet       bool
+	lastMode      Mode
+	lastLoopback  bool
 }
 
 // kernelConn is one connection to nftables, replacing the firewall's table.
@@ -257,10 +262,14 @@ func (f *Firewall) sync() error {
 	}
 	var c []compiled
 	var shared []netip.Addr
+	var listeners []Listener
 	if want.Mode != Off {
 		c, shared = compile(want.Interfaces)
+		if f.logGroup >= 0 {
+			listeners = compileListeners(want.Listeners)
+		}
 	}
-	if f.lastSet && f.lastMode == want.Mode && f.lastLoopback == want.SkipLoopback && reflect.DeepEqual(f.last, c) {
+	if f.lastSet && f.lastMode == want.Mode && f.lastLoopback == want.SkipLoopback && reflect.DeepEqual(f.last, c) && reflect.DeepEqual(f.lastListeners, listeners) {
 		f.setResult(gen, nil)
 		return nil
 	}
@@ -270,10 +279,12 @@ func (f *Firewall) sync() error {
 	// Replacing the table resets its counters: take what they hold first, or the denials since
 	// the last poll would go uncounted.
 	f.pollDenials()
+	program := *want
+	program.Listeners = listeners
 	var labels map[string][2]string
 	err := f.call(func(k kernelConn) error {
 		var err error
-		labels, err = k.replace(c, want, f.logGroup)
+		labels, err = k.replace(c, &program, f.logGroup)
 		return err
 	})
 	if err != nil {
@@ -281,7 +292,12 @@ func (f *Firewall) sync() error {
 		return err
 	}
 	f.labels = labels
-	f.last, f.lastSet, f.lastMode, f.lastLoopback = c, true, want.Mode, want.SkipLoopback
+	byKey := make(map[listenerKey]Listener, len(listeners))
+	for _, l := range listeners {
+		byKey[listenerKey{l.Protocol, l.Addr}] = l
+	}
+	f.listeners.Store(&byKey)
+	f.last, f.lastListeners, f.lastSet, f.lastMode, f.lastLoopback = c, listeners, true, want.Mode, want.SkipLoopback
 	f.setResult(gen, nil)
 	return nil
 }
@@ -341,11 +357,21 @@ func (f *Firewall) readDenials() {
 		}
 		now := time.Now()
 		for _, p := range pkts {
-			if e, ok := parseDenial(f.opts.Table, p.prefix, p.payload, now); ok && seen.first(e) {
+			if e, ok := parseDenial(f.opts.Table, p.prefix, p.payload, now, f.listener); ok && seen.first(e) {
 				f.flows.Add(e)
 			}
 		}
 	}
+}
+
+// listener finds the listener socket whose denial the table logged.
+func (f *Firewall) listener(k listenerKey) (Listener, bool) {
+	ls := f.listeners.Load()
+	if ls == nil {
+		return Listener{}, false
+	}
+	l, ok := (*ls)[k]
+	return l, ok
 }
 
 // call runs one kernel call with the deadline; a call that fails or overruns

@@ -5,6 +5,7 @@ package firewall
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"github.com/google/nftables"
@@ -144,6 +145,11 @@ func (c *nftConn) queue(ifaces []compiled, p *Program, logGroup int) (map[string
 			Obj: &expr.Limit{Type: expr.LimitTypePkts, Rate: logRate, Unit: expr.LimitTimeSecond, Burst: logBurst}})
 		c.nft.AddObj(&nftables.NamedObj{Table: t, Name: unloggedCounter, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
 	}
+	if logGroup >= 0 && len(p.Listeners) > 0 {
+		if err := c.listenerLog(input, p.Listeners, logGroup); err != nil {
+			return nil, err
+		}
+	}
 	labels := map[string][2]string{}
 	var inElems, outElems []nftables.SetElement
 	for n, ifc := range ifaces {
@@ -189,6 +195,59 @@ func (c *nftConn) queue(ifaces []compiled, p *Program, logGroup int) (map[string
 		}})
 	}
 	return labels, nil
+}
+
+// listenerLog adds the chains that log the denied clients of moat lb's listener sockets (see
+// Listener), one per load balancer address, reached from the input chain:
+//
+//	ip daddr vmap { <address> : jump lb_<n> }
+//	chain lb_<n>: per socket: meta l4proto P th dport PORT ip saddr @admitted return;
+//	                          meta l4proto P th dport PORT limit name log_rate log group G prefix "moat <table> deny listener"
+//
+// They never drop and never accept: the data plane's socket decides, and the packet goes on to
+// the rest of the input chain (a load balancer address is no instance's).
+func (c *nftConn) listenerLog(input *nftables.Chain, ls []Listener, logGroup int) error {
+	t := c.table
+	byAddr := map[netip.Addr]*nftables.Chain{}
+	var elems []nftables.SetElement
+	for _, l := range ls {
+		ch := byAddr[l.Addr.Addr()]
+		if ch == nil {
+			ch = c.nft.AddChain(&nftables.Chain{Name: "lb_" + strconv.Itoa(len(byAddr)), Table: t})
+			byAddr[l.Addr.Addr()] = ch
+			b := l.Addr.Addr().As4()
+			elems = append(elems, nftables.SetElement{Key: b[:], VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}})
+		}
+		socket := []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(l.Protocol)}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(l.Addr.Port())},
+		}
+		if len(l.Admit) > 0 {
+			admitted := &nftables.Set{Table: t, Anonymous: true, Constant: true, Interval: true, KeyType: nftables.TypeIPAddr}
+			if err := c.nft.AddSet(admitted, nftutil.IntervalElements(l.Admit)); err != nil {
+				return err
+			}
+			c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(slices.Clip(socket),
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+				&expr.Lookup{SourceRegister: 1, SetName: admitted.Name, SetID: admitted.ID},
+				&expr.Verdict{Kind: expr.VerdictReturn})})
+		}
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(slices.Clip(socket),
+			&expr.Objref{Type: int(nftables.ObjTypeLimit), Name: "log_rate"},
+			&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_SNAPLEN,
+				Group: uint16(logGroup), Snaplen: logSnap, Data: []byte(listenerLogPrefix(c.name))})})
+	}
+	vmap := &nftables.Set{Table: t, Anonymous: true, Constant: true, IsMap: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
+	if err := c.nft.AddSet(vmap, elems); err != nil {
+		return err
+	}
+	c.nft.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: vmap.Name, SetID: vmap.ID},
+	}})
+	return nil
 }
 
 // denyRules end an interface chain: count the denial, and log it when

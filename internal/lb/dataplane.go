@@ -79,11 +79,14 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw 
 	// One index of the state serves both: resolving groups to addresses is the costly part.
 	n := newNetwork(st)
 	n.keyPairs = certs.keyPairs(st.Certificates, log)
-	if fw != nil {
-		fw.Apply(desiredFirewall(st, n, sgMode, sgresolve.HostAddrs()))
-	}
 	now := time.Now()
-	if err := engine.Apply(desiredConfig(st, n, now)); err != nil {
+	cfg := desiredConfig(st, n, now)
+	if fw != nil {
+		program := desiredFirewall(st, n, sgMode, sgresolve.HostAddrs())
+		program.Listeners = listenerLog(cfg)
+		fw.Apply(program)
+	}
+	if err := engine.Apply(cfg); err != nil {
 		var aerr *dataplane.ApplyError
 		if !errors.As(err, &aerr) {
 			return time.Time{}, err

@@ -13,7 +13,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/dataplane"
 	"github.com/moatlb/moat/internal/firewall"
+	"github.com/moatlb/moat/internal/secgroup"
 	"github.com/moatlb/moat/internal/sgresolve"
 )
 
@@ -63,4 +65,32 @@ func firewallTable(dataDir string) string {
 // are on this host (local). It is pure.
 func desiredFirewall(st cloud.State, n *network, mode firewall.Mode, local func(netip.Addr) bool) firewall.Program {
 	return sgresolve.Firewall(st, n.Resolver, mode, func(_ cloud.NetworkInterface, a netip.Addr) bool { return local(a) })
+}
+
+// listenerLog is what the firewall should log of the listeners' denials (firewall.Listener):
+// every IPv4 listener socket of cfg whose groups admit not everyone, with the clients they
+// admit. The firewall only logs; the data plane's sockets drop.
+func listenerLog(cfg dataplane.Config) []firewall.Listener {
+	var out []firewall.Listener
+	for _, lb := range cfg.LoadBalancers {
+		for _, z := range lb.Zones {
+			if !z.Addr.Unmap().Is4() {
+				continue
+			}
+			for _, l := range lb.Listeners {
+				for _, side := range []struct {
+					protocol int
+					admit    *secgroup.Policy
+				}{{secgroup.ProtocolTCP, l.AdmitTCP}, {secgroup.ProtocolUDP, l.AdmitUDP}} {
+					if side.admit == nil {
+						continue // no groups, or not this protocol
+					}
+					v4, _ := side.admit.Ranges()
+					out = append(out, firewall.Listener{LoadBalancer: lb.ID, ID: l.ID, Addr: netip.AddrPortFrom(z.Addr.Unmap(), l.Port),
+						Protocol: side.protocol, Admit: v4})
+				}
+			}
+		}
+	}
+	return out
 }

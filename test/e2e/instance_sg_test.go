@@ -461,6 +461,24 @@ func instanceGroupCases(t *testing.T, w *sgWorld) {
 	if w.reachable(front8080, w.clientB) {
 		t.Error("the client the frontend group denies got through the load balancer")
 	}
+	// Its SYN was dropped by the listener's socket without a trace; the firewall's log names it.
+	if w.flowLog != "" {
+		waitFor(t, 10*time.Second, "client B's denial at the listener in the flow log", func() bool {
+			data, _ := os.ReadFile(w.flowLog)
+			for line := range strings.Lines(string(data)) {
+				var e struct {
+					Action, Protocol, Client, Reason string
+					LoadBalancer                     string `json:"load_balancer"`
+					Listener                         string `json:"listener"`
+				}
+				if json.Unmarshal([]byte(line), &e) == nil && e.Action == "deny" && e.LoadBalancer == *lb.LoadBalancerArn &&
+					strings.Contains(e.Listener, ":listener/net/sg/") && e.Protocol == "tcp" && strings.HasPrefix(e.Client, w.clientB+":") && e.Reason == "security_group" {
+					return true
+				}
+			}
+			return false
+		})
+	}
 	// Health checks come from the load balancer's address, which node-a's group admits.
 	waitFor(t, 30*time.Second, "node-a healthy", func() bool {
 		out, err := elbc.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: tgARN})
