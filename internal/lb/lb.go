@@ -194,6 +194,11 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if shared, ok := st.(interface{ Conflicts() uint64 }); ok {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moat_store_conflicts_total",
+			Help: "Store updates that ran again because another node's commit wrote what they had read (etcd store)."},
+			func() float64 { return float64(shared.Conflicts()) }))
+	}
 	api := awsapi.New(c, &sigv4.Verifier{Credentials: creds}, log, reg)
 
 	ctx, cancel := context.WithCancel(ctx)

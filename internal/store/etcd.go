@@ -58,6 +58,9 @@ type Etcd struct {
 	cancel context.CancelFunc
 
 	turn chan struct{} // holds a value while an update runs: updates take turns
+	// conflicts counts the updates that ran again because another node's commit wrote a bucket
+	// they had read.
+	conflicts atomic.Uint64
 
 	mu       sync.Mutex
 	closed   bool
@@ -175,8 +178,13 @@ func (s *Etcd) Update(fn func(Tx) error) error {
 			return nil
 		}
 		// Another commit wrote a bucket fn read: run it again on what is there now.
+		s.conflicts.Add(1)
 	}
 }
+
+// Conflicts is how many times an update ran again because another node's commit got in between
+// its reads and its commit.
+func (s *Etcd) Conflicts() uint64 { return s.conflicts.Load() }
 
 // begin gives a transaction's context, bounded by the timeout and cancelled by Close.
 func (s *Etcd) begin() (context.Context, context.CancelFunc, error) {
