@@ -279,14 +279,12 @@ download() {
 	fi
 	log "sha512 of $archive matches the release index"
 
-	{
-		mkdir -p "$unpacked" &&
-			tar -xzf "$file" -C "$unpacked" --no-same-owner \
-				controller-tools/envtest/kube-apiserver controller-tools/envtest/etcd controller-tools/envtest/kubectl >&2
-	} || { download_error="cannot unpack kube-apiserver, etcd and kubectl from $archive"; return 1; }
+	# The whole archive: its member names may or may not begin with "./".
+	{ mkdir -p "$unpacked" && tar -xzf "$file" -C "$unpacked" --no-same-owner >&2; } ||
+		{ download_error="cannot unpack $archive"; return 1; }
 	for f in kube-apiserver etcd kubectl; do
 		[[ -f $unpacked/controller-tools/envtest/$f && ! -L $unpacked/controller-tools/envtest/$f ]] ||
-			{ download_error="$archive: controller-tools/envtest/$f is not a regular file"; return 1; }
+			{ download_error="$archive holds no file controller-tools/envtest/$f"; return 1; }
 		{ chmod 755 "$unpacked/controller-tools/envtest/$f" && mv "$unpacked/controller-tools/envtest/$f" "$1/$f"; } ||
 			{ download_error="cannot move $f into $1"; return 1; }
 	done
