@@ -25,8 +25,10 @@ func newUpCommand(logger func() (*slog.Logger, error), run func(context.Context,
   - moat lb (embedded store, default inventory: VPC 127.0.0.0/8, subnets 127.1.0.0/16 and
     127.2.0.0/16, nodes node-a 127.1.0.10 and node-b 127.2.0.10);
   - a local Kubernetes API server (etcd + kube-apiserver v1.37) and a kubeconfig for kubectl. The
-    binaries are built from the Go module proxy by hack/kube-assets.sh (embedded) and cached in
-    ~/.cache/moat/kube: the first start needs the Go toolchain and takes minutes;
+    binaries come from hack/kube-assets.sh (embedded) and are cached in ~/.cache/moat/kube: the
+    first start downloads envtest's release for that version, checked against its sha512, in
+    seconds, or else builds them from the Go module proxy, which needs the Go toolchain and takes
+    minutes (--kube-assets-source);
   - moat controller against both (leader election off).
 
 With --kubeconfig or --context, moat up drives that cluster instead of starting one — never
@@ -57,7 +59,8 @@ Ctrl-C stops everything moat up started, in order; the next moat up reuses the s
 	f.StringVar(&o.KubeAPIAddr, "kube-api-addr", "127.0.0.1:7443", "address of the local kube-apiserver")
 	f.StringVar(&o.EtcdAddr, "etcd-addr", "127.0.0.1:7379", "client address of the local etcd")
 	f.StringVar(&o.EtcdPeerAddr, "etcd-peer-addr", "127.0.0.1:7380", "peer address of the local etcd")
-	f.StringVar(&o.KubeAssets, "kube-assets", "", "directory holding kube-apiserver, etcd and kubectl (default: build and cache them with the embedded hack/kube-assets.sh)")
+	f.StringVar(&o.KubeAssets, "kube-assets", "", "directory holding kube-apiserver, etcd and kubectl (default: download or build, and cache, them with the embedded hack/kube-assets.sh)")
+	f.StringVar(&o.KubeAssetsSource, "kube-assets-source", "", "how the first start gets kube-apiserver, etcd and kubectl: download (envtest's release, sha512-checked), build (from the Go module proxy) or auto (download, else build); default $MOAT_KUBE_ASSETS_SOURCE, else auto")
 	f.StringVar(&o.Kubeconfig, "kubeconfig", "", "drive the cluster of this kubeconfig instead of starting a local one")
 	f.StringVar(&o.Context, "context", "", "drive the cluster of this kubeconfig context instead of starting a local one")
 	f.BoolVar(&o.Controller, "controller", true, "start moat controller (false: moat lb and the cluster only, e.g. to run a controller yourself)")

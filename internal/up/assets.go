@@ -18,15 +18,16 @@ import (
 )
 
 // kubeAssets returns the directory holding kube-apiserver, etcd and kubectl: dir if given,
-// otherwise what hack/kube-assets.sh (embedded in the binary) prints — it builds them from the Go
-// module proxy the first time (minutes) and answers from its cache afterwards.
-func kubeAssets(ctx context.Context, dir string, p *progress) (string, error) {
+// otherwise what hack/kube-assets.sh (embedded in the binary) prints — the first time it
+// downloads the envtest release (seconds) or builds them from the Go module proxy (minutes), as
+// source says (empty: the script's default), and afterwards it answers from its cache.
+func kubeAssets(ctx context.Context, dir, source string, p *progress) (string, error) {
 	if dir != "" {
 		return dir, checkAssets(dir)
 	}
 	bash, err := exec.LookPath("bash")
 	if err != nil {
-		return "", errors.New("moat up needs bash to build the Kubernetes API server (hack/kube-assets.sh); install bash, or pass --kube-assets with a directory holding kube-apiserver, etcd and kubectl")
+		return "", errors.New("moat up needs bash to fetch the Kubernetes API server (hack/kube-assets.sh); install bash, or pass --kube-assets with a directory holding kube-apiserver, etcd and kubectl")
 	}
 	script, err := os.CreateTemp("", "moat-kube-assets-*.sh")
 	if err != nil {
@@ -41,7 +42,11 @@ func kubeAssets(ctx context.Context, dir string, p *progress) (string, error) {
 		return "", err
 	}
 
-	cmd := exec.Command(bash, script.Name())
+	args := []string{script.Name()}
+	if source != "" {
+		args = append(args, "--kube-assets-source="+source)
+	}
+	cmd := exec.Command(bash, args...)
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	stderr, err := cmd.StderrPipe()
@@ -54,8 +59,9 @@ func kubeAssets(ctx context.Context, dir string, p *progress) (string, error) {
 		return "", fmt.Errorf("run hack/kube-assets.sh: %w", err)
 	}
 
-	// Stream the script's progress lines; while it is quiet (compiling for minutes), say so
-	// every 30 s, so the first start shows progress rather than silence.
+	// Stream the script's progress lines (download bytes, build steps); while it is quiet
+	// (compiling for minutes), say so every 30 s, so the first start shows progress rather than
+	// silence.
 	var mu sync.Mutex
 	lastLine := time.Now()
 	var lines []string
@@ -111,7 +117,7 @@ func kubeAssets(ctx context.Context, dir string, p *progress) (string, error) {
 			quiet := time.Since(lastLine)
 			mu.Unlock()
 			if quiet >= 30*time.Second {
-				p.detail(fmt.Sprintf("kube-assets: still building (%s so far)…", time.Since(start).Round(time.Second)))
+				p.detail(fmt.Sprintf("kube-assets: still working (%s so far)…", time.Since(start).Round(time.Second)))
 				mu.Lock()
 				lastLine = time.Now()
 				mu.Unlock()
@@ -120,17 +126,18 @@ func kubeAssets(ctx context.Context, dir string, p *progress) (string, error) {
 	}
 }
 
-// assetsError explains a failed build: the usual cause on a fresh machine is a missing Go
-// toolchain, which the first start needs.
+// assetsError explains a failed first start: without a release download, the usual cause on a
+// fresh machine is a missing Go toolchain, which the build needs.
 func assetsError(err error, lines []string) error {
-	if _, lookErr := exec.LookPath("go"); lookErr != nil {
-		return errors.New("cannot build the Kubernetes API server: the first moat up builds kube-apiserver, etcd and kubectl from the Go module proxy and needs the Go toolchain (1.26 or newer) in PATH, which is missing. Install Go and run moat up again (later starts use the cache and do not need Go), or pass --kube-assets with a directory holding kube-apiserver, etcd and kubectl")
-	}
 	tail := lines
 	if len(tail) > 15 {
 		tail = tail[len(tail)-15:]
 	}
-	return fmt.Errorf("cannot build the Kubernetes API server: hack/kube-assets.sh failed (%v); its last lines:\n    %s\n(pass --kube-assets with a directory holding kube-apiserver, etcd and kubectl to use binaries built elsewhere)", err, strings.Join(tail, "\n    "))
+	hint := "pass --kube-assets with a directory holding kube-apiserver, etcd and kubectl to use binaries from elsewhere"
+	if _, lookErr := exec.LookPath("go"); lookErr != nil {
+		hint = "the build from the Go module proxy needs the Go toolchain (1.26 or newer) in PATH, which is missing: install Go and run moat up again (later starts use the cache and need neither Go nor the network), or " + hint
+	}
+	return fmt.Errorf("cannot fetch the Kubernetes API server: hack/kube-assets.sh failed (%v); its last lines:\n    %s\n(%s)", err, strings.Join(tail, "\n    "), hint)
 }
 
 func checkAssets(dir string) error {

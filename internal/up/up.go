@@ -58,6 +58,9 @@ type Options struct {
 	EtcdAddr     string
 	EtcdPeerAddr string
 	KubeAssets   string // directory with kube-apiserver, etcd, kubectl; empty: hack/kube-assets.sh
+	// KubeAssetsSource is how hack/kube-assets.sh fills a missing cache: download, build or
+	// auto; empty leaves it to the script ($MOAT_KUBE_ASSETS_SOURCE, else auto).
+	KubeAssetsSource string
 
 	// An existing cluster, named explicitly.
 	Kubeconfig string
@@ -124,6 +127,11 @@ func Run(ctx context.Context, o Options) (err error) {
 	}()
 	if err := o.lbConfig(nil).Validate(); err != nil {
 		return err
+	}
+	switch o.KubeAssetsSource {
+	case "", "download", "build", "auto":
+	default:
+		return fmt.Errorf("--kube-assets-source=%s: want download, build or auto", o.KubeAssetsSource)
 	}
 	p := &progress{out: o.Out, start: time.Now()}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
@@ -242,8 +250,8 @@ func Run(ctx context.Context, o Options) (err error) {
 		ctrlKubeconfig = ec.kubeconfig
 		st.Kubeconfig, st.KubeAPI = ec.kubeconfig, ec.rest.Host
 	} else {
-		p.step("locating kube-apiserver, etcd and kubectl (hack/kube-assets.sh; the first start builds them: minutes)")
-		assets, err := kubeAssets(ctx, o.KubeAssets, p)
+		p.step("locating kube-apiserver, etcd and kubectl (hack/kube-assets.sh; the first start downloads them, seconds, or builds them, minutes)")
+		assets, err := kubeAssets(ctx, o.KubeAssets, o.KubeAssetsSource, p)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
