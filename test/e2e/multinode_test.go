@@ -279,10 +279,15 @@ type raceHistory struct {
 func (h *raceHistory) pickID(rng *rand.Rand) string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.ids) == 0 || rng.IntN(10) == 0 {
+	switch {
+	case len(h.ids) == 0 || rng.IntN(10) == 0:
 		return "sg-0123456789abcdef0" // never created
+	case rng.IntN(4) == 0:
+		return h.ids[rng.IntN(len(h.ids))]
 	}
-	return h.ids[rng.IntN(len(h.ids))]
+	// Mostly the latest groups, which are likely to exist still.
+	recent := h.ids[max(0, len(h.ids)-len(h.names)):]
+	return recent[rng.IntN(len(recent))]
 }
 
 // step sends one random request through c and records it.
