@@ -243,7 +243,9 @@ func nodeInstanceID(n *corev1.Node) string {
 
 // deriveInventory lists the cluster's Nodes, derives moat lb's inventory from them and writes it
 // to <state-dir>/inventory.yaml, where moat lb reads it (and re-reads it on SIGHUP) and the user
-// can see it. It returns the file's path.
+// can see it. It returns the file's path, or "" when no Node can be an instance: moat lb then
+// serves its default inventory, which ip targets (pod addresses) do not need, and moat up says
+// why instance targets will not register.
 func deriveInventory(ctx context.Context, kube client.Client, stateDir string, p *progress) (string, error) {
 	var nodes corev1.NodeList
 	if err := kube.List(ctx, &nodes); err != nil {
@@ -254,7 +256,8 @@ func deriveInventory(ctx context.Context, kube client.Client, stateDir string, p
 		p.detail(fmt.Sprintf("Node %s is no instance of moat lb: %s", s.name, s.reason))
 	}
 	if err != nil {
-		return "", fmt.Errorf("derive moat lb's inventory from the Nodes: %w (write one and pass --inventory)", err)
+		p.step("no inventory derived from the Nodes: %v. moat lb serves its default inventory: ip targets work, instance targets find no instance (write an inventory and pass --inventory)", err)
+		return "", nil
 	}
 	data, err := yaml.Marshal(inv)
 	if err != nil {
