@@ -31,7 +31,7 @@ func testNode(name, providerID, zone string, ips ...string) corev1.Node {
 	return n
 }
 
-// derivedIDs stand in for the hashed instance IDs in the expected summaries.
+// derivedIDPattern is the form of a hashed instance ID; summaries show such IDs as "derived".
 var derivedIDPattern = regexp.MustCompile(`^i-[0-9a-f]{17}$`)
 
 // summary is an inventory in a few lines: the VPC's blocks, every subnet (name zone cidr
