@@ -32,7 +32,9 @@ func newUpCommand(logger func() (*slog.Logger, error), run func(context.Context,
   - moat controller against both (leader election off).
 
 With --kubeconfig or --context, moat up drives that cluster instead of starting one — never
-implicitly — and refuses a cluster that runs the AWS Load Balancer Controller.
+implicitly — and refuses a cluster that runs the AWS Load Balancer Controller. Without
+--inventory, moat lb's instances are then the cluster's Nodes (their InternalIPs and zones), and
+its load balancers get addresses on this host's loopback that reach the Nodes' NodePorts.
 
 --demo then reproduces the AWS blog post on security groups for NLBs: a web app's backends, a
 Service of type LoadBalancer that admits only 127.0.0.2, and requests from 127.0.0.2 (answered)
@@ -56,6 +58,7 @@ Ctrl-C stops everything moat up started, in order; the next moat up reuses the s
 	f.StringVar(&o.APIAddr, "api-addr", "127.0.0.1:7080", "address of the load balancer API (host:0 for any free port)")
 	f.StringVar(&o.DNSAddr, "dns-addr", "127.0.0.1:7053", "address of the DNS server for load balancer names")
 	f.StringVar(&o.Metrics, "metrics-addr", "127.0.0.1:7090", "address of moat lb's /metrics, /healthz and /readyz")
+	f.StringVar(&o.Inventory, "inventory", "", "moat lb's inventory file (see moat lb --inventory); default: moat lb's default inventory, or with --kubeconfig/--context one derived from the cluster's Nodes (<state-dir>/inventory.yaml)")
 	f.StringVar(&o.KubeAPIAddr, "kube-api-addr", "127.0.0.1:7443", "address of the local kube-apiserver")
 	f.StringVar(&o.EtcdAddr, "etcd-addr", "127.0.0.1:7379", "client address of the local etcd")
 	f.StringVar(&o.EtcdPeerAddr, "etcd-peer-addr", "127.0.0.1:7380", "peer address of the local etcd")

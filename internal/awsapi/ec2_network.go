@@ -2,6 +2,8 @@ package awsapi
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"net/netip"
 	"strings"
 
@@ -92,8 +94,19 @@ func (s *Server) describeVpcs(_ context.Context, in *describeByIDIn) (any, error
 }
 
 func (s *Server) vpcOut(v cloud.VPC) ec2VPC {
-	assoc := ec2CidrAssociation{AssociationID: "vpc-cidr-assoc-" + strings.TrimPrefix(v.ID, "vpc-"), CidrBlock: v.CIDR}
-	assoc.CidrBlockState.State = "associated"
+	// The primary block's association takes the VPC's own hex; a secondary block's, a hash of
+	// the VPC and the block, so that it is stable.
+	assocs := wire.Items[ec2CidrAssociation]{}
+	for i, block := range append([]string{v.CIDR}, v.SecondaryCIDRs...) {
+		id := "vpc-cidr-assoc-" + strings.TrimPrefix(v.ID, "vpc-")
+		if i > 0 {
+			sum := sha256.Sum256([]byte(v.ID + "/" + block))
+			id = "vpc-cidr-assoc-" + hex.EncodeToString(sum[:])[:17]
+		}
+		a := ec2CidrAssociation{AssociationID: id, CidrBlock: block}
+		a.CidrBlockState.State = "associated"
+		assocs = append(assocs, a)
+	}
 	v6 := ipv6Associations("vpc", v.ID, v.IPv6CIDR)
 	for i := range v6 {
 		v6[i].NetworkBorderGroup = s.cloud.Config().Region
@@ -103,7 +116,7 @@ func (s *Server) vpcOut(v cloud.VPC) ec2VPC {
 	}
 	return ec2VPC{
 		VpcID: v.ID, OwnerID: s.cloud.Config().AccountID, State: "available", CidrBlock: v.CIDR,
-		CidrBlockAssociationSet: wire.Items[ec2CidrAssociation]{assoc}, Ipv6CidrBlockAssociationSet: v6,
+		CidrBlockAssociationSet: assocs, Ipv6CidrBlockAssociationSet: v6,
 		IsDefault: v.Default, InstanceTenancy: "default", TagSet: tagsOut(v.Tags),
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+
+	"github.com/moatlb/moat/internal/cloud"
 )
 
 // TestVPCLifecycle creates a VPC and subnets as a Terraform configuration does, checks AWS's range,
@@ -169,5 +171,39 @@ func TestIPv6Blocks(t *testing.T) {
 	wantCode(t, err, "InvalidVpcCidrBlockAssociationID.NotFound")
 	if got := must[*ec2.DescribeSubnetsOutput](t)(e.EC2.DescribeSubnets(e.ctx, &ec2.DescribeSubnetsInput{SubnetIds: []string{aws.ToString(sn.SubnetId)}})).Subnets[0]; len(got.Ipv6CidrBlockAssociationSet) != 0 {
 		t.Errorf("the subnet still has %+v", got.Ipv6CidrBlockAssociationSet)
+	}
+}
+
+// TestSecondaryIPv4Blocks: an inventory VPC's secondary IPv4 blocks reach aws-sdk-go-v2 in
+// cidrBlockAssociationSet after the primary, each associated with its own stable association
+// ID, and the association filter finds the VPC by any of them.
+func TestSecondaryIPv4Blocks(t *testing.T) {
+	e := newEnv(t)
+	inv, err := cloud.ParseInventory([]byte("vpcs:\n  - {name: nodes, cidr: 10.77.0.0/16, secondaryCidrs: [127.0.0.0/8]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Cloud.ApplyInventory(inv); err != nil {
+		t.Fatal(err)
+	}
+	vpcs := must[*ec2.DescribeVpcsOutput](t)(e.EC2.DescribeVpcs(e.ctx, &ec2.DescribeVpcsInput{
+		Filters: []types.Filter{{Name: aws.String("cidr-block-association.cidr-block"), Values: []string{"127.0.0.0/8"}}, {Name: aws.String("cidr"), Values: []string{"10.77.0.0/16"}}},
+	})).Vpcs
+	if len(vpcs) != 1 {
+		t.Fatalf("VPCs by their secondary block: %+v", vpcs)
+	}
+	v := vpcs[0]
+	var blocks, ids []string
+	for _, a := range v.CidrBlockAssociationSet {
+		if a.CidrBlockState == nil || a.CidrBlockState.State != types.VpcCidrBlockStateCodeAssociated {
+			t.Errorf("block %s not associated: %+v", aws.ToString(a.CidrBlock), a.CidrBlockState)
+		}
+		blocks, ids = append(blocks, aws.ToString(a.CidrBlock)), append(ids, aws.ToString(a.AssociationId))
+	}
+	if aws.ToString(v.CidrBlock) != "10.77.0.0/16" || strings.Join(blocks, " ") != "10.77.0.0/16 127.0.0.0/8" {
+		t.Fatalf("VPC %s, blocks %v", aws.ToString(v.CidrBlock), blocks)
+	}
+	if ids[0] == ids[1] || !strings.HasPrefix(ids[1], "vpc-cidr-assoc-") || len(ids[1]) != len("vpc-cidr-assoc-")+17 {
+		t.Errorf("association IDs %v", ids)
 	}
 }

@@ -677,11 +677,9 @@ func (c *Cloud) targetZone(tx store.Tx, tg TargetGroup, in TargetInput) (string,
 	if err != nil {
 		return "", err
 	}
-	inVPC := false
-	for _, cidr := range []string{vpc.CIDR, vpc.IPv6CIDR} {
-		if p, err := netip.ParsePrefix(cidr); err == nil && p.Contains(addr) {
-			inVPC = true
-		}
+	inVPC := addr.Is4() && vpc.containsIPv4Block(netip.PrefixFrom(addr, 32))
+	if p, err := netip.ParsePrefix(vpc.IPv6CIDR); err == nil && p.Contains(addr) {
+		inVPC = true
 	}
 	if !inVPC && !slices.ContainsFunc(privateRanges, func(p netip.Prefix) bool { return p.Contains(addr) }) {
 		return "", errorf("InvalidTarget", "The IP address '%s' is outside the VPC and not in a private range (RFC 1918, 100.64.0.0/10): it cannot be registered", in.ID)

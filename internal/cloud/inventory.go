@@ -28,12 +28,14 @@ type Inventory struct {
 
 // InventoryVPC declares a VPC.
 type InventoryVPC struct {
-	Name     string            `json:"name"`
-	ID       string            `json:"id,omitempty"`
-	CIDR     string            `json:"cidr"`
-	IPv6CIDR string            `json:"ipv6Cidr,omitempty"`
-	Default  bool              `json:"default,omitempty"`
-	Tags     map[string]string `json:"tags,omitempty"`
+	Name string `json:"name"`
+	ID   string `json:"id,omitempty"`
+	CIDR string `json:"cidr"`
+	// SecondaryCIDRs are further IPv4 blocks, as an AWS VPC may have; subnets lie in any block.
+	SecondaryCIDRs []string          `json:"secondaryCidrs,omitempty"`
+	IPv6CIDR       string            `json:"ipv6Cidr,omitempty"`
+	Default        bool              `json:"default,omitempty"`
+	Tags           map[string]string `json:"tags,omitempty"`
 }
 
 // InventorySubnet declares a subnet; Zone is a letter (a → <region>a) or a full zone name.
@@ -133,21 +135,25 @@ func idOr(id, prefix, name string) string {
 func (c *Cloud) ApplyInventory(inv Inventory) error {
 	return c.store.Update(func(tx store.Tx) error {
 		vpcIDs := map[string]string{} // name or ID -> ID
-		vpcCIDRs, vpcCIDRs6 := map[string]netip.Prefix{}, map[string]netip.Prefix{}
+		vpcs, vpcCIDRs6 := map[string]VPC{}, map[string]netip.Prefix{}
 		for _, v := range inv.VPCs {
 			id := idOr(v.ID, "vpc", v.Name)
-			cidr, err := netip.ParsePrefix(v.CIDR)
-			if err != nil || !cidr.Addr().Is4() {
-				return fmt.Errorf("inventory: vpc %s: cidr %q is not an IPv4 CIDR", v.Name, v.CIDR)
+			var blocks []string
+			for _, c := range append([]string{v.CIDR}, v.SecondaryCIDRs...) {
+				cidr, err := netip.ParsePrefix(c)
+				if err != nil || !cidr.Addr().Is4() {
+					return fmt.Errorf("inventory: vpc %s: cidr %q is not an IPv4 CIDR", v.Name, c)
+				}
+				blocks = append(blocks, cidr.Masked().String())
 			}
 			cidr6, err := parseIPv6CIDR(v.IPv6CIDR)
 			if err != nil {
 				return fmt.Errorf("inventory: vpc %s: %w", v.Name, err)
 			}
 			vpcIDs[v.Name], vpcIDs[id] = id, id
-			vpcCIDRs[id], vpcCIDRs6[id] = cidr.Masked(), cidr6
 			old, _ := store.Load[VPC](tx, bucketVPCs, id)
-			rec := VPC{ID: id, CIDR: cidr.Masked().String(), IPv6CIDR: prefixString(cidr6), Default: v.Default, Attrs: old.Attrs, Tags: mergeMaps(old.Tags, v.Tags)}
+			rec := VPC{ID: id, CIDR: blocks[0], SecondaryCIDRs: blocks[1:], IPv6CIDR: prefixString(cidr6), Default: v.Default, Attrs: old.Attrs, Tags: mergeMaps(old.Tags, v.Tags)}
+			vpcs[id], vpcCIDRs6[id] = rec, cidr6
 			if err := store.Save(tx, bucketVPCs, id, rec); err != nil {
 				return err
 			}
@@ -162,8 +168,8 @@ func (c *Cloud) ApplyInventory(inv Inventory) error {
 				return fmt.Errorf("inventory: subnet %s: unknown vpc %q", s.Name, s.VPC)
 			}
 			cidr, err := netip.ParsePrefix(s.CIDR)
-			if err != nil || !vpcCIDRs[vpc].Contains(cidr.Addr()) || cidr.Bits() < vpcCIDRs[vpc].Bits() {
-				return fmt.Errorf("inventory: subnet %s: cidr %q is not inside vpc %s (%s)", s.Name, s.CIDR, s.VPC, vpcCIDRs[vpc])
+			if err != nil || !cidr.Addr().Is4() || !vpcs[vpc].containsIPv4Block(cidr) {
+				return fmt.Errorf("inventory: subnet %s: cidr %q is not inside vpc %s (%s)", s.Name, s.CIDR, s.VPC, strings.Join(append([]string{vpcs[vpc].CIDR}, vpcs[vpc].SecondaryCIDRs...), ", "))
 			}
 			cidr6, err := parseIPv6CIDR(s.IPv6CIDR)
 			switch {

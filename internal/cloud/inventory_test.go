@@ -67,3 +67,39 @@ func TestInventoryIPv6(t *testing.T) {
 		})
 	}
 }
+
+// TestInventorySecondaryCIDRs: a VPC's subnets may lie in any of its IPv4 blocks (as a derived
+// inventory puts its nodes in one and its load balancers on loopback in another), and the
+// association filter finds a VPC by a secondary block.
+func TestInventorySecondaryCIDRs(t *testing.T) {
+	const vpc = "vpcs:\n  - {name: v, cidr: 127.0.0.0/8, secondaryCidrs: [10.77.0.0/16]}\nsubnets:\n  - {name: s, vpc: v, zone: a, cidr: %s}\n"
+	for _, tc := range []struct{ subnet, err string }{
+		{"127.1.0.0/16", ""},
+		{"10.77.1.0/24", ""},
+		{"10.78.1.0/24", "not inside vpc v (127.0.0.0/8, 10.77.0.0/16)"},
+		{"10.0.0.0/8", "not inside vpc v"}, // larger than the block it starts in
+	} {
+		c := newTestCloud(t, Config{Region: "us-east-1"})
+		inv, err := ParseInventory(fmt.Appendf(nil, vpc, tc.subnet))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.ApplyInventory(inv)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("subnet %s: %v, want an error containing %q", tc.subnet, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("subnet %s: %v", tc.subnet, err)
+		}
+		vpcs, err := c.DescribeVPCs(nil, []Filter{{Name: "cidr-block-association.cidr-block", Values: []string{"10.77.0.0/16"}}})
+		if err != nil || len(vpcs) != 1 || vpcs[0].CIDR != "127.0.0.0/8" || len(vpcs[0].SecondaryCIDRs) != 1 {
+			t.Fatalf("VPC by its secondary block: %+v, %v", vpcs, err)
+		}
+		if vpcs, _ := c.DescribeVPCs(nil, []Filter{{Name: "cidr", Values: []string{"10.77.0.0/16"}}}); len(vpcs) != 0 {
+			t.Errorf("filter cidr (the primary block) matched a secondary block: %+v", vpcs)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package cloud
 
 import (
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -10,13 +11,34 @@ import (
 
 // VPC is a virtual network, declared by the inventory or created by the API.
 type VPC struct {
-	ID       string
-	CIDR     string
-	IPv6CIDR string `json:",omitempty"`
+	ID   string
+	CIDR string // the primary IPv4 block
+	// SecondaryCIDRs are further IPv4 blocks, as an AWS VPC may have: an inventory can keep its
+	// nodes' addresses and its load balancers' (on loopback) in one VPC.
+	SecondaryCIDRs []string `json:",omitempty"`
+	IPv6CIDR       string   `json:",omitempty"`
 	// Default marks the VPC that calls without a VpcId (and GroupName look-ups) use.
 	Default bool
 	Attrs   *VPCAttributes `json:",omitempty"` // nil: AWS's defaults (see Attributes)
 	Tags    Tags
+}
+
+// IPv4Blocks are the VPC's IPv4 CIDR blocks, the primary first.
+func (v VPC) IPv4Blocks() []netip.Prefix {
+	var out []netip.Prefix
+	for _, c := range append([]string{v.CIDR}, v.SecondaryCIDRs...) {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// containsIPv4Block reports whether block lies within one of the VPC's IPv4 blocks.
+func (v VPC) containsIPv4Block(block netip.Prefix) bool {
+	return slices.ContainsFunc(v.IPv4Blocks(), func(p netip.Prefix) bool {
+		return p.Contains(block.Addr()) && block.Bits() >= p.Bits()
+	})
 }
 
 // Subnet is a VPC's address range in one zone; load balancer addresses are drawn from it.
@@ -160,8 +182,10 @@ func (c *Cloud) DescribeVPCs(ids []string, filters []Filter) ([]VPC, error) {
 		switch f.Name {
 		case "vpc-id":
 			return matchValue(f.Values, v.ID), nil
-		case "cidr", "cidr-block-association.cidr-block":
+		case "cidr":
 			return matchValue(f.Values, v.CIDR), nil
+		case "cidr-block-association.cidr-block":
+			return slices.ContainsFunc(append([]string{v.CIDR}, v.SecondaryCIDRs...), func(c string) bool { return matchValue(f.Values, c) }), nil
 		case "state":
 			return matchValue(f.Values, "available"), nil
 		case "is-default", "isDefault":

@@ -232,8 +232,7 @@ func (c *Cloud) CreateSubnet(in CreateSubnetInput) (Subnet, error) {
 		if err != nil {
 			return err
 		}
-		vpcBlock := netip.MustParsePrefix(v.CIDR)
-		if block.Bits() < minBlockBits || block.Bits() > maxBlockBits || !vpcBlock.Contains(block.Addr()) || block.Bits() < vpcBlock.Bits() {
+		if block.Bits() < minBlockBits || block.Bits() > maxBlockBits || !v.containsIPv4Block(block) {
 			return errorf("InvalidSubnet.Range", "The CIDR '%s' is invalid.", in.CIDR)
 		}
 		subnets, err := store.List[Subnet](tx, bucketSubnets)

@@ -106,6 +106,8 @@ func TestUpstreamSource(t *testing.T) {
 		{"IPv4 client, IPv6 target", dual, false, client2, v4, t6, v6},
 		{"IPv4-mapped target", dual, false, netip.MustParseAddr("2001:db8::2"), v6, netip.AddrFrom16(t4.As16()), v4},
 		{"no address of the target's family", only4, false, client2, v4, t6, netip.Addr{}},
+		{"a loopback client is not preserved off loopback", only4, true, client2, v4, netip.MustParseAddr("10.77.1.2"), netip.Addr{}},
+		{"a loopback address does not leave the host", only4, false, netip.MustParseAddr("198.18.0.2"), v4, netip.MustParseAddr("10.77.1.2"), netip.Addr{}},
 	} {
 		if got := tc.r.upstreamSource(tc.preserve, tc.client, tc.local, tc.target); got != tc.want {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
@@ -117,7 +119,8 @@ func TestUpstreamSource(t *testing.T) {
 // between them): an IPv6 socket with IPv6 targets gets a Forward admitting the policy's IPv6
 // ranges and hiding clients behind its own IPv6 address; a socket whose targets are of the other
 // family is offered with no Forward, so its flows reach the userspace engine, which translates
-// them.
+// them; so is a loopback socket with a target on another network (NAT would keep a loopback
+// source there, which the kernel drops).
 func TestKernelSocketFamilies(t *testing.T) {
 	lb4, lb6 := netip.MustParseAddr("127.1.0.100"), netip.MustParseAddr("2001:db8::100")
 	t4, t6 := netip.MustParseAddr("127.1.0.10"), netip.MustParseAddr("2001:db8::10")
@@ -133,6 +136,7 @@ func TestKernelSocketFamilies(t *testing.T) {
 		{"IPv6 to IPv4", lb6, t4, false},
 		{"IPv4 to IPv6", lb4, t6, false},
 		{"IPv6 to IPv4-mapped IPv4", lb6, netip.AddrFrom16(t4.As16()), false},
+		{"loopback to another network", lb4, netip.MustParseAddr("10.77.1.2"), false},
 	} {
 		tg := &targetGroup{}
 		tg.sel.Store(&selection{set: &tgSettings{}, cross: &candidates{all: []*target{{addr: netip.AddrPortFrom(c.target, 8080)}}}})

@@ -30,6 +30,9 @@ import (
 //     or targets on other hosts without net.ipv4.ip_forward, or
 //     net.ipv6.conf.all.forwarding for IPv6): the kernel package decides, and
 //     leaves them to the socket;
+//   - flows from a loopback address to a target off loopback (a load balancer on
+//     127.x in front of a kind cluster's nodes): NAT would keep a loopback source,
+//     which the kernel drops on any other interface;
 //   - flows that change family: an IPv6 listener (a dualstack load balancer's
 //     address) with IPv4 targets, or an IPv4 listener with IPv6 targets. The
 //     userspace engine translates them, as AWS does; nftables NAT cannot (it
@@ -69,6 +72,11 @@ func kernelSocketFor(key sockKey, r *route) (s kernel.Socket, ok bool) {
 		a := netip.AddrPortFrom(t.addr.Addr().Unmap(), t.addr.Port())
 		if a.Addr().Is4() != is4 || a.Addr().Zone() != "" {
 			return s, true // a change of family: userspace translates it
+		}
+		if s.Addr.Addr().IsLoopback() && !a.Addr().IsLoopback() {
+			// NAT keeps a loopback source (the client's, or this socket's for SNAT), which the
+			// kernel drops on any other interface; userspace connects from the host's address.
+			return s, true
 		}
 		f.Targets = append(f.Targets, a)
 	}

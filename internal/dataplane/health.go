@@ -145,8 +145,9 @@ func (g *targetGroup) plan(t *target) checkPlan {
 	if !ok && len(set.zoneOrder) > 0 { // zone "all": the first zone's node checks it
 		za = set.zones[set.zoneOrder[0]]
 	}
-	// From the zone's address of the target's family; with none, the kernel chooses.
-	p.src = za.of(t.cfg.Addr)
+	// From the zone's address of the target's family; with none, or none that may leave the host
+	// toward the target, the kernel chooses.
+	p.src = sourceToward(za.of(t.cfg.Addr), t.cfg.Addr)
 	host := p.src
 	if !host.IsValid() {
 		host = t.cfg.Addr

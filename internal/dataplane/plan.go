@@ -147,17 +147,28 @@ func (z zoneAddrs) with(a netip.Addr) zoneAddrs {
 // target's family, see the package doc), else local or, when local is of the other family (a
 // dualstack load balancer's IPv6 client and an IPv4 target), the load balancer's address of the
 // target's family in the route's zone: AWS translates such flows, never preserving the client's
-// address. The zero Addr, when the load balancer has no address of the target's family, lets the
-// kernel choose.
+// address. The zero Addr, when the load balancer has no address of the target's family or the
+// source would be a loopback address leaving the host (see sourceToward), lets the kernel choose.
 func (r *route) upstreamSource(preserve bool, client, local, target netip.Addr) netip.Addr {
 	target = target.Unmap()
 	switch {
 	case preserve && client.IsLoopback() && client.Is4() == target.Is4():
-		return client
+		return sourceToward(client, target)
 	case local.Is4() == target.Is4():
-		return local
+		return sourceToward(local, target)
 	}
-	return r.local.of(target)
+	return sourceToward(r.local.of(target), target)
+}
+
+// sourceToward is src, or the zero Addr (the kernel chooses) when src is a loopback address and
+// target is not: the kernel refuses a loopback source on any other interface (connect fails with
+// EINVAL), so a load balancer on loopback reaches targets on the host's other networks (a kind
+// cluster's nodes on a Docker bridge) from the host's own address on that network.
+func sourceToward(src, target netip.Addr) netip.Addr {
+	if src.IsLoopback() && !target.Unmap().IsLoopback() {
+		return netip.Addr{}
+	}
+	return src
 }
 
 // newRoute is a listener's route on one of its sockets, with defaults: no

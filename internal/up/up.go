@@ -46,7 +46,10 @@ type Options struct {
 	APIAddr string
 	DNSAddr string
 	Metrics string
-	Quotas  cloud.Quotas // the --quota-… flags; zero: AWS's defaults
+	// Inventory is moat lb's inventory file. Empty: the default inventory with moat up's own
+	// cluster, or one derived from the Nodes of an existing cluster (see nodeInventory).
+	Inventory string
+	Quotas    cloud.Quotas // the --quota-… flags; zero: AWS's defaults
 	// InstanceSGMode is --instance-sg-mode for moat lb: enforce (""), audit or off.
 	InstanceSGMode firewall.Mode
 	// StartFresh is moat lb's --start-fresh: begin with empty state where the state file is
@@ -79,15 +82,15 @@ type Options struct {
 	Out       io.Writer // progress and instructions
 }
 
-// lbConfig is how moat up runs moat lb: in the state dir, with the default inventory, AWS's
-// defaults and the quotas of the flags.
+// lbConfig is how moat up runs moat lb: in the state dir, with the inventory of o (empty: the
+// default one), AWS's defaults and the quotas of the flags.
 func (o Options) lbConfig(log *slog.Logger) lb.Config {
 	quotas := o.Quotas
 	if quotas == (cloud.Quotas{}) {
 		quotas = cloud.DefaultQuotas()
 	}
 	return lb.Config{
-		APIAddr: o.APIAddr, DataDir: filepath.Join(o.StateDir, "lb"), Region: region, AccountID: "000000000000",
+		APIAddr: o.APIAddr, DataDir: filepath.Join(o.StateDir, "lb"), InventoryPath: o.Inventory, Region: region, AccountID: "000000000000",
 		DNSAddr: o.DNSAddr, DNSSuffix: "moat.internal", MetricsAddr: o.Metrics, Quotas: quotas,
 		API: lb.DefaultAPILimits(), InstanceSGMode: o.InstanceSGMode, StartFresh: o.StartFresh, Log: log,
 	}
@@ -193,6 +196,35 @@ func Run(ctx context.Context, o Options) (err error) {
 	// to the same file, not over the progress lines.
 	ctrllog.SetLogger(logr.FromSlogHandler(lbLog.Handler()))
 	klog.SetSlogLogger(lbLog)
+
+	// An existing cluster is checked before moat lb starts, which serves the instances derived
+	// from its Nodes unless an inventory was given.
+	var ec *existingCluster
+	var kube client.Client
+	var cluster string
+	if existing {
+		if ec, err = openExistingCluster(o.Kubeconfig, o.Context, o.StateDir); err != nil {
+			return err
+		}
+		if kube, err = newKubeClient(ec.rest); err != nil {
+			return err
+		}
+		cluster = ec.description
+		p.step("checking %s for the AWS Load Balancer Controller", cluster)
+		found, err := findAWSController(ctx, kube)
+		if err != nil {
+			return fmt.Errorf("cannot check %s for the AWS Load Balancer Controller, so refusing to drive it: %w", cluster, err)
+		}
+		if len(found) > 0 {
+			return refuseAWSController(cluster, found)
+		}
+		if o.Inventory == "" {
+			if o.Inventory, err = deriveInventory(ctx, kube, o.StateDir, p); err != nil {
+				return err
+			}
+		}
+	}
+
 	lbCtx, stopLB := context.WithCancel(context.WithoutCancel(ctx))
 	lbReady := make(chan lb.Endpoints, 1)
 	lbDone := make(chan error, 1)
@@ -220,7 +252,6 @@ func Run(ctx context.Context, o Options) (err error) {
 
 	st := State{LB: eps, ClusterName: clusterName, PID: os.Getpid()}
 	var kc *localCluster
-	var cluster string
 	var ctrlKubeconfig string
 	var children []*child // what to watch; stopped in reverse order of start
 	defer func() {
@@ -229,24 +260,7 @@ func Run(ctx context.Context, o Options) (err error) {
 			p.step("%s stopped", children[i].name)
 		}
 	}()
-	var kube client.Client
 	if existing {
-		ec, err := openExistingCluster(o.Kubeconfig, o.Context, o.StateDir)
-		if err != nil {
-			return err
-		}
-		cluster = ec.description
-		if kube, err = newKubeClient(ec.rest); err != nil {
-			return err
-		}
-		p.step("checking %s for the AWS Load Balancer Controller", cluster)
-		found, err := findAWSController(ctx, kube)
-		if err != nil {
-			return fmt.Errorf("cannot check %s for the AWS Load Balancer Controller, so refusing to drive it: %w", cluster, err)
-		}
-		if len(found) > 0 {
-			return refuseAWSController(cluster, found)
-		}
 		ctrlKubeconfig = ec.kubeconfig
 		st.Kubeconfig, st.KubeAPI = ec.kubeconfig, ec.rest.Host
 	} else {

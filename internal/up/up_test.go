@@ -129,7 +129,7 @@ func TestRunRefusesBadQuota(t *testing.T) {
 }
 
 // moat lb's refusal of lost state reaches moat up's user with the flag that overrides it, and
-// --start-fresh lets moat up go on (here to the next step, which fails on a missing kubeconfig).
+// --start-fresh lets moat up go on (here to the next step, which fails on missing kube assets).
 func TestRunStartFresh(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(dir, "lb"), 0o700); err != nil {
@@ -140,14 +140,15 @@ func TestRunStartFresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := Options{StateDir: dir, Out: io.Discard, APIAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0", Metrics: "127.0.0.1:0",
-		InstanceSGMode: firewall.Off, Kubeconfig: filepath.Join(dir, "no-such-kubeconfig")}
+		KubeAPIAddr: "127.0.0.1:0", EtcdAddr: "127.0.0.1:0", EtcdPeerAddr: "127.0.0.1:0",
+		InstanceSGMode: firewall.Off, KubeAssets: filepath.Join(dir, "no-such-kube-assets")}
 	err := Run(t.Context(), o)
 	if err == nil || !strings.Contains(err.Error(), "--start-fresh") {
 		t.Fatalf("moat up with credentials and no state: %v; want the lost-state refusal naming --start-fresh", err)
 	}
 	o.StartFresh = true
 	err = Run(t.Context(), o)
-	if err == nil || strings.Contains(err.Error(), "--start-fresh") || !strings.Contains(err.Error(), "no-such-kubeconfig") {
-		t.Fatalf("moat up --start-fresh: %v; want moat lb started and the missing kubeconfig named", err)
+	if err == nil || strings.Contains(err.Error(), "--start-fresh") || !strings.Contains(err.Error(), "no-such-kube-assets") {
+		t.Fatalf("moat up --start-fresh: %v; want moat lb started and the missing kube assets named", err)
 	}
 }

@@ -228,15 +228,17 @@ func upTail(s string, n int) string {
 }
 
 // ensureKubeAssets builds (once) the API server moat up runs, with the project's script, so that
-// moat up's own start is timed without the build. Tests never download: they build from the Go
-// module proxy.
-func ensureKubeAssets(t *testing.T) {
+// moat up's own start is timed without the build. It returns the assets' directory. Tests never
+// download: they build from the Go module proxy.
+func ensureKubeAssets(t *testing.T) string {
 	t.Helper()
 	cmd := exec.Command("bash", "../../hack/kube-assets.sh", "--kube-assets-source=build")
 	cmd.Stderr = os.Stderr
-	if _, err := cmd.Output(); err != nil {
+	out, err := cmd.Output()
+	if err != nil {
 		t.Fatalf("hack/kube-assets.sh: %v", err)
 	}
+	return strings.TrimSpace(string(out))
 }
 
 // lookup resolves a load balancer name through moat lb's DNS server: its A or AAAA (qtype)
