@@ -73,8 +73,9 @@ function drawGroups(snap) {
 }
 
 function drawDenials(d) {
-  document.getElementById("denied-notes").replaceChildren(...d.notes.map(n => el("li", {}, n)),
-    d.dropped ? el("li", {class: "problem"}, d.dropped + " flow log entries were missed: the console fell behind.") : null);
+  const notes = d.notes.map(n => el("li", {}, n));
+  if (d.dropped) notes.push(el("li", {class: "problem"}, d.dropped + " flow log entries were missed: the console fell behind."));
+  document.getElementById("denied-notes").replaceChildren(...notes);
   document.getElementById("denied-listeners").replaceChildren(d.listeners.length ? table(
     ["Load balancer", "Listener", "Dropped by the kernel filter (packets)", "Denied in userspace (flows)", "Would admit a client"],
     d.listeners.map(l => [l.loadBalancer, l.listener, l.flows.kernelDropped, l.flows.deniedSecurityGroup, l.suggestion])) : el("p", {class: "empty"}, "No listeners."));
