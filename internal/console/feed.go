@@ -177,13 +177,8 @@ type ListenerDenial struct {
 	Suggestion   string        `json:"suggestion"`
 }
 
-// Notes on what the feed can and cannot show.
-const (
-	noteKernelDrops = "A client that a load balancer's groups deny is dropped by the listener's socket filter in the kernel, " +
-		"which counts its packets per listener but does not say who sent them: such denials show as counts per listener, " +
-		"not as flows. Denials judged in userspace (and flows with no target) are listed one by one."
-	noteNoFlowLog = "This moat lb keeps no flow log, so no flow is listed: only the counts per listener."
-)
+// noteNoFlowLog says why no flow is listed at all.
+const noteNoFlowLog = "This moat lb keeps no flow log, so no flow is listed: only the counts per listener."
 
 // denials renders the feed against snap, which names the groups a missing rule belongs in.
 func (f *feed) denials(snap *Snapshot) Denials {
@@ -224,9 +219,12 @@ func (f *feed) denials(snap *Snapshot) Denials {
 			})
 		}
 	}
-	out.Notes = []string{noteKernelDrops}
+	out.Notes = []string{}
 	if f.sub == nil {
 		out.Notes = append(out.Notes, noteNoFlowLog)
+	}
+	if snap.ListenerFlowLog != "" {
+		out.Notes = append(out.Notes, "Clients that a load balancer's groups deny are counted per listener, not listed one by one: "+snap.ListenerFlowLog+".")
 	}
 	if snap.InstanceFlowLog != "" {
 		out.Notes = append(out.Notes, "Denied flows to instances are not listed one by one: "+snap.InstanceFlowLog+".")

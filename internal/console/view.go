@@ -9,6 +9,9 @@ type Snapshot struct {
 	LoadBalancers  []LoadBalancer  `json:"loadBalancers"`
 	SecurityGroups []SecurityGroup `json:"securityGroups"`
 	Interfaces     []Interface     `json:"interfaces"`
+	// ListenerFlowLog is empty where clients denied at a listener reach the flow log one by one,
+	// or says why they do not; they are counted per listener either way.
+	ListenerFlowLog string `json:"listenerFlowLog,omitempty"`
 	// InstanceFlowLog is empty where denied flows to instances reach the flow log one by one,
 	// or says why they do not (the instance firewall is off, or moat lb may not run it).
 	InstanceFlowLog string `json:"instanceFlowLog,omitempty"`

@@ -12,6 +12,10 @@ import (
 	"github.com/moatlb/moat/internal/dataplane"
 )
 
+// listenerFlowLog is why clients denied at a listener are not in the flow log: the console says
+// it beside the listeners' counts.
+const listenerFlowLog = "the listener's socket filter drops them in the kernel, which counts their packets but does not say who sent them"
+
 // consoleSnapshot reads what the web console shows: the state, the targets' health as
 // DescribeTargetHealth reports it (from the data plane), and each listener's flow counters from
 // the data plane's metrics in reg. instanceFlowLog is empty where denials to instances are
@@ -26,7 +30,7 @@ func consoleSnapshot(c *cloud.Cloud, reg prometheus.Gatherer, instanceFlowLog st
 		if err != nil {
 			return console.Snapshot{}, err
 		}
-		snap := console.Snapshot{InstanceFlowLog: instanceFlowLog}
+		snap := console.Snapshot{ListenerFlowLog: listenerFlowLog, InstanceFlowLog: instanceFlowLog}
 		tgs := map[string]*console.TargetGroup{}
 		for _, tg := range st.TargetGroups {
 			view, err := consoleTargetGroup(c, tg, st.Instances)
