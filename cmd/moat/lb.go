@@ -54,8 +54,12 @@ add-read-only NAME" adds one); any other valid key may do anything.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return lb.Run(ctx, cfg, func(eps lb.Endpoints) {
-				fmt.Fprintf(os.Stderr, "\nmoat lb is serving\n  API:         %s\n  DNS:         %s (udp and tcp)\n  metrics:     %s/metrics\n  credentials: %s\n\ntry:\n  AWS_SHARED_CREDENTIALS_FILE=%s aws --endpoint-url %s --region %s ec2 describe-security-groups\n\n",
-					eps.API, eps.DNS, eps.Metrics, eps.CredentialsFile, eps.CredentialsFile, eps.API, cfg.Region)
+				console := "off (--console=false)"
+				if eps.Console != "" {
+					console = eps.Console + " (sign in with a key of the credentials file)"
+				}
+				fmt.Fprintf(os.Stderr, "\nmoat lb is serving\n  API:         %s\n  DNS:         %s (udp and tcp)\n  metrics:     %s/metrics\n  console:     %s\n  credentials: %s\n\ntry:\n  AWS_SHARED_CREDENTIALS_FILE=%s aws --endpoint-url %s --region %s ec2 describe-security-groups\n\n",
+					eps.API, eps.DNS, eps.Metrics, console, eps.CredentialsFile, eps.CredentialsFile, eps.API, cfg.Region)
 			})
 		},
 	}
@@ -71,7 +75,8 @@ add-read-only NAME" adds one); any other valid key may do anything.`,
 	f.StringVar(&cfg.AccountID, "account-id", "000000000000", "the 12-digit account ID in ARNs and owner IDs")
 	f.StringVar(&cfg.DNSAddr, "dns-addr", "127.0.0.1:7053", "address (UDP and TCP) answering DNS queries for load balancer names")
 	f.StringVar(&cfg.DNSSuffix, "dns-suffix", "moat.internal", "suffix of load balancer DNS names: <name>-<id>.elb.<region>.<suffix>")
-	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:7090", "address of /metrics, /healthz and /readyz")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:7090", "address of /metrics, /healthz, /readyz and the web console")
+	f.BoolVar(&cfg.Console, "console", true, "serve the web console (read-only; sign in with a key of the credentials file) at /console on the metrics address")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve the API over HTTPS with this certificate (PEM)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the certificate's private key (PEM)")
 	f.IntVar(&cfg.MaxFlowsPerListener, "max-flows-per-listener", 0, "cap on each listener's flows through the userspace proxy; over it a new flow is refused (reset, or the datagram dropped) and counted (moat_dataplane_denied_flows_total{reason=\"flow_limit\"}); 0: a quarter of the open-file limit")

@@ -57,7 +57,7 @@ Ctrl-C stops everything moat up started, in order; the next moat up reuses the s
 	f.StringVar(&o.StateDir, "state-dir", up.DefaultStateDir(), "directory for everything moat up keeps between runs")
 	f.StringVar(&o.APIAddr, "api-addr", "127.0.0.1:7080", "address of the load balancer API (host:0 for any free port)")
 	f.StringVar(&o.DNSAddr, "dns-addr", "127.0.0.1:7053", "address of the DNS server for load balancer names")
-	f.StringVar(&o.Metrics, "metrics-addr", "127.0.0.1:7090", "address of moat lb's /metrics, /healthz and /readyz")
+	f.StringVar(&o.Metrics, "metrics-addr", "127.0.0.1:7090", "address of moat lb's /metrics, /healthz, /readyz and web console (/console)")
 	f.StringVar(&o.Inventory, "inventory", "", "moat lb's inventory file (see moat lb --inventory); default: moat lb's default inventory, or with --kubeconfig/--context one derived from the cluster's Nodes (<state-dir>/inventory.yaml)")
 	f.StringVar(&o.KubeAPIAddr, "kube-api-addr", "127.0.0.1:7443", "address of the local kube-apiserver")
 	f.StringVar(&o.EtcdAddr, "etcd-addr", "127.0.0.1:7379", "client address of the local etcd")

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -44,10 +45,62 @@ type Entry struct {
 
 // Log writes entries to one writer for all its users: each line in one
 // Write, under a lock, so that lines from the data plane and the firewall
-// never interleave.
+// never interleave. It also hands every entry to its subscribers (the web
+// console). The zero Log writes nowhere and only feeds subscribers.
 type Log struct {
 	mu sync.Mutex
 	w  io.Writer
+
+	subsMu sync.RWMutex
+	subs   map[*Subscription]struct{}
+}
+
+// Subscription receives the entries added to a Log after Subscribe. Its
+// buffer is bounded: an entry that finds it full is dropped and counted,
+// never waited for, so that a slow reader cannot hold up the data plane or
+// the firewall that adds entries.
+type Subscription struct {
+	C       <-chan Entry
+	c       chan Entry
+	dropped atomic.Uint64
+	log     *Log
+}
+
+// Dropped is how many entries found the buffer full.
+func (s *Subscription) Dropped() uint64 { return s.dropped.Load() }
+
+// Close ends the subscription; C receives nothing more (it is not closed, so
+// that an Add under way never sends on a closed channel).
+func (s *Subscription) Close() {
+	s.log.subsMu.Lock()
+	defer s.log.subsMu.Unlock()
+	delete(s.log.subs, s)
+}
+
+// Subscribe returns a subscription to l's entries with room for buffer of
+// them.
+func (l *Log) Subscribe(buffer int) *Subscription {
+	c := make(chan Entry, buffer)
+	s := &Subscription{C: c, c: c, log: l}
+	l.subsMu.Lock()
+	defer l.subsMu.Unlock()
+	if l.subs == nil {
+		l.subs = map[*Subscription]struct{}{}
+	}
+	l.subs[s] = struct{}{}
+	return s
+}
+
+func (l *Log) publish(e Entry) {
+	l.subsMu.RLock()
+	defer l.subsMu.RUnlock()
+	for s := range l.subs {
+		select {
+		case s.c <- e:
+		default:
+			s.dropped.Add(1)
+		}
+	}
 }
 
 // New returns a Log writing to w, or nil (logging nothing) for a nil w.
@@ -67,12 +120,20 @@ func New(w io.Writer) *Log {
 func (l *Log) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.w == nil {
+		return len(p), nil
+	}
 	return l.w.Write(p)
 }
 
-// Add writes e as one line; a nil Log drops it.
+// Add writes e as one line and hands it to the subscribers; a nil Log drops
+// it.
 func (l *Log) Add(e Entry) {
 	if l == nil {
+		return
+	}
+	l.publish(e)
+	if l.w == nil {
 		return
 	}
 	line, err := json.Marshal(e)

@@ -46,3 +46,32 @@ func TestSharedLines(t *testing.T) {
 		}
 	}
 }
+
+// TestSubscribe: subscribers get every entry added after they subscribed, a
+// full buffer drops and counts instead of blocking Add, and a closed
+// subscription receives nothing more. The zero Log feeds subscribers only.
+func TestSubscribe(t *testing.T) {
+	var l Log
+	a := l.Subscribe(2)
+	b := l.Subscribe(10)
+	for i := range 5 {
+		l.Add(Entry{Action: Deny, Client: strings.Repeat("c", i+1)}) // must not block on a's full buffer
+	}
+	if got := a.Dropped(); got != 3 {
+		t.Fatalf("a dropped %d, want 3", got)
+	}
+	if got := (<-a.C).Client; got != "c" {
+		t.Fatalf("a's first entry: client %q", got)
+	}
+	if b.Dropped() != 0 || len(b.C) != 5 {
+		t.Fatalf("b: %d buffered, %d dropped; want 5, 0", len(b.C), b.Dropped())
+	}
+	b.Close()
+	l.Add(Entry{Action: Deny})
+	if len(b.C) != 5 {
+		t.Fatalf("a closed subscription received an entry")
+	}
+	if n, err := l.Write([]byte("x\n")); n != 2 || err != nil {
+		t.Fatalf("zero Log Write: %d, %v", n, err)
+	}
+}

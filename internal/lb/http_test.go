@@ -29,13 +29,19 @@ import (
 // the test ends.
 func startLB(t *testing.T, limits APILimits) Endpoints {
 	t.Helper()
+	return startLBWith(t, func(cfg *Config) { cfg.API = limits })
+}
+
+// startLBWith is startLB with the configuration that change makes.
+func startLBWith(t *testing.T, change func(*Config)) Endpoints {
+	t.Helper()
 	cfg := validConfig()
-	cfg.API = limits
 	cfg.DataDir = t.TempDir()
 	cfg.APIAddr, cfg.DNSAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.FastPath = FastPathOff
 	cfg.InstanceSGMode = firewall.Off // the host's loopback is shared with other tests
 	cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	change(&cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan Endpoints, 1)
 	done := make(chan error, 1)

@@ -25,6 +25,7 @@ import (
 	"github.com/moatlb/moat/internal/awsapi"
 	"github.com/moatlb/moat/internal/awsapi/sigv4"
 	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/console"
 	"github.com/moatlb/moat/internal/dataplane"
 	"github.com/moatlb/moat/internal/firewall"
 	"github.com/moatlb/moat/internal/flowlog"
@@ -63,6 +64,10 @@ type Config struct {
 	// --cacert, --cert and --key do: the CA that signed the members' certificates (empty: the
 	// system's), and this node's client certificate and key.
 	StoreCAFile, StoreCertFile, StoreKeyFile string
+	// Console serves the web console under /console on the metrics address (--console).
+	Console bool
+	// Explainer answers the console's explain form; nil: the form says explain is unavailable.
+	Explainer console.Explainer
 }
 
 // Kernel fast path modes (--fast-path).
@@ -96,9 +101,10 @@ func newEngine(mode string, opts dataplane.Options, log *slog.Logger) (*dataplan
 // Endpoints are where a running moat lb serves, as bound (ports resolved). moat lb writes them to
 // <data-dir>/endpoints.json once it serves, so scripts and moat up can find ports chosen with :0.
 type Endpoints struct {
-	API             string `json:"api"`     // URL
-	DNS             string `json:"dns"`     // host:port, UDP and TCP
-	Metrics         string `json:"metrics"` // URL
+	API             string `json:"api"`               // URL
+	DNS             string `json:"dns"`               // host:port, UDP and TCP
+	Metrics         string `json:"metrics"`           // URL
+	Console         string `json:"console,omitempty"` // URL; empty: --console=false
 	CredentialsFile string `json:"credentialsFile"`
 	// InstanceSecurityGroups says how instance groups are enforced on this host: enforce, audit,
 	// off, or "not enforced: <why>".
@@ -223,8 +229,14 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		return fmt.Errorf("dns: %w", err)
 	}
 	kick := make(chan struct{}, 1)
-	if cfg.FlowLog != nil {
-		cfg.FlowLog = flowlog.New(cfg.FlowLog) // one Log for the data plane and the firewall, so their lines never interleave
+	// One Log for the data plane and the firewall, so their lines never interleave; the console
+	// follows it, with or without a file.
+	flows := flowlog.New(cfg.FlowLog)
+	if flows == nil && cfg.Console {
+		flows = &flowlog.Log{}
+	}
+	if flows != nil {
+		cfg.FlowLog = flows
 	}
 	engine, err := newEngine(cfg.FastPath, dataplane.Options{
 		Log: log, Registerer: reg, FlowLog: cfg.FlowLog, MaxFlowsPerListener: maxFlows,
@@ -268,10 +280,24 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	}()
 
 	eps := Endpoints{API: apiURL, DNS: dnsAddr, Metrics: metricsURL, CredentialsFile: credsPath, InstanceSecurityGroups: sgStatus}
+	if cfg.Console {
+		instanceFlowLog := ""
+		if fw == nil {
+			instanceFlowLog = "the instance firewall is " + sgStatus
+		}
+		con := console.New(console.Config{
+			Credentials: creds, Snapshot: consoleSnapshot(c, reg, instanceFlowLog), Changes: st.Changes,
+			FlowLog: flows, Explainer: cfg.Explainer, Log: log,
+		})
+		go con.Run(ctx)
+		mux.Handle(console.Path, con)
+		mux.Handle(console.Path+"/", con)
+		eps.Console = metricsURL + console.Path
+	}
 	if err := writeEndpoints(filepath.Join(cfg.DataDir, EndpointsFile), eps); err != nil {
 		return err
 	}
-	log.Info("moat lb ready", "api", eps.API, "dns", eps.DNS, "metrics", eps.Metrics, "credentials", eps.CredentialsFile, "region", c.Config().Region, "account", c.Config().AccountID, "data_dir", cfg.DataDir)
+	log.Info("moat lb ready", "api", eps.API, "dns", eps.DNS, "metrics", eps.Metrics, "console", eps.Console, "credentials", eps.CredentialsFile, "region", c.Config().Region, "account", c.Config().AccountID, "data_dir", cfg.DataDir)
 	if ready != nil {
 		ready(eps)
 	}

@@ -27,6 +27,7 @@ func printSummary(o Options, st State, cluster string) {
 	fmt.Fprintf(&b, "  load balancer API  %s   (ELBv2 and EC2, SigV4; region %s)\n", st.LB.API, region)
 	fmt.Fprintf(&b, "  DNS                %s   (load balancer names, udp and tcp)\n", st.LB.DNS)
 	fmt.Fprintf(&b, "  metrics            %s/metrics\n", st.LB.Metrics)
+	fmt.Fprintf(&b, "  web console        %s   (sign in with a key of the credentials file)\n", st.LB.Console)
 	fmt.Fprintf(&b, "  credentials        %s\n", st.LB.CredentialsFile)
 	fmt.Fprintf(&b, "  instance groups    %s   (security groups of the instances on this host, on all their traffic)\n", st.LB.InstanceSecurityGroups)
 	if st.LocalCluster {

@@ -93,6 +93,7 @@ func (o Options) lbConfig(log *slog.Logger) lb.Config {
 		APIAddr: o.APIAddr, DataDir: filepath.Join(o.StateDir, "lb"), InventoryPath: o.Inventory, Region: region, AccountID: "000000000000",
 		DNSAddr: o.DNSAddr, DNSSuffix: "moat.internal", MetricsAddr: o.Metrics, Quotas: quotas,
 		API: lb.DefaultAPILimits(), InstanceSGMode: o.InstanceSGMode, StartFresh: o.StartFresh, Log: log,
+		Console: true,
 	}
 }
 
