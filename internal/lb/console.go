@@ -18,9 +18,9 @@ const listenerFlowLog = "the listener's socket filter drops them in the kernel, 
 
 // consoleSnapshot reads what the web console shows: the state, the targets' health as
 // DescribeTargetHealth reports it (from the data plane), and each listener's flow counters from
-// the data plane's metrics in reg. instanceFlowLog is empty where denials to instances are
-// logged one by one, or says why not.
-func consoleSnapshot(c *cloud.Cloud, reg prometheus.Gatherer, instanceFlowLog string) func() (console.Snapshot, error) {
+// the data plane's metrics in reg. listenerLog and instanceFlowLog are empty where denials at
+// listeners and at instances are logged one by one, or say why not.
+func consoleSnapshot(c *cloud.Cloud, reg prometheus.Gatherer, listenerLog, instanceFlowLog string) func() (console.Snapshot, error) {
 	return func() (console.Snapshot, error) {
 		st, err := c.State()
 		if err != nil {
@@ -30,7 +30,7 @@ func consoleSnapshot(c *cloud.Cloud, reg prometheus.Gatherer, instanceFlowLog st
 		if err != nil {
 			return console.Snapshot{}, err
 		}
-		snap := console.Snapshot{ListenerFlowLog: listenerFlowLog, InstanceFlowLog: instanceFlowLog}
+		snap := console.Snapshot{ListenerFlowLog: listenerLog, InstanceFlowLog: instanceFlowLog}
 		tgs := map[string]*console.TargetGroup{}
 		for _, tg := range st.TargetGroups {
 			view, err := consoleTargetGroup(c, tg, st.Instances)

@@ -2,6 +2,7 @@ package lb
 
 import (
 	"context"
+	"net/netip"
 
 	"github.com/moatlb/moat/internal/awsapi"
 	"github.com/moatlb/moat/internal/cloud"
@@ -32,4 +33,11 @@ func (x explainer) Explain(_ context.Context, in awsapi.ExplainInput) (any, erro
 		return nil, &cloud.Error{Code: "ValidationException", Message: err.Error()}
 	}
 	return a, err
+}
+
+// consoleExplainer answers the web console's explain form with the same explainer.
+type consoleExplainer struct{ explainer }
+
+func (x consoleExplainer) Explain(ctx context.Context, from netip.Addr, to, protocol string) (any, error) {
+	return x.explainer.Explain(ctx, awsapi.ExplainInput{From: from.String(), To: to, Protocol: protocol})
 }

@@ -66,8 +66,6 @@ type Config struct {
 	StoreCAFile, StoreCertFile, StoreKeyFile string
 	// Console serves the web console under /console on the metrics address (--console).
 	Console bool
-	// Explainer answers the console's explain form; nil: the form says explain is unavailable.
-	Explainer console.Explainer
 }
 
 // Kernel fast path modes (--fast-path).
@@ -261,7 +259,8 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if fw == nil {
 		explainMode = firewall.Off
 	}
-	api.SetExplainer(explainer{c: c, engine: engine, firewall: explainMode})
+	explain := explainer{c: c, engine: engine, firewall: explainMode}
+	api.SetExplainer(explain)
 	synced := make(chan struct{})
 	go func() {
 		defer close(synced)
@@ -281,13 +280,16 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 
 	eps := Endpoints{API: apiURL, DNS: dnsAddr, Metrics: metricsURL, CredentialsFile: credsPath, InstanceSecurityGroups: sgStatus}
 	if cfg.Console {
-		instanceFlowLog := ""
+		// Without the instance firewall, nothing names the clients that instances' groups or the
+		// listeners' socket filters deny (see firewall.Listener).
+		instanceFlowLog, listenerLog := "", ""
 		if fw == nil {
 			instanceFlowLog = "the instance firewall is " + sgStatus
+			listenerLog = listenerFlowLog + ", and the instance firewall, which would name them, is " + sgStatus
 		}
 		con := console.New(console.Config{
-			Credentials: creds, Snapshot: consoleSnapshot(c, reg, instanceFlowLog), Changes: st.Changes,
-			FlowLog: flows, Explainer: cfg.Explainer, Log: log,
+			Credentials: creds, Snapshot: consoleSnapshot(c, reg, listenerLog, instanceFlowLog), Changes: st.Changes,
+			FlowLog: flows, Explainer: consoleExplainer{explain}, Log: log,
 		})
 		go con.Run(ctx)
 		mux.Handle(console.Path, con)

@@ -126,9 +126,9 @@ func TestConsole(t *testing.T) {
 		return nil
 	})
 
-	// The denied client: counted at the listener (the kernel's socket filter drops its SYNs
-	// without naming it), and listed one by one where moat lb may read the instance firewall's
-	// packet log, when it goes straight to a node.
+	// The denied client: counted at the listener, and listed one by one where moat lb may read
+	// the instance firewall's packet log (which names the clients the listener's socket filter
+	// drops), through the load balancer and straight to a node.
 	listenerDenials := func() (count int, suggestion string) {
 		rows, err := chromedp.Run(browser, chromedp.Evaluate[[][]string](`[...document.querySelectorAll("#denied-listeners tbody tr")].map(tr => [...tr.cells].map(c => c.textContent))`))
 		if err != nil {
@@ -163,6 +163,14 @@ func TestConsole(t *testing.T) {
 		return nil
 	})
 	if up.st.LB.InstanceSecurityGroups == "enforce" {
+		// Where the instance firewall runs, it names the client the listener's filter dropped:
+		// the flow is listed one by one, with the rule that would have admitted it.
+		pageUntil(t, browser, "the listener denial listed with its missing rule", `document.getElementById("denied-recent").textContent`, func(recent string) error {
+			if want := fmt.Sprintf("the load balancer's groups %s: tcp %d from 127.0.0.3/32", strings.Join(demoLB.SecurityGroups, ", "), demoPort); !strings.Contains(recent, want) || !strings.Contains(recent, lbName) {
+				return fmt.Errorf("no %q at %s in %q", want, lbName, recent)
+			}
+			return nil
+		})
 		nodePort := svc.Spec.Ports[0].NodePort
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}, Timeout: 2 * time.Second}
 		if c, err := d.Dial("tcp", fmt.Sprintf("127.1.0.10:%d", nodePort)); err == nil {

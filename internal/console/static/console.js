@@ -119,6 +119,16 @@ function connect() {
   };
 }
 
+// explanation renders moat explain's answer: per destination address, the verdict, each stage
+// the flow passes or is stopped at, and the change that would admit it.
+function explanation(answer) {
+  return (answer.Paths || []).flatMap(p => [
+    el("h3", {class: "verdict-" + p.Verdict}, `${p.To}: ${p.Verdict.replaceAll("_", " ")}`),
+    table(["stage", "result", "detail"], (p.Steps || []).map(s => [s.Stage, s.Result, s.Detail])),
+    p.Fix ? [el("p", {}, "To admit it:"), el("pre", {}, p.Fix)] : [],
+  ]);
+}
+
 function setupExplain() {
   const form = document.getElementById("explain-form");
   const out = document.getElementById("explain-result");
@@ -126,8 +136,7 @@ function setupExplain() {
     ev.preventDefault();
     const q = new URLSearchParams(new FormData(form));
     try {
-      const answer = await get("explain?" + q);
-      out.replaceChildren(el("pre", {}, JSON.stringify(answer, null, 2)));
+      out.replaceChildren(...explanation(await get("explain?" + q)));
     } catch (err) {
       out.replaceChildren(el("p", {class: "problem"}, err.status === 501 ? "Explain is unavailable in this moat lb." : String(err.message)));
     }
