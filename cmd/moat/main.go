@@ -10,6 +10,9 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+	// The container image has no CA certificates: without system roots, TLS to AWS (moat
+	// controller) and to an etcd or API with public certificates verifies against this bundle.
+	_ "golang.org/x/crypto/x509roots/fallback"
 
 	"github.com/moatlb/moat/internal/node"
 	"github.com/moatlb/moat/internal/up"
