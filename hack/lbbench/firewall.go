@@ -20,10 +20,18 @@ import (
 // alike. The instance's group is a full one: 59 rules that do not match the client, then the one
 // that does, as real rule sets are. The firewall judges a flow's first packet only; conntrack
 // carries the rest, so the figures should be close.
-func benchFirewall(o testOpts, reps int) {
+//
+// With clientNS, the client runs in that namespace and reaches the instance over a link, as
+// traffic reaches a real host's instance; otherwise both are on this namespace's loopback.
+func benchFirewall(o testOpts, reps int, clientNS string) {
 	fw, err := firewall.New(firewall.Options{Table: "bench"})
 	check(err)
 	defer fw.Close()
+	run := func(test, addr string) result { return runTest(test, addr, o) }
+	if clientNS != "" {
+		clientIP = labClientIP
+		run = func(test, addr string) result { return runIn(clientNS, test, addr, o) }
+	}
 	var rules []secgroup.Rule
 	for i := range 59 {
 		rules = append(rules, secgroup.Rule{Protocol: secgroup.ProtocolTCP, FromPort: 1024, ToPort: 65535,
@@ -49,7 +57,7 @@ func benchFirewall(o testOpts, reps int) {
 			err := fw.Wait(ctx, fw.Apply(m.p))
 			cancel()
 			check(err)
-			m.t.measure(func(test, addr string) result { return runTest(test, addr, o) }, o.size)
+			m.t.measure(run, o.size)
 		}
 	}
 	log.Printf("measured %d rounds of each", reps)

@@ -51,6 +51,37 @@ subnets:
   - {name: b, vpc: bench, zone: b, cidr: 198.18.2.0/24, tags: {kubernetes.io/role/internal-elb: "1"}}
 `
 
+// runInErr runs one client test with this binary in network namespace ns (its source address
+// is labClientIP) and returns its result.
+func runInErr(ns, test, addr string, o testOpts) (result, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return result{}, err
+	}
+	cmd := exec.Command("ip", "netns", "exec", ns, self, "-test", test, "-addr", addr,
+		"-bytes", strconv.FormatInt(o.size, 10), "-duration", o.duration.String(), "-requests", strconv.Itoa(o.requests))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return result{}, err
+	}
+	var r result
+	if err := json.Unmarshal(out, &r); err != nil {
+		return result{}, err
+	}
+	log.Printf("  %s %s: %s", addr, test, out)
+	return r, nil
+}
+
+// runIn is runInErr for callers that stop at the first failure.
+func runIn(ns, test, addr string, o testOpts) result {
+	r, err := runInErr(ns, test, addr, o)
+	if err != nil {
+		log.Fatalf("lbbench: %s test of %s: %v", test, addr, err)
+	}
+	return r
+}
+
 type lab struct {
 	client, target             string // network namespaces
 	moat, haproxy, nginx, cpus string
@@ -74,19 +105,13 @@ func benchLab(l lab, o testOpts, reps int) {
 	// counted of its flows (refusals and target errors say why a connection was reset).
 	var current *target
 	run := func(test, addr string) result {
-		cmd := exec.Command("ip", "netns", "exec", l.client, self, "-test", test, "-addr", addr,
-			"-bytes", strconv.FormatInt(o.size, 10), "-duration", o.duration.String(), "-requests", strconv.Itoa(o.requests))
-		cmd.Stderr = os.Stderr
-		out, err := cmd.Output()
+		r, err := runInErr(l.client, test, addr, o)
 		if err != nil {
 			if current != nil && current.metrics != "" {
 				log.Printf("%s: %s", current.name, flowCounts(current.metrics))
 			}
 			log.Fatalf("lbbench: %s test of %s: %v", test, addr, err)
 		}
-		var r result
-		check(json.Unmarshal(out, &r))
-		log.Printf("  %s %s: %s", addr, test, out)
 		return r
 	}
 	hostPort := func(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }

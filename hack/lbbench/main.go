@@ -46,17 +46,21 @@ func main() {
 	reps := flag.Int("reps", 3, "rounds: each path runs each test once per round; the median is reported (odd is best)")
 	clientNS := flag.String("client-ns", "", "network namespace of the client host (hack/bench-lb.sh makes it)")
 	targetNS := flag.String("target-ns", "", "network namespace of the target host (hack/bench-lb.sh makes it)")
-	fw := flag.Bool("firewall", false, "measure the instance firewall: direct connections to an instance with enforcement off and on (root, in a network namespace of its own)")
+	fw := flag.Bool("firewall", false, "measure the instance firewall: direct connections to an instance with enforcement off and on (root, in a network namespace of its own; with -client-ns, the client dials from there over a link, and the instance is -instance-ip)")
+	instanceIP := flag.String("instance-ip", backendIP, "with -firewall -client-ns: the instance's address, on the link to the client")
 	// The lab runs lbbench itself in the client's and the target's namespaces for these.
 	test := flag.String("test", "", "internal: run one client test (throughput, conns, latency, udp) against -addr and print its result")
 	addr := flag.String("addr", "", "internal: the address -test measures")
 	serveAt := flag.String("serve", "", "internal: serve the backends on this IP until killed")
 	flag.Parse()
 	log.SetFlags(0)
+	if *fw && *clientNS != "" {
+		backendIP = *instanceIP
+	}
 	opts := testOpts{size: *size, duration: *duration, requests: *requests}
 	switch {
 	case *fw:
-		benchFirewall(opts, *reps)
+		benchFirewall(opts, *reps, *clientNS)
 	case *test != "":
 		clientIP = labClientIP
 		check(json.NewEncoder(os.Stdout).Encode(runTest(*test, *addr, opts)))
