@@ -229,30 +229,12 @@ func answerAddr(t *testing.T, out, label string) netip.AddrPort {
 // conntrackFlow finds the conntrack entry of a flow from src to dst in namespace ns.
 func conntrackFlow(t *testing.T, ns string, proto uint8, src, dst netip.AddrPort) (conntrack.Flow, bool) {
 	t.Helper()
-	var flows []conntrack.Flow
-	var err error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// The thread enters ns and stays locked, so it ends with the goroutine instead of serving
-		// others from the wrong namespace.
-		runtime.LockOSThread()
-		var f *os.File
-		if f, err = os.Open("/var/run/netns/" + ns); err != nil {
-			return
-		}
-		defer f.Close()
-		if err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			return
-		}
-		var c *conntrack.Conn
-		if c, err = conntrack.Dial(nil); err != nil {
-			return
-		}
-		defer c.Close()
-		flows, err = c.Dump(nil)
-	}()
-	<-done
+	c, err := conntrackIn(ns)
+	if err != nil {
+		t.Fatalf("conntrack in %s: %v", ns, err)
+	}
+	defer c.Close()
+	flows, err := c.Dump(nil)
 	if err != nil {
 		t.Fatalf("conntrack in %s: %v", ns, err)
 	}
@@ -264,4 +246,44 @@ func conntrackFlow(t *testing.T, ns string, proto uint8, src, dst netip.AddrPort
 		}
 	}
 	return conntrack.Flow{}, false
+}
+
+// conntrackIn opens a conntrack netlink socket in namespace ns; the socket stays in ns.
+func conntrackIn(ns string) (c *conntrack.Conn, err error) {
+	err = inNetns(ns, func() error {
+		c, err = conntrack.Dial(nil)
+		return err
+	})
+	return c, err
+}
+
+// inNetns runs open, which opens sockets, on a thread in namespace ns. The thread returns to the
+// test's namespace before it serves other goroutines, and never ends: the kernel kills a child
+// started with Pdeathsig (dieWithTest) when the thread that forked it ends, whichever goroutine
+// that was, so a moat lb would die in the middle of a test.
+func inNetns(ns string, open func() error) error {
+	runtime.LockOSThread()
+	home, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer home.Close()
+	target, err := os.Open("/var/run/netns/" + ns)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	openErr := open()
+	if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err != nil {
+		// Stuck in ns, the thread must serve no one else: it stays locked and the test ends.
+		panic(fmt.Sprintf("return to the test's namespace: %v", err))
+	}
+	runtime.UnlockOSThread()
+	return openErr
 }

@@ -109,7 +109,19 @@ func startLBIn(t *testing.T, prefix []string, host, dataDir string, args ...stri
 		t.Fatal(err)
 	}
 	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() { p.kill() })
+	t.Cleanup(func() {
+		// A failure is often moat lb's: say whether it had ended, and what it last said.
+		if t.Failed() {
+			select {
+			case <-p.done:
+				t.Logf("moat lb had exited: %v", p.cmd.ProcessState)
+			default:
+			}
+			out := p.stderr.String()
+			t.Logf("moat lb's last words:\n%s", out[max(0, len(out)-4000):])
+		}
+		p.kill()
+	})
 
 	deadline := time.Now().Add(60 * time.Second)
 	for {
