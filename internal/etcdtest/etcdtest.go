@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -47,6 +48,7 @@ func Binary() (string, error) {
 // Member is one running etcd member, serving clients on loopback.
 type Member struct {
 	Endpoint string // host:port of its client URL
+	metrics  string // base URL of its plain listener for /health and /metrics
 	cmd      *exec.Cmd
 	exited   chan struct{}
 	log      string
@@ -139,7 +141,7 @@ func startCluster(binary, dir string, n int, files *TLSFiles) ([]*Member, error)
 			stopAll()
 			return nil, err
 		}
-		m := &Member{Endpoint: strings.TrimPrefix(clientURLs[i], clientScheme+"://"), exited: make(chan struct{}), log: logFile.Name()}
+		m := &Member{Endpoint: strings.TrimPrefix(clientURLs[i], clientScheme+"://"), metrics: healthURLs[i], exited: make(chan struct{}), log: logFile.Name()}
 		args := []string{"--name", fmt.Sprintf("m%d", i), "--data-dir", dataDir,
 			"--listen-client-urls", clientURLs[i], "--advertise-client-urls", clientURLs[i],
 			"--listen-peer-urls", peerURLs[i], "--initial-advertise-peer-urls", peerURLs[i],
@@ -161,8 +163,8 @@ func startCluster(binary, dir string, n int, files *TLSFiles) ([]*Member, error)
 		go func() { _ = m.cmd.Wait(); close(m.exited) }()
 		members = append(members, m)
 	}
-	for i, m := range members {
-		if err := m.awaitHealthy(healthURLs[i] + "/health"); err != nil {
+	for _, m := range members {
+		if err := m.awaitHealthy(m.metrics + "/health"); err != nil {
 			stopAll()
 			return nil, fmt.Errorf("etcd member on %s: %w; its log (%s):\n%s", m.Endpoint, err, m.log, m.logTail())
 		}
@@ -207,7 +209,28 @@ func (m *Member) Pause() error { return m.cmd.Process.Signal(syscall.SIGSTOP) }
 
 func (m *Member) Resume() error { return m.cmd.Process.Signal(syscall.SIGCONT) }
 
-// Stop kills the member (as a crash would) and waits until it has exited.
+// IsLeader says whether the member is its cluster's raft leader now, as its etcd_server_is_leader
+// metric says.
+func (m *Member) IsLeader() (bool, error) {
+	resp, err := http.Get(m.metrics + "/metrics")
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return false, err
+	}
+	for line := range strings.Lines(string(body)) {
+		if value, ok := strings.CutPrefix(line, "etcd_server_is_leader "); ok {
+			return strings.TrimSpace(value) == "1", nil
+		}
+	}
+	return false, fmt.Errorf("etcd member on %s: no etcd_server_is_leader in its metrics", m.Endpoint)
+}
+
+// Stop kills the member with SIGKILL (as a crash would, no graceful shutdown) and waits until it
+// has exited.
 func (m *Member) Stop() {
 	_ = m.cmd.Process.Kill() // also ends a paused one
 	<-m.exited
