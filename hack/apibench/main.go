@@ -6,8 +6,10 @@
 // would, and at each size measures, while nothing else runs, mutations per second, Describe calls
 // per second with their p50/p99, DNS queries per second, and the CPU moat lb spent per call. Given
 // a second binary (-baseline), it measures both in the same run, one after the other, and prints
-// one table. hack/bench-api.sh builds and runs it; see the README. It is Linux's only: it reads
-// /proc for CPU time and pins processes with taskset.
+// one table. With -stores it measures each binary on each store: bbolt (the default) and etcd
+// clusters of N members (etcdN, started from the kube assets' etcd on loopback), so that one run
+// compares them. hack/bench-api.sh and hack/bench-store.sh build and run it; see the README. It is
+// Linux's only: it reads /proc for CPU time and pins processes with taskset.
 package main
 
 import (
@@ -39,6 +41,8 @@ import (
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 	"github.com/miekg/dns"
+
+	"github.com/moatlb/moat/internal/etcdtest"
 )
 
 // size is one state to measure at: load balancers, target groups (one listener each) and security
@@ -90,6 +94,8 @@ func main() {
 	lbCPUs := flag.String("lb-cpus", "", "CPU list to pin moat lb to with taskset (e.g. 1)")
 	fastPath := flag.String("fast-path", "auto", "moat lb's --fast-path")
 	profile := flag.String("profile", "", "with a moat built with -tags moat_pprof: write CPU profiles of the largest size's measurements (-moat only) to this directory")
+	storesFlag := flag.String("stores", "bbolt", "comma-separated stores to measure each binary on: bbolt, or etcdN for an etcd cluster of N members on loopback (e.g. bbolt,etcd1,etcd3)")
+	markdown := flag.Bool("markdown", false, "print the table in markdown")
 	flag.Parse()
 	log.SetFlags(0)
 	sizes, err := parseSizes(*sizesFlag)
@@ -98,10 +104,12 @@ func main() {
 	check(err)
 	rc, err := parseInts(*readers)
 	check(err)
+	stores, err := parseStores(*storesFlag)
+	check(err)
 
 	dir, err := os.MkdirTemp("", "apibench-")
 	check(err)
-	defer os.RemoveAll(dir)
+	atExit(func() { os.RemoveAll(dir) })
 	backend := serveBackend()
 
 	var rows []row
@@ -110,38 +118,135 @@ func main() {
 		bins = []string{*baseline, *bin}
 	}
 	for i, b := range bins {
-		name := "moat"
-		if len(bins) > 1 && i == 0 {
-			name = "baseline"
+		for _, store := range stores {
+			name := "moat"
+			if len(bins) > 1 && i == 0 {
+				name = "baseline"
+			}
+			rows = append(rows, measureBinary(name, b, store, *lbCPUs, *fastPath, filepath.Join(dir, name+"-"+store.String()), backend, sizes, wc, rc, *duration, *profile)...)
 		}
-		m := startMoat(name, b, *lbCPUs, *fastPath, filepath.Join(dir, name), sizes[len(sizes)-1])
-		st := &state{m: m, backend: backend}
-		for si, z := range sizes {
-			start := time.Now()
-			st.grow(z)
-			log.Printf("%s: built %v (load balancers/target groups/security groups) in %v", name, z, time.Since(start).Round(time.Second))
-			prof := ""
-			if *profile != "" && name == "moat" && si == len(sizes)-1 {
-				prof = *profile
-			}
-			r := row{binary: name, size: z}
-			for _, n := range wc {
-				stopProf := m.startProfile(prof, fmt.Sprintf("writes-%d", n))
-				r.writes = append(r.writes, st.measure(n, *duration, st.mutate))
-				stopProf()
-			}
-			for _, n := range rc {
-				stopProf := m.startProfile(prof, fmt.Sprintf("reads-%d", n))
-				r.reads = append(r.reads, st.measure(n, *duration, st.describe))
-				stopProf()
-				r.dns = append(r.dns, st.measure(n, *duration, st.resolve))
-			}
-			rows = append(rows, r)
-			log.Printf("%s: measured %v", name, z)
-		}
-		m.stop()
 	}
-	report(rows, wc, rc)
+	runAtExit()
+	report(rows, wc, rc, *markdown)
+}
+
+// measureBinary starts moat lb from bin on store, measures it at every size, and stops it.
+func measureBinary(name, bin string, store storeKind, lbCPUs, fastPath, dir, backend string, sizes []size, wc, rc []int, duration time.Duration, profile string) []row {
+	check(os.MkdirAll(dir, 0o700))
+	name += "/" + store.String()
+	storeArgs, stopStore := store.start(dir)
+	defer stopStore()
+	m := startMoat(name, bin, lbCPUs, fastPath, filepath.Join(dir, "moat"), sizes[len(sizes)-1], storeArgs...)
+	defer m.stop()
+	var rows []row
+	st := &state{m: m, backend: backend}
+	for si, z := range sizes {
+		start := time.Now()
+		st.grow(z)
+		log.Printf("%s: built %v (load balancers/target groups/security groups) in %v", name, z, time.Since(start).Round(time.Second))
+		prof := ""
+		if profile != "" && strings.HasPrefix(name, "moat/") && si == len(sizes)-1 {
+			prof = filepath.Join(profile, store.String())
+		}
+		r := row{binary: name, size: z}
+		for _, n := range wc {
+			stopProf := m.startProfile(prof, fmt.Sprintf("writes-%d", n))
+			r.writes = append(r.writes, st.measure(n, duration, st.mutate))
+			stopProf()
+		}
+		for _, n := range rc {
+			stopProf := m.startProfile(prof, fmt.Sprintf("reads-%d", n))
+			r.reads = append(r.reads, st.measure(n, duration, st.describe))
+			stopProf()
+			r.dns = append(r.dns, st.measure(n, duration, st.resolve))
+		}
+		rows = append(rows, r)
+		log.Printf("%s: measured %v", name, z)
+	}
+	return rows
+}
+
+// storeKind is where moat lb keeps its state: bbolt in its data dir (members 0), or an etcd
+// cluster of that many members.
+type storeKind struct{ members int }
+
+func (k storeKind) String() string {
+	if k.members == 0 {
+		return "bbolt"
+	}
+	return fmt.Sprintf("etcd%d", k.members)
+}
+
+func parseStores(s string) ([]storeKind, error) {
+	var out []storeKind
+	for _, part := range strings.Split(s, ",") {
+		if part == "bbolt" {
+			out = append(out, storeKind{})
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimPrefix(part, "etcd"))
+		if !strings.HasPrefix(part, "etcd") || err != nil || n < 1 {
+			return nil, fmt.Errorf("store %q: want bbolt or etcdN, N members", part)
+		}
+		out = append(out, storeKind{members: n})
+	}
+	return out, nil
+}
+
+// start starts the store's etcd cluster, if any, with its data in dir, and returns moat lb's
+// arguments for it and a function that stops it.
+func (k storeKind) start(dir string) (args []string, stop func()) {
+	if k.members == 0 {
+		return nil, func() {}
+	}
+	bin, err := etcdtest.Binary()
+	check(err)
+	members, err := etcdtest.StartCluster(bin, filepath.Join(dir, "etcd"), k.members)
+	check(err)
+	var endpoints []string
+	stopMembers := func() {
+		for _, m := range members {
+			m.Stop()
+		}
+	}
+	cancel := atExit(stopMembers)
+	for _, m := range members {
+		endpoints = append(endpoints, m.Endpoint)
+	}
+	log.Printf("%s: etcd members on %s", k, strings.Join(endpoints, ","))
+	return []string{"--store", "etcd://" + strings.Join(endpoints, ",")}, func() { stopMembers(); cancel() }
+}
+
+// Cleanups that must run however the program ends (check exits), so that no etcd member outlives
+// it.
+var (
+	exitMu   sync.Mutex
+	exitFns  = map[int]func(){}
+	exitNext int
+)
+
+// atExit registers f to run at exit and returns a function that unregisters it.
+func atExit(f func()) (cancel func()) {
+	exitMu.Lock()
+	defer exitMu.Unlock()
+	id := exitNext
+	exitNext++
+	exitFns[id] = f
+	return func() {
+		exitMu.Lock()
+		defer exitMu.Unlock()
+		delete(exitFns, id)
+	}
+}
+
+func runAtExit() {
+	exitMu.Lock()
+	fns := exitFns
+	exitFns = map[int]func(){}
+	exitMu.Unlock()
+	for _, f := range fns {
+		f()
+	}
 }
 
 // The moat lb under test.
@@ -157,7 +262,7 @@ type moat struct {
 	subnets []string
 }
 
-func startMoat(name, bin, cpus, fastPath, data string, largest size) *moat {
+func startMoat(name, bin, cpus, fastPath, data string, largest size, extra ...string) *moat {
 	args := []string{"lb", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
 		"--metrics-addr", "127.0.0.1:0", "--fast-path", fastPath,
 		// Room for the largest size and the churn of the measurements.
@@ -166,6 +271,7 @@ func startMoat(name, bin, cpus, fastPath, data string, largest size) *moat {
 		"--quota-security-groups-per-vpc", strconv.Itoa(largest.sgs + 100),
 		"--quota-listeners-per-load-balancer", strconv.Itoa(largest.tgs/largest.lbs + 10),
 	}
+	args = append(args, extra...)
 	if cpus != "" {
 		args = append([]string{"-c", cpus, bin}, args...)
 		bin = "taskset" // it execs the program in place, so the pid is moat lb's either way
@@ -185,7 +291,7 @@ func startMoat(name, bin, cpus, fastPath, data string, largest size) *moat {
 			break
 		}
 		if time.Now().After(deadline) {
-			log.Fatalf("moat lb did not start; see %s", logf.Name())
+			check(fmt.Errorf("moat lb did not start; see %s", logf.Name()))
 		}
 	}
 	ctx := context.Background()
@@ -588,45 +694,64 @@ type row struct {
 	dns    []result
 }
 
-func report(rows []row, wc, rc []int) {
+// report prints the table: aligned columns, or markdown.
+func report(rows []row, wc, rc []int, markdown bool) {
 	fmt.Println()
-	fmt.Println("sizes are load balancers/target groups (one listener each)/security groups; rates are calls per second,")
-	fmt.Println("latencies p50/p99, cpu is moat lb's CPU time per call; higher rates and lower times are better")
+	fmt.Println("binary is the moat measured and its store; sizes are load balancers/target groups (one listener")
+	fmt.Println("each)/security groups; rates are calls per second, latencies p50/p99, cpu is moat lb's CPU time")
+	fmt.Println("per call; higher rates and lower times are better")
 	fmt.Println()
-	head := fmt.Sprintf("%-9s %-15s", "binary", "size")
+	head := []string{"binary", "size"}
+	widths := []int{14, 15}
 	for _, n := range wc {
-		head += fmt.Sprintf(" | %-30s", fmt.Sprintf("mutations, %d clients", n))
+		head, widths = append(head, fmt.Sprintf("mutations, %d clients", n)), append(widths, 30)
 	}
 	for _, n := range rc {
-		head += fmt.Sprintf(" | %-30s", fmt.Sprintf("Describe*, %d clients", n))
+		head, widths = append(head, fmt.Sprintf("Describe*, %d clients", n)), append(widths, 30)
 	}
 	for _, n := range rc {
-		head += fmt.Sprintf(" | %-24s", fmt.Sprintf("DNS, %d clients", n))
+		head, widths = append(head, fmt.Sprintf("DNS, %d clients", n)), append(widths, 24)
 	}
-	fmt.Println(head)
-	cell := func(r result, width int) string {
-		s := fmt.Sprintf("%6.0f/s %6s/%-6s cpu %s", r.rate, ms(r.p50), ms(r.p99), ms(r.cpuPer))
-		if width < 30 {
-			s = fmt.Sprintf("%6.0f/s %6s/%-6s", r.rate, ms(r.p50), ms(r.p99))
-		}
-		if r.errors > 0 {
-			s += fmt.Sprintf(" (%d errors)", r.errors)
-		}
-		return fmt.Sprintf(" | %-*s", width, s)
-	}
+	lines := [][]string{head}
 	for _, r := range rows {
-		line := fmt.Sprintf("%-9s %-15s", r.binary, r.size)
-		for _, w := range r.writes {
-			line += cell(w, 30)
+		cells := []string{r.binary, r.size.String()}
+		for _, res := range slices.Concat(r.writes, r.reads) {
+			cells = append(cells, res.cell(true))
 		}
-		for _, rd := range r.reads {
-			line += cell(rd, 30)
+		for _, res := range r.dns {
+			cells = append(cells, res.cell(false))
 		}
-		for _, d := range r.dns {
-			line += cell(d, 24)
-		}
-		fmt.Println(line)
+		lines = append(lines, cells)
 	}
+	for i, cells := range lines {
+		if markdown {
+			for j, c := range cells {
+				cells[j] = strings.Join(strings.Fields(c), " ")
+			}
+			fmt.Println("| " + strings.Join(cells, " | ") + " |")
+			if i == 0 {
+				fmt.Println(strings.Repeat("|---", len(cells)) + "|")
+			}
+			continue
+		}
+		padded := make([]string, len(cells))
+		for j, c := range cells {
+			padded[j] = fmt.Sprintf("%-*s", widths[j], c)
+		}
+		fmt.Println(strings.TrimRight(strings.Join(padded, " | "), " "))
+	}
+}
+
+// cell renders a result: rate, p50/p99, moat lb's CPU per call if withCPU, and the errors.
+func (r result) cell(withCPU bool) string {
+	s := fmt.Sprintf("%6.0f/s %6s/%-6s", r.rate, ms(r.p50), ms(r.p99))
+	if withCPU {
+		s += " cpu " + ms(r.cpuPer)
+	}
+	if r.errors > 0 {
+		s += fmt.Sprintf(" (%d errors)", r.errors)
+	}
+	return s
 }
 
 // ms renders a duration in milliseconds, with a precision that suits it.
@@ -643,6 +768,7 @@ func ms(d time.Duration) string {
 
 func check(err error) {
 	if err != nil {
+		runAtExit()
 		log.Fatalf("apibench: %v", err)
 	}
 }
