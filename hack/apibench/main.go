@@ -217,49 +217,52 @@ func (k storeKind) start(dir string) (args []string, stop func()) {
 	return []string{"--store", "etcd://" + strings.Join(endpoints, ",")}, func() { stopMembers(); cancel() }
 }
 
-// Cleanups that must run however the program ends (check exits), so that no etcd member outlives
-// it.
+// Cleanups that must run however the program ends (check exits), so that no moat lb or etcd
+// member outlives it or writes into the directory being removed: the last registered runs first.
 var (
-	exitMu   sync.Mutex
-	exitFns  = map[int]func(){}
-	exitNext int
+	exitMu  sync.Mutex
+	exitFns []func() // nil: unregistered
 )
 
 // atExit registers f to run at exit and returns a function that unregisters it.
 func atExit(f func()) (cancel func()) {
 	exitMu.Lock()
 	defer exitMu.Unlock()
-	id := exitNext
-	exitNext++
-	exitFns[id] = f
+	i := len(exitFns)
+	exitFns = append(exitFns, f)
 	return func() {
 		exitMu.Lock()
 		defer exitMu.Unlock()
-		delete(exitFns, id)
+		if i < len(exitFns) {
+			exitFns[i] = nil
+		}
 	}
 }
 
 func runAtExit() {
 	exitMu.Lock()
 	fns := exitFns
-	exitFns = map[int]func(){}
+	exitFns = nil
 	exitMu.Unlock()
-	for _, f := range fns {
-		f()
+	for _, f := range slices.Backward(fns) {
+		if f != nil {
+			f()
+		}
 	}
 }
 
 // The moat lb under test.
 
 type moat struct {
-	cmd     *exec.Cmd
-	log     string
-	ec2     *ec2.Client
-	elb     *elbv2.Client
-	dnsAddr string
-	pprof   string
-	vpc     string
-	subnets []string
+	cmd        *exec.Cmd
+	unregister func() // its stop at exit
+	log        string
+	ec2        *ec2.Client
+	elb        *elbv2.Client
+	dnsAddr    string
+	pprof      string
+	vpc        string
+	subnets    []string
 }
 
 func startMoat(name, bin, cpus, fastPath, data string, largest size, extra ...string) *moat {
@@ -284,6 +287,7 @@ func startMoat(name, bin, cpus, fastPath, data string, largest size, extra ...st
 	check(err)
 	cmd.Stderr = logf
 	check(cmd.Start())
+	unregister := atExit(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	var eps struct{ API, DNS, CredentialsFile string }
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		raw, err := os.ReadFile(filepath.Join(data, "endpoints.json"))
@@ -303,7 +307,7 @@ func startMoat(name, bin, cpus, fastPath, data string, largest size, extra ...st
 	cfg, err := config.LoadDefaultConfig(ctx, config.WithSharedCredentialsFiles([]string{eps.CredentialsFile}),
 		config.WithRegion("us-east-1"), config.WithHTTPClient(httpClient))
 	check(err)
-	m := &moat{cmd: cmd, log: logf.Name(), dnsAddr: eps.DNS, pprof: pprofAddr,
+	m := &moat{cmd: cmd, unregister: unregister, log: logf.Name(), dnsAddr: eps.DNS, pprof: pprofAddr,
 		ec2: ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(eps.API) }),
 		elb: elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(eps.API) })}
 	subnets, err := m.ec2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{})
@@ -319,6 +323,7 @@ func startMoat(name, bin, cpus, fastPath, data string, largest size, extra ...st
 func (m *moat) stop() {
 	_ = m.cmd.Process.Kill()
 	_ = m.cmd.Wait()
+	m.unregister()
 }
 
 // cpu is the CPU seconds moat lb has used so far.
