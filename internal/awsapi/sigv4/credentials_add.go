@@ -50,7 +50,7 @@ func AddProfile(path, name string, readOnly bool) (accessKeyID string, err error
 	if err != nil {
 		return "", fmt.Errorf("read credentials: %w", err)
 	}
-	if _, err := parseKeys(path, old); err != nil {
+	if _, err := ParseKeys(path, old); err != nil {
 		return "", err
 	}
 	f, err := parseINI(old)
@@ -72,7 +72,7 @@ func AddProfile(path, name string, readOnly bool) (accessKeyID string, err error
 	}
 	fmt.Fprintf(&buf, "[%s]\n%s = %s\n%s = %s\n%s = %t\n", name, keyAccessKeyID, id, keySecretAccess, secret, keyReadOnly, readOnly)
 	// The new file must say exactly what was meant, read as moat lb will read it.
-	keys, err := parseKeys(path, buf.Bytes())
+	keys, err := ParseKeys(path, buf.Bytes())
 	if err != nil {
 		return "", fmt.Errorf("add profile %q: %w", name, err)
 	}
