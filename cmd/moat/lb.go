@@ -88,6 +88,7 @@ add-read-only NAME" adds one); any other valid key may do anything.`,
 	addQuotaFlags(f, &cfg.Quotas)
 	cmd.AddCommand(newLBBackupCommand())
 	cmd.AddCommand(newLBCredentialsCommand())
+	cmd.AddCommand(newLBMigrateCommand())
 	return cmd
 }
 
