@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/moatlb/moat/internal/lb"
 )
@@ -40,9 +41,14 @@ etcdctl del --prefix ROOT/ and run migrate again.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "moat lb's data directory, whose state.db and credentials are copied")
 	f.StringVar(&cfg.Store, "to", "", "the etcd store to copy into, as moat lb --store takes it: etcd://host:port[,host:port…][/root] (root default /moat); it must be empty")
+	addStoreTLSFlags(f, &cfg)
+	_ = cmd.MarkFlagRequired("to")
+	return cmd
+}
+
+// addStoreTLSFlags adds the flags of a connection to etcd over TLS, as moat lb --store has them.
+func addStoreTLSFlags(f *pflag.FlagSet, cfg *lb.Config) {
 	f.StringVar(&cfg.StoreCAFile, "store-cacert", "", "connect to etcd over TLS, verifying its members with this CA bundle (PEM)")
 	f.StringVar(&cfg.StoreCertFile, "store-cert", "", "connect to etcd over TLS with this client certificate (PEM)")
 	f.StringVar(&cfg.StoreKeyFile, "store-key", "", "the --store-cert's private key (PEM)")
-	_ = cmd.MarkFlagRequired("to")
-	return cmd
 }

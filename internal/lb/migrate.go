@@ -41,13 +41,6 @@ func Migrate(cfg Config) (MigrateResult, error) {
 	if err := cfg.validateStore(); err != nil {
 		return res, err
 	}
-	etcdCfg, err := parseStore(cfg.Store)
-	if err != nil {
-		return res, err
-	}
-	if etcdCfg.TLS, err = cfg.storeTLS(); err != nil {
-		return res, err
-	}
 	inUse := fmt.Errorf("data dir %s is in use by a moat lb: stop it first, so that the copy is its last state", cfg.DataDir)
 	release, err := lockfile.Acquire(filepath.Join(cfg.DataDir, "lock"))
 	if errors.Is(err, lockfile.ErrHeld) {
@@ -82,9 +75,9 @@ func Migrate(cfg Config) (MigrateResult, error) {
 		}
 	}
 
-	to, err := store.OpenEtcd(etcdCfg)
+	to, err := openEtcd(cfg)
 	if err != nil {
-		return res, fmt.Errorf("--to: %w", err)
+		return res, err
 	}
 	defer to.Close()
 	empty, err := to.Empty()

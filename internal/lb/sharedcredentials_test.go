@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -111,9 +112,13 @@ func TestSharedCredentialsAgreeWhenNodesStartTogether(t *testing.T) {
 
 // TestSharedCredentialsSeedFromDataDirAndFollowTheStore: the first node puts its existing
 // credentials file in the store (its clients keep working), and every node's copy follows a
-// change of the store's record while it runs.
+// read-only profile added to the store (moat lb credentials add-read-only --store) while it runs;
+// adding one to a store without credentials is refused.
 func TestSharedCredentialsSeedFromDataDirAndFollowTheStore(t *testing.T) {
 	storeFlag := startEtcd(t, "/creds")
+	if _, err := AddReadOnlyProfileToStore(Config{Store: storeFlag}, "early"); err == nil || !strings.Contains(err.Error(), "no credentials yet") {
+		t.Errorf("adding a profile to a store without credentials: %v, want it refused", err)
+	}
 	first, second := t.TempDir(), t.TempDir()
 	if _, _, err := sigv4.LoadOrCreateFile(filepath.Join(first, CredentialsFile)); err != nil {
 		t.Fatal(err)
@@ -135,15 +140,20 @@ func TestSharedCredentialsSeedFromDataDirAndFollowTheStore(t *testing.T) {
 		t.Fatalf("second node's credentials:\n%s\nwant the first node's own file\n%s", got, own)
 	}
 
-	changed := append(bytes.Clone(own), "\n[reader]\naws_access_key_id = AKIAREADER0000000000\naws_secret_access_key = c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\nmoat_read_only = true\n"...)
-	if err := a.Update(func(tx store.Tx) error {
-		return store.Save(tx, credentialsBucket, credentialsKey, sharedCredentials{File: string(changed)})
-	}); err != nil {
+	id, err := AddReadOnlyProfileToStore(Config{Store: storeFlag}, "reader")
+	if err != nil {
 		t.Fatal(err)
+	}
+	changed, err := loadSharedCredentials(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := sigv4.ParseKeys("store", []byte(changed.File)); err != nil || !keys[id].ReadOnly || len(keys) != 2 {
+		t.Fatalf("the store's credentials after adding a read-only profile: %v, %v", keys, err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for _, dir := range []string{first, second} {
-		for !bytes.Equal(readCredentials(t, dir), changed) {
+		for string(readCredentials(t, dir)) != changed.File {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s still holds\n%s\nafter the store's record changed", dir, readCredentials(t, dir))
 			}
