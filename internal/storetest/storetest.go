@@ -84,11 +84,6 @@ func (l Location) Open() (store.Store, error) {
 // BoltPath is the location's file when the store is bolt, for what only a file has (its mode).
 func (l Location) BoltPath() (string, bool) { return l.boltPath, l.boltPath != "" }
 
-// Etcd is the location's cluster endpoints and root when the store is etcd.
-func (l Location) Etcd() (endpoints []string, root string, ok bool) {
-	return l.endpoints, l.root, l.boltPath == ""
-}
-
 // etcdCluster is the test binary's etcd cluster, started by the first test that asks for it.
 type etcdCluster struct {
 	once    sync.Once
