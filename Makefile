@@ -17,7 +17,8 @@ run: build
 	$(BIN) up
 
 # Unit and conformance tests with the race detector, the end-to-end tests (short mode), the data
-# plane's tests again with the kernel fast path (skipped without root), the portable stand-ins'
+# plane's tests again with the kernel fast path (skipped without root), the API conformance suite
+# again on a 3-member etcd cluster (skipped without the kube assets' etcd), the portable stand-ins'
 # tests, the cross-compiles, and a CI-sized run of every fuzz target.
 # The end-to-end package runs whole programs one after another: it gets more than go test's default
 # ten minutes, which a loaded 2-core machine can come near.
@@ -25,6 +26,7 @@ test:
 	$(GO) vet ./...
 	$(GO) test -race -short -count=1 -timeout 25m ./...
 	$(GO) test -race -short -count=1 ./internal/dataplane -args -kernel
+	$(GO) test -race -short -count=1 ./internal/awsapi ./internal/cloud -args -store=etcd
 	$(MAKE) test-portable
 	$(MAKE) cross
 	$(MAKE) fuzz

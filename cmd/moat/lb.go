@@ -66,7 +66,7 @@ add-read-only NAME" adds one); any other valid key may do anything.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.APIAddr, "api-addr", "127.0.0.1:7080", "address of the AWS API (ELBv2 and EC2 on one endpoint)")
 	f.StringVar(&cfg.DataDir, "data-dir", lb.DefaultDataDir(), "directory for the state and the generated credentials")
-	f.StringVar(&cfg.Store, "store", "", "keep the state in etcd instead of <data-dir>/state.db: etcd://host:port[,host:port…][/root], root being the key prefix of this deployment (default /moat). The data dir still holds this node's credentials. Back up with etcdctl snapshot save")
+	f.StringVar(&cfg.Store, "store", "", "keep the state in etcd instead of <data-dir>/state.db: etcd://host:port[,host:port…][/root], root being the key prefix of this deployment (default /moat). The data dir holds this node's copy of the store's credentials. Back up with etcdctl snapshot save")
 	f.StringVar(&cfg.StoreCAFile, "store-cacert", "", "with --store: connect to etcd over TLS, verifying its members with this CA bundle (PEM)")
 	f.StringVar(&cfg.StoreCertFile, "store-cert", "", "with --store: connect to etcd over TLS with this client certificate (PEM)")
 	f.StringVar(&cfg.StoreKeyFile, "store-key", "", "the --store-cert's private key (PEM)")
@@ -88,6 +88,7 @@ add-read-only NAME" adds one); any other valid key may do anything.`,
 	addQuotaFlags(f, &cfg.Quotas)
 	cmd.AddCommand(newLBBackupCommand())
 	cmd.AddCommand(newLBCredentialsCommand())
+	cmd.AddCommand(newLBMigrateCommand())
 	return cmd
 }
 

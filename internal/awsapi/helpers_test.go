@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
-	"path/filepath"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -19,7 +18,7 @@ import (
 	"github.com/moatlb/moat/internal/awsapi"
 	"github.com/moatlb/moat/internal/awsapi/sigv4"
 	"github.com/moatlb/moat/internal/cloud"
-	"github.com/moatlb/moat/internal/store"
+	"github.com/moatlb/moat/internal/storetest"
 )
 
 const (
@@ -42,11 +41,7 @@ type env struct {
 // configuration (a clock, quotas).
 func newEnv(t testing.TB, opts ...func(*cloud.Config)) *env {
 	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.Open(t)
 	cloudCfg := cloud.Config{Region: "us-east-1", AccountID: "123456789012"}
 	for _, opt := range opts {
 		opt(&cloudCfg)

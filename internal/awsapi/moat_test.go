@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -16,7 +15,7 @@ import (
 	"github.com/moatlb/moat/internal/awsapi/sigv4"
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/explain"
-	"github.com/moatlb/moat/internal/store"
+	"github.com/moatlb/moat/internal/storetest"
 )
 
 type fakeExplainer struct{}
@@ -32,11 +31,7 @@ func (fakeExplainer) Explain(_ context.Context, in awsapi.ExplainInput) (any, er
 // unavailable until moat lb has a data plane, then the explainer's answer, or its error with
 // AWS's JSON error shape; a wrong key is refused before.
 func TestMoatExplain(t *testing.T) {
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.Open(t)
 	srv := awsapi.New(cloud.New(st, cloud.Config{Region: "us-east-1", AccountID: "123456789012"}),
 		&sigv4.Verifier{Credentials: sigv4.Static{testAccessKey: testSecret}}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	hs := httptest.NewServer(srv)

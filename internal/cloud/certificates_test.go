@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -14,15 +13,16 @@ import (
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/lbtest"
 	"github.com/moatlb/moat/internal/store"
+	"github.com/moatlb/moat/internal/storetest"
 )
 
 // TestCertificatesPersist: an imported certificate, its private key and tags outlive a restart
 // (the store closed and opened again), in a store file only its owner can read; a certificate a
 // listener uses is listed as in use by its load balancer and cannot be deleted.
 func TestCertificatesPersist(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "state.db")
+	loc := storetest.New(t)
 	cfg := cloud.Config{Region: "us-east-1", AccountID: "123456789012"}
-	st, err := store.OpenBolt(path)
+	st, err := loc.Open()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,11 +41,13 @@ func TestCertificatesPersist(t *testing.T) {
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("store file holding private keys: %v, %v; want mode 0600", fi.Mode(), err)
+	if path, ok := loc.BoltPath(); ok {
+		if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("store file holding private keys: %v, %v; want mode 0600", fi.Mode(), err)
+		}
 	}
 
-	st, err = store.OpenBolt(path)
+	st, err = loc.Open()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,11 +89,7 @@ func TestCertificatesPersist(t *testing.T) {
 // TestCertificateStatusExpires: a certificate imported while valid is EXPIRED once the clock
 // passes its NotAfter, and ListCertificates filters by that status.
 func TestCertificateStatusExpires(t *testing.T) {
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.Open(t)
 	now := time.Now()
 	clock := now
 	c := cloud.New(st, cloud.Config{Now: func() time.Time { return clock }})

@@ -2,11 +2,11 @@ package cloud
 
 import (
 	"net/netip"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/moatlb/moat/internal/store"
+	"github.com/moatlb/moat/internal/storetest"
 )
 
 func TestAllocateAddress(t *testing.T) {
@@ -98,11 +98,7 @@ func TestCurrentTargets(t *testing.T) {
 // newTestCloud is a Cloud on a fresh store with the default inventory.
 func newTestCloud(t *testing.T, cfg Config) *Cloud {
 	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.Open(t)
 	c := New(st, cfg)
 	if err := c.ApplyInventory(DefaultInventory()); err != nil {
 		t.Fatal(err)

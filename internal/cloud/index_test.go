@@ -6,7 +6,6 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/netip"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/moatlb/moat/internal/store"
+	"github.com/moatlb/moat/internal/storetest"
 )
 
 // checkIndexes compares every index, as tx sees it, with what a scan of the records (decoded
@@ -157,8 +157,8 @@ func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
 // index against a scan in their own transactions; then it checks them again after a restart.
 // Run it with -race.
 func TestIndexesFollowConcurrentChanges(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "state.db")
-	st, err := store.OpenBolt(path)
+	loc := storetest.New(t)
+	st, err := loc.Open()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +320,7 @@ func TestIndexesFollowConcurrentChanges(t *testing.T) {
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
-	st, err = store.OpenBolt(path)
+	st, err = loc.Open()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -174,6 +174,14 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if err := os.Remove(filepath.Join(cfg.DataDir, EndpointsFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
+	if cfg.Store != "" {
+		// Before the file is opened: it is the store's copy.
+		stopSharing, err := shareCredentials(st, cfg.DataDir, log)
+		if err != nil {
+			return err
+		}
+		defer stopSharing()
+	}
 	credsPath := filepath.Join(cfg.DataDir, CredentialsFile)
 	creds, created, err := sigv4.OpenFile(credsPath, log)
 	if err != nil {

@@ -89,13 +89,6 @@ func openStore(cfg Config, log *slog.Logger) (st store.Store, closeStore func(),
 		}
 		return bolt, func() { bolt.Close() }, nil
 	}
-	etcdCfg, err := parseStore(cfg.Store)
-	if err != nil {
-		return nil, nil, err
-	}
-	if etcdCfg.TLS, err = cfg.storeTLS(); err != nil {
-		return nil, nil, err
-	}
 	release, err := lockfile.Acquire(filepath.Join(cfg.DataDir, "lock"))
 	if errors.Is(err, lockfile.ErrHeld) {
 		return nil, nil, fmt.Errorf("data dir %s is in use by another moat lb", cfg.DataDir)
@@ -103,11 +96,27 @@ func openStore(cfg Config, log *slog.Logger) (st store.Store, closeStore func(),
 	if err != nil {
 		return nil, nil, err
 	}
-	etcd, err := store.OpenEtcd(etcdCfg)
+	etcd, err := openEtcd(cfg)
 	if err != nil {
 		release()
-		return nil, nil, fmt.Errorf("--store: %w", err)
+		return nil, nil, err
 	}
-	log.Info("state in etcd", "endpoints", strings.Join(etcdCfg.Endpoints, ","), "root", etcdCfg.Root)
+	log.Info("state in etcd", "store", cfg.Store)
 	return etcd, func() { etcd.Close(); release() }, nil
+}
+
+// openEtcd connects to the etcd store --store and its TLS flags name.
+func openEtcd(cfg Config) (*store.Etcd, error) {
+	etcdCfg, err := parseStore(cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	if etcdCfg.TLS, err = cfg.storeTLS(); err != nil {
+		return nil, err
+	}
+	etcd, err := store.OpenEtcd(etcdCfg)
+	if err != nil {
+		return nil, fmt.Errorf("--store: %w", err)
+	}
+	return etcd, nil
 }

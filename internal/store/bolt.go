@@ -74,6 +74,21 @@ func (b *Bolt) Backup(w io.Writer) (int64, error) {
 	return n, err
 }
 
+// Buckets names the buckets that hold records, in order: what a copy of the whole store (moat lb
+// migrate) walks.
+func (b *Bolt) Buckets() ([]string, error) {
+	var names []string
+	err := b.db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			if string(name) != formatBucket {
+				names = append(names, string(name))
+			}
+			return nil
+		})
+	})
+	return names, err
+}
+
 func (b *Bolt) View(fn func(Tx) error) error {
 	// The count is read before the transaction begins: see sharedCache.
 	btx := &boltTx{path: b.path, cache: &b.cache, deletes: b.cache.deletes.Load()}

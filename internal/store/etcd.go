@@ -137,6 +137,24 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 	return s, nil
 }
 
+// Empty reports whether nothing is stored under the root: no record and no bucket marker, so
+// that a copy of another store (moat lb migrate) cannot mix with state already there.
+func (s *Etcd) Empty() (bool, error) {
+	ctx, cancel, err := s.begin()
+	if err != nil {
+		return false, err
+	}
+	defer cancel()
+	resp, err := s.client.Get(ctx, s.root+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", s.name, err)
+	}
+	return resp.Count == 0, nil
+}
+
+// Root is the key prefix of the store's records.
+func (s *Etcd) Root() string { return s.root }
+
 func (s *Etcd) markerKey(bucket string) string { return s.root + "/" + bucket }
 
 func (s *Etcd) bucketPrefix(bucket string) string { return s.root + "/" + bucket + "/" }

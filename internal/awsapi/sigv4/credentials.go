@@ -75,11 +75,11 @@ func LoadFile(path string) (Keys, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read credentials: %w", err)
 	}
-	return parseKeys(path, data)
+	return ParseKeys(path, data)
 }
 
-// parseKeys implements LoadFile on the file's content; path is for messages.
-func parseKeys(path string, data []byte) (Keys, error) {
+// ParseKeys implements LoadFile on the file's content; path is for messages.
+func ParseKeys(path string, data []byte) (Keys, error) {
 	f, err := parseINI(data)
 	if err != nil {
 		return nil, fmt.Errorf("parse credentials %s: %w", path, err)
@@ -159,23 +159,10 @@ func LoadOrCreateFile(path string) (creds Keys, created bool, err error) {
 // published with link rather than rename because link fails if path exists,
 // where rename would silently replace a file created concurrently.
 func createFile(path string) (Keys, error) {
-	id, secret := newKeyPair()
-	f := ini.Empty()
-	sec, err := f.NewSection(profileDefault)
+	content, keys, err := NewCredentials()
 	if err != nil {
-		return nil, fmt.Errorf("build credentials: %w", err)
+		return nil, err
 	}
-	if _, err := sec.NewKey(keyAccessKeyID, id); err != nil {
-		return nil, fmt.Errorf("build credentials: %w", err)
-	}
-	if _, err := sec.NewKey(keySecretAccess, secret); err != nil {
-		return nil, fmt.Errorf("build credentials: %w", err)
-	}
-	var buf bytes.Buffer
-	if _, err := f.WriteTo(&buf); err != nil {
-		return nil, fmt.Errorf("build credentials: %w", err)
-	}
-
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create credentials directory: %w", err)
@@ -185,7 +172,7 @@ func createFile(path string) (Keys, error) {
 		return nil, fmt.Errorf("create credentials: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // once linked, this only drops the temporary name
-	_, err = tmp.Write(buf.Bytes())
+	_, err = tmp.Write(content)
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -201,7 +188,29 @@ func createFile(path string) (Keys, error) {
 	if err := syncDir(dir); err != nil {
 		return nil, fmt.Errorf("create credentials: %w", err)
 	}
-	return Keys{id: {Secret: secret, Profile: profileDefault}}, nil
+	return keys, nil
+}
+
+// NewCredentials returns the content of a new credentials file, a fresh key pair as the
+// [default] profile, and its keys.
+func NewCredentials() ([]byte, Keys, error) {
+	id, secret := newKeyPair()
+	f := ini.Empty()
+	sec, err := f.NewSection(profileDefault)
+	if err != nil {
+		return nil, nil, fmt.Errorf("build credentials: %w", err)
+	}
+	if _, err := sec.NewKey(keyAccessKeyID, id); err != nil {
+		return nil, nil, fmt.Errorf("build credentials: %w", err)
+	}
+	if _, err := sec.NewKey(keySecretAccess, secret); err != nil {
+		return nil, nil, fmt.Errorf("build credentials: %w", err)
+	}
+	var buf bytes.Buffer
+	if _, err := f.WriteTo(&buf); err != nil {
+		return nil, nil, fmt.Errorf("build credentials: %w", err)
+	}
+	return buf.Bytes(), Keys{id: {Secret: secret, Profile: profileDefault}}, nil
 }
 
 // syncDir makes a new directory entry durable.

@@ -33,8 +33,8 @@ var profileName = regexp.MustCompile(`^[A-Za-z0-9+=,.@_-]{1,64}$`)
 // is already a profile, or a file that is not valid, is an error and changes
 // nothing.
 func AddProfile(path, name string, readOnly bool) (accessKeyID string, err error) {
-	if !profileName.MatchString(name) || name == ini.DefaultSection {
-		return "", fmt.Errorf("profile name %q: want 1 to 64 letters, digits or +=,.@_-, and not %s", name, ini.DefaultSection)
+	if err := checkProfileName(name); err != nil {
+		return "", err
 	}
 	if _, _, err := LoadOrCreateFile(path); err != nil {
 		return "", err
@@ -50,34 +50,9 @@ func AddProfile(path, name string, readOnly bool) (accessKeyID string, err error
 	if err != nil {
 		return "", fmt.Errorf("read credentials: %w", err)
 	}
-	if _, err := parseKeys(path, old); err != nil {
+	content, id, err := AppendProfile(path, old, name, readOnly)
+	if err != nil {
 		return "", err
-	}
-	f, err := parseINI(old)
-	if err != nil {
-		return "", fmt.Errorf("parse credentials %s: %w", path, err)
-	}
-	if f.HasSection(name) {
-		return "", fmt.Errorf("credentials %s: profile %q exists already", path, name)
-	}
-
-	id, secret := newKeyPair()
-	var buf bytes.Buffer
-	buf.Write(old)
-	if len(old) > 0 {
-		if old[len(old)-1] != '\n' {
-			buf.WriteByte('\n')
-		}
-		buf.WriteByte('\n')
-	}
-	fmt.Fprintf(&buf, "[%s]\n%s = %s\n%s = %s\n%s = %t\n", name, keyAccessKeyID, id, keySecretAccess, secret, keyReadOnly, readOnly)
-	// The new file must say exactly what was meant, read as moat lb will read it.
-	keys, err := parseKeys(path, buf.Bytes())
-	if err != nil {
-		return "", fmt.Errorf("add profile %q: %w", name, err)
-	}
-	if got := keys[id]; got != (Key{Secret: secret, Profile: name, ReadOnly: readOnly}) {
-		return "", fmt.Errorf("add profile %q: the new file reads back as %+v", name, got)
 	}
 
 	t, err := renameio.NewPendingFile(path, renameio.WithTempDir(dir), renameio.WithStaticPermissions(0o600))
@@ -85,7 +60,7 @@ func AddProfile(path, name string, readOnly bool) (accessKeyID string, err error
 		return "", fmt.Errorf("write credentials: %w", err)
 	}
 	defer t.Cleanup()
-	if _, err := t.Write(buf.Bytes()); err != nil {
+	if _, err := t.Write(content); err != nil {
 		return "", fmt.Errorf("write credentials: %w", err)
 	}
 	if err := t.CloseAtomicallyReplace(); err != nil {
@@ -109,4 +84,49 @@ func lockDir(dir string) (unlock func(), err error) {
 		return nil, err
 	}
 	return func() { d.Close() }, nil
+}
+
+// AppendProfile is AddProfile on a credentials file's content, old (path names it in messages):
+// it returns the new content and the new profile's access key ID.
+func AppendProfile(path string, old []byte, name string, readOnly bool) (content []byte, accessKeyID string, err error) {
+	if err := checkProfileName(name); err != nil {
+		return nil, "", err
+	}
+	if _, err := ParseKeys(path, old); err != nil {
+		return nil, "", err
+	}
+	f, err := parseINI(old)
+	if err != nil {
+		return nil, "", fmt.Errorf("parse credentials %s: %w", path, err)
+	}
+	if f.HasSection(name) {
+		return nil, "", fmt.Errorf("credentials %s: profile %q exists already", path, name)
+	}
+
+	id, secret := newKeyPair()
+	var buf bytes.Buffer
+	buf.Write(old)
+	if len(old) > 0 {
+		if old[len(old)-1] != '\n' {
+			buf.WriteByte('\n')
+		}
+		buf.WriteByte('\n')
+	}
+	fmt.Fprintf(&buf, "[%s]\n%s = %s\n%s = %s\n%s = %t\n", name, keyAccessKeyID, id, keySecretAccess, secret, keyReadOnly, readOnly)
+	// The new file must say exactly what was meant, read as moat lb will read it.
+	keys, err := ParseKeys(path, buf.Bytes())
+	if err != nil {
+		return nil, "", fmt.Errorf("add profile %q: %w", name, err)
+	}
+	if got := keys[id]; got != (Key{Secret: secret, Profile: name, ReadOnly: readOnly}) {
+		return nil, "", fmt.Errorf("add profile %q: the new file reads back as %+v", name, got)
+	}
+	return buf.Bytes(), id, nil
+}
+
+func checkProfileName(name string) error {
+	if !profileName.MatchString(name) || name == ini.DefaultSection {
+		return fmt.Errorf("profile name %q: want 1 to 64 letters, digits or +=,.@_-, and not %s", name, ini.DefaultSection)
+	}
+	return nil
 }

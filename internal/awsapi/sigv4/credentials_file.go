@@ -144,7 +144,7 @@ func (f *File) read(prev Keys, info os.FileInfo) (*fileVersion, error) {
 	if !sameVersion(before, after, nil) {
 		return nil, errChanging
 	}
-	keys, err := parseKeys(f.path, data)
+	keys, err := ParseKeys(f.path, data)
 	if err != nil {
 		return &fileVersion{keys: prev, seen: before, err: err}, nil
 	}
