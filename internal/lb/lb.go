@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -73,6 +74,10 @@ type Config struct {
 	// holding its lease, which lasts ZoneLeaseTTL (0: DefaultZoneLeaseTTL) unless renewed.
 	Zones        []string
 	ZoneLeaseTTL time.Duration
+	// AnnounceInterface (--announce-interface), if set, is the interface on which this node puts
+	// the IPv4 addresses it serves that are in the interface's networks, announcing each with a
+	// gratuitous ARP.
+	AnnounceInterface string
 	// NodeName names this node in the zones' elections, their logs and metrics (--node-name).
 	NodeName string
 }
@@ -269,7 +274,12 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		return fmt.Errorf("data plane: %w", err)
 	}
 	readyz.engine.Store(engine)
-	gate := newZoneGate(engine, zones, cfg.NodeName, reg, log)
+	announce, err := newAnnouncer(cfg.AnnounceInterface, log)
+	if err != nil {
+		engine.Close()
+		return err
+	}
+	gate := newZoneGate(engine, zones, cfg.NodeName, announce, reg, log)
 	election, elected := startZones(ctx, cfg, st, zones, func() {
 		gate.reapply()
 		select {
@@ -281,7 +291,12 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	logPortableDataPlane(log)
 	c.SetHealthReporter(healthReporter{engine})
 	routes := newSubnetRouter(log)
-	c.SetPortChecker(canListen(routes.Why))
+	c.SetPortChecker(canListen(func(a netip.Addr) error {
+		if announce.covers(a) {
+			return fmt.Errorf("%s goes on %s while this node serves its zone", a, cfg.AnnounceInterface)
+		}
+		return routes.Why(a)
+	}))
 	sgMode := cmp.Or(cfg.InstanceSGMode, firewall.Enforce)
 	fw, sgStatus := startFirewall(sgMode, cfg.DataDir, cfg.FlowLog, reg, log)
 	explainMode := sgMode
@@ -302,6 +317,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		<-synced
 		elected()
 		engine.Close()
+		gate.close()
 		routes.Close()
 		if fw != nil {
 			stopFirewall(fw, log)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -126,6 +127,7 @@ type zoneGate struct {
 	zones    []string // the zones this node runs for
 	node     string
 	active   *prometheus.GaugeVec
+	announce *announcer // nil: addresses are local already (loopback, routes)
 	log      *slog.Logger
 
 	mu      sync.Mutex
@@ -133,8 +135,8 @@ type zoneGate struct {
 	serving map[string]time.Time // zone -> when this node began serving it
 }
 
-func newZoneGate(engine dataplane.Engine, zones []string, node string, reg prometheus.Registerer, log *slog.Logger) *zoneGate {
-	g := &zoneGate{engine: engine, zones: zones, node: node, log: log, serving: map[string]time.Time{},
+func newZoneGate(engine dataplane.Engine, zones []string, node string, announce *announcer, reg prometheus.Registerer, log *slog.Logger) *zoneGate {
+	g := &zoneGate{engine: engine, zones: zones, node: node, announce: announce, log: log, serving: map[string]time.Time{},
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "moat_lb_zone_active",
 			Help: "1 while this node serves the zone's load balancer addresses (holds the zone's lease), else 0."}, []string{"zone"})}
 	for _, z := range zones {
@@ -187,7 +189,19 @@ func (g *zoneGate) applyLocked() error {
 	for _, z := range g.zones {
 		active(z)
 	}
-	err := g.engine.Apply(servedConfig(g.desired, active))
+	served := servedConfig(g.desired, active)
+	addrs := map[netip.Addr]bool{}
+	for _, lb := range served.LoadBalancers {
+		for _, z := range lb.Zones {
+			addrs[z.Addr] = true
+		}
+	}
+	// An address goes on the interface before its listeners bind, and is announced once they
+	// serve; it comes off after they are closed.
+	added := g.announce.add(addrs)
+	err := g.engine.Apply(served)
+	g.announce.removeExcept(addrs)
+	g.announce.announce(added)
 	now := time.Now()
 	for _, z := range g.zones {
 		since, was := g.serving[z]
@@ -203,6 +217,13 @@ func (g *zoneGate) applyLocked() error {
 		}
 	}
 	return err
+}
+
+// close takes the addresses it announced off the interface, once the engine has stopped.
+func (g *zoneGate) close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.announce.removeExcept(nil)
 }
 
 // zoneHolders exports moat_lb_zone_holder{zone,node}: 1 for the node that holds each zone, as

@@ -99,7 +99,7 @@ func TestZoneGateFollowsTheElection(t *testing.T) {
 	engine := &recordingEngine{}
 	var logs bytes.Buffer
 	reg := prometheus.NewRegistry()
-	gate := newZoneGate(engine, []string{"a", "b"}, "node-1", reg, slog.New(slog.NewTextHandler(&logs, nil)))
+	gate := newZoneGate(engine, []string{"a", "b"}, "node-1", nil, reg, slog.New(slog.NewTextHandler(&logs, nil)))
 	held := setElection{"b": true}
 	gate.setElection(held)
 	if err := gate.Apply(twoZoneConfig()); err != nil {
