@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,56 +35,6 @@ func TestFenceEndsMarginBeforeTheEarliestExpiry(t *testing.T) {
 	}
 }
 
-// blackhole forwards TCP to an etcd member until cut: then it keeps every connection open but
-// drops what either side sends, as a network partition does (no reset that would tell the
-// client at once).
-type blackhole struct {
-	ln  net.Listener
-	cut atomic.Bool
-}
-
-func newBlackhole(t *testing.T, upstream string) *blackhole {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &blackhole{ln: ln}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			down, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", upstream)
-			if err != nil {
-				down.Close()
-				continue
-			}
-			go b.pipe(up, down)
-			go b.pipe(down, up)
-		}
-	}()
-	return b
-}
-
-func (b *blackhole) pipe(dst, src net.Conn) {
-	defer dst.Close()
-	defer src.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 && !b.cut.Load() {
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
 // interval records when a node held a zone, from polling Active: the test's view of serving.
 type interval struct {
 	mu         sync.Mutex
@@ -102,7 +50,7 @@ func (i *interval) get() (start, end time.Time) {
 // candidate runs an Elector for zone "a" through its own client and proxy.
 type candidate struct {
 	name   string
-	proxy  *blackhole
+	proxy  *etcdtest.Proxy
 	e      *Elector
 	served interval // the first interval it held zone a
 }
@@ -110,8 +58,13 @@ type candidate struct {
 const testTTL = 3 * time.Second
 
 func startCandidate(t *testing.T, ctx context.Context, member, name string) *candidate {
-	c := &candidate{name: name, proxy: newBlackhole(t, member)}
-	client, err := clientv3.New(clientv3.Config{Endpoints: []string{c.proxy.ln.Addr().String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	proxy, err := etcdtest.NewProxy("127.0.0.1:0", member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	c := &candidate{name: name, proxy: proxy}
+	client, err := clientv3.New(clientv3.Config{Endpoints: []string{proxy.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +137,7 @@ func TestStandbyWinsOnlyAfterTheActiveIsFenced(t *testing.T) {
 	}
 
 	cutAt := time.Now()
-	first.proxy.cut.Store(true)
+	first.proxy.Cut(true)
 	waitFor(t, 30*time.Second, "node-2 holds zone a after node-1 is cut off", func() bool { return second.e.Active("a") })
 	_, firstEnd := first.served.get()
 	secondStart, _ := second.served.get()
@@ -201,7 +154,7 @@ func TestStandbyWinsOnlyAfterTheActiveIsFenced(t *testing.T) {
 		firstEnd.Sub(cutAt).Round(time.Millisecond), secondStart.Sub(firstEnd).Round(time.Millisecond), secondStart.Sub(cutAt).Round(time.Millisecond))
 
 	// Healed, node-1 campaigns again with a new lease and stands by.
-	first.proxy.cut.Store(false)
+	first.proxy.Cut(false)
 	waitFor(t, 30*time.Second, "node-1 sees node-2 as the holder after healing", func() bool { return first.e.Holders()["a"] == "node-2" })
 	if first.e.Active("a") {
 		t.Error("node-1 holds zone a again while node-2 does")
