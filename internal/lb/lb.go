@@ -288,6 +288,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		}
 	}, log)
 	gate.setElection(election)
+	c.SetServedZones(election.Served)
 	logPortableDataPlane(log)
 	c.SetHealthReporter(healthReporter{engine})
 	routes := newSubnetRouter(log)

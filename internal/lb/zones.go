@@ -33,9 +33,11 @@ func validateZoneLeaseTTL(ttl time.Duration) error {
 	return nil
 }
 
-// zoneElection says which zones this node serves now, and who serves each.
+// zoneElection says which zones this node serves now, whether any node serves a zone, and who
+// serves each.
 type zoneElection interface {
 	Active(zone string) bool
+	Served(zone string) bool
 	Holders() map[string]string // zone -> node
 }
 
@@ -47,6 +49,9 @@ type staticZones struct {
 }
 
 func (s staticZones) Active(zone string) bool { return s.zones == nil || s.zones[zone] }
+
+// Served: the node is alone, so it serves what it serves.
+func (s staticZones) Served(zone string) bool { return s.Active(zone) }
 
 func (s staticZones) Holders() map[string]string {
 	out := map[string]string{}

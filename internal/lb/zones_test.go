@@ -91,6 +91,7 @@ func (e *recordingEngine) Apply(cfg dataplane.Config) error { e.applied = cfg; r
 type setElection map[string]bool
 
 func (s setElection) Active(zone string) bool    { return s[zone] }
+func (s setElection) Served(zone string) bool    { return s[zone] }
 func (s setElection) Holders() map[string]string { return nil }
 
 // The gate serves only the zones held, again from the last desired configuration when the

@@ -59,6 +59,14 @@ func (e *Elector) Holders() map[string]string {
 	return maps.Clone(e.holders)
 }
 
+// Served says whether some node holds zone, as this node last saw the elections.
+func (e *Elector) Served(zone string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, ok := e.holders[zone]
+	return ok
+}
+
 // Run campaigns until ctx ends. Each term is one lease: when it is lost (not renewed before the
 // fence, revoked, or etcd unreachable), the node lets go of every zone at once and starts a new
 // term with a new lease.
