@@ -149,7 +149,7 @@ func (a *announcer) announce(addrs []netip.Addr) {
 			a.log.Error("cannot send gratuitous ARP", "interface", a.link.Attrs().Name, "addr", addr, "err", err)
 			continue
 		}
-		a.log.Info("sent gratuitous ARP", "interface", a.link.Attrs().Name, "addr", addr, "mac", mac)
+		a.log.Info("sent gratuitous ARP", "interface", a.link.Attrs().Name, "addr", addr, "mac", mac.String())
 	}
 }
 
