@@ -67,11 +67,14 @@ func (e *Elector) Served(zone string) bool {
 	return ok
 }
 
-// Run campaigns until ctx ends. Each term is one lease: when it is lost (not renewed before the
+// Run campaigns until ctx ends, and returns once the node has let go of its zones. Each term is one lease: when it is lost (not renewed before the
 // fence, revoked, or etcd unreachable), the node lets go of every zone at once and starts a new
 // term with a new lease.
 func (e *Elector) Run(ctx context.Context) {
-	go e.watchHolders(ctx)
+	// Nothing calls OnChange once Run has returned: the caller may then close what it changes.
+	var watching sync.WaitGroup
+	watching.Go(func() { e.watchHolders(ctx) })
+	defer watching.Wait()
 	for ctx.Err() == nil {
 		err := e.term(ctx)
 		if ctx.Err() != nil {
