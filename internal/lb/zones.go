@@ -202,12 +202,17 @@ func (g *zoneGate) applyLocked() error {
 		}
 	}
 	// An address goes on the interface before its listeners bind, and is announced once they
-	// serve; it comes off after they are closed.
+	// serve (and the serving interval is recorded); it comes off after they are closed.
 	added := g.announce.add(addrs)
 	err := g.engine.Apply(served)
+	g.recordServing(held, time.Now())
 	g.announce.removeExcept(addrs)
 	g.announce.announce(added)
-	now := time.Now()
+	return err
+}
+
+// recordServing logs and exports the zones whose serving began or ended at now.
+func (g *zoneGate) recordServing(held map[string]bool, now time.Time) {
 	for _, z := range g.zones {
 		since, was := g.serving[z]
 		switch {
@@ -221,7 +226,6 @@ func (g *zoneGate) applyLocked() error {
 			g.log.Info("zone standby", "zone", z, "node", g.node, "served_from", since.Format(time.RFC3339Nano), "served_until", now.Format(time.RFC3339Nano))
 		}
 	}
-	return err
 }
 
 // close takes the addresses it announced off the interface, once the engine has stopped.
