@@ -33,7 +33,10 @@ type Config struct {
 type Elector struct {
 	cfg Config
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// term counts the node's leases; what a goroutine of an ended term learns late (a win, a
+	// renewal) is ignored.
+	term    uint64
 	fence   fence
 	won     map[string]bool   // zones whose election this node's current lease has won
 	holders map[string]string // zone -> node, as last seen in etcd
@@ -67,16 +70,16 @@ func (e *Elector) Served(zone string) bool {
 	return ok
 }
 
-// Run campaigns until ctx ends, and returns once the node has let go of its zones. Each term is one lease: when it is lost (not renewed before the
-// fence, revoked, or etcd unreachable), the node lets go of every zone at once and starts a new
-// term with a new lease.
+// Run campaigns until ctx ends, and returns once the node has let go of its zones. Each term is
+// one lease: when it is lost (not renewed before the fence, revoked, or etcd unreachable), the
+// node lets go of every zone at once and starts a new term with a new lease.
 func (e *Elector) Run(ctx context.Context) {
 	// Nothing calls OnChange once Run has returned: the caller may then close what it changes.
 	var watching sync.WaitGroup
 	watching.Go(func() { e.watchHolders(ctx) })
 	defer watching.Wait()
 	for ctx.Err() == nil {
-		err := e.term(ctx)
+		err := e.runTerm(ctx)
 		if ctx.Err() != nil {
 			return
 		}
@@ -91,8 +94,12 @@ func (e *Elector) Run(ctx context.Context) {
 	}
 }
 
-// term runs one lease's life: grant, campaign in every zone, renew until the lease is lost.
-func (e *Elector) term(ctx context.Context) error {
+// runTerm runs one lease's life: grant, campaign in every zone, renew until the lease is lost.
+func (e *Elector) runTerm(ctx context.Context) error {
+	e.mu.Lock()
+	e.term++
+	term := e.term
+	e.mu.Unlock()
 	client := e.cfg.Client
 	every := renewEvery(e.cfg.TTL)
 	ttlSeconds := int64((e.cfg.TTL + time.Second - 1) / time.Second)
@@ -103,7 +110,7 @@ func (e *Elector) term(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("grant: %w", err)
 	}
-	e.renewed(sent, grant.TTL)
+	e.renewed(term, sent, grant.TTL)
 	termCtx, endTerm := context.WithCancel(ctx)
 	defer endTerm()
 	// On the way out, let go of every zone first (OnChange stops serving them), then revoke, so
@@ -123,12 +130,12 @@ func (e *Elector) term(ctx context.Context) error {
 	lost := make(chan error, len(e.cfg.Zones))
 	for _, zone := range e.cfg.Zones {
 		go func() {
-			if err := e.campaign(termCtx, session, zone); err != nil && termCtx.Err() == nil {
+			if err := e.campaign(termCtx, term, session, zone); err != nil && termCtx.Err() == nil {
 				lost <- err
 			}
 		}()
 	}
-	go e.renew(termCtx, grant.ID, every)
+	go e.renew(termCtx, term, grant.ID, every)
 	for {
 		e.mu.Lock()
 		until := e.fence.until
@@ -156,12 +163,16 @@ func (e *Elector) term(ctx context.Context) error {
 }
 
 // campaign waits until the node wins zone's election, and then marks it won.
-func (e *Elector) campaign(ctx context.Context, session *concurrency.Session, zone string) error {
+func (e *Elector) campaign(ctx context.Context, term uint64, session *concurrency.Session, zone string) error {
 	election := concurrency.NewElection(session, e.cfg.Prefix+zone)
 	if err := election.Campaign(ctx, e.cfg.Node); err != nil {
 		return fmt.Errorf("campaign in zone %s: %w", zone, err)
 	}
 	e.mu.Lock()
+	if e.term != term {
+		e.mu.Unlock()
+		return nil // won as the term ended: the lease is being revoked
+	}
 	e.won[zone] = true
 	until := e.fence.until
 	e.mu.Unlock()
@@ -172,7 +183,7 @@ func (e *Elector) campaign(ctx context.Context, session *concurrency.Session, zo
 
 // renew keeps the lease alive with one keep-alive at a time, each timed from when it was sent
 // (see fence), until ctx ends. A lease etcd no longer has ends the session, and so the term.
-func (e *Elector) renew(ctx context.Context, lease clientv3.LeaseID, every time.Duration) {
+func (e *Elector) renew(ctx context.Context, term uint64, lease clientv3.LeaseID, every time.Duration) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -189,19 +200,23 @@ func (e *Elector) renew(ctx context.Context, lease clientv3.LeaseID, every time.
 			e.cfg.Log.Debug("zone lease keep-alive failed", "err", err)
 			continue
 		}
-		e.renewed(sent, resp.TTL)
+		e.renewed(term, sent, resp.TTL)
 	}
 }
 
-func (e *Elector) renewed(sentAt time.Time, ttlSeconds int64) {
+func (e *Elector) renewed(term uint64, sentAt time.Time, ttlSeconds int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.term != term {
+		return
+	}
 	e.fence.renewed(sentAt, time.Duration(ttlSeconds)*time.Second)
 }
 
 // loseAll lets go of every zone: the term is over.
 func (e *Elector) loseAll() {
 	e.mu.Lock()
+	e.term++
 	held := len(e.won) > 0
 	clear(e.won)
 	e.fence.drop()
