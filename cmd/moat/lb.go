@@ -84,12 +84,21 @@ add-read-only NAME" adds one); any other valid key may do anything.`,
 	f.StringVar((*string)(&cfg.InstanceSGMode), "instance-sg-mode", string(firewall.Enforce), "security groups of the instances whose addresses are on this host, on all their traffic (nftables, needs CAP_NET_ADMIN): enforce, audit (count what enforce would drop) or off")
 	f.BoolVar(&cfg.StartFresh, "start-fresh", false, "start with empty state where <data-dir>/state.db is missing or empty although <data-dir>/credentials exists (refused otherwise, as lost state)")
 	f.StringVar(&flowLog, "flow-log", "", "write every flow denied by security groups as a JSON line to this file (- for stderr): at a listener (load balancer, listener, client, reason) or, where moat may read the kernel's packet log, at a local instance (instance, interface, direction, 5-tuple)")
+	f.StringSliceVar(&cfg.Zones, "zones", nil, "zones whose load balancer addresses this node serves, as the inventory names them (us-east-1a,us-east-1b); default: all. With --store etcd://…, one node at a time serves each zone: the holder of its lease")
+	f.DurationVar(&cfg.ZoneLeaseTTL, "zone-lease-ttl", lb.DefaultZoneLeaseTTL, "with --store etcd://…: the TTL of this node's zone lease (whole seconds, at least 2s): how long a zone waits after its serving node dies or loses etcd before a standby serves it; a node cut off from etcd stops serving a quarter of it sooner")
+	f.StringVar(&cfg.AnnounceInterface, "announce-interface", "", "put the IPv4 load balancer addresses this node serves that are in this interface's networks on it, announced by gratuitous ARP, and take them off when it stops serving their zone (needs CAP_NET_ADMIN and CAP_NET_RAW); default: addresses are local already")
+	f.StringVar(&cfg.NodeName, "node-name", hostname(), "this node's name in the zones' elections, logs and metrics")
 	addAPILimitFlags(f, &cfg.API)
 	addQuotaFlags(f, &cfg.Quotas)
 	cmd.AddCommand(newLBBackupCommand())
 	cmd.AddCommand(newLBCredentialsCommand())
 	cmd.AddCommand(newLBMigrateCommand())
 	return cmd
+}
+
+func hostname() string {
+	name, _ := os.Hostname()
+	return name
 }
 
 func openFlowLog(path string) (io.Writer, func(), error) {

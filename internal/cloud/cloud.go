@@ -67,6 +67,7 @@ type Cloud struct {
 	// health is where DescribeTargetHealth gets the health of targets in use (the data plane).
 	health atomic.Pointer[healthSource]
 	ports  atomic.Pointer[portChecker]
+	served atomic.Pointer[servedZones]
 	idx    indexes
 }
 

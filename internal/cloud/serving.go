@@ -11,8 +11,9 @@ import (
 )
 
 // ResolveName returns the addresses of a load balancer DNS name: <dns-name> gives the address of
-// every zone that has a healthy target (of every zone when none has one, as AWS does), and
-// <zone>.<dns-name> the address in that zone. ok is false when no load balancer has the name.
+// every served zone (see SetServedZones) that has a healthy target (of every served zone when
+// none has one, as AWS does), and <zone>.<dns-name> the address in that zone if it is served. ok
+// is false when no load balancer has the name.
 func (c *Cloud) ResolveName(name string) (addrs []netip.Addr, ok bool) {
 	var lb LoadBalancer
 	var used []TargetGroup // by its listeners
@@ -54,9 +55,14 @@ func (c *Cloud) ResolveName(name string) (addrs []netip.Addr, ok bool) {
 	if err != nil {
 		return nil, false
 	}
+	served := func(string) bool { return true }
+	if s := c.served.Load(); s != nil {
+		served = s.served
+	}
 	healthy := c.healthyZones(lb, used)
+	someHealthy := slices.ContainsFunc(lb.Zones, func(z LoadBalancerZone) bool { return healthy[z.Zone] && served(z.Zone) })
 	for _, z := range lb.Zones {
-		if perZone && z.Zone != zone || !perZone && len(healthy) > 0 && !healthy[z.Zone] {
+		if !served(z.Zone) || perZone && z.Zone != zone || !perZone && someHealthy && !healthy[z.Zone] {
 			continue
 		}
 		for _, s := range []string{z.Address, z.IPv6Address} {
@@ -66,6 +72,15 @@ func (c *Cloud) ResolveName(name string) (addrs []netip.Addr, ok bool) {
 		}
 	}
 	return addrs, !perZone || len(addrs) > 0
+}
+
+// servedZones boxes the zone filter for an atomic pointer.
+type servedZones struct{ served func(zone string) bool }
+
+// SetServedZones makes DNS answer only with the zones served says a node serves (holds the zone's
+// lease): an address nobody serves would only time out. Without it every zone is served.
+func (c *Cloud) SetServedZones(served func(zone string) bool) {
+	c.served.Store(&servedZones{served})
 }
 
 // errNoSuchName ends ResolveName's transaction for a name no load balancer has.

@@ -88,6 +88,20 @@ func TestResolveNameHealthyZones(t *testing.T) {
 	if _, ok := c.ResolveName("gone-0123456789abcdef.elb.us-east-1.moat.internal"); ok {
 		t.Error("an unknown name resolved")
 	}
+
+	// Only zones some node serves: healthy zone a, which nobody serves, is left out, and the
+	// served zone b answers although its target is not healthy.
+	c.SetServedZones(func(zone string) bool { return zone == "us-east-1b" })
+	if got := resolve(lb.DNSName); !slices.Equal(got, []string{"127.2.0.100"}) {
+		t.Errorf("with only zone b served, resolved to %v", got)
+	}
+	if addrs, ok := c.ResolveName("us-east-1a." + lb.DNSName); ok || len(addrs) > 0 {
+		t.Errorf("zone a, served by no node, resolved to %v", addrs)
+	}
+	c.SetServedZones(func(string) bool { return false })
+	if addrs, ok := c.ResolveName(lb.DNSName); !ok || len(addrs) > 0 {
+		t.Errorf("with no zone served, resolved to %v, %v; want the name, without addresses", addrs, ok)
+	}
 }
 
 // A dualstack load balancer's IPv6 addresses follow the same zone selection as its IPv4 ones:

@@ -41,6 +41,9 @@ func (cfg Config) Validate() error {
 	if err := cfg.validateStore(); err != nil {
 		return err
 	}
+	if err := validateZoneLeaseTTL(cfg.ZoneLeaseTTL); err != nil {
+		return err
+	}
 	if _, ok := firewall.ParseMode(string(cfg.InstanceSGMode)); !ok && cfg.InstanceSGMode != "" {
 		return fmt.Errorf("--instance-sg-mode %q: want enforce, audit or off", cfg.InstanceSGMode)
 	}

@@ -29,7 +29,7 @@ func (h healthReporter) TargetHealth(targetGroupARN, id string, port int) (cloud
 // the state, applies it (and the instance firewall's program, when fw runs), and reports back: a
 // load balancer whose listeners all serve is active, one with a listener that cannot serve is
 // active_impaired with the reason.
-func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw *firewall.Firewall, sgMode firewall.Mode, kick <-chan struct{}, log *slog.Logger) {
+func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine, gate *zoneGate, routes *subnetRouter, fw *firewall.Firewall, sgMode firewall.Mode, kick <-chan struct{}, log *slog.Logger) {
 	changes, stop := c.Store().Changes()
 	defer stop()
 	drained := time.NewTimer(time.Hour)
@@ -37,7 +37,7 @@ func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine,
 	var certs keyPairCache
 	for {
 		start := time.Now()
-		next, err := syncOnce(c, engine, routes, fw, sgMode, &certs, log)
+		next, err := syncOnce(c, engine, gate, routes, fw, sgMode, &certs, log)
 		if err != nil {
 			log.Error("data plane sync failed", "err", err)
 		}
@@ -68,9 +68,9 @@ func syncDataPlane(ctx context.Context, c *cloud.Cloud, engine dataplane.Engine,
 	}
 }
 
-// syncOnce applies the current state and returns when the next deregistered target finishes
-// draining (zero if none is draining).
-func syncOnce(c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw *firewall.Firewall, sgMode firewall.Mode, certs *keyPairCache, log *slog.Logger) (time.Time, error) {
+// syncOnce applies the current state, for the zones this node serves (gate), and returns when
+// the next deregistered target finishes draining (zero if none is draining).
+func syncOnce(c *cloud.Cloud, engine dataplane.Engine, gate *zoneGate, routes *subnetRouter, fw *firewall.Firewall, sgMode firewall.Mode, certs *keyPairCache, log *slog.Logger) (time.Time, error) {
 	st, err := c.State()
 	if err != nil {
 		return time.Time{}, err
@@ -86,7 +86,7 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw 
 		program.Listeners = listenerLog(cfg)
 		fw.Apply(program)
 	}
-	if err := engine.Apply(cfg); err != nil {
+	if err := gate.Apply(cfg); err != nil {
 		var aerr *dataplane.ApplyError
 		if !errors.As(err, &aerr) {
 			return time.Time{}, err
@@ -94,6 +94,9 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, routes *subnetRouter, fw 
 		log.Warn("some listeners cannot be served", "err", err)
 	}
 	for _, lb := range st.LoadBalancers {
+		if !gate.serves(lb) {
+			continue // the nodes serving it report its state
+		}
 		state, reason := cloud.StateActive, ""
 		for _, z := range lb.Zones {
 			if a, err := netip.ParseAddr(z.Address); err == nil {

@@ -12,10 +12,13 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/google/renameio/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -66,6 +69,17 @@ type Config struct {
 	StoreCAFile, StoreCertFile, StoreKeyFile string
 	// Console serves the web console under /console on the metrics address (--console).
 	Console bool
+	// Zones are the zones whose load balancer addresses this node serves (--zones; empty: all
+	// of the inventory's). With an etcd store, one node at a time serves each zone: the one
+	// holding its lease, which lasts ZoneLeaseTTL (0: DefaultZoneLeaseTTL) unless renewed.
+	Zones        []string
+	ZoneLeaseTTL time.Duration
+	// AnnounceInterface (--announce-interface), if set, is the interface on which this node puts
+	// the IPv4 addresses it serves that are in the interface's networks, announcing each with a
+	// gratuitous ARP.
+	AnnounceInterface string
+	// NodeName names this node in the zones' elections, their logs and metrics (--node-name).
+	NodeName string
 }
 
 // Kernel fast path modes (--fast-path).
@@ -151,6 +165,9 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		return err
 	}
 	log := cfg.Log
+	if cfg.NodeName == "" {
+		cfg.NodeName, _ = os.Hostname()
+	}
 	maxFlows := cfg.MaxFlowsPerListener
 	if n, err := raiseFileLimit(); err != nil {
 		log.Warn("could not raise the open-file limit", "err", err)
@@ -200,6 +217,14 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 
 	c := cloud.New(st, cloud.Config{Region: cfg.Region, AccountID: cfg.AccountID, DNSSuffix: cfg.DNSSuffix, Quotas: cfg.Quotas})
 	if err := applyInventory(c, cfg.InventoryPath); err != nil {
+		return err
+	}
+	inventory, err := c.State()
+	if err != nil {
+		return err
+	}
+	zones, err := selectZones(cfg.Zones, inventory)
+	if err != nil {
 		return err
 	}
 	go reloadOnHangup(ctx, c, cfg.InventoryPath, creds, log)
@@ -257,10 +282,30 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 		return fmt.Errorf("data plane: %w", err)
 	}
 	readyz.engine.Store(engine)
+	announce, err := newAnnouncer(cfg.AnnounceInterface, log)
+	if err != nil {
+		engine.Close()
+		return err
+	}
+	gate := newZoneGate(engine, zones, cfg.NodeName, announce, reg, log)
+	election, elected := startZones(ctx, cfg, st, zones, func() {
+		gate.reapply()
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}, log)
+	gate.setElection(election)
+	c.SetServedZones(election.Served)
 	logPortableDataPlane(log)
 	c.SetHealthReporter(healthReporter{engine})
 	routes := newSubnetRouter(log)
-	c.SetPortChecker(canListen(routes.Why))
+	c.SetPortChecker(canListen(func(a netip.Addr) error {
+		if announce.covers(a) {
+			return fmt.Errorf("%s goes on %s while this node serves its zone", a, cfg.AnnounceInterface)
+		}
+		return routes.Why(a)
+	}))
 	sgMode := cmp.Or(cfg.InstanceSGMode, firewall.Enforce)
 	fw, sgStatus := startFirewall(sgMode, cfg.DataDir, cfg.FlowLog, reg, log)
 	explainMode := sgMode
@@ -272,14 +317,16 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	synced := make(chan struct{})
 	go func() {
 		defer close(synced)
-		syncDataPlane(ctx, c, engine, routes, fw, sgMode, kick, log)
+		syncDataPlane(ctx, c, engine, gate, routes, fw, sgMode, kick, log)
 	}()
-	// Stop in order: no more syncs, then the engine, the subnets' routes and the firewall, then
-	// (deferred above) the store.
+	// Stop in order: no more syncs, the zones let go (before their leases are revoked), then the
+	// engine, the subnets' routes and the firewall, then (deferred above) the store.
 	defer func() {
 		cancel()
 		<-synced
+		elected()
 		engine.Close()
+		gate.close()
 		routes.Close()
 		if fw != nil {
 			stopFirewall(fw, log)
@@ -307,7 +354,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if err := writeEndpoints(filepath.Join(cfg.DataDir, EndpointsFile), eps); err != nil {
 		return err
 	}
-	log.Info("moat lb ready", "api", eps.API, "dns", eps.DNS, "metrics", eps.Metrics, "console", eps.Console, "credentials", eps.CredentialsFile, "region", c.Config().Region, "account", c.Config().AccountID, "data_dir", cfg.DataDir)
+	log.Info("moat lb ready", "api", eps.API, "dns", eps.DNS, "metrics", eps.Metrics, "console", eps.Console, "credentials", eps.CredentialsFile, "region", c.Config().Region, "account", c.Config().AccountID, "data_dir", cfg.DataDir, "node", cfg.NodeName, "zones", strings.Join(zones, ","))
 	if ready != nil {
 		ready(eps)
 	}

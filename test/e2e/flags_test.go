@@ -23,6 +23,7 @@ func TestInvalidFlagsExit(t *testing.T) {
 		{[]string{"lb", "--account-id", "abc"}, `--account-id "abc"`},
 		{[]string{"lb", "--quota-load-balancers", "-5"}, "--quota-load-balancers -5"},
 		{[]string{"lb", "--dns-suffix", ".."}, `--dns-suffix ".."`},
+		{[]string{"lb", "--zone-lease-ttl", "1s"}, "--zone-lease-ttl 1s"},
 		{[]string{"up", "--quota-load-balancers", "-5"}, "--quota-load-balancers -5"},
 	}
 	for _, tc := range cases {
