@@ -161,9 +161,6 @@ func (s *Etcd) markerKey(bucket string) string { return s.root + "/" + bucket }
 // records (the zones' elections); keys there must stay out of every bucket's range.
 func (s *Etcd) Client() *clientv3.Client { return s.client }
 
-// Root is the key prefix of every record.
-func (s *Etcd) Root() string { return s.root }
-
 func (s *Etcd) bucketPrefix(bucket string) string { return s.root + "/" + bucket + "/" }
 
 func (s *Etcd) View(fn func(Tx) error) error {
