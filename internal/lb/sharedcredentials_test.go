@@ -21,6 +21,13 @@ import (
 // the test is skipped without an etcd binary.
 func startEtcd(t *testing.T, root string) string {
 	t.Helper()
+	return "etcd://" + etcdMember(t).Endpoint + root
+}
+
+// etcdMember runs a one-member etcd cluster until the test ends; the test is skipped without an
+// etcd binary.
+func etcdMember(t *testing.T) *etcdtest.Member {
+	t.Helper()
 	bin, err := etcdtest.Binary()
 	if errors.Is(err, etcdtest.ErrNoBinary) {
 		t.Skipf("needs etcd: %v", err)
@@ -33,7 +40,7 @@ func startEtcd(t *testing.T, root string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(member.Stop)
-	return "etcd://" + member.Endpoint + root
+	return member
 }
 
 // openNode opens the store of a node whose data dir is dataDir, closed at the test's end.

@@ -35,18 +35,7 @@ func TestParseStore(t *testing.T) {
 // TestOpenStoreOnEtcd: two data dirs (two nodes) with one --store share the state; a second
 // moat lb on the same data dir is refused; /readyz says when the store cannot be reached.
 func TestOpenStoreOnEtcd(t *testing.T) {
-	bin, err := etcdtest.Binary()
-	if errors.Is(err, etcdtest.ErrNoBinary) {
-		t.Skipf("needs etcd: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	member, err := etcdtest.Start(bin, filepath.Join(t.TempDir(), "etcd"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer member.Stop()
+	member := etcdMember(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	node := func(dataDir string) Config {
 		return Config{DataDir: dataDir, Store: "etcd://" + member.Endpoint + "/lbtest"}

@@ -31,22 +31,10 @@ import (
 // etcd's request timeout (5 s + 2 election timeouts, 7 s) and then fails, and since a node's
 // updates take turns, that node's writes stall as long.
 func TestEtcdMemberKilledDuringStorm(t *testing.T) {
-	bin, err := etcdtest.Binary()
-	if err != nil {
-		t.Skipf("no etcd binary (%v): run hack/kube-assets.sh", err)
-	}
-	members, err := etcdtest.StartCluster(bin, t.TempDir(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var urls []string
-	for _, m := range members {
-		t.Cleanup(m.Stop)
-		urls = append(urls, m.Endpoint)
-	}
+	members, storeFlag := etcdCluster(t)
 	var nodes []*ec2.Client
 	for i := range 3 {
-		p := startLB(t, filepath.Join(t.TempDir(), fmt.Sprint("node", i)), "--store=etcd://"+strings.Join(urls, ","),
+		p := startLB(t, filepath.Join(t.TempDir(), fmt.Sprint("node", i)), storeFlag,
 			"--quota-security-groups-per-vpc=100000") // the storm keeps half the groups it creates
 		c, _ := p.clients(t)
 		nodes = append(nodes, c)

@@ -32,20 +32,7 @@ import (
 // nodes must have run into each other (store conflicts counted) and, afterwards, every node reads
 // the same state, which is the model's.
 func TestNodesRaceOnOneStore(t *testing.T) {
-	bin, err := etcdtest.Binary()
-	if err != nil {
-		t.Skipf("no etcd binary (%v): run hack/kube-assets.sh", err)
-	}
-	members, err := etcdtest.StartCluster(bin, t.TempDir(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var urls []string
-	for _, m := range members {
-		t.Cleanup(m.Stop)
-		urls = append(urls, m.Endpoint)
-	}
-	storeFlag := "--store=etcd://" + strings.Join(urls, ",")
+	_, storeFlag := etcdCluster(t)
 	var nodes []*ec2.Client
 	var procs []*lbProcess
 	for i := range 3 {
@@ -353,4 +340,24 @@ func (h *raceHistory) outcomes() map[string]int {
 		out[op.Input.(groupOp).Kind+":"+code]++
 	}
 	return out
+}
+
+// etcdCluster starts a three-member etcd cluster for the rest of the test (skipping the test
+// without the kube assets' etcd) and returns its members and moat lb's --store flag for it.
+func etcdCluster(t *testing.T) (members []*etcdtest.Member, storeFlag string) {
+	t.Helper()
+	bin, err := etcdtest.Binary()
+	if err != nil {
+		t.Skipf("no etcd binary (%v): run hack/kube-assets.sh", err)
+	}
+	members, err = etcdtest.StartCluster(bin, t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var urls []string
+	for _, m := range members {
+		t.Cleanup(m.Stop)
+		urls = append(urls, m.Endpoint)
+	}
+	return members, "--store=etcd://" + strings.Join(urls, ",")
 }
