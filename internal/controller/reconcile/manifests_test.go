@@ -172,7 +172,9 @@ func TestHelmChart(t *testing.T) {
 		"--set-json", `apiEndpoints={"EC2":"http://moat-lb:7080","Elastic Load Balancing v2":"http://moat-lb:7080"}`,
 		"--set-json", `featureGates={"NLBSecurityGroup":true,"EnableTCPUDPListener":false}`,
 		"--set", "extraArgs={--sync-period=1h}",
-		"--set", "node.enabled=true,node.endpoint=http://moat-lb:7080"}
+		"--set", "node.enabled=true,node.endpoint=http://moat-lb:7080",
+		"--set", "lb.enabled=true,lb.store=etcd://10.0.0.5:2379/moat,lb.inventoryConfigMap=moat-inventory,lb.storeTLSSecret=moat-etcd-client,lb.announceInterface=eth0",
+		"--set", "lb.zones={us-east-1a,us-east-1b}"}
 	run(append([]string{"lint", chart, "--strict"}, values...)...)
 	out := run(append([]string{"template", "moat", chart, "--namespace", "moat-helm", "--include-crds"}, values...)...)
 	objs := decodeYAML(t, "helm template", out)
@@ -192,13 +194,26 @@ func TestHelmChart(t *testing.T) {
 	}
 
 	// The node agent: a DaemonSet in the host's network namespace with NET_ADMIN, whose pods the
-	// controller's Deployment does not select; off by default.
+	// controller's Deployment does not select; off by default. The moat lb nodes: a DaemonSet
+	// in the host's network namespace on the store, serving on the node's address.
 	var daemonSets int
 	for _, o := range objs {
 		if o.GetKind() != "DaemonSet" {
 			continue
 		}
 		daemonSets++
+		if strings.HasSuffix(o.GetName(), "-lb") {
+			hostNetwork, _, _ := unstructured.NestedBool(o.Object, "spec", "template", "spec", "hostNetwork")
+			args := strings.Join(deploymentArgs(t, o), " ")
+			for _, want := range []string{"lb --store=etcd://10.0.0.5:2379/moat --node-name=$(NODE_NAME)", "--api-addr=$(NODE_IP):7080",
+				"--inventory=/etc/moat/inventory/inventory.yaml", "--zones=us-east-1a,us-east-1b", "--announce-interface=eth0",
+				"--store-cacert=/etc/moat/etcd/ca.crt --store-cert=/etc/moat/etcd/tls.crt --store-key=/etc/moat/etcd/tls.key"} {
+				if !hostNetwork || !strings.Contains(args, want) {
+					t.Errorf("lb DaemonSet: hostNetwork %v, args %q lack %q", hostNetwork, args, want)
+				}
+			}
+			continue
+		}
 		hostNetwork, _, _ := unstructured.NestedBool(o.Object, "spec", "template", "spec", "hostNetwork")
 		args := strings.Join(deploymentArgs(t, o), " ")
 		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
@@ -209,13 +224,18 @@ func TestHelmChart(t *testing.T) {
 			t.Errorf("node DaemonSet: hostNetwork %v, args %q, capabilities %v, pod labels %v", hostNetwork, args, caps, labels)
 		}
 	}
-	if daemonSets != 1 {
-		t.Errorf("%d DaemonSets with node.enabled, want 1", daemonSets)
+	if daemonSets != 2 {
+		t.Errorf("%d DaemonSets with node.enabled and lb.enabled, want 2", daemonSets)
 	}
 	for _, o := range decodeYAML(t, "helm template (defaults)", run("template", "moat", chart, "--set", "clusterName=my-cluster")) {
 		if o.GetKind() == "DaemonSet" {
 			t.Error("the chart runs the node agent by default")
 		}
+	}
+
+	// moat lb nodes need their shared store and an inventory.
+	if out, err := exec.Command(helm, "template", "moat", chart, "--set", "clusterName=my-cluster,lb.enabled=true").CombinedOutput(); err == nil || !strings.Contains(string(out), "lb.store is required") {
+		t.Errorf("template with lb.enabled and no store: %v\n%s", err, out)
 	}
 
 	// Without a cluster name the chart refuses to render.
