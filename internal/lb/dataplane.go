@@ -105,12 +105,9 @@ func syncOnce(c *cloud.Cloud, engine dataplane.Engine, gate *zoneGate, routes *s
 				}
 			}
 		}
-		for _, l := range st.Listeners {
+		for _, l := range n.listenersOf[lb.ARN] {
 			if state != cloud.StateActive {
 				break
-			}
-			if l.LoadBalancerARN != lb.ARN {
-				continue
 			}
 			if err := engine.ListenerStatus(l.ARN); err != nil && !errors.Is(err, dataplane.ErrUnknownListener) {
 				state, reason = cloud.StateActiveImpaired, err.Error()

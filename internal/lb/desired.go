@@ -41,10 +41,7 @@ func desiredConfig(st cloud.State, n *network, now time.Time) dataplane.Config {
 				}
 			}
 		}
-		for _, l := range st.Listeners {
-			if l.LoadBalancerARN != lb.ARN {
-				continue
-			}
+		for _, l := range n.listenersOf[lb.ARN] {
 			tg, ok := tgs[l.TargetGroupARN]
 			if !ok {
 				continue
@@ -100,6 +97,9 @@ type network struct {
 	interfaces map[string]cloud.NetworkInterface
 	byAddr     map[netip.Addr]cloud.NetworkInterface
 	zoneOf     map[string]string // subnet ID -> zone
+	// listenersOf are the listeners by load balancer ARN, in the state's order: looking them up
+	// per load balancer must not scan every listener (thousands of each).
+	listenersOf map[string][]cloud.Listener
 	// policies memoises compiled decisions: every target of a group behind the same load
 	// balancer (and every interface with the same groups) asks the same question.
 	policies map[policyKey]*secgroup.Policy
@@ -129,7 +129,10 @@ func newNetwork(st cloud.State) *network {
 	n := &network{
 		Resolver:  sgresolve.New(st),
 		instances: map[string]cloud.Instance{}, interfaces: map[string]cloud.NetworkInterface{}, byAddr: map[netip.Addr]cloud.NetworkInterface{}, zoneOf: map[string]string{},
-		policies: map[policyKey]*secgroup.Policy{},
+		policies: map[policyKey]*secgroup.Policy{}, listenersOf: map[string][]cloud.Listener{},
+	}
+	for _, l := range st.Listeners {
+		n.listenersOf[l.LoadBalancerARN] = append(n.listenersOf[l.LoadBalancerARN], l)
 	}
 	for _, eni := range st.Interfaces {
 		n.interfaces[eni.ID] = eni

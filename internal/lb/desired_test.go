@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -229,5 +230,27 @@ func TestDesiredFirewall(t *testing.T) {
 	}
 	if off := desiredFirewall(state(), newNetwork(state()), firewall.Off, local); len(off.Interfaces) != 0 {
 		t.Errorf("mode off programs %d interfaces", len(off.Interfaces))
+	}
+}
+
+// BenchmarkDesiredConfig compiles a state of 1,000 copies of state()'s load balancer with 4
+// listeners each, as a sync after every commit does.
+func BenchmarkDesiredConfig(b *testing.B) {
+	st := state()
+	lb, l := st.LoadBalancers[0], st.Listeners[0]
+	st.LoadBalancers, st.Listeners = nil, nil
+	for i := range 1000 {
+		lb.ARN = fmt.Sprint("lb-", i)
+		st.LoadBalancers = append(st.LoadBalancers, lb)
+		for p := range 4 {
+			l.ARN, l.LoadBalancerARN, l.Port = fmt.Sprint("l-", i, "-", p), lb.ARN, 80+p
+			st.Listeners = append(st.Listeners, l)
+		}
+	}
+	now := time.Now()
+	for b.Loop() {
+		if cfg := desiredConfig(st, newNetwork(st), now); len(cfg.LoadBalancers) != 1000 {
+			b.Fatalf("%d load balancers", len(cfg.LoadBalancers))
+		}
 	}
 }
