@@ -300,7 +300,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	logPortableDataPlane(log)
 	healthShared := func() {}
 	if etcd, ok := st.(*store.Etcd); ok {
-		shared := newSharedHealth(etcd, engine, gate.checkedTargets, cfg.NodeName, cmp.Or(cfg.ZoneLeaseTTL, DefaultZoneLeaseTTL), log)
+		shared := newSharedHealth(etcd, engine, gate.servedTargets, cfg.NodeName, cmp.Or(cfg.ZoneLeaseTTL, DefaultZoneLeaseTTL), log)
 		healthShared = shared.start(ctx)
 		c.SetHealthReporter(shared)
 	} else {

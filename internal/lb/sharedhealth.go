@@ -17,15 +17,16 @@ import (
 )
 
 // Target health with --store etcd. Only the node serving a zone health-checks its targets, yet
-// DescribeTargetHealth and DNS must answer alike on every node. So each node writes the health of
-// the targets it checks, when it changes, to <root>/quiet/health/<node>/<group>/<target>/<port>,
+// DescribeTargetHealth and DNS must answer alike on every node. So each node writes its engine's
+// health of the targets of the groups it serves (checked, or unused in a zone it does not serve),
+// when it changes, to <root>/quiet/health/<node>/<group>/<target>/<port>,
 // on a lease of its own (a dead node's records vanish with it, about when its zones move), and
 // every node follows those keys with a watch. They are quiet keys (store.Etcd.QuietPrefix): a
 // health change does not make every node read the whole state again.
 //
 // A target checked by several nodes (a target group behind load balancers, or zones, served by
-// different nodes) shows the worst of their views, unhealthy over initial over healthy, the same
-// on every node: a target one serving node cannot reach fails the flows through that node's zone.
+// different nodes) shows the worst of their views, unhealthy over initial over healthy over
+// unused, the same on every node: a target one serving node cannot reach fails the flows through that node's zone.
 
 // healthPollInterval is how often a node compares its engine's health with what it wrote.
 const healthPollInterval = 250 * time.Millisecond
@@ -37,7 +38,7 @@ type targetKey struct {
 	Port  uint16 `json:"port"`
 }
 
-// healthRecord is one node's view of a target it checks.
+// healthRecord is one node's view of a target of a group it serves.
 type healthRecord struct {
 	targetKey
 	State       string    `json:"state"`
@@ -47,32 +48,25 @@ type healthRecord struct {
 	Time        time.Time `json:"time"`
 }
 
-// checked says whether h comes from health checks; unused and draining targets are the control
-// plane's to decide, and a node that does not check a target has no view of it.
-func checked(h dataplane.Health) bool {
-	switch h.State {
-	case dataplane.StateInitial, dataplane.StateHealthy, dataplane.StateUnhealthy:
-		return true
-	}
-	return false
-}
-
-// healthRank orders views of one target: the worst wins.
+// healthRank orders views of one target: the worst wins. Unused is the view of a node that
+// serves the target group but not the target's zone: any checking node's view beats it.
 func healthRank(state string) int {
 	switch state {
-	case dataplane.StateHealthy:
+	case dataplane.StateUnused:
 		return 0
+	case dataplane.StateHealthy:
+		return 1
 	case dataplane.StateUnhealthy:
-		return 2
+		return 3
 	}
-	return 1
+	return 2
 }
 
 // sharedHealth is the health reporter of a node on an etcd store: it publishes its engine's view
 // and answers with every checking node's.
 type sharedHealth struct {
 	engine  dataplane.Engine
-	targets func() []targetKey // the targets the engine may be checking
+	targets func() []targetKey // the targets of the groups the engine serves
 	client  *clientv3.Client
 	prefix  string
 	node    string
@@ -102,9 +96,8 @@ func (h *sharedHealth) key(node string, t targetKey) string {
 	return h.prefix + url.PathEscape(node) + "/" + url.PathEscape(t.Group) + "/" + url.PathEscape(t.ID) + "/" + strconv.Itoa(int(t.Port))
 }
 
-// TargetHealth implements cloud.HealthReporter: the worst view of the nodes that check the
-// target, this node's from its engine (fresher than its record); the engine's answer (unused)
-// when no node checks it.
+// TargetHealth implements cloud.HealthReporter: the worst view of the nodes that serve the
+// target's group, this node's from its engine (fresher than its record).
 func (h *sharedHealth) TargetHealth(targetGroupARN, id string, port int) (cloud.TargetHealth, bool) {
 	k := targetKey{targetGroupARN, id, uint16(port)}
 	own, ownOK := h.engine.TargetHealth(targetGroupARN, id, uint16(port))
@@ -115,7 +108,7 @@ func (h *sharedHealth) TargetHealth(targetGroupARN, id string, port int) (cloud.
 			worst = &r
 		}
 	}
-	if ownOK && checked(own) {
+	if ownOK {
 		consider(healthRecord{State: own.State, Reason: own.Reason, Description: own.Description, Node: h.node})
 	}
 	h.mu.Lock()
@@ -126,13 +119,13 @@ func (h *sharedHealth) TargetHealth(targetGroupARN, id string, port int) (cloud.
 	}
 	h.mu.Unlock()
 	if worst == nil {
-		return cloud.TargetHealth{State: own.State, Reason: own.Reason, Description: own.Description}, ownOK
+		return cloud.TargetHealth{}, false
 	}
 	return cloud.TargetHealth{State: worst.State, Reason: worst.Reason, Description: worst.Description}, true
 }
 
-// publish writes this node's view of the targets it checks whenever it changes, and deletes the
-// record of a target it stops checking, on a lease kept alive while the node runs; a lost lease
+// publish writes this node's view of the targets of the groups it serves whenever it changes, and
+// deletes the record of a target it no longer serves, on a lease kept alive while the node runs; a lost lease
 // is replaced and every record written again. At the end it revokes the lease, so the records go
 // with the node.
 func (h *sharedHealth) publish(ctx context.Context) {
@@ -194,7 +187,7 @@ func (h *sharedHealth) publishOnce(ctx context.Context, lease clientv3.LeaseID, 
 	now := map[targetKey]bool{}
 	for _, k := range h.targets() {
 		got, ok := h.engine.TargetHealth(k.Group, k.ID, k.Port)
-		if !ok || !checked(got) {
+		if !ok {
 			continue
 		}
 		now[k] = true

@@ -15,8 +15,7 @@ import (
 	"github.com/moatlb/moat/internal/store"
 )
 
-// checkingEngine is an engine whose health checks the test decides: the health of the targets it
-// checks, and unused for every other target of its configuration.
+// checkingEngine is an engine whose health checks the test decides.
 type checkingEngine struct {
 	dataplane.Engine
 	mu     sync.Mutex
@@ -77,6 +76,7 @@ func startHealthNode(t *testing.T, storeFlag, name string) *healthNode {
 var (
 	healthy   = dataplane.Health{State: dataplane.StateHealthy}
 	unhealthy = dataplane.Health{State: dataplane.StateUnhealthy, Reason: dataplane.ReasonTimeout, Description: "Request timed out"}
+	unused    = dataplane.Health{State: dataplane.StateUnused, Reason: dataplane.ReasonNotInUse, Description: "Target is in an Availability Zone that is not enabled for the load balancer"}
 )
 
 // awaitHealth polls node's answer for k until it is want (ok false: no answer), within 10 s.
@@ -95,9 +95,10 @@ func awaitHealth(t *testing.T, node *healthNode, name string, k targetKey, want 
 	}
 }
 
-// Nodes share the health of the targets they check through the store: a node that checks none
-// answers with the checking node's view, a target two nodes check shows the worse view on every
-// node, and a node's records go when it stops checking a target or stops. Health writes do not
+// Nodes share the health of the targets they serve through the store: a node that serves none
+// answers with the serving node's view, a target two nodes serve shows the worse view on every
+// node (a checking node's over unused), and a node's records go when it stops serving a target or
+// stops. Health writes do not
 // signal the store's change feed, which would make every node read the whole state again.
 func TestSharedHealthThroughTheStore(t *testing.T) {
 	storeFlag := startEtcd(t, "/health")
@@ -156,6 +157,11 @@ func TestSharedHealthThroughTheStore(t *testing.T) {
 
 	// A node that stops checking the target (its zone moved) deletes its record; one that stops
 	// revokes its records' lease.
+	b.engine.set(target, unused) // node-b's zone moved away; node-b still serves the group elsewhere
+	awaitHealth(t, c, "c", target, healthy, true)
+	a.engine.stop(target)
+	awaitHealth(t, c, "c", target, unused, true)
+	a.engine.set(target, healthy)
 	b.engine.stop(target)
 	awaitHealth(t, c, "c", target, healthy, true)
 	a.stop()

@@ -230,9 +230,9 @@ func (g *zoneGate) recordServing(held map[string]bool, now time.Time) {
 	}
 }
 
-// checkedTargets are the targets of the target groups the engine serves, each once: those whose
-// health it may be checking.
-func (g *zoneGate) checkedTargets() []targetKey {
+// servedTargets are the targets of the target groups the engine serves, each once: those whose
+// health it reports.
+func (g *zoneGate) servedTargets() []targetKey {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	seen := map[targetKey]bool{}
