@@ -19,14 +19,15 @@ import (
 // Target health with --store etcd. Only the node serving a zone health-checks its targets, yet
 // DescribeTargetHealth and DNS must answer alike on every node. So each node writes its engine's
 // health of the targets of the groups it serves (checked, or unused in a zone it does not serve),
-// when it changes, to <root>/quiet/health/<node>/<group>/<target>/<port>,
-// on a lease of its own (a dead node's records vanish with it, about when its zones move), and
-// every node follows those keys with a watch. They are quiet keys (store.Etcd.QuietPrefix): a
-// health change does not make every node read the whole state again.
+// when it changes, to <root>/quiet/health/<node>/<group>/<target>/<port>, on a lease of its own
+// (a dead node's records vanish with it, about when its zones move), and every node follows
+// those keys with a watch. They are quiet keys (store.Etcd.QuietPrefix): a health change does not
+// make every node read the whole state again.
 //
 // A target checked by several nodes (a target group behind load balancers, or zones, served by
 // different nodes) shows the worst of their views, unhealthy over initial over healthy over
-// unused, the same on every node: a target one serving node cannot reach fails the flows through that node's zone.
+// unused, the same on every node: a target one serving node cannot reach fails the flows through
+// that node's zone.
 
 // healthPollInterval is how often a node compares its engine's health with what it wrote.
 const healthPollInterval = 250 * time.Millisecond
@@ -63,7 +64,7 @@ func healthRank(state string) int {
 }
 
 // sharedHealth is the health reporter of a node on an etcd store: it publishes its engine's view
-// and answers with every checking node's.
+// and answers with every serving node's.
 type sharedHealth struct {
 	engine  dataplane.Engine
 	targets func() []targetKey // the targets of the groups the engine serves
@@ -124,10 +125,10 @@ func (h *sharedHealth) TargetHealth(targetGroupARN, id string, port int) (cloud.
 	return cloud.TargetHealth{State: worst.State, Reason: worst.Reason, Description: worst.Description}, true
 }
 
-// publish writes this node's view of the targets of the groups it serves whenever it changes, and
-// deletes the record of a target it no longer serves, on a lease kept alive while the node runs; a lost lease
-// is replaced and every record written again. At the end it revokes the lease, so the records go
-// with the node.
+// publish writes this node's view of the targets of the groups it serves whenever it changes,
+// and deletes the record of a target it no longer serves, on a lease kept alive while the node
+// runs; a lost lease is replaced and every record written again. At the end it revokes the
+// lease, so the records go with the node.
 func (h *sharedHealth) publish(ctx context.Context) {
 	var lease clientv3.LeaseID
 	var alive <-chan *clientv3.LeaseKeepAliveResponse
