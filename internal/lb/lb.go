@@ -298,7 +298,14 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	gate.setElection(election)
 	c.SetServedZones(election.Served)
 	logPortableDataPlane(log)
-	c.SetHealthReporter(healthReporter{engine})
+	healthShared := func() {}
+	if etcd, ok := st.(*store.Etcd); ok {
+		shared := newSharedHealth(etcd, engine, gate.servedTargets, cfg.NodeName, cmp.Or(cfg.ZoneLeaseTTL, DefaultZoneLeaseTTL), log)
+		healthShared = shared.start(ctx)
+		c.SetHealthReporter(shared)
+	} else {
+		c.SetHealthReporter(healthReporter{engine})
+	}
 	routes := newSubnetRouter(log)
 	c.SetPortChecker(canListen(func(a netip.Addr) error {
 		if announce.covers(a) {
@@ -324,6 +331,7 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	defer func() {
 		cancel()
 		<-synced
+		healthShared()
 		elected()
 		engine.Close()
 		gate.close()

@@ -137,6 +137,7 @@ type zoneGate struct {
 
 	mu      sync.Mutex
 	desired dataplane.Config
+	applied dataplane.Config     // what the engine serves: desired, for the zones held
 	serving map[string]time.Time // zone -> when this node began serving it
 }
 
@@ -205,6 +206,7 @@ func (g *zoneGate) applyLocked() error {
 	// serve (and the serving interval is recorded); it comes off after they are closed.
 	added := g.announce.add(addrs)
 	err := g.engine.Apply(served)
+	g.applied = served
 	g.recordServing(held, time.Now())
 	g.announce.removeExcept(addrs)
 	g.announce.announce(added)
@@ -226,6 +228,27 @@ func (g *zoneGate) recordServing(held map[string]bool, now time.Time) {
 			g.log.Info("zone standby", "zone", z, "node", g.node, "served_from", since.Format(time.RFC3339Nano), "served_until", now.Format(time.RFC3339Nano))
 		}
 	}
+}
+
+// servedTargets are the targets of the target groups the engine serves, each once: those whose
+// health it reports.
+func (g *zoneGate) servedTargets() []targetKey {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	seen := map[targetKey]bool{}
+	var out []targetKey
+	for _, lb := range g.applied.LoadBalancers {
+		for _, l := range lb.Listeners {
+			for _, t := range l.TargetGroup.Targets {
+				k := targetKey{Group: l.TargetGroup.ID, ID: t.ID, Port: t.Port}
+				if !seen[k] {
+					seen[k] = true
+					out = append(out, k)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // close takes the addresses it announced off the interface, once the engine has stopped.

@@ -163,6 +163,17 @@ func (s *Etcd) Client() *clientv3.Client { return s.client }
 
 func (s *Etcd) bucketPrefix(bucket string) string { return s.root + "/" + bucket + "/" }
 
+// QuietPrefix is where nodes keep, beside the records, what changes too often to make every node
+// read the whole state again (the targets' health): <root>/quiet/ (no bucket has that name).
+// Changes does not signal writes there; their readers watch it themselves.
+func (s *Etcd) QuietPrefix() string { return s.root + "/quiet/" }
+
+// signals reports whether a watch response changed anything but the quiet keys.
+func (s *Etcd) signals(events []*clientv3.Event) bool {
+	quiet := s.QuietPrefix()
+	return slices.ContainsFunc(events, func(e *clientv3.Event) bool { return !strings.HasPrefix(string(e.Kv.Key), quiet) })
+}
+
 func (s *Etcd) View(fn func(Tx) error) error {
 	ctx, cancel, err := s.begin()
 	if err != nil {
@@ -256,7 +267,9 @@ func (s *Etcd) watch(from int64) {
 				break
 			}
 			if n := len(resp.Events); n > 0 {
-				s.notify()
+				if s.signals(resp.Events) {
+					s.notify()
+				}
 				last := resp.Events[n-1].Kv.ModRevision
 				from = last + 1
 				s.advance(last)

@@ -246,6 +246,38 @@ func TestEtcdChangesHearOtherNodes(t *testing.T) {
 	}
 }
 
+// TestEtcdQuietKeysDoNotSignal: another node's write under the quiet prefix reaches the watch
+// without signalling Changes; a record's commit after it does signal.
+func TestEtcdQuietKeysDoNotSignal(t *testing.T) {
+	a, b := twoNodes(t)
+	watcher, writer := a.(*Etcd), b.(*Etcd)
+	changes, stop := watcher.Changes()
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	put, err := writer.Client().Put(ctx, writer.QuietPrefix()+"health/x", "healthy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	watcher.awaitWatch(ctx, put.Header.Revision)
+	if ctx.Err() != nil {
+		t.Fatal("the watch did not see the quiet write")
+	}
+	select {
+	case <-changes:
+		t.Fatal("a quiet write signalled Changes")
+	default:
+	}
+	if err := writer.Update(func(tx Tx) error { return Save(tx, "things", "x", record{"x", 1}) }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changes:
+	case <-ctx.Done():
+		t.Fatal("a record's commit after a quiet write signalled no change")
+	}
+}
+
 // TestEtcdRefusesDamagedRecord: a value that is not what the store sealed under its key (bytes
 // changed, or a record moved under another key, by another etcd client) is ErrCorrupt.
 func TestEtcdRefusesDamagedRecord(t *testing.T) {
