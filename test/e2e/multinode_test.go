@@ -342,6 +342,22 @@ func (h *raceHistory) outcomes() map[string]int {
 	return out
 }
 
+// etcdMember starts a one-member etcd cluster for the rest of the test (skipping the test
+// without the kube assets' etcd).
+func etcdMember(t *testing.T) *etcdtest.Member {
+	t.Helper()
+	bin, err := etcdtest.Binary()
+	if err != nil {
+		t.Skipf("no etcd binary (%v): run hack/kube-assets.sh", err)
+	}
+	member, err := etcdtest.Start(bin, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(member.Stop)
+	return member
+}
+
 // etcdCluster starts a three-member etcd cluster for the rest of the test (skipping the test
 // without the kube assets' etcd) and returns its members and moat lb's --store flag for it.
 func etcdCluster(t *testing.T) (members []*etcdtest.Member, storeFlag string) {

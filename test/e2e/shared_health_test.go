@@ -12,8 +12,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/miekg/dns"
-
-	"github.com/moatlb/moat/internal/etcdtest"
 )
 
 // TestTargetHealthFromAStandbyNode runs two nodes on one etcd store: node-a serves every zone and
@@ -21,15 +19,7 @@ import (
 // DescribeTargetHealth through node-b answers as through node-a, healthy and then unhealthy once
 // the target stops, and DNS through node-b picks the zones by that health as node-a's does.
 func TestTargetHealthFromAStandbyNode(t *testing.T) {
-	bin, err := etcdtest.Binary()
-	if err != nil {
-		t.Skipf("no etcd binary (%v): run hack/kube-assets.sh", err)
-	}
-	member, err := etcdtest.Start(bin, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(member.Stop)
+	member := etcdMember(t)
 	storeFlag := "--store=etcd://" + member.Endpoint
 	serving := startLB(t, filepath.Join(t.TempDir(), "node-a"), storeFlag, "--node-name=node-a")
 	waitFor(t, 30*time.Second, "node-a active for zone a", func() bool {

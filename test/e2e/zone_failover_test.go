@@ -70,15 +70,7 @@ func newFailoverLab(t *testing.T) *failoverLab {
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root")
 	}
-	bin, err := etcdtest.Binary()
-	if err != nil {
-		t.Skipf("no etcd binary (%v): run hack/kube-assets.sh", err)
-	}
-	member, err := etcdtest.Start(bin, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(member.Stop)
+	member := etcdMember(t)
 
 	id := fmt.Sprintf("z%d", os.Getpid()%10000)
 	l := &failoverLab{t: t, id: id, sw: "moats" + id, client: "moatc" + id, target: "moatt" + id,
@@ -124,10 +116,12 @@ func newFailoverLab(t *testing.T) *failoverLab {
 		run("-n", ns, "addr", "add", there+"/30", "dev", peer)
 		run("-n", ns, "link", "set", peer, "up")
 		l.apiHost[i] = there
-		if l.proxies[i], err = etcdtest.NewProxy(here+":0", member.Endpoint); err != nil {
+		proxy, err := etcdtest.NewProxy(here+":0", member.Endpoint)
+		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { l.proxies[i].Close() })
+		l.proxies[i] = proxy
+		t.Cleanup(func() { proxy.Close() })
 	}
 	l.inventory = filepath.Join(t.TempDir(), "inventory.yaml")
 	if err := os.WriteFile(l.inventory, []byte(failoverInventory), 0o600); err != nil {
