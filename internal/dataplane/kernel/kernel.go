@@ -148,8 +148,7 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// CallTimeout bounds every kernel call; 0 = 5 s.
 	CallTimeout time.Duration
-	// PollInterval is how often counters are read, at most (a read that takes long spaces the
-	// next by pollShare times its length); 0 = 1 s.
+	// PollInterval is how often counters are read; 0 = 1 s.
 	PollInterval time.Duration
 	// NetlinkDial, for tests, replaces the netlink socket to nftables with a
 	// peer of the caller's (see github.com/mdlayher/netlink/nltest).
@@ -410,10 +409,6 @@ func (p *Path) Close() {
 	<-p.done
 }
 
-// pollShare is how many times a counter read's own length the next one waits at least: the
-// reads take at most 1/pollShare of the worker's time.
-const pollShare = 20
-
 // run is the worker: it brings the kernel to the desired state after every
 // kick, reads counters every poll interval, and reconnects after a failure.
 func (p *Path) run() {
@@ -432,12 +427,7 @@ func (p *Path) run() {
 		case <-retry.C:
 		case <-poll.C:
 			if p.c != nil && len(p.slots) > 0 {
-				start := time.Now()
 				p.pollCounts()
-				// One read takes tens of milliseconds at thousands of listeners: reading
-				// spaced by pollShare times its length keeps it to a small share of a CPU,
-				// so that the counters never crowd out the API and the sync.
-				poll.Reset(max(p.opts.PollInterval, pollShare*time.Since(start)))
 			}
 			if !p.refreshHost() || p.c == nil {
 				continue // unchanged, or the retry timer reprograms
