@@ -3,13 +3,15 @@
 package lb
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
+	"github.com/mdlayher/packet"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -56,7 +58,7 @@ func newAnnouncer(name string, log *slog.Logger) (*announcer, error) {
 			log.Info("removed a load balancer address an earlier run left", "interface", name, "addr", addr.IPNet)
 			continue
 		}
-		if p, ok := netipPrefix(addr.IPNet); ok && p.Bits() < 32 {
+		if p, ok := prefixOf(addr.IPNet); ok && p.Bits() < 32 {
 			a.networks = append(a.networks, p.Masked())
 		}
 	}
@@ -64,15 +66,6 @@ func newAnnouncer(name string, log *slog.Logger) (*announcer, error) {
 		return nil, bad(errors.New("has no IPv4 network to announce load balancer addresses in"))
 	}
 	return a, nil
-}
-
-func netipPrefix(n *net.IPNet) (netip.Prefix, bool) {
-	addr, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	bits, _ := n.Mask.Size()
-	return netip.PrefixFrom(addr.Unmap(), bits), true
 }
 
 // covers says whether addr is one this announcer puts on its interface while served.
@@ -136,39 +129,35 @@ func (a *announcer) announce(addrs []netip.Addr) {
 	if a == nil || len(addrs) == 0 {
 		return
 	}
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ARP)))
+	name, mac := a.link.Attrs().Name, a.link.Attrs().HardwareAddr
+	conn, err := packet.Listen(&net.Interface{Index: a.link.Attrs().Index, Name: name, HardwareAddr: mac}, packet.Raw, int(ethernet.EtherTypeARP), nil)
 	if err != nil {
-		a.log.Error("cannot send gratuitous ARP", "interface", a.link.Attrs().Name, "err", err)
+		a.log.Error("cannot send gratuitous ARP", "interface", name, "err", err)
 		return
 	}
-	defer unix.Close(fd)
-	mac := a.link.Attrs().HardwareAddr
-	to := &unix.SockaddrLinklayer{Ifindex: a.link.Attrs().Index, Protocol: htons(unix.ETH_P_ARP), Halen: 6, Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
+	defer conn.Close()
 	for _, addr := range addrs {
-		if err := unix.Sendto(fd, gratuitousARP(mac, addr), 0, to); err != nil {
-			a.log.Error("cannot send gratuitous ARP", "interface", a.link.Attrs().Name, "addr", addr, "err", err)
+		frame, err := gratuitousARP(mac, addr)
+		if err == nil {
+			_, err = conn.WriteTo(frame, &packet.Addr{HardwareAddr: ethernet.Broadcast})
+		}
+		if err != nil {
+			a.log.Error("cannot send gratuitous ARP", "interface", name, "addr", addr, "err", err)
 			continue
 		}
-		a.log.Info("sent gratuitous ARP", "interface", a.link.Attrs().Name, "addr", addr, "mac", mac.String())
+		a.log.Info("sent gratuitous ARP", "interface", name, "addr", addr, "mac", mac.String())
 	}
 }
 
 // gratuitousARP is the Ethernet frame of a gratuitous ARP request for addr from mac.
-func gratuitousARP(mac net.HardwareAddr, addr netip.Addr) []byte {
-	ip := addr.As4()
-	frame := make([]byte, 0, 42)
-	frame = append(frame, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
-	frame = append(frame, mac...)
-	frame = binary.BigEndian.AppendUint16(frame, unix.ETH_P_ARP)
-	frame = binary.BigEndian.AppendUint16(frame, 1)             // hardware: Ethernet
-	frame = binary.BigEndian.AppendUint16(frame, unix.ETH_P_IP) // protocol: IPv4
-	frame = append(frame, 6, 4)
-	frame = binary.BigEndian.AppendUint16(frame, 1) // request
-	frame = append(frame, mac...)
-	frame = append(frame, ip[:]...)
-	frame = append(frame, 0, 0, 0, 0, 0, 0)
-	return append(frame, ip[:]...)
+func gratuitousARP(mac net.HardwareAddr, addr netip.Addr) ([]byte, error) {
+	p, err := arp.NewPacket(arp.OperationRequest, mac, addr, make(net.HardwareAddr, len(mac)), addr)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := p.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	return (&ethernet.Frame{Destination: ethernet.Broadcast, Source: mac, EtherType: ethernet.EtherTypeARP, Payload: payload}).MarshalBinary()
 }
-
-// htons is v in network byte order, as the packet socket calls want it in a native integer.
-func htons(v uint16) uint16 { return binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, v)) }
