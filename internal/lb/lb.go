@@ -191,9 +191,9 @@ func Run(ctx context.Context, cfg Config, ready func(Endpoints)) error {
 	if err := os.Remove(filepath.Join(cfg.DataDir, EndpointsFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if cfg.Store != "" {
+	if etcd, ok := st.(*store.Etcd); ok {
 		// Before the file is opened: it is the store's copy.
-		stopSharing, err := shareCredentials(st, cfg.DataDir, log)
+		stopSharing, err := shareCredentials(etcd, cfg.DataDir, log)
 		if err != nil {
 			return err
 		}

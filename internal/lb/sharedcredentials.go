@@ -32,10 +32,11 @@ type sharedCredentials struct {
 }
 
 // shareCredentials makes sure the store holds the deployment's credentials, writes this node's
-// copy, and keeps it following the store until stop is called. The record is created in one
-// transaction, so nodes starting together end with the same keys: from the data dir's own
-// credentials file if it has one (a node that served alone before), else a fresh key pair.
-func shareCredentials(st store.Store, dataDir string, log *slog.Logger) (stop func(), err error) {
+// copy, and keeps it following the record (woken only by commits to its bucket) until stop is
+// called. The record is created in one transaction, so nodes starting together end with the
+// same keys: from the data dir's own credentials file if it has one (a node that served alone
+// before), else a fresh key pair.
+func shareCredentials(st *store.Etcd, dataDir string, log *slog.Logger) (stop func(), err error) {
 	path := filepath.Join(dataDir, CredentialsFile)
 	var creds sharedCredentials
 	var created bool
@@ -72,7 +73,7 @@ func shareCredentials(st store.Store, dataDir string, log *slog.Logger) (stop fu
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	changes, stopChanges := st.Changes()
+	changes, stopChanges := st.BucketChanges(credentialsBucket)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

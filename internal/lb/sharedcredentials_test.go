@@ -43,15 +43,15 @@ func etcdMember(t *testing.T) *etcdtest.Member {
 	return member
 }
 
-// openNode opens the store of a node whose data dir is dataDir, closed at the test's end.
-func openNode(t *testing.T, storeFlag, dataDir string) store.Store {
+// openNode opens the etcd store of a node whose data dir is dataDir, closed at the test's end.
+func openNode(t *testing.T, storeFlag, dataDir string) *store.Etcd {
 	t.Helper()
 	st, closeStore, err := openStore(Config{DataDir: dataDir, Store: storeFlag}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(closeStore)
-	return st
+	return st.(*store.Etcd)
 }
 
 func readCredentials(t *testing.T, dataDir string) []byte {
@@ -70,7 +70,7 @@ func TestSharedCredentialsAgreeWhenNodesStartTogether(t *testing.T) {
 	storeFlag := startEtcd(t, "/creds")
 	const nodes = 4
 	dirs := make([]string, nodes)
-	stores := make([]store.Store, nodes)
+	stores := make([]*store.Etcd, nodes)
 	for i := range nodes {
 		dirs[i] = t.TempDir()
 		stores[i] = openNode(t, storeFlag, dirs[i])
@@ -134,7 +134,7 @@ func TestSharedCredentialsSeedFromDataDirAndFollowTheStore(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	a, b := openNode(t, storeFlag, first), openNode(t, storeFlag, second)
 	for _, node := range []struct {
-		st  store.Store
+		st  *store.Etcd
 		dir string
 	}{{a, first}, {b, second}} {
 		stop, err := shareCredentials(node.st, node.dir, log)

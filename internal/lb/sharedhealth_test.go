@@ -61,7 +61,7 @@ type healthNode struct {
 
 func startHealthNode(t *testing.T, storeFlag, name string) *healthNode {
 	t.Helper()
-	st := openNode(t, storeFlag, t.TempDir()).(*store.Etcd)
+	st := openNode(t, storeFlag, t.TempDir())
 	engine := &checkingEngine{health: map[targetKey]dataplane.Health{}}
 	reporter := newSharedHealth(st, engine, engine.targets, name, 2*time.Second, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())

@@ -64,10 +64,10 @@ type Etcd struct {
 
 	mu       sync.Mutex
 	closed   bool
-	watchers map[chan struct{}]struct{}
-	seen     int64         // the revision the watch has reported up to
-	seenMore chan struct{} // closed when seen grows
-	watching chan struct{} // closed when the watch loop returns
+	watchers map[chan struct{}]string // -> the bucket it follows; "" for every bucket
+	seen     int64                    // the revision the watch has reported up to
+	seenMore chan struct{}            // closed when seen grows
+	watching chan struct{}            // closed when the watch loop returns
 }
 
 // EtcdConfig says how to reach the cluster and where moat's records live in it.
@@ -118,7 +118,7 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Etcd{client: client, root: root, timeout: timeout, ctx: ctx, cancel: cancel,
 		name:     fmt.Sprintf("etcd %s%s", strings.Join(cfg.Endpoints, ","), root),
-		watchers: map[chan struct{}]struct{}{}, seenMore: make(chan struct{}), watching: make(chan struct{}), turn: make(chan struct{}, 1)}
+		watchers: map[chan struct{}]string{}, seenMore: make(chan struct{}), watching: make(chan struct{}), turn: make(chan struct{}, 1)}
 	// Any read gives the revision to watch from; this key is never written.
 	getCtx, done := context.WithTimeout(ctx, timeout)
 	resp, err := client.Get(getCtx, s.root+"/")
@@ -158,20 +158,27 @@ func (s *Etcd) Root() string { return s.root }
 func (s *Etcd) markerKey(bucket string) string { return s.root + "/" + bucket }
 
 // Client is the store's connection to etcd, for what else nodes keep in the cluster beside
-// records (the zones' elections); keys there must stay out of every bucket's range.
+// records, under QuietPrefix.
 func (s *Etcd) Client() *clientv3.Client { return s.client }
 
 func (s *Etcd) bucketPrefix(bucket string) string { return s.root + "/" + bucket + "/" }
 
-// QuietPrefix is where nodes keep, beside the records, what changes too often to make every node
-// read the whole state again (the targets' health): <root>/quiet/ (no bucket has that name).
+// QuietPrefix is where nodes keep, beside the records, what must not make every node read the
+// whole state again (the targets' health, the zones' elections): <root>/quiet/ (no bucket has
+// that name).
 // Changes does not signal writes there; their readers watch it themselves.
 func (s *Etcd) QuietPrefix() string { return s.root + "/quiet/" }
 
-// signals reports whether a watch response changed anything but the quiet keys.
-func (s *Etcd) signals(events []*clientv3.Event) bool {
-	quiet := s.QuietPrefix()
-	return slices.ContainsFunc(events, func(e *clientv3.Event) bool { return !strings.HasPrefix(string(e.Kv.Key), quiet) })
+// signals reports whether a watch response wrote bucket ("": any bucket, that is anything but
+// the quiet keys).
+func (s *Etcd) signals(events []*clientv3.Event, bucket string) bool {
+	return slices.ContainsFunc(events, func(e *clientv3.Event) bool {
+		key := string(e.Kv.Key)
+		if bucket == "" {
+			return !strings.HasPrefix(key, s.QuietPrefix())
+		}
+		return key == s.markerKey(bucket) || strings.HasPrefix(key, s.bucketPrefix(bucket))
+	})
 }
 
 func (s *Etcd) View(fn func(Tx) error) error {
@@ -263,13 +270,11 @@ func (s *Etcd) watch(from int64) {
 				from = resp.CompactRevision
 			}
 			if resp.Err() != nil || resp.Canceled {
-				s.notify()
+				s.notify(nil) // what was missed is unknown: every watcher reads again
 				break
 			}
 			if n := len(resp.Events); n > 0 {
-				if s.signals(resp.Events) {
-					s.notify()
-				}
+				s.notify(resp.Events)
 				last := resp.Events[n-1].Kv.ModRevision
 				from = last + 1
 				s.advance(last)
@@ -293,10 +298,14 @@ func (s *Etcd) advance(rev int64) {
 	}
 }
 
-func (s *Etcd) Changes() (<-chan struct{}, func()) {
+func (s *Etcd) Changes() (<-chan struct{}, func()) { return s.BucketChanges("") }
+
+// BucketChanges is Changes for the commits that wrote one bucket: a reader of one bucket is not
+// woken by every other commit.
+func (s *Etcd) BucketChanges(bucket string) (<-chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
 	s.mu.Lock()
-	s.watchers[ch] = struct{}{}
+	s.watchers[ch] = bucket
 	s.mu.Unlock()
 	return ch, func() {
 		s.mu.Lock()
@@ -305,10 +314,14 @@ func (s *Etcd) Changes() (<-chan struct{}, func()) {
 	}
 }
 
-func (s *Etcd) notify() {
+// notify signals the watchers whose bucket events wrote; nil events signal them all.
+func (s *Etcd) notify(events []*clientv3.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for ch := range s.watchers {
+	for ch, bucket := range s.watchers {
+		if events != nil && !s.signals(events, bucket) {
+			continue
+		}
 		select {
 		case ch <- struct{}{}:
 		default: // a signal is already pending; the reader will see this change too

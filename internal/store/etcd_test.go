@@ -278,6 +278,40 @@ func TestEtcdQuietKeysDoNotSignal(t *testing.T) {
 	}
 }
 
+// TestEtcdBucketChanges: a reader of one bucket is signalled by another node's commit to that
+// bucket, and not by commits to other buckets.
+func TestEtcdBucketChanges(t *testing.T) {
+	a, b := twoNodes(t)
+	watcher, writer := a.(*Etcd), b.(*Etcd)
+	things, stopThings := watcher.BucketChanges("things")
+	defer stopThings()
+	all, stopAll := watcher.Changes()
+	defer stopAll()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := writer.Update(func(tx Tx) error { return Save(tx, "others", "x", record{"x", 1}) }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-all:
+	case <-ctx.Done():
+		t.Fatal("a commit to another bucket signalled no change at all")
+	}
+	select {
+	case <-things:
+		t.Fatal("a commit to another bucket signalled the bucket's readers")
+	default:
+	}
+	if err := writer.Update(func(tx Tx) error { return Save(tx, "things", "x", record{"x", 1}) }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-things:
+	case <-ctx.Done():
+		t.Fatal("a commit to the bucket signalled no change to its readers")
+	}
+}
+
 // TestEtcdRefusesDamagedRecord: a value that is not what the store sealed under its key (bytes
 // changed, or a record moved under another key, by another etcd client) is ErrCorrupt.
 func TestEtcdRefusesDamagedRecord(t *testing.T) {
