@@ -79,8 +79,9 @@ func selectZones(asked []string, st cloud.State) ([]string, error) {
 }
 
 // startZones starts this node's zone election: with an etcd store, one election per zone it runs
-// for, under <root>/zones/; alone on a state file, it serves them all. onChange is called
-// whenever what the node serves may have changed; wait returns when the election has let go.
+// for, under <root>/quiet/zones/ (an election wakes no node's full sync; onChange reapplies);
+// alone on a state file, it serves them all. onChange is called whenever what the node serves
+// may have changed; wait returns when the election has let go.
 func startZones(ctx context.Context, cfg Config, st store.Store, zones []string, onChange func(), log *slog.Logger) (election zoneElection, wait func()) {
 	etcd, ok := st.(*store.Etcd)
 	if !ok {
@@ -94,7 +95,7 @@ func startZones(ctx context.Context, cfg Config, st store.Store, zones []string,
 		return s, func() {}
 	}
 	e := zonelease.New(zonelease.Config{
-		Client: etcd.Client(), Prefix: etcd.Root() + "/zones/", Zones: zones, Node: cfg.NodeName,
+		Client: etcd.Client(), Prefix: etcd.QuietPrefix() + "zones/", Zones: zones, Node: cfg.NodeName,
 		TTL: cmp.Or(cfg.ZoneLeaseTTL, DefaultZoneLeaseTTL), Log: log, OnChange: onChange,
 	})
 	done := make(chan struct{})
