@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 
 	"github.com/moatlb/moat/internal/awsapi/sigv4"
-	"github.com/moatlb/moat/internal/lockfile"
 	"github.com/moatlb/moat/internal/store"
 )
 
@@ -41,13 +40,10 @@ func Migrate(cfg Config) (MigrateResult, error) {
 	if err := cfg.validateStore(); err != nil {
 		return res, err
 	}
-	inUse := fmt.Errorf("data dir %s is in use by a moat lb: stop it first, so that the copy is its last state", cfg.DataDir)
-	release, err := lockfile.Acquire(filepath.Join(cfg.DataDir, "lock"))
-	if errors.Is(err, lockfile.ErrHeld) {
-		return res, inUse
-	}
+	stopFirst := "stop it first, so that the copy is its last state"
+	release, err := lockDataDir(cfg.DataDir)
 	if err != nil {
-		return res, err
+		return res, fmt.Errorf("%w: %s", err, stopFirst)
 	}
 	defer release()
 	statePath := filepath.Join(cfg.DataDir, StateFile)
@@ -56,7 +52,7 @@ func Migrate(cfg Config) (MigrateResult, error) {
 	}
 	from, err := store.OpenBoltReadOnly(statePath)
 	if errors.Is(err, store.ErrLocked) {
-		return res, inUse
+		return res, fmt.Errorf("data dir %s is in use by another moat lb: %s", cfg.DataDir, stopFirst)
 	}
 	if err != nil {
 		return res, err

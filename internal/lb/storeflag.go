@@ -89,10 +89,7 @@ func openStore(cfg Config, log *slog.Logger) (st store.Store, closeStore func(),
 		}
 		return bolt, func() { bolt.Close() }, nil
 	}
-	release, err := lockfile.Acquire(filepath.Join(cfg.DataDir, "lock"))
-	if errors.Is(err, lockfile.ErrHeld) {
-		return nil, nil, fmt.Errorf("data dir %s is in use by another moat lb", cfg.DataDir)
-	}
+	release, err := lockDataDir(cfg.DataDir)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -103,6 +100,16 @@ func openStore(cfg Config, log *slog.Logger) (st store.Store, closeStore func(),
 	}
 	log.Info("state in etcd", "store", cfg.Store)
 	return etcd, func() { etcd.Close(); release() }, nil
+}
+
+// lockDataDir takes the lock of a data dir with --store (the state file's own lock guards it
+// without): one moat lb, or one migrate, at a time.
+func lockDataDir(dataDir string) (release func(), err error) {
+	release, err = lockfile.Acquire(filepath.Join(dataDir, "lock"))
+	if errors.Is(err, lockfile.ErrHeld) {
+		return nil, fmt.Errorf("data dir %s is in use by another moat lb: %w", dataDir, err)
+	}
+	return release, err
 }
 
 // openEtcd connects to the etcd store --store and its TLS flags name.
