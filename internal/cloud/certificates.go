@@ -296,7 +296,7 @@ func (c *Cloud) certificateUsers(tx store.Tx) (map[string][]string, error) {
 		return nil, err
 	}
 	users := map[string][]string{}
-	for _, l := range listeners.all {
+	for _, l := range listeners.all() {
 		for _, arn := range l.TLS.certificates() {
 			if !slices.Contains(users[arn], l.LoadBalancerARN) {
 				users[arn] = append(users[arn], l.LoadBalancerARN)

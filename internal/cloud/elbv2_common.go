@@ -447,12 +447,12 @@ func (c *Cloud) elbSnapshot(tx store.Tx) (snap ELBSnapshot, err error) {
 	if err != nil {
 		return snap, err
 	}
-	snap.LoadBalancers, snap.Listeners = slices.Clone(lbs.all), slices.Clone(listeners.all)
+	snap.LoadBalancers, snap.Listeners = lbs.all(), listeners.all()
 	now := c.cfg.Now()
-	snap.TargetGroups = make([]TargetGroup, len(tgs.all))
-	for i, tg := range tgs.all {
+	snap.TargetGroups = tgs.all()
+	for i, tg := range snap.TargetGroups {
 		tg.Targets = tg.CurrentTargets(now)
-		snap.TargetGroups[i] = withUsers(tg, listeners.users)
+		snap.TargetGroups[i] = withUsers(tg, listeners.usersOf)
 	}
 	return snap, nil
 }

@@ -204,7 +204,7 @@ func (c *Cloud) checkForward(tx store.Tx, lb LoadBalancer, protocol, tgARN strin
 	if err != nil {
 		return err
 	}
-	for _, other := range users[tgARN] {
+	for _, other := range users(tgARN) {
 		if other != lb.ARN {
 			return errorf("TargetGroupAssociationLimit", "The following target groups cannot be associated with more than one load balancer: '%s'", tgARN)
 		}
@@ -349,11 +349,11 @@ func (c *Cloud) DescribeListeners(lbARN string, arns []string, page ELBPage) ([]
 			return nil
 		}
 		for _, want := range dedupe(arns) {
-			i, ok := listeners.byARN[want]
+			l, ok := listeners.record(want)
 			if !ok {
 				return errorf("ListenerNotFound", "One or more listeners not found")
 			}
-			out = append(out, listeners.all[i])
+			out = append(out, l)
 		}
 		return nil
 	})

@@ -129,19 +129,19 @@ func lookupTG(tx store.Tx, arn string, load func(store.Tx, string, string) (Targ
 	return tg, err
 }
 
-// tgUsers maps each target group to the load balancers whose listeners forward to it. The map
-// is shared: read it only.
-func (c *Cloud) tgUsers(tx store.Tx) (map[string][]string, error) {
+// tgUsers returns a function that answers, for a target group, the load balancers whose
+// listeners forward to it, in ARN order.
+func (c *Cloud) tgUsers(tx store.Tx) (func(tgARN string) []string, error) {
 	x, err := c.listenerIndex(tx)
 	if err != nil {
 		return nil, err
 	}
-	return x.users, nil
+	return x.usersOf, nil
 }
 
 // withUsers fills in LoadBalancerARNs.
-func withUsers(tg TargetGroup, users map[string][]string) TargetGroup {
-	tg.LoadBalancerARNs = slices.Sorted(slices.Values(users[tg.ARN]))
+func withUsers(tg TargetGroup, users func(tgARN string) []string) TargetGroup {
+	tg.LoadBalancerARNs = users(tg.ARN)
 	if tg.LoadBalancerARNs == nil {
 		tg.LoadBalancerARNs = []string{}
 	}
@@ -213,8 +213,7 @@ func (c *Cloud) CreateTargetGroup(in CreateTargetGroupInput) (TargetGroup, error
 		if err != nil {
 			return err
 		}
-		if old, ok := tgs.byName[strings.ToLower(in.Name)]; ok {
-			old := tgs.all[old]
+		if old, ok := tgs.withName(in.Name); ok {
 			if old.Protocol != in.Protocol || old.Port != *in.Port || old.VPCID != in.VPCID || old.TargetType != in.TargetType ||
 				old.IPAddressType != in.IPAddressType || old.HealthCheck != hc {
 				return errorf("DuplicateTargetGroupName", "A target group with the same name '%s' exists, but with different settings", in.Name)
@@ -223,7 +222,7 @@ func (c *Cloud) CreateTargetGroup(in CreateTargetGroupInput) (TargetGroup, error
 			tg = withUsers(old, users)
 			return err
 		}
-		if len(tgs.all) >= c.cfg.Quotas.TargetGroups {
+		if tgs.count() >= c.cfg.Quotas.TargetGroups {
 			return errorf("TooManyTargetGroups", "The maximum number of target groups (%d) has been reached", c.cfg.Quotas.TargetGroups)
 		}
 		id := randomHex(16)
@@ -411,10 +410,10 @@ func (c *Cloud) DescribeTargetGroups(lbARN string, arns, names []string, page EL
 		}
 		slices.SortFunc(selected, func(a, b TargetGroup) int { return strings.Compare(a.ARN, b.ARN) })
 		if lbARN == "" && len(arns) == 0 && len(names) == 0 {
-			selected = tgs.all // in ARN order already
+			selected = tgs.all() // in ARN order already
 		}
 		for _, tg := range selected {
-			out = append(out, withUsers(tg, listeners.users))
+			out = append(out, withUsers(tg, listeners.usersOf))
 		}
 		return nil
 	})
@@ -466,7 +465,7 @@ func (c *Cloud) DeleteTargetGroup(arn string) error {
 		if err != nil {
 			return err
 		}
-		if len(users[arn]) > 0 {
+		if len(users(arn)) > 0 {
 			return errorf("ResourceInUse", "Target group '%s' is currently in use by a listener or a rule", arn)
 		}
 		return tx.Delete(bucketTargetGroups, arn)
@@ -785,7 +784,7 @@ func (c *Cloud) DescribeTargetHealth(arn string, targets []TargetInput) ([]Targe
 		if err != nil {
 			return err
 		}
-		inUse := len(users[arn]) > 0
+		inUse := len(users(arn)) > 0
 		now := c.cfg.Now()
 		current := tg.CurrentTargets(now)
 		hcPort := func(port int) string {

@@ -7,107 +7,214 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+
+	"github.com/google/btree"
 
 	"github.com/moatlb/moat/internal/store"
 )
 
 // Indexes. A Describe call names a load balancer, its listeners or a group by tag; answering it by
 // scanning a whole bucket costs time in proportion to the state. So the cloud keeps, per bucket,
-// an index of the records (by ARN, name, owner, tag) built from one read of the bucket, and keeps
-// it while the bucket's store.Version stays: any commit that writes the bucket gives it a new
-// version, and the next reader builds the index again. An index is derived from the store alone,
-// so it is as right as the transaction that reads it, through commits, rollbacks and restarts.
-// Its records are shared (see store.ListShared): read them, never write through them.
+// an index of the records (by ARN, name, owner, tag) and the bucket's store.Version it shows. A
+// commit that writes the bucket gives it a new version, and the next reader brings the index up
+// to it by reading again only the records written since (store.ChangedSince), or, where the store
+// cannot tell which, the whole bucket. An index is derived from the store alone, so it is as right
+// as the transaction that reads it, through commits, rollbacks and restarts. Its records are
+// shared (see store.ListShared): read them, never write through them.
+//
+// The indexes are persistent maps (sortedMap): a new version is a clone of the last one, O(1),
+// with the changed records' entries removed and added, so a commit costs the index time in
+// proportion to what it wrote, not to the bucket, while readers go on with the version they hold.
 
-// indexCache keeps the last index built for a bucket and the version it was built from. An
-// index is built from the bucket's records (T) in key order, and gives them back (records).
-type indexCache[T any, I any] struct {
-	bucket  string
-	key     func(T) string
-	build   func(all []T) I
-	records func(I) []T
+// sortedMap is a persistent map from strings in key order. Clone it before a change: the clone
+// copies the tree's nodes as it changes them, so the original stays as it was for its readers.
+type sortedMap[V any] struct{ t *btree.BTreeG[entry[V]] }
+
+type entry[V any] struct {
+	key   string
+	value V
+}
+
+func newSortedMap[V any]() sortedMap[V] {
+	return sortedMap[V]{btree.NewG(16, func(a, b entry[V]) bool { return a.key < b.key })}
+}
+
+// clone must not run concurrently with another clone of the same map (btree's rule): the
+// indexCache clones under its lock.
+func (m sortedMap[V]) clone() sortedMap[V] { return sortedMap[V]{m.t.Clone()} }
+
+func (m sortedMap[V]) get(k string) (V, bool) {
+	e, ok := m.t.Get(entry[V]{key: k})
+	return e.value, ok
+}
+
+func (m sortedMap[V]) set(k string, v V)   { m.t.ReplaceOrInsert(entry[V]{k, v}) }
+func (m sortedMap[V]) delete(k string)     { m.t.Delete(entry[V]{key: k}) }
+func (m sortedMap[V]) len() int            { return m.t.Len() }
+func (m sortedMap[V]) has(k string) bool   { return m.t.Has(entry[V]{key: k}) }
+func (m sortedMap[V]) entries() []entry[V] { return m.withPrefix("") }
+
+// values are the map's values in key order (nil if none, as a read of an empty bucket gives).
+func (m sortedMap[V]) values() []V {
+	if m.len() == 0 {
+		return nil
+	}
+	out := make([]V, 0, m.len())
+	m.t.Ascend(func(e entry[V]) bool { out = append(out, e.value); return true })
+	return out
+}
+
+// withPrefix are the entries whose keys start with prefix, in key order.
+func (m sortedMap[V]) withPrefix(prefix string) []entry[V] {
+	var out []entry[V]
+	m.t.AscendGreaterOrEqual(entry[V]{key: prefix}, func(e entry[V]) bool {
+		if !strings.HasPrefix(e.key, prefix) {
+			return false
+		}
+		out = append(out, e)
+		return true
+	})
+	return out
+}
+
+// deleteIf deletes k only while it still maps to v: a record leaving a unique key (a name, an
+// address) in the same batch as another record taking it must not take it from the other.
+func deleteIf[V comparable](m sortedMap[V], k string, v V) {
+	if got, ok := m.get(k); ok && got == v {
+		m.delete(k)
+	}
+}
+
+// joinKey joins the parts of a composite key. No part holds a NUL (names, tags, IDs and ARNs
+// cannot), so keys sort by their first part, then the next, and a prefix scan of the first parts
+// finds the rest.
+func joinKey(parts ...string) string { return strings.Join(parts, "\x00") + "\x00" }
+
+// lastPart is the last part of a joined key.
+func lastPart(k string) string {
+	k = strings.TrimSuffix(k, "\x00")
+	return k[strings.LastIndexByte(k, 0)+1:]
+}
+
+// recordIndex is what an indexCache keeps of a bucket of records of type T.
+type recordIndex[T any, I any] interface {
+	clone() I // a copy to change; the original stays as it was
+	record(key string) (T, bool)
+	add(T)     // a record's entries
+	remove(T)  // the entries add made for the record
+	dump() any // the contents, comparable with reflect.DeepEqual (tests)
+}
+
+// indexCache keeps the last index built for a bucket and the version it shows.
+type indexCache[T any, I recordIndex[T, I]] struct {
+	bucket string
+	empty  func() I
 
 	mu      sync.Mutex
 	version uint64
 	built   bool
 	index   I
+	// wholeReads counts the indexes built from a read of the whole bucket.
+	wholeReads atomic.Int64
 }
 
-// get returns the index of the bucket as tx sees it: the kept one if it was built from the
-// version tx starts from and tx changed nothing since; the kept one's records with tx's changes
-// put in (an update: that one is not kept, it may never be committed); or one built from a read
-// of the whole bucket, kept if tx changed nothing.
+// get returns the index of the bucket as tx sees it. With the kept index at the version tx
+// starts from, or behind it where the store can tell which records changed since: the kept
+// one with those records, and tx's own changes, read again — kept in turn if tx changed nothing
+// (an update's changes may never be committed). Otherwise, one built from a read of the whole
+// bucket, kept under the same rule.
 func (ic *indexCache[T, I]) get(tx store.Tx) (I, error) {
 	v, changed, versioned := store.Version(tx, ic.bucket)
 	ic.mu.Lock()
-	kept, have := ic.index, versioned && ic.built && ic.version == v
+	kept, keptVersion, have := ic.index, ic.version, versioned && ic.built
 	ic.mu.Unlock()
-	switch {
-	case have && len(changed) == 0:
+	if have && keptVersion == v && len(changed) == 0 {
 		ic.checkKept(kept, tx)
 		return kept, nil
-	case have:
-		all, err := ic.patch(tx, ic.records(kept), changed)
-		if err != nil {
-			return kept, err
-		}
-		idx := ic.build(all)
-		ic.checkKept(idx, tx)
-		return idx, nil
 	}
+	if have && keptVersion <= v {
+		since, ok := []string(nil), true
+		if keptVersion < v {
+			since, ok = store.ChangedSince(tx, ic.bucket, keptVersion)
+		}
+		if ok {
+			ic.mu.Lock()
+			idx := kept.clone()
+			ic.mu.Unlock()
+			if err := ic.apply(idx, tx, slices.Concat(since, changed)); err != nil {
+				return idx, err
+			}
+			ic.keep(idx, v, changed)
+			ic.checkKept(idx, tx)
+			return idx, nil
+		}
+	}
+	ic.wholeReads.Add(1)
 	all, err := store.ListShared[T](tx, ic.bucket)
 	if err != nil {
 		var zero I
 		return zero, err
 	}
-	idx := ic.build(all)
-	if versioned && len(changed) == 0 {
-		ic.mu.Lock()
-		ic.version, ic.index, ic.built = v, idx, true
-		ic.mu.Unlock()
+	idx := ic.empty()
+	for _, r := range all {
+		idx.add(r)
+	}
+	if versioned {
+		ic.keep(idx, v, changed)
 	}
 	return idx, nil
 }
 
-// patch returns all (in key order) with the records of the changed keys (in order) as tx sees
-// them: replaced, added or gone.
-func (ic *indexCache[T, I]) patch(tx store.Tx, all []T, changed []string) ([]T, error) {
-	out := make([]T, 0, len(all)+len(changed))
-	for len(all) > 0 || len(changed) > 0 {
-		if len(changed) == 0 || len(all) > 0 && ic.key(all[0]) < changed[0] {
-			out = append(out, all[0])
-			all = all[1:]
-			continue
-		}
-		k := changed[0]
-		changed = changed[1:]
-		if len(all) > 0 && ic.key(all[0]) == k {
-			all = all[1:]
+// keep makes idx, showing version v with tx's changes, the kept index: if there are none, and
+// no reader has kept a later version.
+func (ic *indexCache[T, I]) keep(idx I, v uint64, changed []string) {
+	if len(changed) > 0 {
+		return
+	}
+	ic.mu.Lock()
+	if !ic.built || v > ic.version {
+		ic.version, ic.index, ic.built = v, idx, true
+	}
+	ic.mu.Unlock()
+}
+
+// apply brings idx's records of keys to what tx sees: replaced, added or gone.
+func (ic *indexCache[T, I]) apply(idx I, tx store.Tx, keys []string) error {
+	slices.Sort(keys)
+	for _, k := range slices.Compact(keys) {
+		if old, ok := idx.record(k); ok {
+			idx.remove(old)
 		}
 		r, err := store.LoadShared[T](tx, ic.bucket, k)
 		if err == store.ErrNotFound {
 			continue
 		} else if err != nil {
-			return nil, err
+			return err
 		}
-		out = append(out, r)
+		idx.add(r)
 	}
-	if len(out) == 0 {
-		return nil, nil // as a read of an empty bucket gives
-	}
-	return out, nil
+	return nil
 }
 
 // checkKept, in tests, builds the index again from a read of the whole bucket and compares: an
-// index that differs means a version that did not change with the records, a wrong patch, or a
-// reader that wrote through a shared record (which the read's shared values also catch).
+// index that differs means a version that did not change with the records, a change the log
+// missed, a wrong remove, or a reader that wrote through a shared record (which the read's
+// shared values also catch).
 func (ic *indexCache[T, I]) checkKept(idx I, tx store.Tx) {
 	if !testing.Testing() {
 		return
 	}
 	all, err := store.ListShared[T](tx, ic.bucket)
-	if err == nil && !reflect.DeepEqual(ic.build(all), idx) {
+	if err != nil {
+		return
+	}
+	fresh := ic.empty()
+	for _, r := range all {
+		fresh.add(r)
+	}
+	if !reflect.DeepEqual(fresh.dump(), idx.dump()) {
 		panic(fmt.Sprintf("cloud: the index of %s differs from its records", ic.bucket))
 	}
 }
@@ -122,198 +229,362 @@ type indexes struct {
 
 func newIndexes() indexes {
 	return indexes{
-		lbs: &indexCache[LoadBalancer, *lbIndex]{bucket: bucketLoadBalancers, build: buildLBIndex,
-			key: func(lb LoadBalancer) string { return lb.ARN }, records: func(x *lbIndex) []LoadBalancer { return x.all }},
-		listeners: &indexCache[Listener, *listenerIndex]{bucket: bucketListeners, build: buildListenerIndex,
-			key: func(l Listener) string { return l.ARN }, records: func(x *listenerIndex) []Listener { return x.all }},
-		tgs: &indexCache[TargetGroup, *tgIndex]{bucket: bucketTargetGroups, build: buildTGIndex,
-			key: func(tg TargetGroup) string { return tg.ARN }, records: func(x *tgIndex) []TargetGroup { return x.all }},
-		groups: &indexCache[SecurityGroup, *groupIndex]{bucket: bucketSecurityGroups, build: buildGroupIndex,
-			key: func(sg SecurityGroup) string { return sg.ID }, records: func(x *groupIndex) []SecurityGroup { return x.all }},
+		lbs:       &indexCache[LoadBalancer, *lbIndex]{bucket: bucketLoadBalancers, empty: newLBIndex},
+		listeners: &indexCache[Listener, *listenerIndex]{bucket: bucketListeners, empty: newListenerIndex},
+		tgs:       &indexCache[TargetGroup, *tgIndex]{bucket: bucketTargetGroups, empty: newTGIndex},
+		groups:    &indexCache[SecurityGroup, *groupIndex]{bucket: bucketSecurityGroups, empty: newGroupIndex},
 	}
 }
 
 // lbIndex is the load balancers bucket.
 type lbIndex struct {
-	all    []LoadBalancer // in ARN order
-	byARN  map[string]int
-	byName map[string]int // lower-case: names are unique regardless of case
-	byDNS  map[string]int // lower-case DNS name
+	byARN  sortedMap[LoadBalancer]
+	byName sortedMap[string] // lower-case (names are unique regardless of case) → ARN
+	byDNS  sortedMap[string] // lower-case DNS name → ARN
 	// addrs are the addresses the load balancers hold, with the ARN of each holder.
-	addrs map[netip.Addr]string
+	addrs sortedMap[heldAddr]
+	// inGroup are the load balancers of each security group: group ID, ARN → ARN.
+	inGroup sortedMap[string]
+}
+
+type heldAddr struct {
+	addr   netip.Addr
+	holder string
 }
 
 func (c *Cloud) lbIndex(tx store.Tx) (*lbIndex, error) { return c.idx.lbs.get(tx) }
 
-func buildLBIndex(all []LoadBalancer) *lbIndex {
-	x := &lbIndex{all: all, byARN: map[string]int{}, byName: map[string]int{}, byDNS: map[string]int{}, addrs: map[netip.Addr]string{}}
-	for i, lb := range all {
-		x.byARN[lb.ARN] = i
-		x.byName[strings.ToLower(lb.Name)] = i
-		x.byDNS[strings.ToLower(lb.DNSName)] = i
-		for _, z := range lb.Zones {
-			for _, s := range []string{z.Address, z.IPv6Address} {
-				if a, err := netip.ParseAddr(s); err == nil {
-					x.addrs[a] = lb.ARN
-				}
+func newLBIndex() *lbIndex {
+	return &lbIndex{byARN: newSortedMap[LoadBalancer](), byName: newSortedMap[string](), byDNS: newSortedMap[string](),
+		addrs: newSortedMap[heldAddr](), inGroup: newSortedMap[string]()}
+}
+
+func (x *lbIndex) clone() *lbIndex {
+	return &lbIndex{byARN: x.byARN.clone(), byName: x.byName.clone(), byDNS: x.byDNS.clone(), addrs: x.addrs.clone(),
+		inGroup: x.inGroup.clone()}
+}
+
+func (x *lbIndex) record(arn string) (LoadBalancer, bool) { return x.byARN.get(arn) }
+
+func (x *lbIndex) add(lb LoadBalancer) {
+	x.byARN.set(lb.ARN, lb)
+	x.byName.set(strings.ToLower(lb.Name), lb.ARN)
+	x.byDNS.set(strings.ToLower(lb.DNSName), lb.ARN)
+	for _, a := range lbAddrs(lb) {
+		x.addrs.set(a.String(), heldAddr{a, lb.ARN})
+	}
+	for _, g := range lb.SecurityGroups {
+		x.inGroup.set(joinKey(g, lb.ARN), lb.ARN)
+	}
+}
+
+func (x *lbIndex) remove(lb LoadBalancer) {
+	x.byARN.delete(lb.ARN)
+	deleteIf(x.byName, strings.ToLower(lb.Name), lb.ARN)
+	deleteIf(x.byDNS, strings.ToLower(lb.DNSName), lb.ARN)
+	for _, a := range lbAddrs(lb) {
+		deleteIf(x.addrs, a.String(), heldAddr{a, lb.ARN})
+	}
+	for _, g := range lb.SecurityGroups {
+		x.inGroup.delete(joinKey(g, lb.ARN))
+	}
+}
+
+func (x *lbIndex) dump() any {
+	return []any{x.byARN.entries(), x.byName.entries(), x.byDNS.entries(), x.addrs.entries(), x.inGroup.entries()}
+}
+
+func lbAddrs(lb LoadBalancer) []netip.Addr {
+	var out []netip.Addr
+	for _, z := range lb.Zones {
+		for _, s := range []string{z.Address, z.IPv6Address} {
+			if a, err := netip.ParseAddr(s); err == nil {
+				out = append(out, a)
 			}
 		}
 	}
-	return x
+	return out
 }
+
+// all are the load balancers in ARN order.
+func (x *lbIndex) all() []LoadBalancer { return x.byARN.values() }
+
+func (x *lbIndex) count() int { return x.byARN.len() }
 
 // named returns the load balancer whose ARN or name (any case) is want.
 func (x *lbIndex) named(want string) (LoadBalancer, bool) {
-	i, ok := x.byARN[want]
-	if !ok {
-		i, ok = x.byName[strings.ToLower(want)]
+	if lb, ok := x.byARN.get(want); ok {
+		return lb, true
 	}
+	return x.withName(want)
+}
+
+// withName returns the load balancer named name (any case).
+func (x *lbIndex) withName(name string) (LoadBalancer, bool) {
+	arn, ok := x.byName.get(strings.ToLower(name))
 	if !ok {
 		return LoadBalancer{}, false
 	}
-	return x.all[i], true
+	return x.byARN.get(arn)
+}
+
+// groupInUse tells whether a load balancer has the security group.
+func (x *lbIndex) groupInUse(id string) bool { return len(x.inGroup.withPrefix(joinKey(id))) > 0 }
+
+// withDNSName returns the load balancer whose DNS name (lower-case) is name.
+func (x *lbIndex) withDNSName(name string) (LoadBalancer, bool) {
+	arn, ok := x.byDNS.get(name)
+	if !ok {
+		return LoadBalancer{}, false
+	}
+	return x.byARN.get(arn)
 }
 
 // listenerIndex is the listeners bucket.
 type listenerIndex struct {
-	all   []Listener // in ARN order
-	byARN map[string]int
-	// ofLB are the listeners of each load balancer, in ARN order.
-	ofLB map[string][]int
-	// users are, per target group, the load balancers whose listeners forward to it.
-	users map[string][]string
+	byARN sortedMap[Listener]
+	// ofLB are the listeners of each load balancer: load balancer ARN, listener ARN → ARN.
+	ofLB sortedMap[string]
+	// users are the load balancers whose listeners forward to each target group: target group
+	// ARN, load balancer ARN, listener ARN → load balancer ARN.
+	users sortedMap[string]
 }
 
 func (c *Cloud) listenerIndex(tx store.Tx) (*listenerIndex, error) { return c.idx.listeners.get(tx) }
 
-func buildListenerIndex(all []Listener) *listenerIndex {
-	x := &listenerIndex{all: all, byARN: map[string]int{}, ofLB: map[string][]int{}, users: map[string][]string{}}
-	for i, l := range all {
-		x.byARN[l.ARN] = i
-		x.ofLB[l.LoadBalancerARN] = append(x.ofLB[l.LoadBalancerARN], i)
-		if !slices.Contains(x.users[l.TargetGroupARN], l.LoadBalancerARN) {
-			x.users[l.TargetGroupARN] = append(x.users[l.TargetGroupARN], l.LoadBalancerARN)
-		}
-	}
-	return x
+func newListenerIndex() *listenerIndex {
+	return &listenerIndex{byARN: newSortedMap[Listener](), ofLB: newSortedMap[string](), users: newSortedMap[string]()}
 }
 
-// of returns the listeners of a load balancer.
+func (x *listenerIndex) clone() *listenerIndex {
+	return &listenerIndex{byARN: x.byARN.clone(), ofLB: x.ofLB.clone(), users: x.users.clone()}
+}
+
+func (x *listenerIndex) record(arn string) (Listener, bool) { return x.byARN.get(arn) }
+
+func (x *listenerIndex) add(l Listener) {
+	x.byARN.set(l.ARN, l)
+	x.ofLB.set(joinKey(l.LoadBalancerARN, l.ARN), l.ARN)
+	x.users.set(joinKey(l.TargetGroupARN, l.LoadBalancerARN, l.ARN), l.LoadBalancerARN)
+}
+
+func (x *listenerIndex) remove(l Listener) {
+	x.byARN.delete(l.ARN)
+	x.ofLB.delete(joinKey(l.LoadBalancerARN, l.ARN))
+	x.users.delete(joinKey(l.TargetGroupARN, l.LoadBalancerARN, l.ARN))
+}
+
+func (x *listenerIndex) dump() any {
+	return []any{x.byARN.entries(), x.ofLB.entries(), x.users.entries()}
+}
+
+// all are the listeners in ARN order.
+func (x *listenerIndex) all() []Listener { return x.byARN.values() }
+
+// of returns the listeners of a load balancer, in ARN order.
 func (x *listenerIndex) of(lbARN string) []Listener {
-	out := make([]Listener, 0, len(x.ofLB[lbARN]))
-	for _, i := range x.ofLB[lbARN] {
-		out = append(out, x.all[i])
+	of := x.ofLB.withPrefix(joinKey(lbARN))
+	out := make([]Listener, 0, len(of))
+	for _, e := range of {
+		if l, ok := x.byARN.get(e.value); ok {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// usersOf are the load balancers whose listeners forward to a target group, in ARN order.
+func (x *listenerIndex) usersOf(tgARN string) []string {
+	var out []string
+	for _, e := range x.users.withPrefix(joinKey(tgARN)) {
+		if len(out) == 0 || out[len(out)-1] != e.value {
+			out = append(out, e.value)
+		}
 	}
 	return out
 }
 
 // tgIndex is the target groups bucket.
 type tgIndex struct {
-	all    []TargetGroup // in ARN order
-	byARN  map[string]int
-	byName map[string]int // lower-case
+	byARN  sortedMap[TargetGroup]
+	byName sortedMap[string] // lower-case → ARN
 }
 
 func (c *Cloud) tgIndex(tx store.Tx) (*tgIndex, error) { return c.idx.tgs.get(tx) }
 
-func buildTGIndex(all []TargetGroup) *tgIndex {
-	x := &tgIndex{all: all, byARN: map[string]int{}, byName: map[string]int{}}
-	for i, tg := range all {
-		x.byARN[tg.ARN] = i
-		x.byName[strings.ToLower(tg.Name)] = i
-	}
-	return x
+func newTGIndex() *tgIndex {
+	return &tgIndex{byARN: newSortedMap[TargetGroup](), byName: newSortedMap[string]()}
 }
+
+func (x *tgIndex) clone() *tgIndex { return &tgIndex{byARN: x.byARN.clone(), byName: x.byName.clone()} }
+
+func (x *tgIndex) record(arn string) (TargetGroup, bool) { return x.byARN.get(arn) }
+
+func (x *tgIndex) add(tg TargetGroup) {
+	x.byARN.set(tg.ARN, tg)
+	x.byName.set(strings.ToLower(tg.Name), tg.ARN)
+}
+
+func (x *tgIndex) remove(tg TargetGroup) {
+	x.byARN.delete(tg.ARN)
+	deleteIf(x.byName, strings.ToLower(tg.Name), tg.ARN)
+}
+
+func (x *tgIndex) dump() any { return []any{x.byARN.entries(), x.byName.entries()} }
+
+// all are the target groups in ARN order.
+func (x *tgIndex) all() []TargetGroup { return x.byARN.values() }
+
+func (x *tgIndex) count() int { return x.byARN.len() }
 
 // named returns the target group whose ARN or name (any case) is want.
 func (x *tgIndex) named(want string) (TargetGroup, bool) {
-	i, ok := x.byARN[want]
-	if !ok {
-		i, ok = x.byName[strings.ToLower(want)]
+	if tg, ok := x.byARN.get(want); ok {
+		return tg, true
 	}
+	return x.withName(want)
+}
+
+// withName returns the target group named name (any case).
+func (x *tgIndex) withName(name string) (TargetGroup, bool) {
+	arn, ok := x.byName.get(strings.ToLower(name))
 	if !ok {
 		return TargetGroup{}, false
 	}
-	return x.all[i], true
+	return x.byARN.get(arn)
 }
 
 // groupIndex is the security groups bucket.
 type groupIndex struct {
-	all  []SecurityGroup // in ID order
-	byID map[string]int
-	// byName is keyed by VPC and lower-case name: names are unique per VPC regardless of case.
-	byName map[[2]string]int
-	inVPC  map[string]int // groups per VPC
-	// byTag lists the groups with each tag key and value, in ID order.
-	byTag map[Tag][]int
-	// referrers are, per group, the other groups with a rule that names it.
-	referrers map[string][]string
+	byID sortedMap[SecurityGroup]
+	// byName is keyed by VPC and lower-case name (names are unique per VPC regardless of case) → ID.
+	byName sortedMap[string]
+	inVPC  sortedMap[int] // groups per VPC
+	// byTag lists the groups with each tag: key, value, group ID → ID.
+	byTag sortedMap[string]
+	// referrers are, per group, the other groups with a rule that names it: group ID, referrer
+	// ID → referrer ID.
+	referrers sortedMap[string]
 	// ruleOwner is the group of each rule ID.
-	ruleOwner map[string]string
+	ruleOwner sortedMap[string]
 }
 
 func (c *Cloud) groupIndex(tx store.Tx) (*groupIndex, error) { return c.idx.groups.get(tx) }
 
-func buildGroupIndex(all []SecurityGroup) *groupIndex {
-	x := &groupIndex{all: all, byID: map[string]int{}, byName: map[[2]string]int{}, inVPC: map[string]int{},
-		byTag: map[Tag][]int{}, referrers: map[string][]string{}, ruleOwner: map[string]string{}}
-	for i, sg := range all {
-		x.byID[sg.ID] = i
-		x.byName[[2]string{sg.VPCID, strings.ToLower(sg.Name)}] = i
-		x.inVPC[sg.VPCID]++
-		for k, v := range sg.Tags {
-			x.byTag[Tag{k, v}] = append(x.byTag[Tag{k, v}], i)
-		}
-		for _, r := range slices.Concat(sg.Ingress, sg.Egress) {
-			x.ruleOwner[r.ID] = sg.ID
-			if r.GroupID != "" && r.GroupID != sg.ID && !slices.Contains(x.referrers[r.GroupID], sg.ID) {
-				x.referrers[r.GroupID] = append(x.referrers[r.GroupID], sg.ID)
-			}
+func newGroupIndex() *groupIndex {
+	return &groupIndex{byID: newSortedMap[SecurityGroup](), byName: newSortedMap[string](), inVPC: newSortedMap[int](),
+		byTag: newSortedMap[string](), referrers: newSortedMap[string](), ruleOwner: newSortedMap[string]()}
+}
+
+func (x *groupIndex) clone() *groupIndex {
+	return &groupIndex{byID: x.byID.clone(), byName: x.byName.clone(), inVPC: x.inVPC.clone(),
+		byTag: x.byTag.clone(), referrers: x.referrers.clone(), ruleOwner: x.ruleOwner.clone()}
+}
+
+func (x *groupIndex) record(id string) (SecurityGroup, bool) { return x.byID.get(id) }
+
+func (x *groupIndex) add(sg SecurityGroup) {
+	x.byID.set(sg.ID, sg)
+	x.byName.set(joinKey(sg.VPCID, strings.ToLower(sg.Name)), sg.ID)
+	n, _ := x.inVPC.get(sg.VPCID)
+	x.inVPC.set(sg.VPCID, n+1)
+	for k, v := range sg.Tags {
+		x.byTag.set(joinKey(k, v, sg.ID), sg.ID)
+	}
+	for _, r := range slices.Concat(sg.Ingress, sg.Egress) {
+		x.ruleOwner.set(r.ID, sg.ID)
+		if r.GroupID != "" && r.GroupID != sg.ID {
+			x.referrers.set(joinKey(r.GroupID, sg.ID), sg.ID)
 		}
 	}
-	return x
+}
+
+func (x *groupIndex) remove(sg SecurityGroup) {
+	x.byID.delete(sg.ID)
+	deleteIf(x.byName, joinKey(sg.VPCID, strings.ToLower(sg.Name)), sg.ID)
+	if n, _ := x.inVPC.get(sg.VPCID); n > 1 {
+		x.inVPC.set(sg.VPCID, n-1)
+	} else {
+		x.inVPC.delete(sg.VPCID)
+	}
+	for k, v := range sg.Tags {
+		x.byTag.delete(joinKey(k, v, sg.ID))
+	}
+	for _, r := range slices.Concat(sg.Ingress, sg.Egress) {
+		deleteIf(x.ruleOwner, r.ID, sg.ID)
+		if r.GroupID != "" && r.GroupID != sg.ID {
+			x.referrers.delete(joinKey(r.GroupID, sg.ID))
+		}
+	}
+}
+
+func (x *groupIndex) dump() any {
+	return []any{x.byID.entries(), x.byName.entries(), x.inVPC.entries(), x.byTag.entries(), x.referrers.entries(), x.ruleOwner.entries()}
+}
+
+// all are the groups in ID order.
+func (x *groupIndex) all() []SecurityGroup { return x.byID.values() }
+
+// countIn is the number of groups in a VPC.
+func (x *groupIndex) countIn(vpcID string) int {
+	n, _ := x.inVPC.get(vpcID)
+	return n
+}
+
+// referrersOf are the other groups with a rule that names the group, in ID order.
+func (x *groupIndex) referrersOf(id string) []string {
+	var out []string
+	for _, e := range x.referrers.withPrefix(joinKey(id)) {
+		out = append(out, e.value)
+	}
+	return out
 }
 
 // byNameIn returns the group named name (any case) in the VPC.
 func (x *groupIndex) byNameIn(vpcID, name string) (SecurityGroup, bool) {
-	i, ok := x.byName[[2]string{vpcID, strings.ToLower(name)}]
+	id, ok := x.byName.get(joinKey(vpcID, strings.ToLower(name)))
 	if !ok {
 		return SecurityGroup{}, false
 	}
-	return x.all[i], true
+	return x.byID.get(id)
 }
 
 // candidates narrows the groups that can match filters by their exact tag:<key> filters (a group
 // must have one of the values): the groups with those tags, or all of them when no filter is such
 // a filter. The filters themselves are still to be applied to each candidate.
 func (x *groupIndex) candidates(filters []Filter) []SecurityGroup {
-	var narrowed []int
+	var narrowed []string
+	tagged := false
 	for _, f := range filters {
 		key, isTag := strings.CutPrefix(f.Name, "tag:")
 		if !isTag || slices.ContainsFunc(f.Values, func(v string) bool { return strings.ContainsAny(v, "*?") }) {
 			continue
 		}
-		var with []int
+		var with []string
 		for _, v := range f.Values {
-			with = append(with, x.byTag[Tag{key, v}]...)
+			for _, e := range x.byTag.withPrefix(joinKey(key, v)) {
+				with = append(with, e.value)
+			}
 		}
 		slices.Sort(with)
 		with = slices.Compact(with)
-		if narrowed == nil {
-			narrowed = with
+		if !tagged {
+			narrowed, tagged = with, true
 		} else {
-			narrowed = slices.DeleteFunc(narrowed, func(i int) bool { _, found := slices.BinarySearch(with, i); return !found })
+			narrowed = slices.DeleteFunc(narrowed, func(id string) bool { _, found := slices.BinarySearch(with, id); return !found })
 		}
 		if len(narrowed) == 0 {
 			return nil
 		}
 	}
-	if narrowed == nil {
-		return x.all
+	if !tagged {
+		return x.all()
 	}
-	out := make([]SecurityGroup, len(narrowed))
-	for n, i := range narrowed {
-		out[n] = x.all[i]
+	out := make([]SecurityGroup, 0, len(narrowed))
+	for _, id := range narrowed {
+		if sg, ok := x.byID.get(id); ok {
+			out = append(out, sg)
+		}
 	}
 	return out
 }

@@ -3,9 +3,9 @@ package cloud
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -40,26 +40,31 @@ func checkIndexes(c *Cloud, tx store.Tx) error {
 	if err != nil {
 		return err
 	}
-	if !reflect.DeepEqual(lx.all, lbs) {
-		return fmt.Errorf("load balancer index %d records, bucket %d", len(lx.all), len(lbs))
+	if all := lx.all(); !reflect.DeepEqual(all, lbs) {
+		return fmt.Errorf("load balancer index %d records, bucket %d", len(all), len(lbs))
 	}
 	addrs := 0
 	for _, lb := range lbs {
 		if got, ok := lx.named(strings.ToUpper(lb.Name)); !ok || got.ARN != lb.ARN {
 			return fmt.Errorf("load balancer by name %s: %v %v", lb.Name, got.ARN, ok)
 		}
-		if got, ok := lx.byDNS[strings.ToLower(lb.DNSName)]; !ok || lx.all[got].ARN != lb.ARN {
+		if got, ok := lx.withDNSName(strings.ToLower(lb.DNSName)); !ok || got.ARN != lb.ARN {
 			return fmt.Errorf("load balancer by DNS name %s: %v", lb.DNSName, ok)
 		}
 		for _, z := range lb.Zones {
 			addrs++
-			if lx.addrs[netipMust(z.Address)] != lb.ARN {
-				return fmt.Errorf("address %s of %s: held by %q", z.Address, lb.ARN, lx.addrs[netipMust(z.Address)])
+			if held, _ := lx.addrs.get(z.Address); held != (heldAddr{netipMust(z.Address), lb.ARN}) {
+				return fmt.Errorf("address %s of %s: held by %q", z.Address, lb.ARN, held.holder)
+			}
+		}
+		for _, g := range lb.SecurityGroups {
+			if !lx.groupInUse(g) {
+				return fmt.Errorf("group %s of %s: not in use by the index", g, lb.ARN)
 			}
 		}
 	}
-	if len(lx.addrs) != addrs {
-		return fmt.Errorf("%d load balancer addresses indexed, %d held", len(lx.addrs), addrs)
+	if lx.addrs.len() != addrs {
+		return fmt.Errorf("%d load balancer addresses indexed, %d held", lx.addrs.len(), addrs)
 	}
 
 	ix, err := c.listenerIndex(tx)
@@ -84,7 +89,7 @@ func checkIndexes(c *Cloud, tx store.Tx) error {
 				want = append(want, l.LoadBalancerARN)
 			}
 		}
-		if got := ix.users[tg.ARN]; !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want))) {
+		if got := ix.usersOf(tg.ARN); !slices.Equal(got, slices.Sorted(slices.Values(want))) {
 			return fmt.Errorf("users of %s: %v, scan %v", tg.ARN, got, want)
 		}
 		tgx, err := c.tgIndex(tx)
@@ -94,8 +99,8 @@ func checkIndexes(c *Cloud, tx store.Tx) error {
 		if got, ok := tgx.named(strings.ToUpper(tg.Name)); !ok || !reflect.DeepEqual(got, tg) {
 			return fmt.Errorf("target group by name %s: %v %v", tg.Name, got.ARN, ok)
 		}
-		if len(tgx.all) != len(tgs) {
-			return fmt.Errorf("target group index %d records, bucket %d", len(tgx.all), len(tgs))
+		if tgx.count() != len(tgs) {
+			return fmt.Errorf("target group index %d records, bucket %d", tgx.count(), len(tgs))
 		}
 	}
 
@@ -103,8 +108,8 @@ func checkIndexes(c *Cloud, tx store.Tx) error {
 	if err != nil {
 		return err
 	}
-	if !reflect.DeepEqual(gx.all, groups) {
-		return fmt.Errorf("group index %d records, bucket %d", len(gx.all), len(groups))
+	if all := gx.all(); !reflect.DeepEqual(all, groups) {
+		return fmt.Errorf("group index %d records, bucket %d", len(all), len(groups))
 	}
 	inVPC := map[string]int{}
 	for _, g := range groups {
@@ -119,12 +124,12 @@ func checkIndexes(c *Cloud, tx store.Tx) error {
 				referrers = append(referrers, other.ID)
 			}
 		}
-		if got := gx.referrers[g.ID]; !slices.Equal(got, referrers) {
+		if got := gx.referrersOf(g.ID); !slices.Equal(got, referrers) {
 			return fmt.Errorf("referrers of %s: %v, scan %v", g.ID, got, referrers)
 		}
 		for _, r := range slices.Concat(g.Ingress, g.Egress) {
-			if gx.ruleOwner[r.ID] != g.ID {
-				return fmt.Errorf("rule %s: owner %q, scan %s", r.ID, gx.ruleOwner[r.ID], g.ID)
+			if owner, _ := gx.ruleOwner.get(r.ID); owner != g.ID {
+				return fmt.Errorf("rule %s: owner %q, scan %s", r.ID, owner, g.ID)
 			}
 		}
 		for k, v := range g.Tags {
@@ -144,8 +149,13 @@ func checkIndexes(c *Cloud, tx store.Tx) error {
 			}
 		}
 	}
-	if !maps.Equal(gx.inVPC, inVPC) {
-		return fmt.Errorf("groups per VPC %v, scan %v", gx.inVPC, inVPC)
+	for vpc, n := range inVPC {
+		if got := gx.countIn(vpc); got != n {
+			return fmt.Errorf("groups in %s: %d, scan %d", vpc, got, n)
+		}
+	}
+	if gx.inVPC.len() != len(inVPC) {
+		return fmt.Errorf("groups counted in %d VPCs, scan %d", gx.inVPC.len(), len(inVPC))
 	}
 	return nil
 }
@@ -255,7 +265,7 @@ func TestIndexesFollowConcurrentChanges(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				if _, ok := lx.byARN["arn:rolled-back"]; !ok {
+				if _, ok := lx.record("arn:rolled-back"); !ok {
 					return errors.New("the index in the update misses the update's write")
 				}
 				return errRolledBack
@@ -332,3 +342,61 @@ func TestIndexesFollowConcurrentChanges(t *testing.T) {
 }
 
 var errRolledBack = errors.New("rolled back")
+
+// TestIndexFollowsCommitsWithoutReadingTheBucket: on bbolt, which logs the keys of its commits,
+// an index follows a stream of commits by reading the records they wrote, never the whole bucket
+// again (which costs time in proportion to the state); and it answers as the records say.
+func TestIndexFollowsCommitsWithoutReadingTheBucket(t *testing.T) {
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	c := New(st, Config{})
+	if err := c.ApplyInventory(DefaultInventory()); err != nil {
+		t.Fatal(err)
+	}
+	vpcs, err := c.DescribeVPCs(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i := range 50 {
+		sg, err := c.CreateSecurityGroup(fmt.Sprint("g", i), "d", vpcs[0].ID, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, sg.ID)
+	}
+	tagged := func(v string) []string {
+		t.Helper()
+		got, _, err := c.DescribeSecurityGroups(nil, nil, []Filter{{Name: "tag:n", Values: []string{v}}}, Page{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, sg := range got {
+			out = append(out, sg.ID)
+		}
+		return out
+	}
+	tagged("0")
+	before := c.idx.groups.wholeReads.Load()
+	for i, id := range ids {
+		if err := c.CreateTags([]string{id}, []Tag{{"n", fmt.Sprint(i % 2)}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := len(tagged("1")); got != (i+1)/2 {
+			t.Fatalf("after tagging %d groups, %d have n=1, want %d", i+1, got, (i+1)/2)
+		}
+	}
+	if _, err := c.DeleteSecurityGroup(GroupRef{ID: ids[1]}); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(tagged("1")); got != len(ids)/2-1 {
+		t.Fatalf("after deleting a group tagged n=1, %d have it, want %d", got, len(ids)/2-1)
+	}
+	if n := c.idx.groups.wholeReads.Load() - before; n != 0 {
+		t.Errorf("the group index read the whole bucket %d times over %d commits, want 0", n, len(ids)+1)
+	}
+}

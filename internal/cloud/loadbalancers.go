@@ -163,14 +163,14 @@ func (c *Cloud) CreateLoadBalancer(in CreateLoadBalancerInput) (LoadBalancer, er
 		if err != nil {
 			return err
 		}
-		if i, ok := lbs.byName[strings.ToLower(in.Name)]; ok {
-			if old := lbs.all[i]; sameLoadBalancer(old, in, mappings, groups) {
+		if old, ok := lbs.withName(in.Name); ok {
+			if sameLoadBalancer(old, in, mappings, groups) {
 				lb = old
 				return nil
 			}
 			return errorf("DuplicateLoadBalancerName", "A load balancer with the same name '%s' exists, but with different settings", in.Name)
 		}
-		if len(lbs.all) >= c.cfg.Quotas.LoadBalancers {
+		if lbs.count() >= c.cfg.Quotas.LoadBalancers {
 			return errorf("TooManyLoadBalancers", "The maximum number of load balancers (%d) has been reached", c.cfg.Quotas.LoadBalancers)
 		}
 		vpcID, zones, err := c.placeZones(tx, mappings, in.Scheme, in.IPAddressType, nil, "")
@@ -470,9 +470,9 @@ func (c *Cloud) usedAddresses(tx store.Tx, self string) (map[netip.Addr]bool, er
 	if err != nil {
 		return nil, err
 	}
-	for a, holder := range lbs.addrs {
-		if holder != self {
-			used[a] = true
+	for _, e := range lbs.addrs.entries() {
+		if e.value.holder != self {
+			used[e.value.addr] = true
 		}
 	}
 	return used, nil
@@ -499,25 +499,25 @@ func (c *Cloud) DescribeLoadBalancers(arns, names []string, page ELBPage) ([]Loa
 	}); err != nil {
 		return nil, "", err
 	}
-	out := slices.Clone(lbs.all) // the caller's to page and sort
-	if len(arns) > 0 || len(names) > 0 {
-		out = nil
-		var missing []string
-		for _, want := range dedupe(append(slices.Clone(arns), names...)) {
-			lb, ok := lbs.named(want)
-			if !ok {
-				missing = append(missing, want)
-				continue
-			}
-			if !slices.ContainsFunc(out, func(o LoadBalancer) bool { return o.ARN == lb.ARN }) {
-				out = append(out, lb)
-			}
-		}
-		if len(missing) > 0 {
-			return nil, "", errorf("LoadBalancerNotFound", "Load balancers '[%s]' not found", strings.Join(missing, ", "))
-		}
-		slices.SortFunc(out, func(a, b LoadBalancer) int { return strings.Compare(a.ARN, b.ARN) })
+	if len(arns) == 0 && len(names) == 0 {
+		return elbPage(lbs.all(), func(lb LoadBalancer) string { return lb.ARN }, page)
 	}
+	var out []LoadBalancer
+	var missing []string
+	for _, want := range dedupe(append(slices.Clone(arns), names...)) {
+		lb, ok := lbs.named(want)
+		if !ok {
+			missing = append(missing, want)
+			continue
+		}
+		if !slices.ContainsFunc(out, func(o LoadBalancer) bool { return o.ARN == lb.ARN }) {
+			out = append(out, lb)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, "", errorf("LoadBalancerNotFound", "Load balancers '[%s]' not found", strings.Join(missing, ", "))
+	}
+	slices.SortFunc(out, func(a, b LoadBalancer) int { return strings.Compare(a.ARN, b.ARN) })
 	return elbPage(out, func(lb LoadBalancer) string { return lb.ARN }, page)
 }
 

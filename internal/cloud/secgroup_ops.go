@@ -87,7 +87,7 @@ func (c *Cloud) CreateSecurityGroup(name, description, vpcID string, tags []Tag)
 		if _, ok := groups.byNameIn(vpcID, name); ok {
 			return errorf("InvalidGroup.Duplicate", "The security group '%s' already exists for VPC '%s'", name, vpcID)
 		}
-		if groups.inVPC[vpcID] >= c.cfg.Quotas.SecurityGroupsPerVPC {
+		if groups.countIn(vpcID) >= c.cfg.Quotas.SecurityGroupsPerVPC {
 			return errorf("SecurityGroupLimitExceeded", "The maximum number of security groups for VPC '%s' has been reached.", vpcID)
 		}
 		t, err := c.mergeTags(nil, tags)
@@ -280,10 +280,8 @@ func (c *Cloud) DeleteSecurityGroup(ref GroupRef) (string, error) {
 		if err != nil {
 			return err
 		}
-		for _, lb := range lbs.all {
-			if slices.Contains(lb.SecurityGroups, sg.ID) {
-				return dependent
-			}
+		if lbs.groupInUse(sg.ID) {
+			return dependent
 		}
 		enis, err := store.ListShared[NetworkInterface](tx, bucketInterfaces)
 		if err != nil {
@@ -298,7 +296,7 @@ func (c *Cloud) DeleteSecurityGroup(ref GroupRef) (string, error) {
 		if err != nil {
 			return err
 		}
-		if len(groups.referrers[sg.ID]) > 0 {
+		if len(groups.referrersOf(sg.ID)) > 0 {
 			return dependent
 		}
 		return tx.Delete(bucketSecurityGroups, sg.ID)

@@ -24,18 +24,18 @@ func (c *Cloud) ResolveName(name string) (addrs []netip.Addr, ok bool) {
 			return err
 		}
 		name = strings.ToLower(name)
-		i, found := lbs.byDNS[name]
+		var found bool
+		lb, found = lbs.withDNSName(name)
 		if !found {
 			// <zone>.<dns-name>: zone names have no dots.
 			var rest string
 			if zone, rest, perZone = strings.Cut(name, "."); perZone {
-				i, found = lbs.byDNS[rest]
+				lb, found = lbs.withDNSName(rest)
 			}
 		}
 		if !found {
 			return errNoSuchName
 		}
-		lb = lbs.all[i]
 		listeners, err := c.listenerIndex(tx)
 		if err != nil {
 			return err

@@ -99,7 +99,7 @@ func (c *Cloud) editTags(tx store.Tx, id string, edit func(Tags) (Tags, error)) 
 		if err != nil {
 			return err
 		}
-		if owner, ok := groups.ruleOwner[id]; ok {
+		if owner, ok := groups.ruleOwner.get(id); ok {
 			sg, err := loadGroup(tx, owner) // its own copy, to change
 			if err != nil {
 				return err

@@ -21,6 +21,7 @@ type Bolt struct {
 	watchers map[chan struct{}]struct{}
 
 	cache sharedCache
+	log   *changeLog
 
 	updates   chan *update
 	closing   chan struct{}
@@ -59,6 +60,12 @@ func openBolt(path string, readOnly bool) (*Bolt, int, error) {
 		db.Close()
 		return nil, 0, err
 	}
+	var last uint64
+	if err := db.View(func(tx *bolt.Tx) error { last = uint64(tx.ID()); return nil }); err != nil {
+		db.Close()
+		return nil, 0, err
+	}
+	b.log = newChangeLog(last)
 	go b.commitLoop()
 	return b, records, nil
 }
@@ -91,7 +98,7 @@ func (b *Bolt) Buckets() ([]string, error) {
 
 func (b *Bolt) View(fn func(Tx) error) error {
 	// The count is read before the transaction begins: see sharedCache.
-	btx := &boltTx{path: b.path, cache: &b.cache, deletes: b.cache.deletes.Load()}
+	btx := &boltTx{path: b.path, cache: &b.cache, log: b.log, deletes: b.cache.deletes.Load()}
 	return b.db.View(func(tx *bolt.Tx) error { btx.tx = tx; return fn(btx) })
 }
 
@@ -155,9 +162,11 @@ func (b *Bolt) commitLoop() {
 func (b *Bolt) commit(group []*update) {
 	deletes := b.cache.deletes.Load() // before the transaction: see sharedCache
 	written, bases := map[recordKey]bool{}, map[string]uint64{}
+	var id uint64
 	err := b.db.Update(func(tx *bolt.Tx) error {
+		id = uint64(tx.ID())
 		for _, u := range group {
-			u.tx = &boltTx{tx: tx, path: b.path, cache: &b.cache, deletes: deletes, written: written, bases: bases, pending: map[string]map[string][]byte{}}
+			u.tx = &boltTx{tx: tx, path: b.path, cache: &b.cache, log: b.log, deletes: deletes, written: written, bases: bases, pending: map[string]map[string][]byte{}}
 			u.run()
 			if u.err != nil || u.panicked != nil {
 				continue
@@ -168,6 +177,9 @@ func (b *Bolt) commit(group []*update) {
 		}
 		return nil
 	})
+	if err == nil {
+		b.log.add(id, writtenKeys(written, bases))
+	}
 	wrote := false
 	for _, u := range group {
 		switch {
@@ -248,6 +260,8 @@ type boltTx struct {
 	deleted []recordKey
 	// bases are the versions of the buckets the commit has flushed writes to, before them.
 	bases map[string]uint64
+	// log is the store's log of the keys commits wrote (ChangedSince).
+	log *changeLog
 }
 
 func (t *boltTx) Get(bucket, key string) ([]byte, error) {
@@ -428,13 +442,35 @@ func (t *boltTx) version(bucket string) (uint64, []string) {
 		}
 	}
 	slices.Sort(changed)
+	return t.committedVersion(bucket), changed
+}
+
+// committedVersion is the version of the bucket's committed records that the transaction sees.
+func (t *boltTx) committedVersion(bucket string) uint64 {
 	if v, ok := t.bases[bucket]; ok {
-		return v, changed
+		return v
 	}
 	if bk := t.tx.Bucket([]byte(bucket)); bk != nil {
-		return bk.Sequence(), changed
+		return bk.Sequence()
 	}
-	return 0, changed
+	return 0
+}
+
+func (t *boltTx) changedSince(bucket string, since uint64) ([]string, bool) {
+	return t.log.since(bucket, since, t.committedVersion(bucket))
+}
+
+// writtenKeys are the keys a commit wrote, per bucket it flushed writes to (those in bases): the
+// keys of updates that failed in a flushed bucket are among them, which costs a reader of the
+// log a needless read, never a missed change.
+func writtenKeys(written map[recordKey]bool, bases map[string]uint64) map[string][]string {
+	out := map[string][]string{}
+	for k := range written {
+		if _, flushed := bases[k.bucket]; flushed {
+			out[k.bucket] = append(out[k.bucket], k.key)
+		}
+	}
+	return out
 }
 
 // sharedValue returns the decoded record from the cache when stored are the bytes it was decoded

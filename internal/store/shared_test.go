@@ -445,3 +445,76 @@ func TestBoltVersionInGroupCommit(t *testing.T) {
 		t.Error("the commit of the group left x's version as it was")
 	}
 }
+
+// TestBoltChangedSince: the keys committed to a bucket after a version, up to a reader's, are
+// those the commits wrote there, in order and once; a rolled-back update's are not; and a reader
+// asking from before what the log keeps, or from after its own version, is told the store cannot
+// tell.
+func TestBoltChangedSince(t *testing.T) {
+	st, _ := openTemp(t)
+	defer st.Close()
+	put := func(bucket string, keys ...string) {
+		t.Helper()
+		if err := st.Update(func(tx Tx) error {
+			for _, k := range keys {
+				if err := Save(tx, bucket, k, record{bucket, rand.IntN(1000)}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	since := func(bucket string, v uint64) (keys []string, ok bool, now uint64) {
+		t.Helper()
+		if err := st.View(func(tx Tx) error {
+			keys, ok = ChangedSince(tx, bucket, v)
+			now, _, _ = Version(tx, bucket)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return keys, ok, now
+	}
+	put("x", "a")
+	_, _, x1 := since("x", 0)
+	put("x", "c", "b")
+	put("y", "z")
+	if err := st.Update(func(tx Tx) error {
+		if err := tx.Delete("x", "a"); err != nil {
+			return err
+		}
+		return errRollback
+	}); !errors.Is(err, errRollback) {
+		t.Fatal(err)
+	}
+	put("x", "b")
+	if err := st.Update(func(tx Tx) error { return tx.Delete("x", "c") }); err != nil {
+		t.Fatal(err)
+	}
+	keys, ok, x2 := since("x", x1)
+	if !ok || !slices.Equal(keys, []string{"b", "c"}) {
+		t.Errorf("x since its version after a: %v %v, want [b c]", keys, ok)
+	}
+	if keys, ok, _ := since("x", x2); !ok || len(keys) != 0 {
+		t.Errorf("x since its current version: %v %v, want nothing", keys, ok)
+	}
+	if keys, ok, _ := since("y", 0); ok {
+		t.Errorf("y since before the store opened: %v, want ok false", keys)
+	}
+	if keys, ok, _ := since("x", x2+1); ok {
+		t.Errorf("x since a version after the reader's: %v, want ok false", keys)
+	}
+	// Past maxLoggedKeys, the oldest commits are forgotten: from before them, the store cannot tell.
+	for i := 0; i <= maxLoggedKeys/64; i++ {
+		batch := make([]string, 64)
+		for j := range batch {
+			batch[j] = fmt.Sprintf("k%d-%d", i, j)
+		}
+		put("x", batch...)
+	}
+	if keys, ok, _ := since("x", x2); ok {
+		t.Errorf("x since a version the log no longer reaches: %d keys, want ok false", len(keys))
+	}
+}
