@@ -54,7 +54,8 @@ const (
 // a no-op resync of every Service after a restart makes no mutating call. It reports the figures
 // (time to all ready, AWS calls per Service, moat lb's CPU and memory, the time from a rule change
 // to the first admitted connection) with t.Logf; it does not assert them: they depend on the
-// machine.
+// machine. Each phase has an hour: at 200 Services on a busy 2-core machine, all were ready
+// in 84 s and reconciled again after a restart in 64 s, and both grow faster than the count.
 //
 // moat up runs a binary built without the race detector (unlike the other end-to-end tests):
 // the race detector multiplies the CPU time and memory that the test reports. The Services need
@@ -98,7 +99,7 @@ func TestThousandServices(t *testing.T) {
 			}
 		}
 	}
-	hosts := waitHostnames(t, ctx, kube, ns, n, 20*time.Minute)
+	hosts := waitHostnames(t, ctx, kube, ns, n, time.Hour)
 	ready := time.Since(start)
 	calls, cpu := lbCalls(t, up).Since(calls0), procCPU(t, up.st.PID)
 	t.Logf("all %d Services have a hostname %s after the first create", n, ready.Round(time.Millisecond))
@@ -107,6 +108,8 @@ func TestThousandServices(t *testing.T) {
 	t.Logf("moat up (moat lb in-process): %.1f CPU seconds to all ready (%.1f since it started), RSS %d MiB (peak %d MiB)",
 		cpu-cpu0, cpu, rss>>20, peak>>20)
 	t.Logf("children (CPU seconds since start): %s", childrenCPU(t, stateDir, up.st.PID))
+	kubeRequests := metricAt(t, up.st.ControllerMetrics, "rest_client_requests_total")
+	t.Logf("Kubernetes API requests of moat controller: %v (%.1f per Service)", kubeRequests, kubeRequests/float64(n))
 
 	// Traffic to the sample, through each Service's name in moat lb's DNS: both ports answer
 	// an admitted client and drop the other one.
@@ -136,8 +139,8 @@ func TestThousandServices(t *testing.T) {
 	t.Logf("traffic flows to %d sampled Services (%d ports each) from %s, not from %s", len(created), len(ports), scaleAdmitted, scaleDenied)
 
 	// A rule change at this size: the first sampled Service admits a new client in place of its
-	// last range. The time runs from the API server's acceptance to the new client's first answer,
-	// polled with a 250 ms timeout (a dropped SYN is not answered at all).
+	// last range. The time runs from the API server's acceptance of the change to the first
+	// connection of the new client, tried every 20 ms (a dropped SYN is not answered at all).
 	changed := created[0]
 	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		if err := kube.Get(ctx, client.ObjectKeyFromObject(changed), changed); err != nil {
@@ -149,11 +152,8 @@ func TestThousandServices(t *testing.T) {
 		t.Fatal(err)
 	}
 	changedAt := time.Now()
-	eventually(t, 2*time.Minute, scaleNewClient+" admitted to "+changed.Name, func() error {
-		_, err := getFrom(scaleNewClient, fronts[0], 250*time.Millisecond)
-		return err
-	})
-	t.Logf("source-range change to the first answer of the new client: %s", time.Since(changedAt).Round(time.Millisecond))
+	admittedAt := firstAdmitted(t, scaleNewClient, fronts[0], 2*time.Minute)
+	t.Logf("source-range change to the first connection of the new client: %s", admittedAt.Sub(changedAt).Round(time.Millisecond))
 	removed := strings.TrimSuffix(scaleRanges[2], "/32")
 	eventually(t, 2*time.Minute, removed+" no longer admitted to "+changed.Name, func() error {
 		if _, err := getFrom(removed, fronts[0], time.Second); err == nil {
@@ -170,7 +170,7 @@ func TestThousandServices(t *testing.T) {
 	}
 	again := startUpBin(t, bin, stateDir, nil, quotas...)
 	resyncStart := time.Now()
-	waitControllerIdle(t, again, n, 20*time.Minute)
+	waitControllerIdle(t, again, n, time.Hour)
 	resync := lbCalls(t, again)
 	t.Logf("restart: moat up ready in %s, every Service reconciled %s later", again.ready.Round(10*time.Millisecond), time.Since(resyncStart).Round(time.Millisecond))
 	reportCalls(t, "in the no-op resync", resync, n)
@@ -184,6 +184,30 @@ func TestThousandServices(t *testing.T) {
 		_, err := getFrom(scaleNewClient, fronts[0], 2*time.Second)
 		return err
 	})
+}
+
+// firstAdmitted tries to connect from src to addr every 20 ms until a connection is made and an
+// HTTP request over a new one is answered (where moat lb cannot drop SYNs, it accepts and resets
+// a denied client), and returns when that connection was made.
+func firstAdmitted(t *testing.T, src, addr string, timeout time.Duration) time.Time {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 20 * time.Millisecond}
+	deadline := time.Now().Add(timeout)
+	for {
+		tried := time.Now()
+		c, err := d.Dial("tcp", addr)
+		at := time.Now()
+		if err == nil {
+			c.Close()
+			if _, err = getFrom(src, addr, 2*time.Second); err == nil {
+				return at
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not admitted to %s within %s: %v", src, addr, timeout, err)
+		}
+		time.Sleep(time.Until(tried.Add(20 * time.Millisecond))) // a refused dial returns at once
+	}
 }
 
 // scaleServiceCount is $MOAT_SCALE_SERVICES, else 1,000.
@@ -441,6 +465,7 @@ func waitControllerIdle(t *testing.T, up *upProcess, minServiceReconciles int, t
 	t.Helper()
 	var idleSince time.Time
 	var idleMark string
+	start, lastLog := time.Now(), time.Now()
 	eventually(t, timeout, "moat controller idle", func() error {
 		metrics := scrape(t, up.st.ControllerMetrics)
 		sum := func(name string, labels ...string) float64 {
@@ -450,6 +475,10 @@ func waitControllerIdle(t *testing.T, up *upProcess, minServiceReconciles int, t
 		services := sum("controller_runtime_reconcile_total", `controller="service"`, `result="success"`)
 		if busy > 0 || services < float64(minServiceReconciles) {
 			idleSince = time.Time{}
+			if time.Since(lastLog) >= 30*time.Second {
+				lastLog = time.Now()
+				t.Logf("%s: %v Service reconciles, %v queued or running", time.Since(start).Round(time.Second), services, busy)
+			}
 			return fmt.Errorf("%v queued or running, %v of %d Service reconciles", busy, services, minServiceReconciles)
 		}
 		mark := fmt.Sprint(sum("controller_runtime_reconcile_total"), lbCalls(t, up).Mutating().Total())
