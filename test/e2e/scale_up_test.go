@@ -142,6 +142,9 @@ func TestThousandServices(t *testing.T) {
 	// last range. The time runs from the API server's acceptance of the change to the first
 	// connection of the new client, tried every 20 ms (a dropped SYN is not answered at all).
 	changed := created[0]
+	if _, err := getFrom(scaleNewClient, fronts[0], time.Second); err == nil {
+		t.Fatalf("%s answers %s before its source ranges admit it", changed.Name, scaleNewClient)
+	}
 	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		if err := kube.Get(ctx, client.ObjectKeyFromObject(changed), changed); err != nil {
 			return err
