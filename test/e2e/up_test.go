@@ -72,12 +72,18 @@ func startUp(t *testing.T, stateDir string, args ...string) *upProcess {
 // startUpEnv is startUp with extra environment variables.
 func startUpEnv(t *testing.T, stateDir string, env []string, args ...string) *upProcess {
 	t.Helper()
+	return startUpBin(t, moatBin, stateDir, env, args...)
+}
+
+// startUpBin is startUpEnv with another moat binary than the race-detecting one of TestMain.
+func startUpBin(t *testing.T, bin, stateDir string, env []string, args ...string) *upProcess {
+	t.Helper()
 	args = append([]string{"up", "--state-dir", stateDir,
 		"--api-addr", "127.0.0.1:0", "--dns-addr", upDNSAddr(t), "--metrics-addr", "127.0.0.1:0",
 		"--kube-api-addr", "127.0.0.1:0", "--etcd-addr", "127.0.0.1:0", "--etcd-peer-addr", "127.0.0.1:0",
 		"--controller-metrics-addr", "127.0.0.1:0", "--controller-probe-addr", "127.0.0.1:0",
 	}, args...)
-	p := &upProcess{t: t, cmd: exec.Command(moatBin, args...), stateDir: stateDir, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &upProcess{t: t, cmd: exec.Command(bin, args...), stateDir: stateDir, out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if env != nil {
 		p.cmd.Env = append(os.Environ(), env...)

@@ -207,5 +207,10 @@ func restConfig(f *Flags) (*rest.Config, error) {
 		cfg.TLSClientConfig.CAFile = f.KubeCAPEMFilepath
 		cfg.TLSClientConfig.CAData = nil
 	}
+	// No client-side rate limit, as the AWS controller (QPS and burst 1e6) and controller-runtime's
+	// own config loader (QPS -1) have it: the API server's priority and fairness paces clients.
+	// client-go's default, 5 requests a second per resource, held the Service reconciles (a
+	// finalizer patch and a status patch each) to about 2.5 Services a second.
+	cfg.QPS = -1
 	return cfg, nil
 }
