@@ -180,9 +180,11 @@ func (c *Cloud) State() (State, error) {
 		if st.ELBSnapshot, err = c.elbSnapshot(tx); err != nil {
 			return err
 		}
-		if st.SecurityGroups, err = store.ListShared[SecurityGroup](tx, bucketSecurityGroups); err != nil {
+		groups, err := c.groupIndex(tx)
+		if err != nil {
 			return err
 		}
+		st.SecurityGroups = groups.all()
 		if st.Interfaces, err = store.ListShared[NetworkInterface](tx, bucketInterfaces); err != nil {
 			return err
 		}
