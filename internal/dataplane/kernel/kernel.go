@@ -142,7 +142,7 @@ type Options struct {
 	// calls it after every Kick; it must not block.
 	Desired func() []Socket
 	// Report receives each socket's counts, from the worker, about once per
-	// PollInterval.
+	// PollInterval, or less often when reading them takes long (countsEvery).
 	Report func(Key, Counts)
 	// Registerer receives the fast path's own metrics; nil keeps them private.
 	Registerer prometheus.Registerer
@@ -227,6 +227,19 @@ type Path struct {
 	slots    map[Key]*slot
 	leaving  []*slot // slots of sockets that left, whose flows are still to end
 	free     []uint32
+	// nextCounts is when the counters are read next (see countsEvery).
+	nextCounts time.Time
+}
+
+// maxCountsEvery bounds how long counts may go unread, however long reading them takes.
+const maxCountsEvery = 5 * time.Second
+
+// countsEvery is how long after a read of the counters that took took the next one comes: a
+// read costs in proportion to the sockets and flows (at thousands of listeners, a quarter of a
+// CPU read every second), so it takes at most about 5% of the worker's time, and the counts are
+// never older than maxCountsEvery.
+func countsEvery(took, poll time.Duration) time.Duration {
+	return min(max(20*took, poll), maxCountsEvery)
 }
 
 // slot is a socket the fast path knows: its mark and what the current table
@@ -425,9 +438,11 @@ func (p *Path) run() {
 			return
 		case <-p.kick:
 		case <-retry.C:
-		case <-poll.C:
-			if p.c != nil && len(p.slots) > 0 {
+		case now := <-poll.C:
+			if p.c != nil && len(p.slots) > 0 && !now.Before(p.nextCounts) {
+				start := time.Now()
 				p.pollCounts()
+				p.nextCounts = now.Add(countsEvery(time.Since(start), p.opts.PollInterval))
 			}
 			if !p.refreshHost() || p.c == nil {
 				continue // unchanged, or the retry timer reprograms
