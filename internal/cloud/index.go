@@ -69,14 +69,16 @@ func (m sortedMap[V]) values() []V {
 // withPrefix are the entries whose keys start with prefix, in key order.
 func (m sortedMap[V]) withPrefix(prefix string) []entry[V] {
 	var out []entry[V]
-	m.t.AscendGreaterOrEqual(entry[V]{key: prefix}, func(e entry[V]) bool {
-		if !strings.HasPrefix(e.key, prefix) {
-			return false
-		}
-		out = append(out, e)
-		return true
-	})
+	m.eachWithPrefix(prefix, func(e entry[V]) bool { out = append(out, e); return true })
 	return out
+}
+
+// eachWithPrefix calls fn with the entries whose keys start with prefix, in key order, until fn
+// returns false.
+func (m sortedMap[V]) eachWithPrefix(prefix string, fn func(entry[V]) bool) {
+	m.t.AscendGreaterOrEqual(entry[V]{key: prefix}, func(e entry[V]) bool {
+		return strings.HasPrefix(e.key, prefix) && fn(e)
+	})
 }
 
 // deleteIf deletes k only while it still maps to v: a record leaving a unique key (a name, an
@@ -550,41 +552,60 @@ func (x *groupIndex) byNameIn(vpcID, name string) (SecurityGroup, bool) {
 }
 
 // candidates narrows the groups that can match filters by their exact tag:<key> filters (a group
-// must have one of the values): the groups with those tags, or all of them when no filter is such
-// a filter. The filters themselves are still to be applied to each candidate.
+// must have one of the values): the groups of the narrowest such filter, or all of them when no
+// filter is such a filter. The filters themselves are still to be applied to each candidate, so
+// one filter's groups are enough; the others are read only as far as they stay narrower (a
+// cluster-wide tag beside a stack's tag costs the stack's few groups, not the cluster's).
 func (x *groupIndex) candidates(filters []Filter) []SecurityGroup {
-	var narrowed []string
+	var narrowest []string
 	tagged := false
 	for _, f := range filters {
 		key, isTag := strings.CutPrefix(f.Name, "tag:")
 		if !isTag || slices.ContainsFunc(f.Values, func(v string) bool { return strings.ContainsAny(v, "*?") }) {
 			continue
 		}
-		var with []string
-		for _, v := range f.Values {
-			for _, e := range x.byTag.withPrefix(joinKey(key, v)) {
-				with = append(with, e.value)
-			}
+		limit := -1 // no limit
+		if tagged {
+			limit = len(narrowest)
 		}
-		slices.Sort(with)
-		with = slices.Compact(with)
-		if !tagged {
-			narrowed, tagged = with, true
-		} else {
-			narrowed = slices.DeleteFunc(narrowed, func(id string) bool { _, found := slices.BinarySearch(with, id); return !found })
+		with, narrower := x.taggedAny(key, f.Values, limit)
+		if narrower {
+			narrowest, tagged = with, true
 		}
-		if len(narrowed) == 0 {
+		if tagged && len(narrowest) == 0 {
 			return nil
 		}
 	}
 	if !tagged {
 		return x.all()
 	}
-	out := make([]SecurityGroup, 0, len(narrowed))
-	for _, id := range narrowed {
+	slices.Sort(narrowest)
+	narrowest = slices.Compact(narrowest)
+	out := make([]SecurityGroup, 0, len(narrowest))
+	for _, id := range narrowest {
 		if sg, ok := x.byID.get(id); ok {
 			out = append(out, sg)
 		}
 	}
 	return out
+}
+
+// taggedAny returns the IDs of the groups tagged key with any of values, unless there are limit
+// or more of them (limit < 0: no limit): then narrower is false.
+func (x *groupIndex) taggedAny(key string, values []string, limit int) (ids []string, narrower bool) {
+	for _, v := range values {
+		stop := false
+		x.byTag.eachWithPrefix(joinKey(key, v), func(e entry[string]) bool {
+			if limit >= 0 && len(ids) >= limit {
+				stop = true
+				return false
+			}
+			ids = append(ids, e.value)
+			return true
+		})
+		if stop {
+			return nil, false
+		}
+	}
+	return ids, true
 }
