@@ -316,7 +316,8 @@ func TestDescribeSecurityGroupsFiltersAndPages(t *testing.T) {
 	var ids []string
 	for i := range 12 {
 		tag := types.Tag{Key: aws.String("elbv2.k8s.aws/cluster"), Value: aws.String(fmt.Sprintf("c%d", i%3))}
-		ids = append(ids, e.createGroup(t, fmt.Sprintf("g%02d", i), tag))
+		stack := types.Tag{Key: aws.String("service.k8s.aws/stack"), Value: aws.String(fmt.Sprintf("s%d", i%6))}
+		ids = append(ids, e.createGroup(t, fmt.Sprintf("g%02d", i), tag, stack))
 	}
 	count := func(filters ...types.Filter) int {
 		out := must[*ec2.DescribeSecurityGroupsOutput](t)(e.EC2.DescribeSecurityGroups(e.ctx, &ec2.DescribeSecurityGroupsInput{Filters: filters}))
@@ -334,6 +335,10 @@ func TestDescribeSecurityGroupsFiltersAndPages(t *testing.T) {
 		{[]types.Filter{f("tag:elbv2.k8s.aws/cluster", "c1", "c2")}, 8},
 		{[]types.Filter{f("tag-key", "elbv2.k8s.aws/cluster")}, 12},
 		{[]types.Filter{f("tag:elbv2.k8s.aws/cluster", "c1"), f("group-name", "g01", "g02")}, 1},
+		// Two tag filters, the narrower first or last: both hold for every group answered.
+		{[]types.Filter{f("tag:elbv2.k8s.aws/cluster", "c1"), f("tag:service.k8s.aws/stack", "s1")}, 2},
+		{[]types.Filter{f("tag:service.k8s.aws/stack", "s1", "s2"), f("tag:elbv2.k8s.aws/cluster", "c1", "c2")}, 4},
+		{[]types.Filter{f("tag:service.k8s.aws/stack", "s1"), f("tag:elbv2.k8s.aws/cluster", "c2")}, 0},
 		{[]types.Filter{f("group-name", "g1*")}, 2},
 		{[]types.Filter{f("group-id", ids[3])}, 1},
 		{[]types.Filter{f("vpc-id", vpc), f("tag-key", "elbv2.k8s.aws/cluster")}, 12},
