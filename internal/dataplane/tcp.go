@@ -462,10 +462,17 @@ func awaitData(rc syscall.RawConn) (int, error) {
 			return true
 		}
 		// An empty queue is either "nothing yet" (wait) or end of stream / a pending error
-		// (readable now): a peek tells them apart without consuming anything.
+		// (readable now): a peek tells them apart without consuming any data. It does consume
+		// a pending error (the kernel reports a socket error once), so the error is returned
+		// here: a reset lost in the peek would read as an end of stream, and the flow would
+		// half-close the other side instead of resetting it.
 		var b [1]byte
 		_, _, err = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		return err != unix.EAGAIN
+		if err == unix.EAGAIN {
+			return false
+		}
+		ioErr = err
+		return true
 	})
 	if err != nil {
 		return 0, err
