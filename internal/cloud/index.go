@@ -554,30 +554,38 @@ func (x *groupIndex) byNameIn(vpcID, name string) (SecurityGroup, bool) {
 // candidates narrows the groups that can match filters by their exact tag:<key> filters (a group
 // must have one of the values): the groups of the narrowest such filter, or all of them when no
 // filter is such a filter. The filters themselves are still to be applied to each candidate, so
-// one filter's groups are enough; the others are read only as far as they stay narrower (a
-// cluster-wide tag beside a stack's tag costs the stack's few groups, not the cluster's).
+// one filter's groups are enough; the others are read only as far as they stay narrower, and a
+// first pass looks for a filter of a few groups at a few groups' cost, so a cluster-wide tag
+// before a stack's tag costs the stack's groups, not the cluster's.
 func (x *groupIndex) candidates(filters []Filter) []SecurityGroup {
-	var narrowest []string
-	tagged := false
+	type tagFilter struct {
+		key    string
+		values []string
+	}
+	var tagged []tagFilter
 	for _, f := range filters {
 		key, isTag := strings.CutPrefix(f.Name, "tag:")
-		if !isTag || slices.ContainsFunc(f.Values, func(v string) bool { return strings.ContainsAny(v, "*?") }) {
-			continue
-		}
-		limit := -1 // no limit
-		if tagged {
-			limit = len(narrowest)
-		}
-		with, narrower := x.taggedAny(key, f.Values, limit)
-		if narrower {
-			narrowest, tagged = with, true
-		}
-		if tagged && len(narrowest) == 0 {
-			return nil
+		if isTag && !slices.ContainsFunc(f.Values, func(v string) bool { return strings.ContainsAny(v, "*?") }) {
+			tagged = append(tagged, tagFilter{key, f.Values})
 		}
 	}
-	if !tagged {
+	if len(tagged) == 0 {
 		return x.all()
+	}
+	var narrowest []string
+	found := false
+	for _, limit := range []int{fewGroups, -1} {
+		for _, f := range tagged {
+			if found {
+				limit = len(narrowest)
+			}
+			if ids, narrower := x.taggedAny(f.key, f.values, limit); narrower {
+				narrowest, found = ids, true
+			}
+		}
+		if found {
+			break
+		}
 	}
 	slices.Sort(narrowest)
 	narrowest = slices.Compact(narrowest)
@@ -589,6 +597,9 @@ func (x *groupIndex) candidates(filters []Filter) []SecurityGroup {
 	}
 	return out
 }
+
+// fewGroups is how many groups candidates' first pass reads of each tag filter.
+const fewGroups = 32
 
 // taggedAny returns the IDs of the groups tagged key with any of values, unless there are limit
 // or more of them (limit < 0: no limit): then narrower is false.
