@@ -172,7 +172,8 @@ type loadBalancer struct {
 	Tags map[string]string
 }
 
-// listLoadBalancers returns the network load balancers of the VPC that carry all of tags.
+// listLoadBalancers returns the network load balancers of the VPC that carry all of tags: a full
+// scan, with the tags from the tag cache where it has them.
 func (d *Deployer) listLoadBalancers(ctx context.Context, tags map[string]string) ([]loadBalancer, error) {
 	var all []elbtypes.LoadBalancer
 	p := elbv2.NewDescribeLoadBalancersPaginator(d.elb, &elbv2.DescribeLoadBalancersInput{})
@@ -211,7 +212,8 @@ type targetGroup struct {
 	Tags map[string]string
 }
 
-// listTargetGroups returns the target groups of the VPC that carry all of tags.
+// listTargetGroups returns the target groups of the VPC that carry all of tags: a full scan, with
+// the tags from the tag cache where it has them.
 func (d *Deployer) listTargetGroups(ctx context.Context, tags map[string]string) ([]targetGroup, error) {
 	var all []elbtypes.TargetGroup
 	p := elbv2.NewDescribeTargetGroupsPaginator(d.elb, &elbv2.DescribeTargetGroupsInput{})
