@@ -211,6 +211,8 @@ func (d *Deployer) deleteLoadBalancer(ctx context.Context, arn string) error {
 	if err != nil && errorCode(err) != "LoadBalancerNotFound" {
 		return fail("delete load balancer", arn, err)
 	}
+	// Its listeners' entries are never read again (ARNs are not reused) and expire.
+	d.tags.drop(arn)
 	logr.FromContextOrDiscard(ctx).Info("deleted load balancer", "arn", arn)
 	return nil
 }
@@ -222,6 +224,7 @@ func (d *Deployer) deleteLoadBalancer(ctx context.Context, arn string) error {
 func (d *Deployer) deleteTargetGroup(ctx context.Context, arn string) error {
 	if err := d.reconcileTargets(ctx, arn, nil); err != nil {
 		if errorCode(err) == "TargetGroupNotFound" {
+			d.tags.drop(arn)
 			return nil
 		}
 		return fail("deregister targets", arn, err)
@@ -233,6 +236,7 @@ func (d *Deployer) deleteTargetGroup(ctx context.Context, arn string) error {
 	if err != nil && errorCode(err) != "TargetGroupNotFound" {
 		return fail("delete target group", arn, err)
 	}
+	d.tags.drop(arn)
 	logr.FromContextOrDiscard(ctx).Info("deleted target group", "arn", arn)
 	return nil
 }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/smithy-go"
+	"k8s.io/utils/clock"
 
 	"github.com/moatlb/moat/internal/controller/model"
 )
@@ -51,6 +52,9 @@ type Options struct {
 	// away (DependencyViolation on security groups, ResourceInUse on target groups). Zero means
 	// every 2 s for 20 s.
 	DeleteRetry Backoff
+	// Clock times the entries of the ELBv2 tag cache (tests advance a fake one). Nil means the
+	// real clock.
+	Clock clock.Clock
 }
 
 // Backoff is a bounded retry schedule.
@@ -68,6 +72,7 @@ type Deployer struct {
 
 	backend backendProvider
 	net     *networking
+	tags    *tagCache
 }
 
 // New returns a Deployer calling AWS with the given clients.
@@ -84,7 +89,10 @@ func New(ec2 EC2, elb ELBV2, opts Options) (*Deployer, error) {
 	if opts.DeleteRetry.Timeout <= 0 {
 		opts.DeleteRetry.Timeout = 20 * time.Second
 	}
-	d := &Deployer{ec2: ec2, elb: elb, opts: opts}
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
+	d := &Deployer{ec2: ec2, elb: elb, opts: opts, tags: newTagCache(opts.Clock)}
 	d.backend.claims = map[string]bool{}
 	d.net = newNetworking()
 	return d, nil

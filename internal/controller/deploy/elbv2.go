@@ -105,6 +105,7 @@ func (d *Deployer) createTargetGroup(ctx context.Context, want model.TargetGroup
 		return "", fmt.Errorf("CreateTargetGroup returned %d target groups", len(out.TargetGroups))
 	}
 	arn := aws.ToString(out.TargetGroups[0].TargetGroupArn)
+	d.tags.put(arn, maps.Clone(want.Tags))
 	logr.FromContextOrDiscard(ctx).Info("created target group", "name", want.Name, "arn", arn)
 	if err := d.reconcileTargetGroupAttributes(ctx, arn, want.Attributes); err != nil {
 		return "", err
@@ -315,6 +316,7 @@ func (d *Deployer) createLoadBalancer(ctx context.Context, want *model.LoadBalan
 	}
 	lb := out.LoadBalancers[0]
 	arn := aws.ToString(lb.LoadBalancerArn)
+	d.tags.put(arn, maps.Clone(want.Tags))
 	logr.FromContextOrDiscard(ctx).Info("created load balancer", "name", want.Name, "arn", arn)
 	if err := d.reconcileLoadBalancerAttributes(ctx, arn, want.Attributes); err != nil {
 		return lb, fail("load balancer attributes", arn, err)
@@ -470,6 +472,7 @@ func (d *Deployer) synthesizeListeners(ctx context.Context, stack model.Stack, l
 			if _, err := d.elb.DeleteListener(ctx, &elbv2.DeleteListenerInput{ListenerArn: l.ListenerArn}); err != nil && errorCode(err) != "ListenerNotFound" {
 				return fail("delete listener", aws.ToString(l.ListenerArn), err)
 			}
+			d.tags.drop(aws.ToString(l.ListenerArn))
 			logr.FromContextOrDiscard(ctx).Info("deleted listener", "port", port)
 			continue
 		}
@@ -505,6 +508,7 @@ func (d *Deployer) synthesizeListeners(ctx context.Context, stack model.Stack, l
 				return fail("create listener", strconv.Itoa(int(want.Port)), err)
 			}
 			arn = aws.ToString(out.Listeners[0].ListenerArn)
+			d.tags.put(arn, maps.Clone(want.Tags))
 			logr.FromContextOrDiscard(ctx).Info("created listener", "port", want.Port, "arn", arn)
 		} else {
 			arn = aws.ToString(cur.ListenerArn)

@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/clock"
 
 	"github.com/moatlb/moat/internal/controller/deploy"
 	"github.com/moatlb/moat/internal/controller/model"
@@ -34,6 +35,8 @@ type fixture struct {
 	env *lbtest.Env
 	cfg model.Config
 	d   *deploy.Deployer
+	// clock, when set, times the tag caches of the Deployers made after.
+	clock clock.Clock
 }
 
 func newFixture(t *testing.T, edit ...func(*model.Config)) *fixture {
@@ -52,7 +55,7 @@ func newFixture(t *testing.T, edit ...func(*model.Config)) *fixture {
 // deployer returns a new Deployer (a fresh process: nothing in memory) calling AWS with cfg.
 func (f *fixture) deployer(cfg aws.Config) *deploy.Deployer {
 	f.t.Helper()
-	d, err := deploy.NewFromConfig(cfg, deploy.Options{Model: f.cfg, DeleteRetry: deploy.Backoff{Interval: 10 * time.Millisecond, Timeout: 200 * time.Millisecond}})
+	d, err := deploy.NewFromConfig(cfg, deploy.Options{Model: f.cfg, DeleteRetry: deploy.Backoff{Interval: 10 * time.Millisecond, Timeout: 200 * time.Millisecond}, Clock: f.clock})
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -61,19 +61,32 @@ func (d *Deployer) ignoredTagKey(k string) bool {
 		slices.Contains(d.opts.Model.ExternalManagedTags, k)
 }
 
-// reconcileELBTags makes an ELBv2 resource's tags the desired ones.
+// reconcileELBTags makes an ELBv2 resource's tags the desired ones, and the tag cache what they
+// now are (or, when a call failed, unknown).
 func (d *Deployer) reconcileELBTags(ctx context.Context, arn string, current, desired map[string]string) error {
 	set, remove := d.tagDiff(current, desired)
+	if len(set) == 0 && len(remove) == 0 {
+		return nil
+	}
 	if len(set) > 0 {
 		if _, err := d.elb.AddTags(ctx, &elbv2.AddTagsInput{ResourceArns: []string{arn}, Tags: elbTags(set)}); err != nil {
+			d.tags.drop(arn)
 			return fmt.Errorf("add tags: %w", err)
 		}
 	}
 	if len(remove) > 0 {
 		if _, err := d.elb.RemoveTags(ctx, &elbv2.RemoveTagsInput{ResourceArns: []string{arn}, TagKeys: remove}); err != nil {
+			d.tags.drop(arn)
 			return fmt.Errorf("remove tags: %w", err)
 		}
 	}
+	now := make(map[string]string, len(current)+len(set))
+	maps.Copy(now, current)
+	maps.Copy(now, set)
+	for _, k := range remove {
+		delete(now, k)
+	}
+	d.tags.put(arn, now)
 	return nil
 }
 
@@ -121,11 +134,21 @@ func fromEC2Tags(tags []ec2types.Tag) map[string]string {
 	return out
 }
 
-// elbTagsOf returns the tags of each ARN, DescribeTags-ing them in batches.
+// elbTagsOf returns the tags of each ARN: from the tag cache, or DescribeTags-ing those it has
+// no fresh entry for, in batches. The maps are shared with the cache: do not modify them.
 func (d *Deployer) elbTagsOf(ctx context.Context, arns []string) (map[string]map[string]string, error) {
 	out := make(map[string]map[string]string, len(arns))
-	for start := 0; start < len(arns); start += describeTagsBatch {
-		batch := arns[start:min(start+describeTagsBatch, len(arns))]
+	var missing []string
+	for _, arn := range arns {
+		if tags, ok := d.tags.get(arn); ok {
+			out[arn] = tags
+		} else {
+			missing = append(missing, arn)
+		}
+	}
+	for start := 0; start < len(missing); start += describeTagsBatch {
+		batch := missing[start:min(start+describeTagsBatch, len(missing))]
+		since := d.tags.writeCount()
 		resp, err := d.elb.DescribeTags(ctx, &elbv2.DescribeTagsInput{ResourceArns: batch})
 		if err != nil {
 			return nil, fmt.Errorf("describe tags: %w", err)
@@ -135,7 +158,9 @@ func (d *Deployer) elbTagsOf(ctx context.Context, arns []string) (map[string]map
 			for _, t := range td.Tags {
 				tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
 			}
-			out[aws.ToString(td.ResourceArn)] = tags
+			arn := aws.ToString(td.ResourceArn)
+			out[arn] = tags
+			d.tags.fill(arn, tags, since)
 		}
 	}
 	return out, nil
@@ -147,7 +172,8 @@ type loadBalancer struct {
 	Tags map[string]string
 }
 
-// listLoadBalancers returns the network load balancers of the VPC that carry all of tags.
+// listLoadBalancers returns the network load balancers of the VPC that carry all of tags: a full
+// scan, with the tags from the tag cache where it has them.
 func (d *Deployer) listLoadBalancers(ctx context.Context, tags map[string]string) ([]loadBalancer, error) {
 	var all []elbtypes.LoadBalancer
 	p := elbv2.NewDescribeLoadBalancersPaginator(d.elb, &elbv2.DescribeLoadBalancersInput{})
@@ -186,7 +212,8 @@ type targetGroup struct {
 	Tags map[string]string
 }
 
-// listTargetGroups returns the target groups of the VPC that carry all of tags.
+// listTargetGroups returns the target groups of the VPC that carry all of tags: a full scan, with
+// the tags from the tag cache where it has them.
 func (d *Deployer) listTargetGroups(ctx context.Context, tags map[string]string) ([]targetGroup, error) {
 	var all []elbtypes.TargetGroup
 	p := elbv2.NewDescribeTargetGroupsPaginator(d.elb, &elbv2.DescribeTargetGroupsInput{})
