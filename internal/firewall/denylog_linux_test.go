@@ -260,13 +260,20 @@ func TestListenerDenialsLogged(t *testing.T) {
 	tcpSocket := listen(t, netip.AddrPortFrom(lbAddr, 8080))
 	other := listen(t, netip.AddrPortFrom(lbAddr, 8081))
 	udpSocket := netip.AddrPortFrom(lbAddr, 8082)
+	// Two more listeners: one with the first's admitted ranges (they share a set), one that
+	// admits the client.
+	shared := listen(t, netip.AddrPortFrom(lbAddr, 8083))
+	open := listen(t, netip.AddrPortFrom(lbAddr, 8084))
 	admit := netipx.IPRangeFrom(netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.2"))
 	apply(t, f, Program{Mode: Enforce, Listeners: []Listener{
 		{LoadBalancer: "lb-1", ID: "listener-tcp", Addr: tcpSocket, Protocol: 6, Admit: []netipx.IPRange{admit}},
 		{LoadBalancer: "lb-1", ID: "listener-udp", Addr: udpSocket, Protocol: 17}, // admits no one
+		{LoadBalancer: "lb-1", ID: "listener-shared", Addr: shared, Protocol: 6, Admit: []netipx.IPRange{admit}},
+		{LoadBalancer: "lb-1", ID: "listener-open", Addr: open, Protocol: 6, Admit: []netipx.IPRange{admit, netipx.IPRangeFrom(client, client)}},
 	}})
 
-	if !admitted(t, client, tcpSocket) || !admitted(t, netip.MustParseAddr("127.0.0.2"), tcpSocket) || !admitted(t, client, other) {
+	if !admitted(t, client, tcpSocket) || !admitted(t, netip.MustParseAddr("127.0.0.2"), tcpSocket) || !admitted(t, client, other) ||
+		!admitted(t, client, shared) || !admitted(t, client, open) {
 		t.Fatal("the listener log dropped a flow")
 	}
 	sendUDP(t, netip.AddrPortFrom(client, 0), udpSocket, 3)
@@ -276,8 +283,10 @@ func TestListenerDenialsLogged(t *testing.T) {
 		t.Errorf("tcp entry %+v", e)
 	}
 	waitEntry(t, flows, "the udp listener's denial", func(e flowlog.Entry) bool { return e.Listener == "listener-udp" && e.Protocol == "udp" })
-	// Whatever else was logged came from client 127.0.0.3 to the two listeners, once per flow.
-	var tcp, udp int
+	waitEntry(t, flows, "the shared listener's denial", func(e flowlog.Entry) bool { return e.Listener == "listener-shared" })
+	// Whatever else was logged came from client 127.0.0.3 to the three listeners that do not
+	// admit it, once per flow.
+	var tcp, udp, sharing int
 	for _, e := range flows.entries(t) {
 		switch {
 		case !strings.HasPrefix(e.Client, client.String()+":"):
@@ -286,11 +295,13 @@ func TestListenerDenialsLogged(t *testing.T) {
 			tcp++
 		case e.Listener == "listener-udp":
 			udp++
+		case e.Listener == "listener-shared":
+			sharing++
 		default:
 			t.Errorf("logged %+v", e)
 		}
 	}
-	if tcp != 1 || udp != 1 {
-		t.Errorf("%d tcp and %d udp entries, want one each:\n%s", tcp, udp, flows.String())
+	if tcp != 1 || udp != 1 || sharing != 1 {
+		t.Errorf("%d tcp, %d udp and %d shared entries, want one each:\n%s", tcp, udp, sharing, flows.String())
 	}
 }

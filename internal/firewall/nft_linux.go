@@ -209,6 +209,11 @@ func (c *nftConn) queue(ifaces []compiled, p *Program, logGroup int) (map[string
 func (c *nftConn) listenerLog(input *nftables.Chain, ls []Listener, logGroup int) error {
 	t := c.table
 	byAddr := map[netip.Addr]*nftables.Chain{}
+	// Listeners' admitted ranges go in named sets, one per distinct list: a load balancer's
+	// listeners, and Services with the same source ranges, share one. An anonymous set per
+	// listener cost the kernel time in proportion to the sets of the transaction for each one
+	// it bound (__nft_set_trans_bind), so a table of thousands of listeners took it seconds.
+	admitSets := map[string]*nftables.Set{}
 	var elems []nftables.SetElement
 	for _, l := range ls {
 		ch := byAddr[l.Addr.Addr()]
@@ -225,9 +230,15 @@ func (c *nftConn) listenerLog(input *nftables.Chain, ls []Listener, logGroup int
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(l.Addr.Port())},
 		}
 		if len(l.Admit) > 0 {
-			admitted := &nftables.Set{Table: t, Anonymous: true, Constant: true, Interval: true, KeyType: nftables.TypeIPAddr}
-			if err := c.nft.AddSet(admitted, nftutil.IntervalElements(l.Admit)); err != nil {
-				return err
+			key := fmt.Sprint(l.Admit)
+			admitted := admitSets[key]
+			if admitted == nil {
+				admitted = &nftables.Set{Table: t, Name: "admit_" + strconv.Itoa(len(admitSets)), Constant: true, Interval: true,
+					KeyType: nftables.TypeIPAddr}
+				if err := c.nft.AddSet(admitted, nftutil.IntervalElements(l.Admit)); err != nil {
+					return err
+				}
+				admitSets[key] = admitted
 			}
 			c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(slices.Clip(socket),
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
