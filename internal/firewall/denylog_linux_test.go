@@ -4,7 +4,9 @@ package firewall
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"github.com/moatlb/moat/internal/netnstest"
 	"log/slog"
 	"net"
@@ -304,4 +306,39 @@ func TestListenerDenialsLogged(t *testing.T) {
 	if tcp != 1 || udp != 1 || sharing != 1 {
 		t.Errorf("%d tcp, %d udp and %d shared entries, want one each:\n%s", tcp, udp, sharing, flows.String())
 	}
+}
+
+// TestManyListenerAddresses: a table of 2,000 load balancer addresses (1,000 Services in two
+// zones) applies, and a listener at the last address logs its denials. Its address map's
+// elements took more than one netlink attribute's 64 KiB: the kernel refused the whole table
+// (ENOENT) from about 1,600 addresses on.
+func TestManyListenerAddresses(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	flows := &lockedBuffer{}
+	f, err := New(Options{Table: "many", Registerer: prometheus.NewRegistry(), FlowLog: flows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	admit := []netipx.IPRange{netipx.IPRangeFrom(netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.2"))}
+	var ls []Listener
+	var last netip.Addr
+	for i := range 2000 {
+		last = netip.AddrFrom4([4]byte{127, 10, byte(i / 200), byte(1 + i%200)})
+		ls = append(ls, Listener{LoadBalancer: fmt.Sprint("lb-", i), ID: fmt.Sprint("listener-", i),
+			Addr: netip.AddrPortFrom(last, 443), Protocol: 6, Admit: admit})
+	}
+	socket := listen(t, netip.AddrPortFrom(last, 443))
+	// A large table under the race detector on a busy machine: more time than apply gives.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := f.Wait(ctx, f.Apply(Program{Mode: Enforce, Listeners: ls})); err != nil {
+		t.Fatalf("apply: %v (status %v)", err, f.Status())
+	}
+	if !admitted(t, client, socket) {
+		t.Fatal("the listener log dropped a flow")
+	}
+	waitEntry(t, flows, "the last listener's denial", func(e flowlog.Entry) bool { return e.Listener == "listener-1999" })
 }

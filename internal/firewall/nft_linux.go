@@ -49,6 +49,8 @@ type nftConn struct {
 	nft   *nftables.Conn
 	nl    *netlink.Conn
 	table *nftables.Table
+	// peerSets numbers the rules' named peer sets while a table is queued.
+	peerSets int
 }
 
 func dial(name string) (kernelConn, error) {
@@ -91,6 +93,7 @@ func (c *nftConn) replace(ifaces []compiled, p *Program, logGroup int) (map[stri
 
 func (c *nftConn) queue(ifaces []compiled, p *Program, logGroup int) (map[string][2]string, error) {
 	t := c.table
+	c.peerSets = 0
 	c.nft.AddTable(t)
 	c.nft.DelTable(t)
 	if p.Mode == Off {
@@ -184,9 +187,11 @@ func (c *nftConn) queue(ifaces []compiled, p *Program, logGroup int) (map[string
 		if len(d.elems) == 0 {
 			continue
 		}
-		vmap := &nftables.Set{Table: t, Anonymous: true, Constant: true, IsMap: true,
+		// Named and not constant, as every set of the table: their elements may take several
+		// messages (nftutil.AddSet).
+		vmap := &nftables.Set{Table: t, Name: d.chain.Name + "_addrs", IsMap: true,
 			KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
-		if err := c.nft.AddSet(vmap, d.elems); err != nil {
+		if err := nftutil.AddSet(c.nft, vmap, d.elems); err != nil {
 			return nil, err
 		}
 		c.nft.AddRule(&nftables.Rule{Table: t, Chain: d.chain, Exprs: []expr.Any{
@@ -233,9 +238,9 @@ func (c *nftConn) listenerLog(input *nftables.Chain, ls []Listener, logGroup int
 			key := fmt.Sprint(l.Admit)
 			admitted := admitSets[key]
 			if admitted == nil {
-				admitted = &nftables.Set{Table: t, Name: "admit_" + strconv.Itoa(len(admitSets)), Constant: true, Interval: true,
+				admitted = &nftables.Set{Table: t, Name: "admit_" + strconv.Itoa(len(admitSets)), Interval: true,
 					KeyType: nftables.TypeIPAddr}
-				if err := c.nft.AddSet(admitted, nftutil.IntervalElements(l.Admit)); err != nil {
+				if err := nftutil.AddSet(c.nft, admitted, nftutil.IntervalElements(l.Admit)); err != nil {
 					return err
 				}
 				admitSets[key] = admitted
@@ -250,8 +255,8 @@ func (c *nftConn) listenerLog(input *nftables.Chain, ls []Listener, logGroup int
 			&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_SNAPLEN,
 				Group: uint16(logGroup), Snaplen: logSnap, Data: []byte(listenerLogPrefix(c.name))})})
 	}
-	vmap := &nftables.Set{Table: t, Anonymous: true, Constant: true, IsMap: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
-	if err := c.nft.AddSet(vmap, elems); err != nil {
+	vmap := &nftables.Set{Table: t, Name: "listener_addrs", IsMap: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
+	if err := nftutil.AddSet(c.nft, vmap, elems); err != nil {
 		return err
 	}
 	c.nft.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: []expr.Any{
@@ -303,8 +308,9 @@ func (c *nftConn) matchRule(ch *nftables.Chain, m match, peerOffset uint32) erro
 	}
 	exprs = append(exprs, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: peerOffset, Len: 4})
 	if !(len(m.peers) == 1 && m.peers[0].From() == netip.IPv4Unspecified() && m.peers[0].To() == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
-		peers := &nftables.Set{Table: c.table, Anonymous: true, Constant: true, Interval: true, KeyType: nftables.TypeIPAddr}
-		if err := c.nft.AddSet(peers, nftutil.IntervalElements(m.peers)); err != nil {
+		c.peerSets++
+		peers := &nftables.Set{Table: c.table, Name: "peers_" + strconv.Itoa(c.peerSets), Interval: true, KeyType: nftables.TypeIPAddr}
+		if err := nftutil.AddSet(c.nft, peers, nftutil.IntervalElements(m.peers)); err != nil {
 			return err
 		}
 		exprs = append(exprs, &expr.Lookup{SourceRegister: 1, SetName: peers.Name, SetID: peers.ID})

@@ -168,6 +168,33 @@ func IntervalElements(rs []netipx.IPRange) []nftables.SetElement {
 	return elems
 }
 
+// setElementsPerMessage keeps a message's element list under netlink's 64 KiB attribute limit
+// (its length is 16 bits): past it the kernel sees a truncated list and refuses the transaction,
+// with ENOENT for a verdict map's element naming a chain, at about 1,600 of them.
+const setElementsPerMessage = 1024
+
+// AddSet queues a set with its elements, spread over as many messages of the same transaction
+// as they need (nftables.Conn.AddSet puts them all in one). A set that needs more than one must
+// be named and not constant: the library refuses to add to an anonymous set, and gives a
+// constant one the size of its first message, past which the kernel refuses elements (ENFILE).
+func AddSet(nft *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) error {
+	if len(elems) > setElementsPerMessage && (s.Anonymous || s.Constant) {
+		return fmt.Errorf("set of %d elements: more than one message holds, which an anonymous or constant set cannot take", len(elems))
+	}
+	first := elems[:min(len(elems), setElementsPerMessage)]
+	if err := nft.AddSet(s, first); err != nil {
+		return err
+	}
+	for rest := elems[len(first):]; len(rest) > 0; {
+		n := min(len(rest), setElementsPerMessage)
+		if err := nft.SetAddElements(s, rest[:n]); err != nil {
+			return err
+		}
+		rest = rest[n:]
+	}
+	return nil
+}
+
 // batchBuffer bounds one transaction: a whole table is one sendmsg, and the
 // kernel refuses a message larger than the socket's send buffer (by default
 // about 200 KiB, a few dozen rules with their sets). SO_SNDBUF only sets a

@@ -385,7 +385,7 @@ func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot
 			return nil
 		}
 		admit := &nftables.Set{Table: c.table, Anonymous: true, Constant: true, Interval: true, KeyType: fam.addrType}
-		if err := c.addSet(admit, nftutil.IntervalElements(f.Admit)); err != nil {
+		if err := nftutil.AddSet(c.nft, admit, nftutil.IntervalElements(f.Admit)); err != nil {
 			return err
 		}
 		// ip saddr != @admit return (ip6 saddr for IPv6)
@@ -402,7 +402,7 @@ func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot
 	for i, t := range f.Targets {
 		elems[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)), Val: addrPortKey(t)}
 	}
-	if err := c.addSet(targets, elems); err != nil {
+	if err := nftutil.AddSet(c.nft, targets, elems); err != nil {
 		return err
 	}
 	n := uint32(len(f.Targets))
@@ -462,27 +462,6 @@ type timeoutKey struct {
 	nfproto uint8
 	proto   Proto
 	secs    uint32
-}
-
-// setElementsPerMessage keeps a message's element list under netlink's
-// 64 KiB attribute limit, past which the kernel would see a truncated set.
-const setElementsPerMessage = 1024
-
-// addSet adds a set with its elements, spread over as many messages of the
-// same transaction as they need.
-func (c *nftConn) addSet(s *nftables.Set, elems []nftables.SetElement) error {
-	first := elems[:min(len(elems), setElementsPerMessage)]
-	if err := c.nft.AddSet(s, first); err != nil {
-		return err
-	}
-	for rest := elems[len(first):]; len(rest) > 0; {
-		n := min(len(rest), setElementsPerMessage)
-		if err := c.nft.SetAddElements(s, rest[:n]); err != nil {
-			return err
-		}
-		rest = rest[n:]
-	}
-	return nil
 }
 
 // counts reads and resets the table's counters in one dump of counter
