@@ -172,19 +172,12 @@ func TestIndexesFollowConcurrentChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := New(st, Config{})
-	if err := c.ApplyInventory(DefaultInventory()); err != nil {
-		t.Fatal(err)
-	}
-	vpcs, err := c.DescribeVPCs(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, vpc := inventoryCloud(t, st)
 	subnets, err := c.DescribeSubnets(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	vpc, subnet := vpcs[0].ID, subnets[0].ID
+	subnet := subnets[0].ID
 	var mu sync.Mutex
 	var groupIDs, lbARNs, tgARNs, listenerARNs []string
 	pick := func(from *[]string) string {
@@ -352,17 +345,10 @@ func TestIndexFollowsCommitsWithoutReadingTheBucket(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	c := New(st, Config{})
-	if err := c.ApplyInventory(DefaultInventory()); err != nil {
-		t.Fatal(err)
-	}
-	vpcs, err := c.DescribeVPCs(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, vpc := inventoryCloud(t, st)
 	var ids []string
 	for i := range 50 {
-		sg, err := c.CreateSecurityGroup(fmt.Sprint("g", i), "d", vpcs[0].ID, nil)
+		sg, err := c.CreateSecurityGroup(fmt.Sprint("g", i), "d", vpc, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -399,4 +385,18 @@ func TestIndexFollowsCommitsWithoutReadingTheBucket(t *testing.T) {
 	if n := c.idx.groups.wholeReads.Load() - before; n != 0 {
 		t.Errorf("the group index read the whole bucket %d times over %d commits, want 0", n, len(ids)+1)
 	}
+}
+
+// inventoryCloud is a Cloud on st with the default inventory, and the ID of its VPC.
+func inventoryCloud(t *testing.T, st store.Store) (*Cloud, string) {
+	t.Helper()
+	c := New(st, Config{})
+	if err := c.ApplyInventory(DefaultInventory()); err != nil {
+		t.Fatal(err)
+	}
+	vpcs, err := c.DescribeVPCs(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, vpcs[0].ID
 }
