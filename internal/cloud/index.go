@@ -331,7 +331,11 @@ func (x *lbIndex) withName(name string) (LoadBalancer, bool) {
 }
 
 // groupInUse tells whether a load balancer has the security group.
-func (x *lbIndex) groupInUse(id string) bool { return len(x.inGroup.withPrefix(joinKey(id))) > 0 }
+func (x *lbIndex) groupInUse(id string) bool {
+	inUse := false
+	x.inGroup.eachWithPrefix(joinKey(id), func(entry[string]) bool { inUse = true; return false })
+	return inUse
+}
 
 // withDNSName returns the load balancer whose DNS name (lower-case) is name.
 func (x *lbIndex) withDNSName(name string) (LoadBalancer, bool) {

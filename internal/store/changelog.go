@@ -2,6 +2,7 @@ package store
 
 import (
 	"slices"
+	"sort"
 	"sync"
 )
 
@@ -72,11 +73,15 @@ func (l *changeLog) since(bucket string, from, to uint64) ([]string, bool) {
 	if from < floor || to > l.last || from > to {
 		return nil, false // not logged that far back; a commit not logged yet; a reader behind
 	}
+	// The commits are logged in ID order: a reader one commit behind reads one entry, not the log.
+	commits := l.commits[bucket]
+	first := sort.Search(len(commits), func(i int) bool { return commits[i].id > from })
 	var keys []string
-	for _, c := range l.commits[bucket] {
-		if c.id > from && c.id <= to {
-			keys = append(keys, c.keys...)
+	for _, c := range commits[first:] {
+		if c.id > to {
+			break
 		}
+		keys = append(keys, c.keys...)
 	}
 	slices.Sort(keys)
 	return slices.Compact(keys), true
