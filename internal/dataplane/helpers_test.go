@@ -266,6 +266,7 @@ type server struct {
 	ln    *net.TCPListener
 	live  map[*net.TCPConn]struct{}
 	conns []connRecord
+	ends  []error // how the echoed connections ended: nil for an end of stream
 	wg    sync.WaitGroup
 }
 
@@ -370,8 +371,18 @@ func echoServer(t testing.TB, addr netip.AddrPort, name string, ppv2 bool) *serv
 		if _, err := io.WriteString(c, name+"\n"); err != nil {
 			return
 		}
-		io.Copy(c, c)
+		_, err := io.Copy(c, c)
+		s.mu.Lock()
+		s.ends = append(s.ends, err)
+		s.mu.Unlock()
 	})
+}
+
+// connEnds is how the echoed connections ended so far (nil: an end of stream).
+func (s *server) connEnds() []error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]error(nil), s.ends...)
 }
 
 // acceptServer accepts and closes: a health-check port.

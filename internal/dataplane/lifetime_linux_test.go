@@ -46,5 +46,6 @@ func TestIPv6Flows(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) { bothProtocols(t, ipv6Net, run) })
 	}
+	t.Run("client reset", func(t *testing.T) { lifetimeClientReset(t, ipv6Net) })
 	t.Run("stickiness", func(t *testing.T) { stickiness(t, ipv6Net()) })
 }

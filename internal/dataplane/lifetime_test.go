@@ -369,3 +369,23 @@ func lifetimeDeletedListener(t *testing.T, at func() lifetimeNet, proto Protocol
 	w.h.apply(LoadBalancer{ID: "lb", Zones: w.zones()})
 	w.ended(f, deleted, "")
 }
+
+// TestLifetimeClientReset: a TCP client's reset resets the target's side too, as AWS's load
+// balancers do, and does not half-close it: a FIN would leave the flow's upstream socket in
+// TIME_WAIT, and at thousands of short flows a second those exhaust the load balancer's source
+// ports towards a target. (UDP has no reset.)
+func TestLifetimeClientReset(t *testing.T) { lifetimeClientReset(t, ipv4Net) }
+
+func lifetimeClientReset(t *testing.T, at func() lifetimeNet) {
+	w := newLifetime(t, at(), TCP, false)
+	w.h.apply(w.config(nil))
+	f := w.openOn("a")
+	if _, err := f.exchange("x", longWait); err != nil {
+		t.Fatal(err)
+	}
+	reset(f.tcp.c)
+	waitFor(t, longWait, "the target's side of the flow to end", func() bool { return len(w.a.echo.connEnds()) > 0 })
+	if err := w.a.echo.connEnds()[0]; !isReset(err) {
+		t.Errorf("the target's side ended with %v, want a reset", err)
+	}
+}
