@@ -3,6 +3,7 @@
 package etcdtest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -204,8 +205,48 @@ func (m *Member) logTail() string {
 }
 
 // Pause stops the member's process without killing it, as a machine that hangs: clients get no
-// answers until Resume.
-func (m *Member) Pause() error { return m.cmd.Process.Signal(syscall.SIGSTOP) }
+// answers until Resume. It returns once every thread has stopped: the signal only asks them to,
+// and on a busy machine a thread may answer a request or two before it does.
+func (m *Member) Pause() error {
+	if err := m.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		stopped, err := allThreadsStopped(m.cmd.Process.Pid)
+		if err != nil || stopped {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("etcd (pid %d) did not stop within 10s of SIGSTOP", m.cmd.Process.Pid)
+		}
+		time.Sleep(time.Millisecond) // poll interval
+	}
+}
+
+// allThreadsStopped says whether every thread of process pid is in the stopped state, as
+// /proc/<pid>/task/<tid>/stat says. Without /proc (not Linux) there is no telling: it says yes.
+func allThreadsStopped(pid int) (bool, error) {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(tasks) == 0 {
+		return true, err
+	}
+	for _, task := range tasks {
+		stat, err := os.ReadFile(task)
+		if err != nil {
+			return false, nil // a thread that ended while we looked: look again
+		}
+		// The state follows the command name, which is in parentheses and may hold any byte.
+		i := bytes.LastIndex(stat, []byte(") "))
+		if i < 0 || i+2 >= len(stat) {
+			return false, fmt.Errorf("%s: no state in %q", task, stat)
+		}
+		if stat[i+2] != 'T' {
+			return false, nil
+		}
+	}
+	return true, nil
+}
 
 func (m *Member) Resume() error { return m.cmd.Process.Signal(syscall.SIGCONT) }
 
