@@ -6,6 +6,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	rgt "github.com/aws/aws-sdk-go-v2/service/resourcegroupstaggingapi"
 )
 
 // EC2 is the subset of the EC2 API the deploy stage calls. *ec2.Client implements it.
@@ -62,6 +63,12 @@ type ELBV2 interface {
 	DescribeTags(context.Context, *elbv2.DescribeTagsInput, ...func(*elbv2.Options)) (*elbv2.DescribeTagsOutput, error)
 	AddTags(context.Context, *elbv2.AddTagsInput, ...func(*elbv2.Options)) (*elbv2.AddTagsOutput, error)
 	RemoveTags(context.Context, *elbv2.RemoveTagsInput, ...func(*elbv2.Options)) (*elbv2.RemoveTagsOutput, error)
+}
+
+// Tagging is the part of the Resource Groups Tagging API the deploy stage calls (under the
+// EnableRGTAPI gate). *resourcegroupstaggingapi.Client implements it.
+type Tagging interface {
+	GetResources(context.Context, *rgt.GetResourcesInput, ...func(*rgt.Options)) (*rgt.GetResourcesOutput, error)
 }
 
 // NewClients returns the SDK clients for cfg (its BaseEndpoint, credentials and retryer apply to

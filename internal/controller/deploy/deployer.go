@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	rgt "github.com/aws/aws-sdk-go-v2/service/resourcegroupstaggingapi"
 	"github.com/aws/smithy-go"
 	"k8s.io/utils/clock"
 
@@ -52,6 +53,9 @@ type Options struct {
 	// away (DependencyViolation on security groups, ResourceInUse on target groups). Zero means
 	// every 2 s for 20 s.
 	DeleteRetry Backoff
+	// Tagging finds load balancers and target groups by their tags when the EnableRGTAPI gate
+	// is on (required then); with the gate off, every one in the region is described instead.
+	Tagging Tagging
 	// Clock times the entries of the ELBv2 tag cache (tests advance a fake one). Nil means the
 	// real clock.
 	Clock clock.Clock
@@ -68,6 +72,7 @@ type Backoff struct {
 type Deployer struct {
 	ec2  EC2
 	elb  ELBV2
+	rgt  Tagging // nil: find load balancers and target groups by describing them all
 	opts Options
 
 	backend backendProvider
@@ -93,6 +98,12 @@ func New(ec2 EC2, elb ELBV2, opts Options) (*Deployer, error) {
 		opts.Clock = clock.RealClock{}
 	}
 	d := &Deployer{ec2: ec2, elb: elb, opts: opts, tags: newTagCache(opts.Clock)}
+	if opts.Model.FeatureGates.Enabled(model.GateEnableRGTAPI) {
+		if opts.Tagging == nil {
+			return nil, errors.New("deploy: the EnableRGTAPI feature gate is on but there is no Resource Groups Tagging API client")
+		}
+		d.rgt = opts.Tagging
+	}
 	d.backend.claims = map[string]bool{}
 	d.net = newNetworking()
 	return d, nil
@@ -101,6 +112,9 @@ func New(ec2 EC2, elb ELBV2, opts Options) (*Deployer, error) {
 // NewFromConfig returns a Deployer with SDK clients built from cfg.
 func NewFromConfig(cfg aws.Config, opts Options) (*Deployer, error) {
 	ec2, elb := NewClients(cfg)
+	if opts.Tagging == nil {
+		opts.Tagging = rgt.NewFromConfig(cfg)
+	}
 	return New(ec2, elb, opts)
 }
 

@@ -12,6 +12,8 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
+	rgt "github.com/aws/aws-sdk-go-v2/service/resourcegroupstaggingapi"
+	rgttypes "github.com/aws/aws-sdk-go-v2/service/resourcegroupstaggingapi/types"
 
 	"github.com/moatlb/moat/internal/controller/model"
 )
@@ -172,18 +174,56 @@ type loadBalancer struct {
 	Tags map[string]string
 }
 
-// listLoadBalancers returns the network load balancers of the VPC that carry all of tags: a full
-// scan, with the tags from the tag cache where it has them.
+// listLoadBalancers returns the network load balancers of the VPC that carry all of tags.
 func (d *Deployer) listLoadBalancers(ctx context.Context, tags map[string]string) ([]loadBalancer, error) {
+	var lbs []elbtypes.LoadBalancer
+	var tagsOf map[string]map[string]string
+	var err error
+	if d.rgt != nil {
+		if tagsOf, err = d.taggedResources(ctx, resourceTypeLoadBalancer, tags); err != nil {
+			return nil, err
+		}
+		lbs, err = describeByARN(slices.Sorted(maps.Keys(tagsOf)), func(arns []string) ([]elbtypes.LoadBalancer, error) {
+			out, err := d.elb.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{LoadBalancerArns: arns})
+			if err != nil {
+				return nil, fmt.Errorf("describe load balancers: %w", err)
+			}
+			return out.LoadBalancers, nil
+		}, "LoadBalancerNotFound")
+		if err != nil {
+			return nil, err
+		}
+		lbs = slices.DeleteFunc(lbs, func(lb elbtypes.LoadBalancer) bool { return !d.ownLoadBalancer(lb) })
+	} else if lbs, tagsOf, err = d.scanLoadBalancers(ctx); err != nil {
+		return nil, err
+	}
+	var out []loadBalancer
+	for _, lb := range lbs {
+		if t := tagsOf[aws.ToString(lb.LoadBalancerArn)]; hasTags(t, tags) {
+			out = append(out, loadBalancer{LoadBalancer: lb, Tags: t})
+		}
+	}
+	return out, nil
+}
+
+// ownLoadBalancer says whether a load balancer is one the controller could manage: a network
+// load balancer in its VPC.
+func (d *Deployer) ownLoadBalancer(lb elbtypes.LoadBalancer) bool {
+	return aws.ToString(lb.VpcId) == d.opts.Model.VPCID && lb.Type == elbtypes.LoadBalancerTypeEnumNetwork
+}
+
+// scanLoadBalancers returns every network load balancer of the VPC, with their tags from the
+// tag cache where it has them: a scan of the whole region.
+func (d *Deployer) scanLoadBalancers(ctx context.Context) ([]elbtypes.LoadBalancer, map[string]map[string]string, error) {
 	var all []elbtypes.LoadBalancer
 	p := elbv2.NewDescribeLoadBalancersPaginator(d.elb, &elbv2.DescribeLoadBalancersInput{})
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("describe load balancers: %w", err)
+			return nil, nil, fmt.Errorf("describe load balancers: %w", err)
 		}
 		for _, lb := range page.LoadBalancers {
-			if aws.ToString(lb.VpcId) == d.opts.Model.VPCID && lb.Type == elbtypes.LoadBalancerTypeEnumNetwork {
+			if d.ownLoadBalancer(lb) {
 				all = append(all, lb)
 			}
 		}
@@ -192,18 +232,8 @@ func (d *Deployer) listLoadBalancers(ctx context.Context, tags map[string]string
 	for _, lb := range all {
 		arns = append(arns, aws.ToString(lb.LoadBalancerArn))
 	}
-	byARN, err := d.elbTagsOf(ctx, arns)
-	if err != nil {
-		return nil, err
-	}
-	var out []loadBalancer
-	for _, lb := range all {
-		t := byARN[aws.ToString(lb.LoadBalancerArn)]
-		if hasTags(t, tags) {
-			out = append(out, loadBalancer{LoadBalancer: lb, Tags: t})
-		}
-	}
-	return out, nil
+	tagsOf, err := d.elbTagsOf(ctx, arns)
+	return all, tagsOf, err
 }
 
 // targetGroup is a target group with its tags.
@@ -212,15 +242,47 @@ type targetGroup struct {
 	Tags map[string]string
 }
 
-// listTargetGroups returns the target groups of the VPC that carry all of tags: a full scan, with
-// the tags from the tag cache where it has them.
+// listTargetGroups returns the target groups of the VPC that carry all of tags.
 func (d *Deployer) listTargetGroups(ctx context.Context, tags map[string]string) ([]targetGroup, error) {
+	var tgs []elbtypes.TargetGroup
+	var tagsOf map[string]map[string]string
+	var err error
+	if d.rgt != nil {
+		if tagsOf, err = d.taggedResources(ctx, resourceTypeTargetGroup, tags); err != nil {
+			return nil, err
+		}
+		tgs, err = describeByARN(slices.Sorted(maps.Keys(tagsOf)), func(arns []string) ([]elbtypes.TargetGroup, error) {
+			out, err := d.elb.DescribeTargetGroups(ctx, &elbv2.DescribeTargetGroupsInput{TargetGroupArns: arns})
+			if err != nil {
+				return nil, fmt.Errorf("describe target groups: %w", err)
+			}
+			return out.TargetGroups, nil
+		}, "TargetGroupNotFound")
+		if err != nil {
+			return nil, err
+		}
+		tgs = slices.DeleteFunc(tgs, func(tg elbtypes.TargetGroup) bool { return aws.ToString(tg.VpcId) != d.opts.Model.VPCID })
+	} else if tgs, tagsOf, err = d.scanTargetGroups(ctx); err != nil {
+		return nil, err
+	}
+	var out []targetGroup
+	for _, tg := range tgs {
+		if t := tagsOf[aws.ToString(tg.TargetGroupArn)]; hasTags(t, tags) {
+			out = append(out, targetGroup{TargetGroup: tg, Tags: t})
+		}
+	}
+	return out, nil
+}
+
+// scanTargetGroups returns every target group of the VPC, with their tags from the tag cache
+// where it has them: a scan of the whole region.
+func (d *Deployer) scanTargetGroups(ctx context.Context) ([]elbtypes.TargetGroup, map[string]map[string]string, error) {
 	var all []elbtypes.TargetGroup
 	p := elbv2.NewDescribeTargetGroupsPaginator(d.elb, &elbv2.DescribeTargetGroupsInput{})
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("describe target groups: %w", err)
+			return nil, nil, fmt.Errorf("describe target groups: %w", err)
 		}
 		for _, tg := range page.TargetGroups {
 			if aws.ToString(tg.VpcId) == d.opts.Model.VPCID {
@@ -232,15 +294,67 @@ func (d *Deployer) listTargetGroups(ctx context.Context, tags map[string]string)
 	for _, tg := range all {
 		arns = append(arns, aws.ToString(tg.TargetGroupArn))
 	}
-	byARN, err := d.elbTagsOf(ctx, arns)
-	if err != nil {
-		return nil, err
+	tagsOf, err := d.elbTagsOf(ctx, arns)
+	return all, tagsOf, err
+}
+
+// The Resource Groups Tagging API's names of the resource types the deployer finds by tags.
+const (
+	resourceTypeLoadBalancer = "elasticloadbalancing:loadbalancer"
+	resourceTypeTargetGroup  = "elasticloadbalancing:targetgroup"
+)
+
+// taggedResources returns the resources of one type that carry all of tags, with their tags, by
+// ARN, from the Resource Groups Tagging API; the answer fills the tag cache.
+func (d *Deployer) taggedResources(ctx context.Context, resourceType string, tags map[string]string) (map[string]map[string]string, error) {
+	in := &rgt.GetResourcesInput{ResourceTypeFilters: []string{resourceType}, ResourcesPerPage: aws.Int32(100)}
+	for _, k := range slices.Sorted(maps.Keys(tags)) {
+		in.TagFilters = append(in.TagFilters, rgttypes.TagFilter{Key: aws.String(k), Values: []string{tags[k]}})
 	}
-	var out []targetGroup
-	for _, tg := range all {
-		t := byARN[aws.ToString(tg.TargetGroupArn)]
-		if hasTags(t, tags) {
-			out = append(out, targetGroup{TargetGroup: tg, Tags: t})
+	since := d.tags.writeCount()
+	out := map[string]map[string]string{}
+	p := rgt.NewGetResourcesPaginator(d.rgt, in)
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("get resources by tags: %w", err)
+		}
+		for _, m := range page.ResourceTagMappingList {
+			t := make(map[string]string, len(m.Tags))
+			for _, tag := range m.Tags {
+				t[aws.ToString(tag.Key)] = aws.ToString(tag.Value)
+			}
+			arn := aws.ToString(m.ResourceARN)
+			out[arn] = t
+			d.tags.fill(arn, t, since)
+		}
+	}
+	return out, nil
+}
+
+// describeBatch is how many ARNs one DescribeLoadBalancers call takes (AWS's limit), and so one
+// DescribeTargetGroups call too.
+const describeBatch = 20
+
+// describeByARN describes resources by ARN in batches. One deleted since its ARN was found fails
+// its whole batch with the not-found error: that batch is described again one by one, without it.
+func describeByARN[T any](arns []string, describe func([]string) ([]T, error), notFoundCode string) ([]T, error) {
+	var out []T
+	for batch := range slices.Chunk(arns, describeBatch) {
+		got, err := describe(batch)
+		switch {
+		case err == nil:
+			out = append(out, got...)
+		case errorCode(err) != notFoundCode:
+			return nil, err
+		case len(batch) > 1:
+			for _, arn := range batch {
+				one, err := describe([]string{arn})
+				if err != nil && errorCode(err) != notFoundCode {
+					return nil, err
+				}
+				out = append(out, one...)
+			}
 		}
 	}
 	return out, nil

@@ -6,7 +6,8 @@ import (
 	"strings"
 )
 
-// Feature gates the model builder consults, with the AWS Load Balancer Controller's names.
+// Feature gates the model builder and the deployer consult, with the AWS Load Balancer
+// Controller's names.
 const (
 	GateNLBSecurityGroup             = "NLBSecurityGroup"
 	GateEnableTCPUDPListener         = "EnableTCPUDPListener"
@@ -15,6 +16,9 @@ const (
 	GateServiceTypeLoadBalancerOnly  = "ServiceTypeLoadBalancerOnly"
 	GateEnableDefaultTagsLowPriority = "EnableDefaultTagsLowPriority"
 	GateLBCapacityReservation        = "LBCapacityReservation"
+	// GateEnableRGTAPI makes the deployer find load balancers and target groups by their tags
+	// with the Resource Groups Tagging API instead of describing every one in the region.
+	GateEnableRGTAPI = "EnableRGTAPI"
 )
 
 // gateDefaults are the AWS controller's defaults (lbc-help.txt) for the gates above.
@@ -26,6 +30,7 @@ var gateDefaults = map[string]bool{
 	GateServiceTypeLoadBalancerOnly:  false,
 	GateEnableDefaultTagsLowPriority: false,
 	GateLBCapacityReservation:        true,
+	GateEnableRGTAPI:                 false,
 }
 
 // FeatureGates holds the --feature-gates overrides; a gate not in the map has the AWS

@@ -8,6 +8,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	rgt "github.com/aws/aws-sdk-go-v2/service/resourcegroupstaggingapi"
 	"github.com/aws/smithy-go/middleware"
 
 	"github.com/moatlb/moat/internal/controller/deploy"
@@ -16,13 +17,21 @@ import (
 // Endpoints override the AWS API endpoint per service (--aws-api-endpoints); empty means the
 // SDK's resolution (BaseEndpoint of the config, or AWS).
 type Endpoints struct {
-	EC2   string
-	ELBV2 string
+	EC2     string
+	ELBV2   string
+	Tagging string // the Resource Groups Tagging API
+}
+
+// awsClients are the SDK clients the controller uses.
+type awsClients struct {
+	ec2     *ec2.Client
+	elb     *elbv2.Client
+	tagging *rgt.Client
 }
 
 // newClients builds the SDK clients the controller uses, with the endpoint overrides and a
 // middleware that counts each reconcile's mutating calls (see withMutationCounter).
-func newClients(cfg aws.Config, ep Endpoints) (*ec2.Client, *elbv2.Client) {
+func newClients(cfg aws.Config, ep Endpoints) awsClients {
 	cfg = cfg.Copy()
 	cfg.APIOptions = append(cfg.APIOptions, countMutations)
 	ec2c := ec2.NewFromConfig(cfg, func(o *ec2.Options) {
@@ -35,12 +44,18 @@ func newClients(cfg aws.Config, ep Endpoints) (*ec2.Client, *elbv2.Client) {
 			o.BaseEndpoint = aws.String(ep.ELBV2)
 		}
 	})
-	return ec2c, elbc
+	tagging := rgt.NewFromConfig(cfg, func(o *rgt.Options) {
+		if ep.Tagging != "" {
+			o.BaseEndpoint = aws.String(ep.Tagging)
+		}
+	})
+	return awsClients{ec2c, elbc, tagging}
 }
 
 var (
-	_ deploy.EC2   = (*ec2.Client)(nil)
-	_ deploy.ELBV2 = (*elbv2.Client)(nil)
+	_ deploy.EC2     = (*ec2.Client)(nil)
+	_ deploy.ELBV2   = (*elbv2.Client)(nil)
+	_ deploy.Tagging = (*rgt.Client)(nil)
 )
 
 type mutationCounterKey struct{}

@@ -84,7 +84,7 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.VPCID, "aws-vpc-id", "", "AWS VpcID for the LoadBalancer resources")
 	fs.StringToStringVar(&f.VPCTags, "aws-vpc-tags", nil, "AWS VPC tags List,format: tagkey1=tagvalue1,tagkey2=tagvalue2")
 	fs.StringVar(&f.VPCTagKey, "aws-vpc-tag-key", "Name", "[DEPRECATED] Previously used to select a single tag from --aws-vpc-tags. All tags are now always used for VPC lookup.")
-	fs.StringToStringVar(&f.APIEndpoints, "aws-api-endpoints", nil, "Custom AWS endpoint configuration, format: serviceID1=URL1,serviceID2=URL2 (moat uses EC2 and Elastic Load Balancing v2)")
+	fs.StringToStringVar(&f.APIEndpoints, "aws-api-endpoints", nil, "Custom AWS endpoint configuration, format: serviceID1=URL1,serviceID2=URL2 (moat uses EC2, Elastic Load Balancing v2 and, with the EnableRGTAPI gate, Resource Groups Tagging API)")
 	fs.IntVar(&f.AWSMaxRetries, "aws-max-retries", 10, "Maximum retries for AWS APIs")
 	fs.Var(&f.FeatureGates, "feature-gates", "A set of key=bool pairs enable/disable features (e.g. NLBSecurityGroup=true,EnableTCPUDPListener=false)")
 	fs.StringVar(&f.LoadBalancerClass, "load-balancer-class", model.DefaultLoadBalancerClass, "Name of the load balancer class reconciled by this controller")
@@ -175,7 +175,7 @@ func (f *Flags) Ignored() []string {
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(f.APIEndpoints)) {
-		if k != "EC2" && k != "Elastic Load Balancing v2" {
+		if k != "EC2" && k != "Elastic Load Balancing v2" && k != "Resource Groups Tagging API" {
 			out = append(out, "--aws-api-endpoints "+k+"="+f.APIEndpoints[k])
 		}
 	}
@@ -187,7 +187,7 @@ func (f *Flags) Ignored() []string {
 var implementedGates = []string{
 	model.GateNLBSecurityGroup, model.GateEnableTCPUDPListener, model.GateEnableIPTargetType,
 	model.GateNLBHealthCheckAdvancedConfig, model.GateServiceTypeLoadBalancerOnly,
-	model.GateEnableDefaultTagsLowPriority, model.GateLBCapacityReservation, GateEnableServiceController,
+	model.GateEnableDefaultTagsLowPriority, model.GateLBCapacityReservation, model.GateEnableRGTAPI, GateEnableServiceController,
 }
 
 // GateEnableServiceController turns the Service controller on (default) or off.

@@ -47,7 +47,8 @@ func Run(ctx context.Context, f *Flags, log logr.Logger) error {
 		return err
 	}
 	mcfg.Region = awsCfg.Region
-	ep := Endpoints{EC2: f.APIEndpoints["EC2"], ELBV2: f.APIEndpoints["Elastic Load Balancing v2"]}
+	ep := Endpoints{EC2: f.APIEndpoints["EC2"], ELBV2: f.APIEndpoints["Elastic Load Balancing v2"],
+		Tagging: f.APIEndpoints["Resource Groups Tagging API"]}
 	if mcfg.VPCID == "" {
 		if mcfg.VPCID, err = vpcByTags(ctx, awsCfg, ep, f.VPCTags); err != nil {
 			return err
@@ -160,7 +161,7 @@ func vpcByTags(ctx context.Context, cfg aws.Config, ep Endpoints, tags map[strin
 	if len(tags) == 0 {
 		return "", errors.New("no VPC: specify --aws-vpc-id or --aws-vpc-tags (moat does not read the VPC from EC2 instance metadata)")
 	}
-	ec2c, _ := newClients(cfg, ep)
+	ec2c := newClients(cfg, ep).ec2
 	var filters []ec2types.Filter
 	keys := make([]string, 0, len(tags))
 	for k := range tags {

@@ -82,19 +82,20 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if cfg.TargetGroupBindingMaxBackoff <= 0 {
 		cfg.TargetGroupBindingMaxBackoff = 1000 * time.Second
 	}
-	ec2c, elbc := newClients(cfg.AWS, cfg.Endpoints)
+	clients := newClients(cfg.AWS, cfg.Endpoints)
 	c := mgr.GetClient()
 	registry := newBindingRegistry(c, cfg.Model)
-	d, err := deploy.New(ec2c, elbc, deploy.Options{
+	d, err := deploy.New(clients.ec2, clients.elb, deploy.Options{
 		Model:                  cfg.Model,
 		ServiceTargetENISGTags: cfg.ServiceTargetENISGTags,
 		Bindings:               registry.keys,
 		DeleteRetry:            cfg.DeleteRetry,
+		Tagging:                clients.tagging,
 	})
 	if err != nil {
 		return err
 	}
-	targets := newTargetResolver(c, ec2c, cfg.Model.VPCID)
+	targets := newTargetResolver(c, clients.ec2, cfg.Model.VPCID)
 
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &elbv2api.TargetGroupBinding{}, serviceRefIndex, func(o client.Object) []string {
 		return []string{o.(*elbv2api.TargetGroupBinding).Spec.ServiceRef.Name}
@@ -125,7 +126,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	}
 
 	tgbR := &TargetGroupBindingReconciler{
-		client: c, elb: elbc, deployer: d, targets: targets,
+		client: c, elb: clients.elb, deployer: d, targets: targets,
 		events: newEventSink(mgr.GetEventRecorder(tgbControllerName)),
 	}
 	err = ctrl.NewControllerManagedBy(mgr).
