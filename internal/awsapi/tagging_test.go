@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +23,8 @@ import (
 	"github.com/aws/smithy-go/encoding/cbor"
 	"github.com/aws/smithy-go/transport/http/protocol/awsjson"
 
+	"github.com/moatlb/moat/internal/awsapi"
+	"github.com/moatlb/moat/internal/awsapi/sigv4"
 	"github.com/moatlb/moat/internal/lbtest"
 )
 
@@ -355,5 +359,26 @@ func TestTaggingAccessAndProtocols(t *testing.T) {
 	status, _, jsonBody := postJSON(t, e.URL, lbtest.AccessKey, lbtest.SecretKey, "tagging", "ResourceGroupsTaggingAPI_20170126.TagResources", "{}")
 	if status != 400 || !strings.Contains(jsonBody, "UnknownOperationException") {
 		t.Errorf("TagResources: %d %s", status, jsonBody)
+	}
+}
+
+// TestTaggingBusy: a request the endpoint has no room for is answered throttled in its own
+// protocol, CBOR to a CBOR request.
+func TestTaggingBusy(t *testing.T) {
+	srv := awsapi.New(nil, &sigv4.Verifier{}, slog.New(slog.DiscardHandler), nil)
+	cborReq := httptest.NewRequest(http.MethodPost, "/service/ResourceGroupsTaggingAPI_20170126/operation/GetResources", nil)
+	cborReq.Header.Set("Smithy-Protocol", "rpc-v2-cbor")
+	rec := httptest.NewRecorder()
+	srv.Busy(rec, cborReq)
+	reply, err := cbor.Decode(rec.Body.Bytes())
+	if m, _ := reply.(cbor.Map); err != nil || rec.Code != 400 || m["__type"] != cbor.String("ThrottlingException") {
+		t.Errorf("CBOR: %d %v %v", rec.Code, reply, err)
+	}
+	jsonReq := httptest.NewRequest(http.MethodPost, "/", nil)
+	jsonReq.Header.Set("X-Amz-Target", "ResourceGroupsTaggingAPI_20170126.GetResources")
+	rec = httptest.NewRecorder()
+	srv.Busy(rec, jsonReq)
+	if rec.Code != 400 || !strings.Contains(rec.Body.String(), `"__type":"ThrottlingException"`) {
+		t.Errorf("JSON: %d %s", rec.Code, rec.Body)
 	}
 }
