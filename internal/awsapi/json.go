@@ -124,16 +124,16 @@ func (s *Server) serveJSON(w http.ResponseWriter, r *http.Request, svc *jsonServ
 		fail("", &apiError{400, "UnknownOperationException", "The operation " + req.target + " is not served by this endpoint."})
 		return
 	}
+	if denied, ok := s.checkAccess(svc.name, action, id); !ok {
+		fail(action, &apiError{400, "AccessDeniedException", denied})
+		return
+	}
 	if req.cbor {
 		var err error
 		if body, err = wire.CBORToJSON(body); err != nil {
 			fail(action, &apiError{400, "SerializationException", "The request body could not be read as CBOR: " + err.Error()})
 			return
 		}
-	}
-	if denied, ok := s.checkAccess(svc.name, action, id); !ok {
-		fail(action, &apiError{400, "AccessDeniedException", denied})
-		return
 	}
 	result, err := h(context.WithValue(r.Context(), identityKey{}, id), body)
 	if err != nil {

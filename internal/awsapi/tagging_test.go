@@ -1,7 +1,10 @@
 package awsapi_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,8 +15,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
@@ -338,23 +343,21 @@ func TestTaggingAccessAndProtocols(t *testing.T) {
 	_, err := rgt.NewFromConfig(unknownKey).GetResources(ctx, &rgt.GetResourcesInput{})
 	wantCode(t, err, "UnrecognizedClientException")
 
-	req, err := http.NewRequest(http.MethodPost, e.URL+"/service/ResourceGroupsTaggingAPI_20170126/operation/GetResources", strings.NewReader(""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Smithy-Protocol", "rpc-v2-cbor")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	reply, err := cbor.Decode(body)
-	if err != nil {
-		t.Fatalf("unsigned: reply %d is not CBOR: %q", resp.StatusCode, body)
-	}
-	if m, _ := reply.(cbor.Map); resp.StatusCode != 400 || m["__type"] != cbor.String("MissingAuthenticationTokenException") || resp.Header.Get("Smithy-Protocol") != "rpc-v2-cbor" {
-		t.Errorf("unsigned: %d %v %v", resp.StatusCode, reply, resp.Header)
+	for _, tc := range []struct {
+		name, operation string
+		body            []byte
+		signed          bool
+		code            string
+	}{
+		{"unsigned", "GetResources", nil, false, "MissingAuthenticationTokenException"},
+		{"body that is no CBOR", "GetResources", []byte{0xff}, true, "SerializationException"},
+		{"member of the wrong type", "GetResources", cbor.Encode(cbor.Map{"ResourcesPerPage": cbor.String("5")}), true, "SerializationException"},
+		{"unknown operation", "TagResources", nil, true, "UnknownOperationException"},
+	} {
+		status, header, reply := postCBOR(t, e.URL, tc.operation, tc.body, tc.signed)
+		if m, _ := reply.(cbor.Map); status != 400 || m["__type"] != cbor.String(tc.code) || m["message"] == nil || header.Get("Smithy-Protocol") != "rpc-v2-cbor" {
+			t.Errorf("%s: %d %v %v", tc.name, status, reply, header)
+		}
 	}
 	status, _, jsonBody := postJSON(t, e.URL, lbtest.AccessKey, lbtest.SecretKey, "tagging", "ResourceGroupsTaggingAPI_20170126.TagResources", "{}")
 	if status != 400 || !strings.Contains(jsonBody, "UnknownOperationException") {
@@ -381,4 +384,34 @@ func TestTaggingBusy(t *testing.T) {
 	if rec.Code != 400 || !strings.Contains(rec.Body.String(), `"__type":"ThrottlingException"`) {
 		t.Errorf("JSON: %d %s", rec.Code, rec.Body)
 	}
+}
+
+// postCBOR sends an RPC v2 CBOR request for a Tagging operation, signed with the full key or not
+// at all, and returns the decoded reply.
+func postCBOR(t *testing.T, url, operation string, body []byte, signed bool) (int, http.Header, cbor.Value) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url+"/service/ResourceGroupsTaggingAPI_20170126/operation/"+operation, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Smithy-Protocol", "rpc-v2-cbor")
+	req.Header.Set("Content-Type", "application/cbor")
+	if signed {
+		sum := sha256.Sum256(body)
+		creds := aws.Credentials{AccessKeyID: lbtest.AccessKey, SecretAccessKey: lbtest.SecretKey}
+		if err := v4.NewSigner().SignHTTP(context.Background(), creds, req, hex.EncodeToString(sum[:]), "tagging", "us-east-1", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	reply, err := cbor.Decode(out)
+	if err != nil {
+		t.Fatalf("reply %d is not CBOR: %q", resp.StatusCode, out)
+	}
+	return resp.StatusCode, resp.Header, reply
 }

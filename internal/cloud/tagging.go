@@ -300,7 +300,7 @@ func matchesTagFilters(tags Tags, filters []TagFilter) bool {
 	return true
 }
 
-// taggedByARN are the tagged resources of arns, in the order asked, each once. An ARN of no
+// taggedByARN are the tagged resources of arns, in ARN order, each once. An ARN of no
 // resource here (another account, region, service or type, or a resource that does not exist)
 // is left out, as AWS leaves out one that does not exist.
 func (c *Cloud) taggedByARN(tx store.Tx, arns []string) ([]TaggedResource, error) {
