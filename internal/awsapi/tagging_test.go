@@ -354,7 +354,11 @@ func TestTaggingAccessAndProtocols(t *testing.T) {
 		{"member of the wrong type", "GetResources", cbor.Encode(cbor.Map{"ResourcesPerPage": cbor.String("5")}), true, "SerializationException"},
 		{"unknown operation", "TagResources", nil, true, "UnknownOperationException"},
 	} {
-		status, header, reply := postCBOR(t, e.URL, tc.operation, tc.body, tc.signed)
+		creds := &aws.Credentials{AccessKeyID: lbtest.AccessKey, SecretAccessKey: lbtest.SecretKey}
+		if !tc.signed {
+			creds = nil
+		}
+		status, header, reply := postCBOR(t, e.URL, tc.operation, tc.body, creds)
 		if m, _ := reply.(cbor.Map); status != 400 || m["__type"] != cbor.String(tc.code) || m["message"] == nil || header.Get("Smithy-Protocol") != "rpc-v2-cbor" {
 			t.Errorf("%s: %d %v %v", tc.name, status, reply, header)
 		}
@@ -386,9 +390,9 @@ func TestTaggingBusy(t *testing.T) {
 	}
 }
 
-// postCBOR sends an RPC v2 CBOR request for a Tagging operation, signed with the full key or not
-// at all, and returns the decoded reply.
-func postCBOR(t *testing.T, url, operation string, body []byte, signed bool) (int, http.Header, cbor.Value) {
+// postCBOR sends an RPC v2 CBOR request for a Tagging operation, signed with creds (unsigned if
+// nil), and returns the decoded reply.
+func postCBOR(t *testing.T, url, operation string, body []byte, creds *aws.Credentials) (int, http.Header, cbor.Value) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, url+"/service/ResourceGroupsTaggingAPI_20170126/operation/"+operation, bytes.NewReader(body))
 	if err != nil {
@@ -396,10 +400,9 @@ func postCBOR(t *testing.T, url, operation string, body []byte, signed bool) (in
 	}
 	req.Header.Set("Smithy-Protocol", "rpc-v2-cbor")
 	req.Header.Set("Content-Type", "application/cbor")
-	if signed {
+	if creds != nil {
 		sum := sha256.Sum256(body)
-		creds := aws.Credentials{AccessKeyID: lbtest.AccessKey, SecretAccessKey: lbtest.SecretKey}
-		if err := v4.NewSigner().SignHTTP(context.Background(), creds, req, hex.EncodeToString(sum[:]), "tagging", "us-east-1", time.Now()); err != nil {
+		if err := v4.NewSigner().SignHTTP(context.Background(), *creds, req, hex.EncodeToString(sum[:]), "tagging", "us-east-1", time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -414,4 +417,25 @@ func postCBOR(t *testing.T, url, operation string, body []byte, signed bool) (in
 		t.Fatalf("reply %d is not CBOR: %q", resp.StatusCode, out)
 	}
 	return resp.StatusCode, resp.Header, reply
+}
+
+// FuzzTaggingCBOR sends correctly signed GetResources requests with arbitrary CBOR bodies: the
+// answer must be CBOR, and never a 500 (a 500 for client input is a bug).
+func FuzzTaggingCBOR(f *testing.F) {
+	for _, seed := range []cbor.Value{
+		cbor.Map{},
+		cbor.Map{"TagFilters": cbor.List{cbor.Map{"Key": cbor.String(stackKey), "Values": cbor.List{cbor.String("ns/a")}}}, "ResourcesPerPage": cbor.Uint(2)},
+		cbor.Map{"ResourceTypeFilters": cbor.List{cbor.String("ec2:security-group")}, "PaginationToken": cbor.String("YQ")},
+		cbor.Map{"ResourceARNList": cbor.List{cbor.String("arn:aws:ec2:us-east-1:123456789012:security-group/sg-1")}},
+		cbor.Map{"TagsPerPage": cbor.NegInt(5), "IncludeComplianceDetails": cbor.Bool(true), "PaginationToken": &cbor.Nil{}},
+	} {
+		f.Add(cbor.Encode(seed))
+	}
+	e := newEnv(f)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		status, _, _ := postCBOR(t, e.URL, "GetResources", body, &aws.Credentials{AccessKeyID: testAccessKey, SecretAccessKey: testSecret})
+		if status >= 500 {
+			t.Errorf("status %d for body %x", status, body)
+		}
+	})
 }
