@@ -2,8 +2,11 @@ package cloud
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/moatlb/moat/internal/store"
 )
 
 // TestTagIndexNarrowsToTheStack: of 1,000 load balancers of one cluster, a query by the cluster's
@@ -77,5 +80,67 @@ func TestGetResourcesPages(t *testing.T) {
 	}
 	if got := pageOfTagged(wide, nil, per(100)); len(got) != 1 {
 		t.Errorf("a resource of more tags than a page holds, first: %d resources, want it alone", len(got))
+	}
+}
+
+// TestGetResourcesFollowsTagCommits: the target group index's tags follow AddTags, RemoveTags and
+// DeleteTargetGroup by reading the records they wrote, never the whole bucket, and GetResources
+// answers as the records say after each commit.
+func TestGetResourcesFollowsTagCommits(t *testing.T) {
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	c, vpc := inventoryCloud(t, st)
+	var arns []string
+	for i := range 20 {
+		port := 80
+		tg, err := c.CreateTargetGroup(CreateTargetGroupInput{Name: fmt.Sprint("tg", i), Protocol: "TCP", Port: &port, VPCID: vpc, TargetType: "ip"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		arns = append(arns, tg.ARN)
+	}
+	stack := func(v string) []string {
+		t.Helper()
+		page, next, err := c.GetResources(GetResourcesInput{
+			TagFilters: []TagFilter{{Key: "stack", Values: []string{v}}}, ResourceTypeFilters: []string{"elasticloadbalancing:targetgroup"},
+		})
+		if err != nil || next != "" {
+			t.Fatalf("GetResources: %v, next %q", err, next)
+		}
+		var out []string
+		for _, r := range page {
+			out = append(out, r.ARN)
+		}
+		return out
+	}
+	stack("a")
+	before := c.idx.tgs.wholeReads.Load()
+	var want []string
+	for i, arn := range arns {
+		if err := c.AddTags([]string{arn}, []Tag{{"stack", []string{"a", "b"}[i%2]}}); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			want = append(want, arn)
+		}
+		if got := stack("a"); !slices.Equal(got, slices.Sorted(slices.Values(want))) {
+			t.Fatalf("after tagging %d groups: %v, want %v", i+1, got, want)
+		}
+	}
+	if err := c.RemoveTags([]string{arns[0]}, []string{"stack"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteTargetGroup(arns[2]); err != nil {
+		t.Fatal(err)
+	}
+	want = slices.DeleteFunc(want, func(arn string) bool { return arn == arns[0] || arn == arns[2] })
+	if got := stack("a"); !slices.Equal(got, slices.Sorted(slices.Values(want))) {
+		t.Fatalf("after untagging one and deleting another: %v, want %v", got, want)
+	}
+	if n := c.idx.tgs.wholeReads.Load() - before; n != 0 {
+		t.Errorf("the target group index read the whole bucket %d times, want 0", n)
 	}
 }
