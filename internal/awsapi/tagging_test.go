@@ -235,6 +235,7 @@ func TestGetResourcesInvalidParameters(t *testing.T) {
 		"TagsPerPage 99":           {TagsPerPage: aws.Int32(99)},
 		"TagsPerPage 501":          {TagsPerPage: aws.Int32(501)},
 		"bad token":                {PaginationToken: aws.String("not a token!")},
+		"token of no ARN":          {PaginationToken: aws.String("YQ")},
 		"token too long":           {PaginationToken: aws.String(strings.Repeat("A", 2049))},
 		"51 filters":               {TagFilters: many(51, func(i int) rgttypes.TagFilter { return filter(fmt.Sprint("k", i)) })},
 		"21 values":                {TagFilters: []rgttypes.TagFilter{filter("k", values...)}},

@@ -80,7 +80,7 @@ func (c *Cloud) GetResources(in GetResourcesInput) ([]TaggedResource, string, er
 	after := ""
 	if in.PaginationToken != "" {
 		last, err := base64.RawURLEncoding.DecodeString(in.PaginationToken)
-		if err != nil || len(last) == 0 {
+		if err != nil || !strings.HasPrefix(string(last), "arn:") { // a token is the last ARN answered
 			return nil, "", invalidParameter("The specified pagination token is not valid: %s", in.PaginationToken)
 		}
 		after = string(last)
