@@ -102,6 +102,9 @@ var actionAccess = map[string]map[string]access{
 	"shield": {
 		"GetSubscriptionState": read,
 	},
+	taggingSigningName: {
+		"GetResources": read,
+	},
 	moatSigningName: {
 		"Explain": read,
 	},
@@ -117,6 +120,6 @@ func (s *Server) checkAccess(service, action string, id sigv4.Identity) (denied 
 		return "", true
 	}
 	return "User: arn:aws:iam::" + s.cloud.Config().AccountID + ":user/" + id.Profile +
-		" is not authorized to perform: " + service + ":" + action +
+		" is not authorized to perform: " + iamAction(service, action) +
 		" because its profile is read-only (moat_read_only)", false
 }

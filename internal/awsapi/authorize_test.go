@@ -243,7 +243,7 @@ func TestEveryActionIsClassified(t *testing.T) {
 	}
 	refusal := map[string]string{"ec2": "UnauthorizedOperation", "elasticloadbalancing": "AccessDenied", "sts": "AccessDenied"}
 	version := map[string]string{"ec2": "2016-11-15", "elasticloadbalancing": "2015-12-01", "sts": "2011-06-15"}
-	jsonTarget := map[string]string{"acm": "CertificateManager", "shield": "AWSShield_20160616", "moat": "MoatService"}
+	jsonTarget := map[string]string{"acm": "CertificateManager", "shield": "AWSShield_20160616", "moat": "MoatService", "tagging": "ResourceGroupsTaggingAPI_20170126"}
 	for service, actions := range served {
 		for _, action := range actions {
 			class := awsapi.Classification(service, action)

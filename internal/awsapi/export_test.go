@@ -11,7 +11,7 @@ func (s *Server) ServedActions() map[string][]string {
 		}
 		slices.Sort(out[svc.name])
 	}
-	for _, svc := range []*jsonService{s.acm, s.shield, s.moat} {
+	for _, svc := range []*jsonService{s.acm, s.shield, s.moat, s.tagging} {
 		for action := range svc.handlers {
 			out[svc.name] = append(out[svc.name], action)
 		}

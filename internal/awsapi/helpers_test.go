@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	"github.com/aws/aws-sdk-go-v2/service/resourcegroupstaggingapi"
 	"github.com/aws/smithy-go"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -32,7 +33,9 @@ type env struct {
 	Cloud *cloud.Cloud
 	EC2   *ec2.Client
 	ELB   *elbv2.Client
-	ctx   context.Context
+	// Tagging speaks RPC v2 CBOR, as the client prefers since v1.42.0.
+	Tagging *resourcegroupstaggingapi.Client
+	ctx     context.Context
 }
 
 // newEnv starts moat's API over real HTTP on 127.0.0.1 with the default inventory and a fresh
@@ -63,7 +66,10 @@ func newEnv(t testing.TB, opts ...func(*cloud.Config)) *env {
 		Cloud: c,
 		EC2:   ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(srv.URL) }),
 		ELB:   elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(srv.URL) }),
-		ctx:   context.Background(),
+		Tagging: resourcegroupstaggingapi.NewFromConfig(cfg, func(o *resourcegroupstaggingapi.Options) {
+			o.BaseEndpoint = aws.String(srv.URL)
+		}),
+		ctx: context.Background(),
 	}
 }
 

@@ -17,8 +17,11 @@ import (
 // header (<target>.<Operation>) and the input as a JSON body.
 type jsonService struct {
 	name     string // the SigV4 signing name
-	target   string // the X-Amz-Target prefix
+	target   string // the X-Amz-Target prefix, and the service name of its RPC v2 CBOR paths
 	handlers map[string]jsonHandler
+	// cbor: the service also speaks Smithy RPC v2 CBOR (see wire.CBOROperation), as its newer
+	// SDK clients prefer.
+	cbor bool
 }
 
 // jsonHandler serves one operation: it decodes the body and calls the cloud.
@@ -43,7 +46,14 @@ func jsonOp[In any](fn func(ctx context.Context, in *In) (any, error)) jsonHandl
 // for the query protocols' requests. A target of no service moat serves goes to ACM, which
 // refuses it.
 func (s *Server) routeJSON(r *http.Request) *jsonService {
-	services := []*jsonService{s.acm, s.shield, s.moat}
+	services := []*jsonService{s.acm, s.shield, s.moat, s.tagging}
+	if name, _, ok := wire.CBOROperation(r); ok {
+		for _, svc := range services {
+			if svc.cbor && svc.target == name {
+				return svc
+			}
+		}
+	}
 	if target := r.Header.Get("X-Amz-Target"); target != "" {
 		prefix, _, _ := strings.Cut(target, ".")
 		for _, svc := range services {
@@ -62,12 +72,36 @@ func (s *Server) routeJSON(r *http.Request) *jsonService {
 	return nil
 }
 
-// serveJSON serves an awsJson1_1 request: authenticate, find the operation, authorize, call.
+// jsonRequest is how a request to a JSON service is encoded: awsJson1_1, or Smithy RPC v2 CBOR
+// for a service that speaks it.
+type jsonRequest struct {
+	cbor   bool
+	target string // <service target>.<operation>
+}
+
+func (svc *jsonService) request(r *http.Request) jsonRequest {
+	if name, op, ok := wire.CBOROperation(r); ok && svc.cbor && name == svc.target {
+		return jsonRequest{cbor: true, target: name + "." + op}
+	}
+	return jsonRequest{target: r.Header.Get("X-Amz-Target")}
+}
+
+// fail answers an error in the request's encoding.
+func (req jsonRequest) fail(w http.ResponseWriter, requestID string, e *apiError) {
+	if req.cbor {
+		wire.WriteCBOR(w, e.status, requestID, wire.CBORError(e.code, e.message))
+		return
+	}
+	writeJSONError(w, requestID, e)
+}
+
+// serveJSON serves a request to a JSON service: authenticate, find the operation, authorize, call.
 func (s *Server) serveJSON(w http.ResponseWriter, r *http.Request, svc *jsonService) {
 	requestID := uuid.NewString()
+	req := svc.request(r)
 	fail := func(action string, e *apiError) {
 		s.count(svc.name, action, e.code)
-		writeJSONError(w, requestID, e)
+		req.fail(w, requestID, e)
 	}
 	body, aerr := readBody(r, "SerializationException")
 	if aerr != nil {
@@ -84,16 +118,22 @@ func (s *Server) serveJSON(w http.ResponseWriter, r *http.Request, svc *jsonServ
 		fail("", &apiError{fault.Status, fault.Code, fault.Message})
 		return
 	}
-	target := r.Header.Get("X-Amz-Target")
-	prefix, action, _ := strings.Cut(target, ".")
+	prefix, action, _ := strings.Cut(req.target, ".")
 	h, ok := svc.handlers[action]
 	if prefix != svc.target || !ok {
-		fail("", &apiError{400, "UnknownOperationException", "The operation " + target + " is not served by this endpoint."})
+		fail("", &apiError{400, "UnknownOperationException", "The operation " + req.target + " is not served by this endpoint."})
 		return
 	}
 	if denied, ok := s.checkAccess(svc.name, action, id); !ok {
 		fail(action, &apiError{400, "AccessDeniedException", denied})
 		return
+	}
+	if req.cbor {
+		var err error
+		if body, err = wire.CBORToJSON(body); err != nil {
+			fail(action, &apiError{400, "SerializationException", "The request body could not be read as CBOR: " + err.Error()})
+			return
+		}
 	}
 	result, err := h(context.WithValue(r.Context(), identityKey{}, id), body)
 	if err != nil {
@@ -101,12 +141,19 @@ func (s *Server) serveJSON(w http.ResponseWriter, r *http.Request, svc *jsonServ
 		return
 	}
 	out, err := json.Marshal(result)
+	if err == nil && req.cbor {
+		out, err = wire.JSONToCBOR(out)
+	}
 	if err != nil {
 		s.log.Error("encode reply failed", "service", svc.name, "action", action, "err", err)
 		fail(action, internalFailure)
 		return
 	}
 	s.count(svc.name, action, "OK")
+	if req.cbor {
+		wire.WriteCBOR(w, http.StatusOK, requestID, out)
+		return
+	}
 	wire.WriteJSON(w, http.StatusOK, requestID, "", out)
 }
 

@@ -1,8 +1,9 @@
 // Package awsapi is moat lb's HTTP API: one endpoint that speaks the awsQuery protocol of Elastic
-// Load Balancing v2 and STS, the ec2Query protocol of EC2 and the awsJson1_1 protocol of ACM and
-// Shield, SigV4-verified, so that aws-sdk-go-v2, the AWS CLI and the AWS Load Balancer Controller
-// work against it unmodified. It decodes requests,
-// calls the cloud package and encodes replies; it holds no state of its own.
+// Load Balancing v2 and STS, the ec2Query protocol of EC2, the awsJson1_1 protocol of ACM and
+// Shield, and awsJson1_1 and Smithy RPC v2 CBOR for the Resource Groups Tagging API,
+// SigV4-verified, so that aws-sdk-go-v2, the AWS CLI and the AWS Load Balancer Controller work
+// against it unmodified. It decodes requests, calls the cloud package and encodes replies; it
+// holds no state of its own.
 package awsapi
 
 import (
@@ -61,6 +62,7 @@ type Server struct {
 	acm      *jsonService
 	shield   *jsonService
 	moat     *jsonService
+	tagging  *jsonService
 	requests *prometheus.CounterVec
 	// explainer answers moat's own Explain; set once the data plane runs.
 	explainer atomic.Pointer[explainerSlot]
@@ -83,6 +85,7 @@ func New(c *cloud.Cloud, v *sigv4.Verifier, log *slog.Logger, reg prometheus.Reg
 	s.acm = &jsonService{name: "acm", target: "CertificateManager", handlers: s.acmHandlers()}
 	s.shield = &jsonService{name: "shield", target: "AWSShield_20160616", handlers: s.shieldHandlers()}
 	s.moat = &jsonService{name: moatSigningName, target: moatTarget, handlers: s.moatHandlers()}
+	s.tagging = &jsonService{name: taggingSigningName, target: taggingTarget, handlers: s.taggingHandlers(), cbor: true}
 	return s
 }
 
@@ -197,7 +200,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) Busy(w http.ResponseWriter, r *http.Request) {
 	if svc := s.routeJSON(r); svc != nil {
 		s.count(svc.name, "", "ThrottlingException")
-		writeJSONError(w, uuid.NewString(), &apiError{400, "ThrottlingException", "Rate exceeded"})
+		svc.request(r).fail(w, uuid.NewString(), &apiError{400, "ThrottlingException", "Rate exceeded"})
 		return
 	}
 	svc := s.route(r, r.URL.Query())

@@ -247,6 +247,7 @@ type lbIndex struct {
 	addrs sortedMap[heldAddr]
 	// inGroup are the load balancers of each security group: group ID, ARN → ARN.
 	inGroup sortedMap[string]
+	tags    tagIndex
 }
 
 type heldAddr struct {
@@ -258,12 +259,12 @@ func (c *Cloud) lbIndex(tx store.Tx) (*lbIndex, error) { return c.idx.lbs.get(tx
 
 func newLBIndex() *lbIndex {
 	return &lbIndex{byARN: newSortedMap[LoadBalancer](), byName: newSortedMap[string](), byDNS: newSortedMap[string](),
-		addrs: newSortedMap[heldAddr](), inGroup: newSortedMap[string]()}
+		addrs: newSortedMap[heldAddr](), inGroup: newSortedMap[string](), tags: newTagIndex()}
 }
 
 func (x *lbIndex) clone() *lbIndex {
 	return &lbIndex{byARN: x.byARN.clone(), byName: x.byName.clone(), byDNS: x.byDNS.clone(), addrs: x.addrs.clone(),
-		inGroup: x.inGroup.clone()}
+		inGroup: x.inGroup.clone(), tags: x.tags.clone()}
 }
 
 func (x *lbIndex) record(arn string) (LoadBalancer, bool) { return x.byARN.get(arn) }
@@ -278,6 +279,7 @@ func (x *lbIndex) add(lb LoadBalancer) {
 	for _, g := range lb.SecurityGroups {
 		x.inGroup.set(joinKey(g, lb.ARN), lb.ARN)
 	}
+	x.tags.add(lb.ARN, lb.Tags)
 }
 
 func (x *lbIndex) remove(lb LoadBalancer) {
@@ -290,10 +292,11 @@ func (x *lbIndex) remove(lb LoadBalancer) {
 	for _, g := range lb.SecurityGroups {
 		x.inGroup.delete(joinKey(g, lb.ARN))
 	}
+	x.tags.remove(lb.ARN, lb.Tags)
 }
 
 func (x *lbIndex) dump() any {
-	return []any{x.byARN.entries(), x.byName.entries(), x.byDNS.entries(), x.addrs.entries(), x.inGroup.entries()}
+	return []any{x.byARN.entries(), x.byName.entries(), x.byDNS.entries(), x.addrs.entries(), x.inGroup.entries(), x.tags.entries()}
 }
 
 func lbAddrs(lb LoadBalancer) []netip.Addr {
@@ -354,16 +357,17 @@ type listenerIndex struct {
 	// users are the load balancers whose listeners forward to each target group: target group
 	// ARN, load balancer ARN, listener ARN → load balancer ARN.
 	users sortedMap[string]
+	tags  tagIndex
 }
 
 func (c *Cloud) listenerIndex(tx store.Tx) (*listenerIndex, error) { return c.idx.listeners.get(tx) }
 
 func newListenerIndex() *listenerIndex {
-	return &listenerIndex{byARN: newSortedMap[Listener](), ofLB: newSortedMap[string](), users: newSortedMap[string]()}
+	return &listenerIndex{byARN: newSortedMap[Listener](), ofLB: newSortedMap[string](), users: newSortedMap[string](), tags: newTagIndex()}
 }
 
 func (x *listenerIndex) clone() *listenerIndex {
-	return &listenerIndex{byARN: x.byARN.clone(), ofLB: x.ofLB.clone(), users: x.users.clone()}
+	return &listenerIndex{byARN: x.byARN.clone(), ofLB: x.ofLB.clone(), users: x.users.clone(), tags: x.tags.clone()}
 }
 
 func (x *listenerIndex) record(arn string) (Listener, bool) { return x.byARN.get(arn) }
@@ -372,16 +376,18 @@ func (x *listenerIndex) add(l Listener) {
 	x.byARN.set(l.ARN, l)
 	x.ofLB.set(joinKey(l.LoadBalancerARN, l.ARN), l.ARN)
 	x.users.set(joinKey(l.TargetGroupARN, l.LoadBalancerARN, l.ARN), l.LoadBalancerARN)
+	x.tags.add(l.ARN, l.Tags)
 }
 
 func (x *listenerIndex) remove(l Listener) {
 	x.byARN.delete(l.ARN)
 	x.ofLB.delete(joinKey(l.LoadBalancerARN, l.ARN))
 	x.users.delete(joinKey(l.TargetGroupARN, l.LoadBalancerARN, l.ARN))
+	x.tags.remove(l.ARN, l.Tags)
 }
 
 func (x *listenerIndex) dump() any {
-	return []any{x.byARN.entries(), x.ofLB.entries(), x.users.entries()}
+	return []any{x.byARN.entries(), x.ofLB.entries(), x.users.entries(), x.tags.entries()}
 }
 
 // all are the listeners in ARN order.
@@ -414,29 +420,34 @@ func (x *listenerIndex) usersOf(tgARN string) []string {
 type tgIndex struct {
 	byARN  sortedMap[TargetGroup]
 	byName sortedMap[string] // lower-case → ARN
+	tags   tagIndex
 }
 
 func (c *Cloud) tgIndex(tx store.Tx) (*tgIndex, error) { return c.idx.tgs.get(tx) }
 
 func newTGIndex() *tgIndex {
-	return &tgIndex{byARN: newSortedMap[TargetGroup](), byName: newSortedMap[string]()}
+	return &tgIndex{byARN: newSortedMap[TargetGroup](), byName: newSortedMap[string](), tags: newTagIndex()}
 }
 
-func (x *tgIndex) clone() *tgIndex { return &tgIndex{byARN: x.byARN.clone(), byName: x.byName.clone()} }
+func (x *tgIndex) clone() *tgIndex {
+	return &tgIndex{byARN: x.byARN.clone(), byName: x.byName.clone(), tags: x.tags.clone()}
+}
 
 func (x *tgIndex) record(arn string) (TargetGroup, bool) { return x.byARN.get(arn) }
 
 func (x *tgIndex) add(tg TargetGroup) {
 	x.byARN.set(tg.ARN, tg)
 	x.byName.set(strings.ToLower(tg.Name), tg.ARN)
+	x.tags.add(tg.ARN, tg.Tags)
 }
 
 func (x *tgIndex) remove(tg TargetGroup) {
 	x.byARN.delete(tg.ARN)
 	deleteIf(x.byName, strings.ToLower(tg.Name), tg.ARN)
+	x.tags.remove(tg.ARN, tg.Tags)
 }
 
-func (x *tgIndex) dump() any { return []any{x.byARN.entries(), x.byName.entries()} }
+func (x *tgIndex) dump() any { return []any{x.byARN.entries(), x.byName.entries(), x.tags.entries()} }
 
 // all are the target groups in ARN order.
 func (x *tgIndex) all() []TargetGroup { return x.byARN.values() }
@@ -466,8 +477,7 @@ type groupIndex struct {
 	// byName is keyed by VPC and lower-case name (names are unique per VPC regardless of case) → ID.
 	byName sortedMap[string]
 	inVPC  sortedMap[int] // groups per VPC
-	// byTag lists the groups with each tag: key, value, group ID → ID.
-	byTag sortedMap[string]
+	tags   tagIndex
 	// referrers are, per group, the other groups with a rule that names it: group ID, referrer
 	// ID → referrer ID.
 	referrers sortedMap[string]
@@ -479,12 +489,12 @@ func (c *Cloud) groupIndex(tx store.Tx) (*groupIndex, error) { return c.idx.grou
 
 func newGroupIndex() *groupIndex {
 	return &groupIndex{byID: newSortedMap[SecurityGroup](), byName: newSortedMap[string](), inVPC: newSortedMap[int](),
-		byTag: newSortedMap[string](), referrers: newSortedMap[string](), ruleOwner: newSortedMap[string]()}
+		tags: newTagIndex(), referrers: newSortedMap[string](), ruleOwner: newSortedMap[string]()}
 }
 
 func (x *groupIndex) clone() *groupIndex {
 	return &groupIndex{byID: x.byID.clone(), byName: x.byName.clone(), inVPC: x.inVPC.clone(),
-		byTag: x.byTag.clone(), referrers: x.referrers.clone(), ruleOwner: x.ruleOwner.clone()}
+		tags: x.tags.clone(), referrers: x.referrers.clone(), ruleOwner: x.ruleOwner.clone()}
 }
 
 func (x *groupIndex) record(id string) (SecurityGroup, bool) { return x.byID.get(id) }
@@ -494,9 +504,7 @@ func (x *groupIndex) add(sg SecurityGroup) {
 	x.byName.set(joinKey(sg.VPCID, strings.ToLower(sg.Name)), sg.ID)
 	n, _ := x.inVPC.get(sg.VPCID)
 	x.inVPC.set(sg.VPCID, n+1)
-	for k, v := range sg.Tags {
-		x.byTag.set(joinKey(k, v, sg.ID), sg.ID)
-	}
+	x.tags.add(sg.ID, sg.Tags)
 	for _, r := range slices.Concat(sg.Ingress, sg.Egress) {
 		x.ruleOwner.set(r.ID, sg.ID)
 		if r.GroupID != "" && r.GroupID != sg.ID {
@@ -513,9 +521,7 @@ func (x *groupIndex) remove(sg SecurityGroup) {
 	} else {
 		x.inVPC.delete(sg.VPCID)
 	}
-	for k, v := range sg.Tags {
-		x.byTag.delete(joinKey(k, v, sg.ID))
-	}
+	x.tags.remove(sg.ID, sg.Tags)
 	for _, r := range slices.Concat(sg.Ingress, sg.Egress) {
 		deleteIf(x.ruleOwner, r.ID, sg.ID)
 		if r.GroupID != "" && r.GroupID != sg.ID {
@@ -525,7 +531,7 @@ func (x *groupIndex) remove(sg SecurityGroup) {
 }
 
 func (x *groupIndex) dump() any {
-	return []any{x.byID.entries(), x.byName.entries(), x.inVPC.entries(), x.byTag.entries(), x.referrers.entries(), x.ruleOwner.entries()}
+	return []any{x.byID.entries(), x.byName.entries(), x.inVPC.entries(), x.tags.entries(), x.referrers.entries(), x.ruleOwner.entries()}
 }
 
 // all are the groups in ID order.
@@ -556,35 +562,78 @@ func (x *groupIndex) byNameIn(vpcID, name string) (SecurityGroup, bool) {
 }
 
 // candidates narrows the groups that can match filters by their exact tag:<key> filters (a group
-// must have one of the values): the groups of the narrowest such filter, or all of them when no
-// filter is such a filter. The filters themselves are still to be applied to each candidate, so
-// one filter's groups are enough; the others are read only as far as they stay narrower, and a
-// first pass looks for a filter of a few groups at a few groups' cost, so a cluster-wide tag
-// before a stack's tag costs the stack's groups, not the cluster's.
+// must have one of the values): see tagIndex.narrow. The filters themselves are still to be
+// applied to each candidate.
 func (x *groupIndex) candidates(filters []Filter) []SecurityGroup {
-	type tagFilter struct {
-		key    string
-		values []string
-	}
-	var tagged []tagFilter
+	var tagged []TagFilter
 	for _, f := range filters {
 		key, isTag := strings.CutPrefix(f.Name, "tag:")
 		if isTag && !slices.ContainsFunc(f.Values, func(v string) bool { return strings.ContainsAny(v, "*?") }) {
-			tagged = append(tagged, tagFilter{key, f.Values})
+			tagged = append(tagged, TagFilter{Key: key, Values: f.Values})
 		}
 	}
-	if len(tagged) == 0 {
-		return x.all()
+	return taggedRecords(x.tags, x.byID, tagged)
+}
+
+// tagIndex lists the records of a bucket with each tag: key, value, record key → record key. The
+// load balancer, listener, target group and security group indexes each keep one, so that a query
+// by tag (DescribeSecurityGroups' tag:<key> filters, GetResources' TagFilters) reads the records
+// that have the tag instead of the bucket.
+type tagIndex struct{ byTag sortedMap[string] }
+
+func newTagIndex() tagIndex { return tagIndex{newSortedMap[string]()} }
+
+func (x tagIndex) clone() tagIndex { return tagIndex{x.byTag.clone()} }
+
+func (x tagIndex) add(key string, tags Tags) {
+	for k, v := range tags {
+		x.byTag.set(joinKey(k, v, key), key)
+	}
+}
+
+func (x tagIndex) remove(key string, tags Tags) {
+	for k, v := range tags {
+		x.byTag.delete(joinKey(k, v, key))
+	}
+}
+
+func (x tagIndex) entries() []entry[string] { return x.byTag.entries() }
+
+// taggedRecords returns, in key order, the records that can match every one of filters by
+// tagIndex.narrow, or all of records when no filter narrows them.
+func taggedRecords[T any](tags tagIndex, records sortedMap[T], filters []TagFilter) []T {
+	keys, narrowed := tags.narrow(filters)
+	if !narrowed {
+		return records.values()
+	}
+	out := make([]T, 0, len(keys))
+	for _, k := range keys {
+		if r, ok := records.get(k); ok {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// narrow returns the sorted keys of the records tagged as the narrowest of filters asks (a record
+// must have the filter's key with one of its values, or with any value when it has none), or
+// narrowed false when there are no filters. A record must match every filter, so one filter's
+// records are enough; the others are read only as far as they stay narrower, and a first pass
+// looks for a filter of a few records at a few records' cost, so a cluster-wide tag before a
+// stack's tag costs the stack's records, not the cluster's.
+func (x tagIndex) narrow(filters []TagFilter) (keys []string, narrowed bool) {
+	if len(filters) == 0 {
+		return nil, false
 	}
 	var narrowest []string
 	found := false
-	for _, limit := range []int{fewGroups, -1} {
-		for _, f := range tagged {
+	for _, limit := range []int{fewTagged, -1} {
+		for _, f := range filters {
 			if found {
 				limit = len(narrowest)
 			}
-			if ids, narrower := x.taggedAny(f.key, f.values, limit); narrower {
-				narrowest, found = ids, true
+			if keys, narrower := x.taggedAny(f, limit); narrower {
+				narrowest, found = keys, true
 			}
 		}
 		if found {
@@ -592,35 +641,35 @@ func (x *groupIndex) candidates(filters []Filter) []SecurityGroup {
 		}
 	}
 	slices.Sort(narrowest)
-	narrowest = slices.Compact(narrowest)
-	out := make([]SecurityGroup, 0, len(narrowest))
-	for _, id := range narrowest {
-		if sg, ok := x.byID.get(id); ok {
-			out = append(out, sg)
-		}
-	}
-	return out
+	return slices.Compact(narrowest), true
 }
 
-// fewGroups is how many groups candidates' first pass reads of each tag filter.
-const fewGroups = 32
+// fewTagged is how many records narrow's first pass reads of each tag filter.
+const fewTagged = 32
 
-// taggedAny returns the IDs of the groups tagged key with any of values, unless there are limit
-// or more of them (limit < 0: no limit): then narrower is false.
-func (x *groupIndex) taggedAny(key string, values []string, limit int) (ids []string, narrower bool) {
-	for _, v := range values {
+// taggedAny returns the keys of the records that f matches, unless there are limit or more of
+// them (limit < 0: no limit): then narrower is false.
+func (x tagIndex) taggedAny(f TagFilter, limit int) (keys []string, narrower bool) {
+	prefixes := []string{joinKey(f.Key)} // any value: every entry of the key
+	if len(f.Values) > 0 {
+		prefixes = prefixes[:0]
+		for _, v := range f.Values {
+			prefixes = append(prefixes, joinKey(f.Key, v))
+		}
+	}
+	for _, p := range prefixes {
 		stop := false
-		x.byTag.eachWithPrefix(joinKey(key, v), func(e entry[string]) bool {
-			if limit >= 0 && len(ids) >= limit {
+		x.byTag.eachWithPrefix(p, func(e entry[string]) bool {
+			if limit >= 0 && len(keys) >= limit {
 				stop = true
 				return false
 			}
-			ids = append(ids, e.value)
+			keys = append(keys, e.value)
 			return true
 		})
 		if stop {
 			return nil, false
 		}
 	}
-	return ids, true
+	return keys, true
 }

@@ -66,9 +66,22 @@ func checkIndexes(c *Cloud, tx store.Tx) error {
 	if lx.addrs.len() != addrs {
 		return fmt.Errorf("%d load balancer addresses indexed, %d held", lx.addrs.len(), addrs)
 	}
+	if err := checkTagged("load balancers", lbs, lx.tags, lx.byARN, func(lb LoadBalancer) (string, Tags) { return lb.ARN, lb.Tags }); err != nil {
+		return err
+	}
 
 	ix, err := c.listenerIndex(tx)
 	if err != nil {
+		return err
+	}
+	if err := checkTagged("listeners", listeners, ix.tags, ix.byARN, func(l Listener) (string, Tags) { return l.ARN, l.Tags }); err != nil {
+		return err
+	}
+	tgx, err := c.tgIndex(tx)
+	if err != nil {
+		return err
+	}
+	if err := checkTagged("target groups", tgs, tgx.tags, tgx.byARN, func(tg TargetGroup) (string, Tags) { return tg.ARN, tg.Tags }); err != nil {
 		return err
 	}
 	for _, lb := range append(slices.Clone(lbs), LoadBalancer{ARN: "arn:none"}) {
@@ -92,10 +105,6 @@ func checkIndexes(c *Cloud, tx store.Tx) error {
 		if got := ix.usersOf(tg.ARN); !slices.Equal(got, slices.Sorted(slices.Values(want))) {
 			return fmt.Errorf("users of %s: %v, scan %v", tg.ARN, got, want)
 		}
-		tgx, err := c.tgIndex(tx)
-		if err != nil {
-			return err
-		}
 		if got, ok := tgx.named(strings.ToUpper(tg.Name)); !ok || !reflect.DeepEqual(got, tg) {
 			return fmt.Errorf("target group by name %s: %v %v", tg.Name, got.ARN, ok)
 		}
@@ -110,6 +119,9 @@ func checkIndexes(c *Cloud, tx store.Tx) error {
 	}
 	if all := gx.all(); !reflect.DeepEqual(all, groups) {
 		return fmt.Errorf("group index %d records, bucket %d", len(all), len(groups))
+	}
+	if err := checkTagged("groups", groups, gx.tags, gx.byID, func(sg SecurityGroup) (string, Tags) { return sg.ID, sg.Tags }); err != nil {
+		return err
 	}
 	inVPC := map[string]int{}
 	for _, g := range groups {
@@ -156,6 +168,32 @@ func checkIndexes(c *Cloud, tx store.Tx) error {
 	}
 	if gx.inVPC.len() != len(inVPC) {
 		return fmt.Errorf("groups counted in %d VPCs, scan %d", gx.inVPC.len(), len(inVPC))
+	}
+	return nil
+}
+
+// checkTagged compares what an index's tags narrow each of the records' tags to (by value, with
+// a value no record has, and by key alone) with a scan of the records.
+func checkTagged[T any](what string, records []T, tags tagIndex, byKey sortedMap[T], view func(T) (string, Tags)) error {
+	for _, r := range records {
+		_, rTags := view(r)
+		for k, v := range rTags {
+			for _, f := range []TagFilter{{k, []string{v, "absent"}}, {Key: k}} {
+				var want, got []string
+				for _, other := range records {
+					if key, tags := view(other); matchesTagFilters(tags, []TagFilter{f}) {
+						want = append(want, key)
+					}
+				}
+				for _, cand := range taggedRecords(tags, byKey, []TagFilter{f}) {
+					key, _ := view(cand)
+					got = append(got, key)
+				}
+				if !slices.Equal(got, want) {
+					return fmt.Errorf("%s tagged %v: %v, scan %v", what, f, got, want)
+				}
+			}
+		}
 	}
 	return nil
 }
@@ -239,6 +277,9 @@ func TestIndexesFollowConcurrentChanges(t *testing.T) {
 		},
 		func() error { return c.DeleteListener(pick(&listenerARNs)) },
 		func() error { return c.AddTags([]string{pick(&lbARNs)}, []Tag{{"k", fmt.Sprint(rand.IntN(3))}}) },
+		func() error { return c.RemoveTags([]string{pick(&lbARNs)}, []string{"k"}) },
+		func() error { return c.AddTags([]string{pick(&tgARNs)}, []Tag{{"k", fmt.Sprint(rand.IntN(3))}}) },
+		func() error { return c.AddTags([]string{pick(&listenerARNs)}, []Tag{{"k", fmt.Sprint(rand.IntN(3))}}) },
 		// An update that writes every indexed bucket, reads the indexes (which must show its
 		// writes), then fails: nothing of it may stay, in the store or in an index.
 		func() error {

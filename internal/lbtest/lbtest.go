@@ -23,6 +23,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	"github.com/aws/aws-sdk-go-v2/service/resourcegroupstaggingapi"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/moatlb/moat/internal/awsapi"
@@ -64,6 +65,8 @@ type Env struct {
 	Config aws.Config
 	EC2    *ec2.Client
 	ELB    *elbv2.Client
+	// Tagging is the Resource Groups Tagging API client (GetResources).
+	Tagging *resourcegroupstaggingapi.Client
 	// ReadOnlyConfig is Config with the read-only key.
 	ReadOnlyConfig aws.Config
 	// CredentialsFile is the server's credentials file, followed as moat lb follows its own: a
@@ -161,6 +164,7 @@ func Start(t testing.TB, opts ...Option) *Env {
 		Config:    cfg,
 		EC2:       ec2.NewFromConfig(cfg),
 		ELB:       elbv2.NewFromConfig(cfg),
+		Tagging:   resourcegroupstaggingapi.NewFromConfig(cfg),
 
 		ReadOnlyConfig:  roCfg,
 		CredentialsFile: credsPath,

@@ -8,6 +8,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	"github.com/aws/aws-sdk-go-v2/service/resourcegroupstaggingapi"
 	"github.com/aws/smithy-go"
 
 	"github.com/moatlb/moat/internal/lbtest"
@@ -23,6 +24,9 @@ func TestStartCountsCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := env.ELB.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Tagging.GetResources(ctx, &resourcegroupstaggingapi.GetResourcesInput{}); err != nil {
 		t.Fatal(err)
 	}
 	// A refused request counts under its error code.
@@ -41,6 +45,9 @@ func TestStartCountsCalls(t *testing.T) {
 	if got := calls.Count("DescribeLoadBalancers"); got != 1 {
 		t.Errorf("DescribeLoadBalancers counted %d times: %s", got, calls)
 	}
+	if got := calls[lbtest.Call{Service: "tagging", Action: "GetResources", Code: "OK"}]; got != 1 {
+		t.Errorf("GetResources counted %d times: %s", got, calls)
+	}
 	if got := calls.Mutating().Total(); got != 2 {
 		t.Errorf("%d mutating calls, want 2 (CreateSecurityGroup, DeleteTargetGroup): %s", got, calls)
 	}
@@ -51,7 +58,7 @@ func TestStartCountsCalls(t *testing.T) {
 
 func TestIsMutating(t *testing.T) {
 	for action, want := range map[string]bool{
-		"DescribeSecurityGroups": false, "GetManagedPrefixListEntries": false, "ListCertificates": false, "-": false,
+		"DescribeSecurityGroups": false, "GetManagedPrefixListEntries": false, "GetResources": false, "ListCertificates": false, "-": false,
 		"CreateTags": true, "AuthorizeSecurityGroupIngress": true, "SetSecurityGroups": true, "RegisterTargets": true, "ImportCertificate": true,
 	} {
 		if got := lbtest.IsMutating(action); got != want {
