@@ -31,7 +31,10 @@ func controllerArgs(c controllerConfig) []string {
 		"--cluster-name=" + clusterName,
 		"--aws-region=" + region,
 		"--aws-vpc-id=" + c.vpcID,
-		"--aws-api-endpoints=EC2=" + c.apiURL + ",Elastic Load Balancing v2=" + c.apiURL,
+		"--aws-api-endpoints=EC2=" + c.apiURL + ",Elastic Load Balancing v2=" + c.apiURL + ",Resource Groups Tagging API=" + c.apiURL,
+		// moat lb answers GetResources from its tag indexes: a reconcile finds its stack's load
+		// balancer and target groups without describing every one.
+		"--feature-gates=EnableRGTAPI=true",
 		"--kubeconfig=" + c.kubeconfig,
 		// One controller, on this machine: nobody to elect.
 		"--enable-leader-election=false",
