@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/moatlb/moat/internal/awsapi/wire"
@@ -343,13 +344,14 @@ func (s *Server) interfaceOut(eni cloud.NetworkInterface, names map[string]strin
 	return out
 }
 
-func (s *Server) groupNames() (map[string]string, error) {
-	groups, _, err := s.cloud.DescribeSecurityGroups(nil, nil, nil, cloud.Page{})
-	names := map[string]string{}
-	for _, g := range groups {
-		names[g.ID] = g.Name
+// groupNames returns the names of the interfaces' groups, by ID.
+func (s *Server) groupNames(enis []cloud.NetworkInterface) (map[string]string, error) {
+	var ids []string
+	for _, eni := range enis {
+		ids = append(ids, eni.Groups...)
 	}
-	return names, err
+	slices.Sort(ids)
+	return s.cloud.GroupNames(slices.Compact(ids))
 }
 
 func (s *Server) describeNetworkInterfaces(_ context.Context, in *describeByIDIn) (any, error) {
@@ -357,7 +359,7 @@ func (s *Server) describeNetworkInterfaces(_ context.Context, in *describeByIDIn
 	if err != nil {
 		return nil, err
 	}
-	names, err := s.groupNames()
+	names, err := s.groupNames(enis)
 	if err != nil {
 		return nil, err
 	}
@@ -404,11 +406,15 @@ func (s *Server) describeInstances(_ context.Context, in *describeByIDIn) (any, 
 	if err != nil {
 		return nil, err
 	}
-	enis, err := s.cloud.DescribeNetworkInterfaces(nil, nil)
+	ids := make([]string, 0, len(instances))
+	for _, i := range instances {
+		ids = append(ids, i.ID)
+	}
+	enis, err := s.cloud.InstanceInterfaces(ids)
 	if err != nil {
 		return nil, err
 	}
-	names, err := s.groupNames()
+	names, err := s.groupNames(enis)
 	if err != nil {
 		return nil, err
 	}

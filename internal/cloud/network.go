@@ -253,6 +253,45 @@ func (c *Cloud) DescribeInstances(ids []string, filters []Filter) ([]Instance, e
 	})
 }
 
+// InstanceInterfaces returns the interfaces attached to the given instances. Load balancers'
+// interfaces are attached to none, so only the interfaces bucket is read: DescribeInstances asks
+// this on every call, and building every load balancer's interfaces was most of its cost.
+func (c *Cloud) InstanceInterfaces(instanceIDs []string) ([]NetworkInterface, error) {
+	wanted := make(map[string]bool, len(instanceIDs))
+	for _, id := range instanceIDs {
+		wanted[id] = true
+	}
+	var out []NetworkInterface
+	err := c.store.View(func(tx store.Tx) error {
+		ifaces, err := store.ListShared[NetworkInterface](tx, bucketInterfaces)
+		for _, n := range ifaces {
+			if n.InstanceID != "" && wanted[n.InstanceID] {
+				out = append(out, n)
+			}
+		}
+		return err
+	})
+	return out, err
+}
+
+// GroupNames returns the names of the groups among ids that exist, by ID.
+func (c *Cloud) GroupNames(ids []string) (map[string]string, error) {
+	names := make(map[string]string, len(ids))
+	err := c.store.View(func(tx store.Tx) error {
+		groups, err := c.groupIndex(tx)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if sg, ok := groups.record(id); ok {
+				names[id] = sg.Name
+			}
+		}
+		return nil
+	})
+	return names, err
+}
+
 // DescribeNetworkInterfaces lists interfaces by ID and filters (vpc-id, subnet-id,
 // addresses.private-ip-address, private-ip-address, group-id, attachment.instance-id,
 // attachment.instance-owner-id, owner-id, tags).

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -35,6 +36,11 @@ func controllerArgs(c controllerConfig) []string {
 		// moat lb answers GetResources from its tag indexes: a reconcile finds its stack's load
 		// balancer and target groups without describing every one.
 		"--feature-gates=EnableRGTAPI=true",
+		// A reconcile mostly waits for moat lb's commits (an fsync each, shared by those that
+		// arrive together): more at once use the machine that the AWS controller's default of 3
+		// leaves idle while hundreds of Services are created.
+		"--service-max-concurrent-reconciles=" + strconv.Itoa(upConcurrentReconciles),
+		"--targetgroupbinding-max-concurrent-reconciles=" + strconv.Itoa(upConcurrentReconciles),
 		"--kubeconfig=" + c.kubeconfig,
 		// One controller, on this machine: nobody to elect.
 		"--enable-leader-election=false",
@@ -46,6 +52,10 @@ func controllerArgs(c controllerConfig) []string {
 	}
 	return args
 }
+
+// upConcurrentReconciles is how many Services, and how many TargetGroupBindings, the controller
+// reconciles at once.
+const upConcurrentReconciles = 8
 
 // clusterName is the --cluster-name moat up gives the controller: it names the backend
 // security group (k8s-traffic-moat-…) and tags every resource (elbv2.k8s.aws/cluster=moat).

@@ -74,7 +74,7 @@ func TestControllerArgs(t *testing.T) {
 	}), " ")
 	want := "controller --cluster-name=moat --aws-region=us-east-1 --aws-vpc-id=vpc-1 " +
 		"--aws-api-endpoints=EC2=http://127.0.0.1:7080,Elastic Load Balancing v2=http://127.0.0.1:7080,Resource Groups Tagging API=http://127.0.0.1:7080 " +
-		"--feature-gates=EnableRGTAPI=true --kubeconfig=/s/kubeconfig --enable-leader-election=false " +
+		"--feature-gates=EnableRGTAPI=true --service-max-concurrent-reconciles=8 --targetgroupbinding-max-concurrent-reconciles=8 --kubeconfig=/s/kubeconfig --enable-leader-election=false " +
 		"--metrics-bind-addr=127.0.0.1:7091 --health-probe-bind-addr=127.0.0.1:7092"
 	if got != want {
 		t.Errorf("controller args\n got %s\nwant %s", got, want)
