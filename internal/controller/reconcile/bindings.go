@@ -62,8 +62,10 @@ func (r *bindingRegistry) set(stackID string, keys []string) {
 
 // keys lists the binding keys, for deploy.Options.Bindings.
 func (r *bindingRegistry) keys(ctx context.Context) ([]string, error) {
+	// Read-only use of the cache's own objects: copying every binding (and Service) on each
+	// reconcile made a resync of 1,000 Services quadratic.
 	var list elbv2api.TargetGroupBindingList
-	if err := r.client.List(ctx, &list); err != nil {
+	if err := r.client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list target group bindings: %w", err)
 	}
 	r.mu.Lock()
@@ -86,7 +88,7 @@ func (r *bindingRegistry) keys(ctx context.Context) ([]string, error) {
 			continue
 		}
 		svc := &corev1.Service{}
-		err := r.client.Get(ctx, types.NamespacedName{Namespace: tgb.Namespace, Name: tgb.Spec.ServiceRef.Name}, svc)
+		err := r.client.Get(ctx, types.NamespacedName{Namespace: tgb.Namespace, Name: tgb.Spec.ServiceRef.Name}, svc, client.UnsafeDisableDeepCopy)
 		switch {
 		case apierrors.IsNotFound(err):
 			if stack != "" {
