@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
 
 	"github.com/google/btree"
 
@@ -205,7 +204,7 @@ func (ic *indexCache[T, I]) apply(idx I, tx store.Tx, keys []string) error {
 // missed, a wrong remove, or a reader that wrote through a shared record (which the read's
 // shared values also catch).
 func (ic *indexCache[T, I]) checkKept(idx I, tx store.Tx) {
-	if !testing.Testing() {
+	if !store.TestChecks() {
 		return
 	}
 	all, err := store.ListShared[T](tx, ic.bucket)
