@@ -3,12 +3,12 @@ package store
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"reflect"
 	"sync"
 	"sync/atomic"
-	"testing"
+
+	"github.com/moatlb/moat/internal/testcheck"
 )
 
 // Shared reads. Decoding JSON is most of what reading the store costs, and the API and the data
@@ -173,21 +173,10 @@ func sharedDecode[T any](st sharedTx, bucket string, key, stored []byte) (*T, er
 	return v.(*T), nil
 }
 
-// TestChecks reports whether the consistency checks that only tests pay for run: in a test
-// binary, except while it runs benchmarks (-test.bench), whose time per operation the checks —
-// each a decode or a read of a whole bucket — would swamp.
-func TestChecks() bool {
-	if !testing.Testing() {
-		return false
-	}
-	bench := flag.Lookup("test.bench")
-	return bench == nil || bench.Value.String() == ""
-}
-
 // checkUnchanged, in tests, decodes the record again and compares: a reader that wrote through a
 // shared value would otherwise corrupt what every later reader sees, silently.
 func checkUnchanged(bucket string, key []byte, value []byte, shared any, decode func([]byte) (any, error)) {
-	if !TestChecks() {
+	if !testcheck.Enabled() {
 		return
 	}
 	fresh, err := decode(value)
