@@ -12,7 +12,7 @@ import (
 
 // A direct encoder of reply bodies. encoding/xml works out, for every value it writes, whether
 // the type marshals itself and how its fields are tagged, and goes through an Encoder's token
-// checks; for a Describe reply that was a third of moat lb's CPU per call. The reply shapes are
+// checks; for a Describe reply that was a third of the API handler's CPU. The reply shapes are
 // plain — structs of strings, integers, booleans, pointers and Members/Items lists — so
 // appendElement writes them with the field layouts worked out once per type, exactly as
 // encoding/xml writes them. A shape it does not know (a map, a plain slice, a type that marshals
