@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -93,7 +94,7 @@ func main() {
 	duration := flag.Duration("duration", 5*time.Second, "length of each measurement")
 	lbCPUs := flag.String("lb-cpus", "", "CPU list to pin moat lb to with taskset (e.g. 1)")
 	fastPath := flag.String("fast-path", "auto", "moat lb's --fast-path")
-	profile := flag.String("profile", "", "with a moat built with -tags moat_pprof: write CPU profiles of the largest size's measurements (-moat only) to this directory")
+	profile := flag.String("profile", "", "with a moat built with -tags moat_pprof: write CPU profiles of moat lb and of the clients over the largest size's measurements (-moat only) to this directory")
 	storesFlag := flag.String("stores", "bbolt", "comma-separated stores to measure each binary on: bbolt, or etcdN for an etcd cluster of N members on loopback (e.g. bbolt,etcd1,etcd3)")
 	markdown := flag.Bool("markdown", false, "print the table in markdown")
 	flag.Parse()
@@ -353,16 +354,22 @@ func (m *moat) settle() {
 	log.Printf("moat lb is still busy after a minute; measuring anyway")
 }
 
-// startProfile starts a CPU profile of moat lb into dir/name.pprof (nothing when dir is empty)
-// and returns a function that waits for it.
+// startProfile starts a CPU profile of moat lb into dir/name.pprof, and one of this program —
+// the clients, which share the machine with moat lb — over the same time into
+// dir/name-clients.pprof (nothing when dir is empty); it returns a function that waits for them.
 func (m *moat) startProfile(dir, name string) func() {
 	if dir == "" {
 		return func() {}
 	}
 	check(os.MkdirAll(dir, 0o755))
+	clients, err := os.Create(filepath.Join(dir, name+"-clients.pprof"))
+	check(err)
+	check(pprof.StartCPUProfile(clients))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer clients.Close()
+		defer pprof.StopCPUProfile()
 		// The profile covers the measurement that follows; it ends a little before it.
 		resp, err := http.Get("http://" + m.pprof + "/debug/pprof/profile?seconds=4")
 		if err != nil {

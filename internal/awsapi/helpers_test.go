@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 
@@ -29,10 +30,11 @@ const (
 
 // env is a running API server on loopback with SDK clients pointed at it.
 type env struct {
-	URL   string
-	Cloud *cloud.Cloud
-	EC2   *ec2.Client
-	ELB   *elbv2.Client
+	URL     string
+	Handler http.Handler // the server behind URL, for benchmarks that call it directly
+	Cloud   *cloud.Cloud
+	EC2     *ec2.Client
+	ELB     *elbv2.Client
 	// Tagging speaks RPC v2 CBOR, as the client prefers since v1.42.0.
 	Tagging *resourcegroupstaggingapi.Client
 	ctx     context.Context
@@ -54,7 +56,8 @@ func newEnv(t testing.TB, opts ...func(*cloud.Config)) *env {
 		t.Fatal(err)
 	}
 	verifier := &sigv4.Verifier{Credentials: sigv4.Static{testAccessKey: testSecret}}
-	srv := httptest.NewServer(awsapi.New(c, verifier, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry()))
+	handler := awsapi.New(c, verifier, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	srv := httptest.NewServer(handler)
 	t.Cleanup(srv.Close)
 	cfg := aws.Config{
 		Region:           "us-east-1",
@@ -62,10 +65,11 @@ func newEnv(t testing.TB, opts ...func(*cloud.Config)) *env {
 		RetryMaxAttempts: 1,
 	}
 	return &env{
-		URL:   srv.URL,
-		Cloud: c,
-		EC2:   ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(srv.URL) }),
-		ELB:   elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(srv.URL) }),
+		URL:     srv.URL,
+		Handler: handler,
+		Cloud:   c,
+		EC2:     ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(srv.URL) }),
+		ELB:     elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(srv.URL) }),
 		Tagging: resourcegroupstaggingapi.NewFromConfig(cfg, func(o *resourcegroupstaggingapi.Options) {
 			o.BaseEndpoint = aws.String(srv.URL)
 		}),

@@ -8,11 +8,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
 
 	"github.com/google/btree"
 
 	"github.com/moatlb/moat/internal/store"
+	"github.com/moatlb/moat/internal/testcheck"
 )
 
 // Indexes. A Describe call names a load balancer, its listeners or a group by tag; answering it by
@@ -205,7 +205,7 @@ func (ic *indexCache[T, I]) apply(idx I, tx store.Tx, keys []string) error {
 // missed, a wrong remove, or a reader that wrote through a shared record (which the read's
 // shared values also catch).
 func (ic *indexCache[T, I]) checkKept(idx I, tx store.Tx) {
-	if !testing.Testing() {
+	if !testcheck.Enabled() {
 		return
 	}
 	all, err := store.ListShared[T](tx, ic.bucket)

@@ -7,7 +7,8 @@ import (
 	"reflect"
 	"sync"
 	"sync/atomic"
-	"testing"
+
+	"github.com/moatlb/moat/internal/testcheck"
 )
 
 // Shared reads. Decoding JSON is most of what reading the store costs, and the API and the data
@@ -175,7 +176,7 @@ func sharedDecode[T any](st sharedTx, bucket string, key, stored []byte) (*T, er
 // checkUnchanged, in tests, decodes the record again and compares: a reader that wrote through a
 // shared value would otherwise corrupt what every later reader sees, silently.
 func checkUnchanged(bucket string, key []byte, value []byte, shared any, decode func([]byte) (any, error)) {
-	if !testing.Testing() {
+	if !testcheck.Enabled() {
 		return
 	}
 	fresh, err := decode(value)

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -48,6 +49,34 @@ type Verifier struct {
 	Credentials CredentialStore  // access key -> secret and profile
 	Now         func() time.Time // injectable clock; nil = time.Now
 	MaxSkew     time.Duration    // 0 = 15 minutes
+
+	keys signingKeys
+}
+
+// signingKeys keeps the signing keys of scopes that verified: deriving one takes four HMACs, a
+// third of a verification, and a client signs with the same key all day. Only a signature that
+// verified adds a key, so only a holder of the secret can fill the cache, and it is emptied when
+// full (a few keys a day per secret in use is the normal load).
+type signingKeys struct {
+	mu   sync.Mutex
+	keys map[string][]byte // by secret and scope
+}
+
+const maxSigningKeys = 256
+
+func (k *signingKeys) get(id string) []byte {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.keys[id]
+}
+
+func (k *signingKeys) put(id string, key []byte) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.keys == nil || len(k.keys) >= maxSigningKeys {
+		k.keys = make(map[string][]byte)
+	}
+	k.keys[id] = key
 }
 
 // CredentialStore looks up an access key.
@@ -126,9 +155,18 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (Identity, error) {
 	}
 
 	canonical := canonicalRequest(r, u, query, c, payloadHash)
-	want := signature(key.Secret, c, canonical)
+	keyID := key.Secret + "\x00" + c.scope()
+	signingKey := v.keys.get(keyID)
+	cached := signingKey != nil
+	if !cached {
+		signingKey = deriveSigningKey(key.Secret, c)
+	}
+	want := signature(signingKey, c, canonical)
 	if !hmac.Equal([]byte(want), []byte(c.signature)) {
 		return Identity{}, newError(ReasonSignatureMismatch, msgSignatureMismatch)
+	}
+	if !cached {
+		v.keys.put(keyID, signingKey)
 	}
 	return Identity{AccessKeyID: c.accessKey, Region: c.region, Service: c.service, Profile: key.Profile, ReadOnly: key.ReadOnly}, nil
 }
@@ -387,14 +425,17 @@ func stringToSign(c *claim, canonicalRequest string) string {
 	return algorithm + "\n" + c.amzDate + "\n" + c.scope() + "\n" + hex.EncodeToString(sum[:])
 }
 
-// signature computes the hex signature of a canonical request, deriving the
-// signing key from the secret and the claimed scope.
-func signature(secret string, c *claim, canonicalRequest string) string {
+// deriveSigningKey derives the signing key of the claimed scope from the secret.
+func deriveSigningKey(secret string, c *claim) []byte {
 	key := hmacSHA256([]byte("AWS4"+secret), c.scopeDate)
 	key = hmacSHA256(key, c.region)
 	key = hmacSHA256(key, c.service)
-	key = hmacSHA256(key, scopeTerminator)
-	return hex.EncodeToString(hmacSHA256(key, stringToSign(c, canonicalRequest)))
+	return hmacSHA256(key, scopeTerminator)
+}
+
+// signature computes the hex signature of a canonical request with the scope's signing key.
+func signature(signingKey []byte, c *claim, canonicalRequest string) string {
+	return hex.EncodeToString(hmacSHA256(signingKey, stringToSign(c, canonicalRequest)))
 }
 
 func hmacSHA256(key []byte, data string) []byte {

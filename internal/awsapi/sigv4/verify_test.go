@@ -23,7 +23,7 @@ var (
 // sdkRequest builds a form POST the way the ELBv2 client does and signs it with
 // aws-sdk-go-v2's own signer. http.NewRequest leaves Content-Length out of the
 // header map, so these requests also exercise the r.ContentLength fallback.
-func sdkRequest(t *testing.T, creds aws.Credentials, at time.Time, prepare func(*http.Request)) *http.Request {
+func sdkRequest(t testing.TB, creds aws.Credentials, at time.Time, prepare func(*http.Request)) *http.Request {
 	t.Helper()
 	r, err := http.NewRequest(http.MethodPost, "http://127.0.0.1:18555/", bytes.NewReader(formBody))
 	if err != nil {
@@ -416,5 +416,43 @@ func TestErrorFaults(t *testing.T) {
 				t.Errorf("Error() = %q", e.Error())
 			}
 		})
+	}
+}
+
+// A verifier keeps the signing keys of verified scopes; the key it keeps must still let only a
+// correct signature through, and a secret that changed must not be served the old one's key.
+func TestVerifyWithKeptSigningKey(t *testing.T) {
+	creds := Static{capturedKey: capturedSecret}
+	v := &Verifier{Credentials: creds, Now: func() time.Time { return signTime }}
+	for i := range 2 {
+		if _, err := v.Verify(sdkRequest(t, goodKey, signTime, nil), formBody); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	if len(v.keys.keys) != 1 {
+		t.Fatalf("kept %d signing keys, want 1", len(v.keys.keys))
+	}
+	if _, err := v.Verify(sdkRequest(t, goodKey, signTime, nil), []byte("Action=DeleteLoadBalancer&Version=2015-12-01")); reasonOf(err) != ReasonSignatureMismatch {
+		t.Fatalf("tampered body with a kept key: got %v, want a signature mismatch", err)
+	}
+	creds[capturedKey] = "the-rotated-secret"
+	if _, err := v.Verify(sdkRequest(t, goodKey, signTime, nil), formBody); reasonOf(err) != ReasonSignatureMismatch {
+		t.Fatalf("old secret after rotation: got %v, want a signature mismatch", err)
+	}
+	rotated := aws.Credentials{AccessKeyID: capturedKey, SecretAccessKey: "the-rotated-secret"}
+	if _, err := v.Verify(sdkRequest(t, rotated, signTime, nil), formBody); err != nil {
+		t.Fatalf("new secret after rotation: %v", err)
+	}
+}
+
+// BenchmarkVerify is the verification of one SDK-signed request, as every API call pays it.
+func BenchmarkVerify(b *testing.B) {
+	r := sdkRequest(b, goodKey, signTime, nil)
+	v := verifierAt(signTime)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := v.Verify(r, formBody); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

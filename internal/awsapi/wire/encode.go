@@ -3,7 +3,12 @@ package wire
 import (
 	"bytes"
 	"encoding/xml"
+	"fmt"
 	"net/http"
+	"reflect"
+	"sync"
+
+	"github.com/moatlb/moat/internal/testcheck"
 )
 
 // Namespaces of the services' replies.
@@ -52,6 +57,53 @@ func QueryReply(namespace string) func(action, requestID string, result any) ([]
 }
 
 func queryReply(namespace, action, requestID string, result any) ([]byte, error) {
+	buf := replyBuffers.Get().(*bytes.Buffer)
+	defer putReplyBuffer(buf)
+	buf.WriteString("<" + action + "Response xmlns=\"")
+	escapeText(buf, namespace)
+	buf.WriteString("\">")
+	openTag(buf, action+"Result")
+	if result != nil && !appendFields(buf, reflect.ValueOf(result)) {
+		return xmlQueryReply(namespace, action, requestID, result)
+	}
+	closeTag(buf, action+"Result")
+	buf.WriteString("<ResponseMetadata><RequestId>")
+	escapeText(buf, requestID)
+	buf.WriteString("</RequestId></ResponseMetadata></" + action + "Response>")
+	return checkedReply(bytes.Clone(buf.Bytes()), func() ([]byte, error) { return xmlQueryReply(namespace, action, requestID, result) })
+}
+
+// replyBuffers hold replies as they are written; the reply itself is a copy of the exact size.
+var replyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledReply keeps the rare huge reply's buffer out of the pool.
+const maxPooledReply = 64 << 10
+
+func putReplyBuffer(buf *bytes.Buffer) {
+	if buf.Cap() <= maxPooledReply {
+		buf.Reset()
+		replyBuffers.Put(buf)
+	}
+}
+
+// checkedReply returns the directly encoded reply; in tests, only after checking that
+// encoding/xml writes the same bytes, so that the API suite holds the direct encoder to it.
+func checkedReply(direct []byte, viaEncodingXML func() ([]byte, error)) ([]byte, error) {
+	if !testcheck.Enabled() {
+		return direct, nil
+	}
+	want, err := viaEncodingXML()
+	if err != nil {
+		panic(fmt.Sprintf("wire: encoding/xml fails on a reply the direct encoder wrote: %v", err))
+	}
+	if !bytes.Equal(direct, want) {
+		panic(fmt.Sprintf("wire: the direct encoder wrote\n%s\nwhere encoding/xml writes\n%s", direct, want))
+	}
+	return direct, nil
+}
+
+// xmlQueryReply is queryReply through encoding/xml, for shapes the direct encoder does not know.
+func xmlQueryReply(namespace, action, requestID string, result any) ([]byte, error) {
 	var buf bytes.Buffer
 	e := xml.NewEncoder(&buf)
 	root := xml.StartElement{
@@ -90,6 +142,21 @@ func queryReply(namespace, action, requestID string, result any) ([]byte, error)
 // EC2Reply encodes an ec2Query success: a flat <ActionResponse> holding <requestId> and then the
 // fields of result (a struct whose fields carry lowerCamel xml tags).
 func EC2Reply(action, requestID string, result any) ([]byte, error) {
+	buf := replyBuffers.Get().(*bytes.Buffer)
+	defer putReplyBuffer(buf)
+	buf.WriteString(xml.Header)
+	buf.WriteString("<" + action + "Response xmlns=\"" + EC2Namespace + "\"><requestId>")
+	escapeText(buf, requestID)
+	buf.WriteString("</requestId>")
+	if result != nil && !appendFields(buf, reflect.ValueOf(result)) {
+		return xmlEC2Reply(action, requestID, result)
+	}
+	buf.WriteString("</" + action + "Response>")
+	return checkedReply(bytes.Clone(buf.Bytes()), func() ([]byte, error) { return xmlEC2Reply(action, requestID, result) })
+}
+
+// xmlEC2Reply is EC2Reply through encoding/xml, for shapes the direct encoder does not know.
+func xmlEC2Reply(action, requestID string, result any) ([]byte, error) {
 	// Encoding the struct under a throwaway element and keeping its inside puts its fields at the
 	// top level next to requestId, where the SDK looks for them.
 	var inner []byte
