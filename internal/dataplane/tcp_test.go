@@ -150,15 +150,23 @@ func TestTCPDenyByResetAndNoTarget(t *testing.T) {
 			_, err = conn.Read(make([]byte, 1))
 			conn.Close()
 		}
-		if !isReset(err) {
-			t.Errorf("%s: got %v, want a reset", tc.listener, err)
-		}
 		labels := []string{"listener", tc.listener}
 		if tc.reason != "" {
 			labels = append(labels, "reason", tc.reason)
 		}
-		if got := h.metric(tc.metric, labels...); got != 1 {
-			t.Errorf("%s: %s%v = %v, want 1", tc.listener, tc.metric, labels, got)
+		want := 1.0
+		if tc.listener == "down" && *kernelTests {
+			// The kernel carries the SYN to the target, whose reset reaches the client, as
+			// through an NLB; the proxy, which never saw the flow, counts no connect error.
+			want = 0
+			if !isReset(err) && !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("%s: got %v, want the target's reset", tc.listener, err)
+			}
+		} else if !isReset(err) {
+			t.Errorf("%s: got %v, want a reset", tc.listener, err)
+		}
+		if got := h.metric(tc.metric, labels...); got != want {
+			t.Errorf("%s: %s%v = %v, want %v", tc.listener, tc.metric, labels, got, want)
 		}
 	}
 	if recs := a.echo.records(); len(recs) != 1 {

@@ -185,12 +185,18 @@ func AddSet(nft *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) er
 	if err := nft.AddSet(s, first); err != nil {
 		return err
 	}
-	for rest := elems[len(first):]; len(rest) > 0; {
-		n := min(len(rest), setElementsPerMessage)
-		if err := nft.SetAddElements(s, rest[:n]); err != nil {
+	return AddElements(nft, s, elems[len(first):])
+}
+
+// AddElements queues elements for a named set, spread over as many messages of the same
+// transaction as they need.
+func AddElements(nft *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) error {
+	for len(elems) > 0 {
+		n := min(len(elems), setElementsPerMessage)
+		if err := nft.SetAddElements(s, elems[:n]); err != nil {
 			return err
 		}
-		rest = rest[n:]
+		elems = elems[n:]
 	}
 	return nil
 }

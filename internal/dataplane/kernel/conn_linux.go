@@ -287,6 +287,10 @@ func (c *nftConn) queue(ch change) error {
 			}
 		}
 		c.nft.FlushChain(admit)
+		if ch.remove || ch.to == nil {
+			// The rules that used the slot's sets are gone with the flush: the sets can go.
+			c.dropSets(ch.key, ch.from, name)
+		}
 		if ch.remove {
 			if err := c.nft.SetDeleteElements(c.counting, []nftables.SetElement{{Key: mark}}); err != nil {
 				return err
@@ -358,6 +362,13 @@ func (c *nftConn) countRules(chain *nftables.Chain, slot string) {
 func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot string) error {
 	f := ch.to
 	fam := l3s[familyOf(ch.key.Addr.Addr())]
+	var existing *Forward // what the slot's sets hold now
+	if ch.existed {
+		existing = ch.from
+	}
+	if f.AdmitAll && hasAdmitSet(existing) {
+		c.nft.DelSet(c.admitSet(ch.key, slot))
+	}
 	if !ch.ingress {
 		// meta iif != 0 return: a flow from an interface that the kernel
 		// must not take (see hostNet.ingress); output has no input interface.
@@ -382,10 +393,16 @@ func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot
 	if !f.AdmitAll {
 		if len(f.Admit) == 0 {
 			c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}})
+			if hasTargetsMap(existing) {
+				c.nft.DelSet(c.targetsMap(ch.key, slot))
+			}
+			if hasAdmitSet(existing) {
+				c.nft.DelSet(c.admitSet(ch.key, slot))
+			}
 			return nil
 		}
-		admit := &nftables.Set{Table: c.table, Anonymous: true, Constant: true, Interval: true, KeyType: fam.addrType}
-		if err := nftutil.AddSet(c.nft, admit, nftutil.IntervalElements(f.Admit)); err != nil {
+		admit := c.admitSet(ch.key, slot)
+		if err := c.fillSet(admit, hasAdmitSet(existing), nftutil.IntervalElements(f.Admit)); err != nil {
 			return err
 		}
 		// ip saddr != @admit return (ip6 saddr for IPv6)
@@ -395,14 +412,12 @@ func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot
 			&expr.Verdict{Kind: expr.VerdictReturn},
 		}})
 	}
-	targets := &nftables.Set{Table: c.table, Anonymous: true, Constant: true, IsMap: true,
-		KeyType: nftables.TypeInteger, KeyByteOrder: binaryutil.NativeEndian,
-		DataType: nftables.MustConcatSetType(fam.addrType, nftables.TypeInetService)}
+	targets := c.targetsMap(ch.key, slot)
 	elems := make([]nftables.SetElement, len(f.Targets))
 	for i, t := range f.Targets {
 		elems[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)), Val: addrPortKey(t)}
 	}
-	if err := nftutil.AddSet(c.nft, targets, elems); err != nil {
+	if err := c.fillSet(targets, hasTargetsMap(existing), elems); err != nil {
 		return err
 	}
 	n := uint32(len(f.Targets))
@@ -428,6 +443,50 @@ func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot
 	)
 	c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: exprs})
 	return nil
+}
+
+// Each slot has two named sets, kept for its life and refilled on each change: the clients it
+// admits and its targets. Anonymous sets, made anew with each change, cost the kernel a scan of
+// every set in the table to name each one (and a bind per set per transaction): a change took
+// time proportional to the table, and hundreds of load balancers coming up one health change
+// at a time made programming quadratic.
+
+// admitSet is the slot's set of admitted client ranges.
+func (c *nftConn) admitSet(key Key, slot string) *nftables.Set {
+	return &nftables.Set{Table: c.table, Name: "admit_" + slot, Interval: true, KeyType: l3s[familyOf(key.Addr.Addr())].addrType}
+}
+
+// targetsMap is the slot's map from a target's index to its address and port.
+func (c *nftConn) targetsMap(key Key, slot string) *nftables.Set {
+	return &nftables.Set{Table: c.table, Name: "targets_" + slot, IsMap: true,
+		KeyType: nftables.TypeInteger, KeyByteOrder: binaryutil.NativeEndian,
+		DataType: nftables.MustConcatSetType(l3s[familyOf(key.Addr.Addr())].addrType, nftables.TypeInetService)}
+}
+
+// hasAdmitSet says whether a slot programmed with f has an admit set.
+func hasAdmitSet(f *Forward) bool { return f != nil && !f.AdmitAll && len(f.Admit) > 0 }
+
+// hasTargetsMap says whether a slot programmed with f has a targets map: one that admits no
+// client has none.
+func hasTargetsMap(f *Forward) bool { return f != nil && (f.AdmitAll || len(f.Admit) > 0) }
+
+// fillSet makes s hold exactly elems: a set the slot has is flushed and refilled, else made.
+func (c *nftConn) fillSet(s *nftables.Set, exists bool, elems []nftables.SetElement) error {
+	if !exists {
+		return nftutil.AddSet(c.nft, s, elems)
+	}
+	c.nft.FlushSet(s)
+	return nftutil.AddElements(c.nft, s, elems)
+}
+
+// dropSets deletes the sets of a slot programmed with from, once no rule uses them.
+func (c *nftConn) dropSets(key Key, from *Forward, slot string) {
+	if hasTargetsMap(from) {
+		c.nft.DelSet(c.targetsMap(key, slot))
+	}
+	if hasAdmitSet(from) {
+		c.nft.DelSet(c.admitSet(key, slot))
+	}
 }
 
 // timeout returns the name of the ct timeout object for a family's and

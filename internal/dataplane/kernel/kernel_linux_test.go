@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,9 +21,10 @@ import (
 	"go4.org/netipx"
 
 	"github.com/moatlb/moat/internal/dataplane/kernel/kerneltest"
+	"github.com/moatlb/moat/internal/nftutil"
 )
 
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the kernel fast path needs root (CAP_NET_ADMIN)")
@@ -333,6 +336,85 @@ func TestForwardingChangeReprograms(t *testing.T) {
 				t.Fatalf("forwarding %v: %v admit rules, want %v", c.on, admitRules(), c.rules)
 			}
 			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// BenchmarkChangeInLargeTable: one socket's targets and admitted ranges change in a table of
+// 2,000 sockets, as health and rule changes do one by one while hundreds of load balancers
+// come up; the cost of each must not grow with the table.
+func BenchmarkChangeInLargeTable(b *testing.B) {
+	needRoot(b)
+	d := &desired{}
+	p, err := New(Options{Log: slog.New(slog.DiscardHandler), Desired: d.get, CallTimeout: 30 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	ctx := context.Background()
+	sockets := manySockets(2000, 8080)
+	d.set(sockets)
+	if err := p.Wait(ctx, p.Kick()); err != nil {
+		b.Fatal(err)
+	}
+	alternate := manySockets(2000, 9090)
+	for _, s := range alternate {
+		s.Forward.Admit = s.Forward.Admit[:30]
+	}
+	i := 0
+	for b.Loop() {
+		next := slices.Clone(d.get())
+		n := i % len(next)
+		if next[n].Forward == sockets[n].Forward {
+			next[n] = alternate[n]
+		} else {
+			next[n] = sockets[n]
+		}
+		i++
+		d.set(next)
+		if err := p.Wait(ctx, p.Kick()); err != nil || !p.upToDate() {
+			b.Fatalf("change socket %d: %v (up to date %v)", n, err, p.upToDate())
+		}
+	}
+}
+
+// TestLargeAdmitList: a socket admitting thousands of ranges (a rule with thousands of sources)
+// is programmed, and so are the others of its batch — its set once took more than one message,
+// which the kernel refused of the anonymous set it was, failing every program — and then
+// narrowed and widened in place.
+func TestLargeAdmitList(t *testing.T) {
+	needRoot(t)
+	d := &desired{}
+	p, err := New(Options{Log: testLog(t), Desired: d.get, CallTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sockets := manySockets(4, 8080)
+	var wide []netipx.IPRange
+	for i := range 3000 {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1})
+		wide = append(wide, netipx.IPRangeFrom(a, a))
+	}
+	for _, admit := range [][]netipx.IPRange{wide, wide[:10], wide} {
+		sockets[0].Forward = &Forward{Admit: admit, Idle: time.Minute, SNAT: sockets[0].Forward.SNAT, Targets: sockets[0].Forward.Targets}
+		d.set(slices.Clone(sockets))
+		if err := p.Wait(ctx, p.Kick()); err != nil || !p.upToDate() {
+			t.Fatalf("program %d admitted ranges: %v (up to date %v)", len(admit), err, p.upToDate())
+		}
+		p.mu.Lock()
+		slot := p.slots[sockets[0].Key].n
+		p.mu.Unlock()
+		want := len(nftutil.IntervalElements(admit))
+		if n := setElements(t, p.Table(), "admit_"+strconv.Itoa(int(slot))); n != want {
+			t.Fatalf("admit set of slot %d holds %d elements, want %d", slot, n, want)
+		}
+	}
+	for _, fam := range []string{"_ip", "_ip6"} {
+		if n := setElements(t, p.Table(), mapSockets+fam); n != 2 {
+			t.Fatalf("%d sockets in the dispatch map %s, want 2", n, mapSockets+fam)
 		}
 	}
 }
