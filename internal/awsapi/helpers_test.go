@@ -2,14 +2,18 @@ package awsapi_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
@@ -97,4 +101,31 @@ func must[T any](t *testing.T) func(T, error) T {
 		}
 		return v
 	}
+}
+
+// sendSigned sends req with its body signed for service with creds (unsigned when nil), as a
+// client outside the SDKs would, and returns the reply.
+func sendSigned(t *testing.T, req *http.Request, body []byte, creds *aws.Credentials, service string) (int, http.Header, []byte) {
+	t.Helper()
+	if creds != nil {
+		sum := sha256.Sum256(body)
+		if err := v4.NewSigner().SignHTTP(context.Background(), *creds, req, hex.EncodeToString(sum[:]), service, "us-east-1", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, out
+}
+
+// keyOf is the key of an access key ID and secret, nil for no access key.
+func keyOf(accessKey, secret string) *aws.Credentials {
+	if accessKey == "" {
+		return nil
+	}
+	return &aws.Credentials{AccessKeyID: accessKey, SecretAccessKey: secret}
 }

@@ -3,11 +3,8 @@ package awsapi_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -15,10 +12,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
@@ -401,23 +396,12 @@ func postCBOR(t *testing.T, url, operation string, body []byte, creds *aws.Crede
 	}
 	req.Header.Set("Smithy-Protocol", "rpc-v2-cbor")
 	req.Header.Set("Content-Type", "application/cbor")
-	if creds != nil {
-		sum := sha256.Sum256(body)
-		if err := v4.NewSigner().SignHTTP(context.Background(), *creds, req, hex.EncodeToString(sum[:]), "tagging", "us-east-1", time.Now()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	out, _ := io.ReadAll(resp.Body)
+	status, header, out := sendSigned(t, req, body, creds, "tagging")
 	reply, err := cbor.Decode(out)
 	if err != nil {
-		t.Fatalf("reply %d is not CBOR: %q", resp.StatusCode, out)
+		t.Fatalf("reply %d is not CBOR: %q", status, out)
 	}
-	return resp.StatusCode, resp.Header, reply
+	return status, header, reply
 }
 
 // FuzzTaggingCBOR sends correctly signed GetResources requests with arbitrary CBOR bodies: the
