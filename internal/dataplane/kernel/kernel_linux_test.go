@@ -113,12 +113,8 @@ func tableExists(t *testing.T, name string) bool {
 // removal of half of them. Each step must land, none may hang, and the table
 // must hold exactly what was asked.
 func TestLargeBatch(t *testing.T) {
-	needRoot(t)
 	d := &desired{}
-	p, err := New(Options{Log: testLog(t), Desired: d.get, CallTimeout: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := startLargePath(t, d, testLog(t))
 	defer p.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -165,6 +161,18 @@ func TestLargeBatch(t *testing.T) {
 	if tableExists(t, table) {
 		t.Fatalf("table %s outlives the path", table)
 	}
+}
+
+// startLargePath starts a path that programs what d holds, with a call deadline for large
+// tables; it needs root.
+func startLargePath(tb testing.TB, d *desired, log *slog.Logger) *Path {
+	tb.Helper()
+	needRoot(tb)
+	p, err := New(Options{Log: log, Desired: d.get, CallTimeout: 30 * time.Second})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
 }
 
 // upToDate reports whether the kernel runs the latest program (and did not
@@ -344,12 +352,8 @@ func TestForwardingChangeReprograms(t *testing.T) {
 // 2,000 sockets, as health and rule changes do one by one while hundreds of load balancers
 // come up; the cost of each must not grow with the table.
 func BenchmarkChangeInLargeTable(b *testing.B) {
-	needRoot(b)
 	d := &desired{}
-	p, err := New(Options{Log: slog.New(slog.DiscardHandler), Desired: d.get, CallTimeout: 30 * time.Second})
-	if err != nil {
-		b.Fatal(err)
-	}
+	p := startLargePath(b, d, slog.New(slog.DiscardHandler))
 	defer p.Close()
 	ctx := context.Background()
 	sockets := manySockets(2000, 8080)
@@ -383,12 +387,8 @@ func BenchmarkChangeInLargeTable(b *testing.B) {
 // which the kernel refused of the anonymous set it was, failing every program — and then
 // narrowed and widened in place.
 func TestLargeAdmitList(t *testing.T) {
-	needRoot(t)
 	d := &desired{}
-	p, err := New(Options{Log: testLog(t), Desired: d.get, CallTimeout: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := startLargePath(t, d, testLog(t))
 	defer p.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
