@@ -56,6 +56,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzPolicy$$' -fuzztime $(FUZZTIME) ./internal/secgroup
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenBolt$$' -fuzztime $(FUZZTIME) ./internal/store
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDenial$$' -fuzztime $(FUZZTIME) ./internal/firewall
+	$(GO) test -run '^$$' -fuzz '^FuzzTaggingCBOR$$' -fuzztime $(FUZZTIME) ./internal/awsapi
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/secgroup ./internal/dataplane
