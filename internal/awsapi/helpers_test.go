@@ -7,15 +7,12 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -27,6 +24,7 @@ import (
 	"github.com/moatlb/moat/internal/awsapi"
 	"github.com/moatlb/moat/internal/awsapi/sigv4"
 	"github.com/moatlb/moat/internal/cloud"
+	"github.com/moatlb/moat/internal/lbtest"
 	"github.com/moatlb/moat/internal/storetest"
 )
 
@@ -69,7 +67,7 @@ func newEnv(t testing.TB, opts ...func(*cloud.Config)) *env {
 	cfg := aws.Config{
 		Region:      "us-east-1",
 		Credentials: credentials.NewStaticCredentialsProvider(testAccessKey, testSecret, ""),
-		Retryer:     retryClosedConnectionOnly,
+		Retryer:     lbtest.RetryLocalCloseOnly,
 	}
 	return &env{
 		URL:     srv.URL,
@@ -131,22 +129,4 @@ func keyOf(accessKey, secret string) *aws.Credentials {
 		return nil
 	}
 	return &aws.Credentials{AccessKeyID: accessKey, SecretAccessKey: secret}
-}
-
-// retryClosedConnectionOnly retries nothing the server answered, so that tests see every error
-// it gives, except once a call whose connection the client's own transport closed under it
-// ("use of closed network connection", aws-sdk-go-v2 #1825 and #2737; the SDK's standard
-// retryer retries it too): a close on this side, never the server's doing.
-func retryClosedConnectionOnly() aws.Retryer {
-	return retry.NewStandard(func(o *retry.StandardOptions) {
-		o.MaxAttempts = 2
-		o.Retryables = []retry.IsErrorRetryable{retry.IsErrorRetryableFunc(func(err error) aws.Ternary {
-			if errors.Is(err, net.ErrClosed) {
-				return aws.TrueTernary
-			}
-			return aws.FalseTernary
-		})}
-		o.RateLimiter = ratelimit.None
-		o.Backoff = retry.BackoffDelayerFunc(func(int, error) (time.Duration, error) { return 0, nil })
-	})
 }

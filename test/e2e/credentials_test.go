@@ -20,6 +20,8 @@ import (
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 	"github.com/aws/smithy-go"
+
+	"github.com/moatlb/moat/internal/lbtest"
 )
 
 // TestReadOnlyProfileAddedWhileRunning adds a profile with `moat lb credentials add-read-only` to
@@ -63,7 +65,7 @@ func TestReadOnlyProfileAddedWhileRunning(t *testing.T) {
 	// The running moat lb takes the new key at the next request: no restart, no signal.
 	cfg, err := config.LoadDefaultConfig(ctx,
 		config.WithSharedCredentialsFiles([]string{p.Creds}), config.WithSharedConfigFiles([]string{}),
-		config.WithSharedConfigProfile("node"), config.WithRegion("us-east-1"), config.WithRetryMaxAttempts(1))
+		config.WithSharedConfigProfile("node"), config.WithRegion("us-east-1"), config.WithRetryer(lbtest.RetryLocalCloseOnly))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
+
+	"github.com/moatlb/moat/internal/lbtest"
 )
 
 var moatBin, echoBin string
@@ -159,7 +161,7 @@ func (p *lbProcess) config(t *testing.T) aws.Config {
 		config.WithSharedCredentialsFiles([]string{p.Creds}),
 		config.WithSharedConfigFiles([]string{}),
 		config.WithRegion("us-east-1"),
-		config.WithRetryMaxAttempts(1),
+		config.WithRetryer(lbtest.RetryLocalCloseOnly),
 		config.WithBaseEndpoint(p.API),
 	)
 	if err != nil {

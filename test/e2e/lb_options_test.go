@@ -23,6 +23,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/moatlb/moat/internal/lbtest"
 )
 
 // TestInventoryReloadOnHangup adds an instance to the inventory file of a running moat lb and
@@ -104,7 +106,7 @@ func TestAPIOverHTTPS(t *testing.T) {
 		t.Fatalf("API served at %s, want https", p.API)
 	}
 	cfg, err := config.LoadDefaultConfig(context.Background(), config.WithSharedCredentialsFiles([]string{p.Creds}), config.WithSharedConfigFiles([]string{}),
-		config.WithRegion("us-east-1"), config.WithRetryMaxAttempts(1),
+		config.WithRegion("us-east-1"), config.WithRetryer(lbtest.RetryLocalCloseOnly),
 		config.WithCustomCABundle(bytes.NewReader(caBundle)))
 	if err != nil {
 		t.Fatal(err)
