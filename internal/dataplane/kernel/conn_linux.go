@@ -402,8 +402,11 @@ func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot
 			return nil
 		}
 		admit := c.admitSet(ch.key, slot)
-		if err := c.fillSet(admit, hasAdmitSet(existing), nftutil.IntervalElements(f.Admit)); err != nil {
-			return err
+		// A health change touches the targets only: the admitted ranges stay as they are.
+		if !hasAdmitSet(existing) || !slices.Equal(existing.Admit, f.Admit) {
+			if err := c.fillSet(admit, hasAdmitSet(existing), nftutil.IntervalElements(f.Admit)); err != nil {
+				return err
+			}
 		}
 		// ip saddr != @admit return (ip6 saddr for IPv6)
 		c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{
@@ -413,12 +416,14 @@ func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot
 		}})
 	}
 	targets := c.targetsMap(ch.key, slot)
-	elems := make([]nftables.SetElement, len(f.Targets))
-	for i, t := range f.Targets {
-		elems[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)), Val: addrPortKey(t)}
-	}
-	if err := c.fillSet(targets, hasTargetsMap(existing), elems); err != nil {
-		return err
+	if !hasTargetsMap(existing) || !slices.Equal(existing.Targets, f.Targets) {
+		elems := make([]nftables.SetElement, len(f.Targets))
+		for i, t := range f.Targets {
+			elems[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)), Val: addrPortKey(t)}
+		}
+		if err := c.fillSet(targets, hasTargetsMap(existing), elems); err != nil {
+			return err
+		}
 	}
 	n := uint32(len(f.Targets))
 	pick := []expr.Any{&expr.Numgen{Register: 1, Modulus: n, Type: unix.NFT_NG_RANDOM}}
@@ -471,6 +476,7 @@ func hasAdmitSet(f *Forward) bool { return f != nil && !f.AdmitAll && len(f.Admi
 func hasTargetsMap(f *Forward) bool { return f != nil && (f.AdmitAll || len(f.Admit) > 0) }
 
 // fillSet makes s hold exactly elems: a set the slot has is flushed and refilled, else made.
+// Callers skip it when the set holds elems already.
 func (c *nftConn) fillSet(s *nftables.Set, exists bool, elems []nftables.SetElement) error {
 	if !exists {
 		return nftutil.AddSet(c.nft, s, elems)

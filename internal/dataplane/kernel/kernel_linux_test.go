@@ -398,8 +398,14 @@ func TestLargeAdmitList(t *testing.T) {
 		a := netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1})
 		wide = append(wide, netipx.IPRangeFrom(a, a))
 	}
-	for _, admit := range [][]netipx.IPRange{wide, wide[:10], wide} {
-		sockets[0].Forward = &Forward{Admit: admit, Idle: time.Minute, SNAT: sockets[0].Forward.SNAT, Targets: sockets[0].Forward.Targets}
+	// The last step changes the targets only: the admit set keeps its ranges.
+	moved := []netip.AddrPort{netip.MustParseAddrPort("127.4.0.9:8080")}
+	for i, admit := range [][]netipx.IPRange{wide, wide[:10], wide, wide} {
+		targets := sockets[0].Forward.Targets
+		if i == 3 {
+			targets = moved
+		}
+		sockets[0].Forward = &Forward{Admit: admit, Idle: time.Minute, SNAT: sockets[0].Forward.SNAT, Targets: targets}
 		d.set(slices.Clone(sockets))
 		if err := p.Wait(ctx, p.Kick()); err != nil || !p.upToDate() {
 			t.Fatalf("program %d admitted ranges: %v (up to date %v)", len(admit), err, p.upToDate())
@@ -410,6 +416,9 @@ func TestLargeAdmitList(t *testing.T) {
 		want := len(nftutil.IntervalElements(admit))
 		if n := setElements(t, p.Table(), "admit_"+strconv.Itoa(int(slot))); n != want {
 			t.Fatalf("admit set of slot %d holds %d elements, want %d", slot, n, want)
+		}
+		if n := setElements(t, p.Table(), "targets_"+strconv.Itoa(int(slot))); n != len(targets) {
+			t.Fatalf("targets map of slot %d holds %d elements, want %d", slot, n, len(targets))
 		}
 	}
 	for _, fam := range []string{"_ip", "_ip6"} {
