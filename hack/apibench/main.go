@@ -140,7 +140,7 @@ func measureBinary(name, bin string, store storeKind, lbCPUs, fastPath, dir, bac
 	m := startMoat(name, bin, lbCPUs, fastPath, filepath.Join(dir, "moat"), sizes[len(sizes)-1], storeArgs...)
 	defer m.stop()
 	var rows []row
-	st := &state{m: m, backend: backend}
+	st := &state{m: m, backend: backend, signed: newSignedReads(context.Background(), m)}
 	for si, z := range sizes {
 		start := time.Now()
 		st.grow(z)
@@ -158,6 +158,9 @@ func measureBinary(name, bin string, store storeKind, lbCPUs, fastPath, dir, bac
 		for _, n := range rc {
 			stopProf := m.startProfile(prof, fmt.Sprintf("reads-%d", n))
 			r.reads = append(r.reads, st.measure(n, duration, st.describe))
+			stopProf()
+			stopProf = m.startProfile(prof, fmt.Sprintf("signed-%d", n))
+			r.signedReads = append(r.signedReads, st.measure(n, duration, st.describeSigned))
 			stopProf()
 			r.dns = append(r.dns, st.measure(n, duration, st.resolve))
 		}
@@ -263,6 +266,8 @@ type moat struct {
 	dnsAddr    string
 	pprof      string
 	vpc        string
+	endpoint   string // the API's URL
+	creds      aws.CredentialsProvider
 	subnets    []string
 }
 
@@ -312,6 +317,7 @@ func startMoat(name, bin, cpus, fastPath, data string, largest size, extra ...st
 		config.WithRegion("us-east-1"), config.WithHTTPClient(httpClient))
 	check(err)
 	m := &moat{cmd: cmd, unregister: unregister, log: logf.Name(), dnsAddr: eps.DNS, pprof: pprofAddr,
+		endpoint: eps.API, creds: cfg.Credentials,
 		ec2: ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(eps.API) }),
 		elb: elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(eps.API) })}
 	subnets, err := m.ec2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{})
@@ -402,6 +408,8 @@ type state struct {
 	churn []string
 	// dns is each resolving worker's socket.
 	dns sync.Map
+	// signed sends Describe calls without the SDK's clients.
+	signed *signedReads
 }
 
 type lbState struct {
@@ -531,12 +539,14 @@ func parallel(n int, f func(int)) {
 // The measurements. Each worker w runs its own sequence of calls, on resources of its own where
 // it changes them, so that workers do not conflict.
 
-// result is one measurement: calls per second, latency percentiles, and moat lb's CPU per call.
+// result is one measurement: calls per second, latency percentiles, moat lb's CPU per call and
+// the clients' (this process's).
 type result struct {
-	rate     float64
-	p50, p99 time.Duration
-	cpuPer   time.Duration
-	errors   int64
+	rate         float64
+	p50, p99     time.Duration
+	cpuPer       time.Duration
+	clientCPUPer time.Duration
+	errors       int64
 }
 
 func (s *state) measure(clients int, d time.Duration, op func(ctx context.Context, worker, i int) error) result {
@@ -546,7 +556,7 @@ func (s *state) measure(clients int, d time.Duration, op func(ctx context.Contex
 	lat := make([][]time.Duration, clients)
 	var errs atomic.Int64
 	var firstErr atomic.Pointer[error]
-	cpu0 := s.m.cpu()
+	cpu0, clientCPU0 := s.m.cpu(), selfCPU()
 	start := time.Now()
 	deadline := start.Add(d)
 	var wg sync.WaitGroup
@@ -567,7 +577,7 @@ func (s *state) measure(clients int, d time.Duration, op func(ctx context.Contex
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := s.m.cpu() - cpu0
+	cpu, clientCPU := s.m.cpu()-cpu0, selfCPU()-clientCPU0
 	all := slices.Concat(lat...)
 	if p := firstErr.Load(); p != nil {
 		log.Printf("%d calls failed, the first: %v", errs.Load(), *p)
@@ -577,7 +587,15 @@ func (s *state) measure(clients int, d time.Duration, op func(ctx context.Contex
 	}
 	slices.Sort(all)
 	return result{rate: float64(len(all)) / elapsed.Seconds(), p50: all[len(all)/2], p99: all[len(all)*99/100],
-		cpuPer: time.Duration(cpu / float64(len(all)) * float64(time.Second)), errors: errs.Load()}
+		cpuPer: time.Duration(cpu / float64(len(all)) * float64(time.Second)), clientCPUPer: clientCPU / time.Duration(len(all)),
+		errors: errs.Load()}
+}
+
+// selfCPU is the CPU time this process — the clients — has used so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	check(syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // mutate is one call of a cycle of changes that leaves the state as it found it: a rule added
@@ -706,23 +724,29 @@ type row struct {
 	size   size
 	writes []result
 	reads  []result
-	dns    []result
+	// signedReads are the same reads sent as signed HTTP requests, without the SDK's clients.
+	signedReads []result
+	dns         []result
 }
 
 // report prints the table: aligned columns, or markdown.
 func report(rows []row, wc, rc []int, markdown bool) {
 	fmt.Println()
 	fmt.Println("binary is the moat measured and its store; sizes are load balancers/target groups (one listener")
-	fmt.Println("each)/security groups; rates are calls per second, latencies p50/p99, cpu is moat lb's CPU time")
-	fmt.Println("per call; higher rates and lower times are better")
+	fmt.Println("each)/security groups; rates are calls per second, latencies p50/p99 in ms, cpu is moat lb's + the")
+	fmt.Println("clients' CPU time per call in ms; Describe* goes through aws-sdk-go-v2's clients, signed HTTP sends")
+	fmt.Println("the same calls, signed by the SDK's SigV4 signer, without them; higher rates and lower times are better")
 	fmt.Println()
 	head := []string{"binary", "size"}
 	widths := []int{14, 15}
 	for _, n := range wc {
-		head, widths = append(head, fmt.Sprintf("mutations, %d clients", n)), append(widths, 30)
+		head, widths = append(head, fmt.Sprintf("mutations, %d clients", n)), append(widths, 36)
 	}
 	for _, n := range rc {
-		head, widths = append(head, fmt.Sprintf("Describe*, %d clients", n)), append(widths, 30)
+		head, widths = append(head, fmt.Sprintf("Describe*, %d clients", n)), append(widths, 36)
+	}
+	for _, n := range rc {
+		head, widths = append(head, fmt.Sprintf("signed HTTP, %d clients", n)), append(widths, 36)
 	}
 	for _, n := range rc {
 		head, widths = append(head, fmt.Sprintf("DNS, %d clients", n)), append(widths, 24)
@@ -730,7 +754,7 @@ func report(rows []row, wc, rc []int, markdown bool) {
 	lines := [][]string{head}
 	for _, r := range rows {
 		cells := []string{r.binary, r.size.String()}
-		for _, res := range slices.Concat(r.writes, r.reads) {
+		for _, res := range slices.Concat(r.writes, r.reads, r.signedReads) {
 			cells = append(cells, res.cell(true))
 		}
 		for _, res := range r.dns {
@@ -757,11 +781,12 @@ func report(rows []row, wc, rc []int, markdown bool) {
 	}
 }
 
-// cell renders a result: rate, p50/p99, moat lb's CPU per call if withCPU, and the errors.
+// cell renders a result: rate, p50/p99, moat lb's and the clients' CPU per call if withCPU, and
+// the errors.
 func (r result) cell(withCPU bool) string {
 	s := fmt.Sprintf("%6.0f/s %6s/%-6s", r.rate, ms(r.p50), ms(r.p99))
 	if withCPU {
-		s += " cpu " + ms(r.cpuPer)
+		s += " cpu " + ms(r.cpuPer) + "+" + ms(r.clientCPUPer)
 	}
 	if r.errors > 0 {
 		s += fmt.Sprintf(" (%d errors)", r.errors)
