@@ -406,6 +406,9 @@ type state struct {
 	cur     size
 	// churn is each mutating worker's temporary target group, created and deleted in turn.
 	churn []string
+	// measurements counts the measurements so far: a rule a worker of the last one added and did
+	// not get to revoke must not collide with the next one's.
+	measurements int
 	// dns is each resolving worker's socket.
 	dns sync.Map
 	// signed sends Describe calls without the SDK's clients.
@@ -553,6 +556,7 @@ func (s *state) measure(clients int, d time.Duration, op func(ctx context.Contex
 	s.m.settle()
 	ctx := context.Background()
 	s.churn = make([]string, clients)
+	s.measurements++
 	lat := make([][]time.Duration, clients)
 	var errs atomic.Int64
 	var firstErr atomic.Pointer[error]
@@ -604,7 +608,7 @@ func (s *state) mutate(ctx context.Context, w, i int) error {
 	lb := s.lbs[w%len(s.lbs)]
 	sg := s.sgs[len(s.sgs)-1-w%len(s.sgs)]
 	perm := []ec2types.IpPermission{{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(9000), ToPort: aws.Int32(9000),
-		IpRanges: []ec2types.IpRange{{CidrIp: aws.String(fmt.Sprintf("192.168.%d.0/24", w%256))}}}}
+		IpRanges: []ec2types.IpRange{{CidrIp: aws.String(fmt.Sprintf("10.%d.%d.0/24", s.measurements%256, w%256))}}}}
 	var err error
 	switch i % 6 {
 	case 0:

@@ -57,7 +57,7 @@ func benchFirewall(o testOpts, reps int, clientNS string) {
 			err := fw.Wait(ctx, fw.Apply(m.p))
 			cancel()
 			check(err)
-			m.t.measure(run, o.size)
+			m.t.measure(run, o)
 		}
 	}
 	log.Printf("measured %d rounds of each", reps)

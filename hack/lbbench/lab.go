@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -85,6 +86,7 @@ func runIn(ns, test, addr string, o testOpts) result {
 type lab struct {
 	client, target             string // network namespaces
 	moat, haproxy, nginx, cpus string
+	paths                      []string // the paths to measure; empty: all
 }
 
 // benchLab measures every path one at a time (so that they do not compete for the CPUs), each
@@ -133,6 +135,9 @@ func benchLab(l lab, o testOpts, reps int) {
 	if l.nginx != "" {
 		paths = append(paths, path{&target{name: "nginx"}, func(t *target) func() { return l.startNginx(t, dir, 10300) }})
 	}
+	if len(l.paths) > 0 {
+		paths = slices.DeleteFunc(paths, func(p path) bool { return !slices.Contains(l.paths, p.t.name) })
+	}
 	// The paths take turns, round after round, and only one runs at a time: a busy machine then
 	// weighs on all alike, and no path's kernel state (moat's table turns on connection tracking
 	// for the whole namespace) is there while another is measured.
@@ -140,7 +145,7 @@ func benchLab(l lab, o testOpts, reps int) {
 		for _, p := range paths {
 			stop := p.start(p.t)
 			current = p.t
-			p.t.measure(run, o.size)
+			p.t.measure(run, o)
 			if p.t.metrics != "" {
 				log.Printf("%s: %s", p.t.name, flowCounts(p.t.metrics))
 			}

@@ -52,12 +52,14 @@ func main() {
 	test := flag.String("test", "", "internal: run one client test (throughput, conns, latency, udp) against -addr and print its result")
 	addr := flag.String("addr", "", "internal: the address -test measures")
 	serveAt := flag.String("serve", "", "internal: serve the backends on this IP until killed")
+	tests := flag.String("tests", "", "comma-separated tests to run (throughput, conns, latency, udp); empty: all")
+	paths := flag.String("paths", "", "comma-separated paths to measure (direct, moat, moat-us, haproxy, nginx); empty: all")
 	flag.Parse()
 	log.SetFlags(0)
 	if *fw && *clientNS != "" {
 		backendIP = *instanceIP
 	}
-	opts := testOpts{size: *size, duration: *duration, requests: *requests}
+	opts := testOpts{size: *size, duration: *duration, requests: *requests, tests: list(*tests)}
 	switch {
 	case *fw:
 		benchFirewall(opts, *reps, *clientNS)
@@ -73,7 +75,7 @@ func main() {
 	case *clientNS == "" || *targetNS == "":
 		log.Fatal("lbbench: -client-ns and -target-ns are needed (hack/bench-lb.sh makes them), or -firewall")
 	default:
-		benchLab(lab{client: *clientNS, target: *targetNS, moat: *moat, haproxy: *haproxy, nginx: *nginx, cpus: *proxyCPU}, opts, *reps)
+		benchLab(lab{client: *clientNS, target: *targetNS, moat: *moat, haproxy: *haproxy, nginx: *nginx, cpus: *proxyCPU, paths: list(*paths)}, opts, *reps)
 	}
 }
 
@@ -81,6 +83,17 @@ type testOpts struct {
 	size     int64
 	duration time.Duration
 	requests int
+	tests    []string // the tests to run; empty: all
+}
+
+func (o testOpts) wants(test string) bool { return len(o.tests) == 0 || slices.Contains(o.tests, test) }
+
+// list splits a comma-separated flag; empty gives none.
+func list(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
 }
 
 // result is one test's outcome: a rate (MB/s, conn/s or datagrams/s), or latency percentiles.
@@ -115,21 +128,23 @@ type target struct {
 	cpuPerGB                    []float64
 }
 
-// measure runs each test the path serves once, through run, and records the results.
-func (t *target) measure(run func(test, addr string) result, size int64) {
-	if t.sinkAddr != "" {
+// measure runs each test of o's that the path serves once, through run, and records the results.
+func (t *target) measure(run func(test, addr string) result, o testOpts) {
+	if t.sinkAddr != "" && o.wants("throughput") {
 		cpu0 := t.cpu()
 		r := run("throughput", t.sinkAddr)
-		t.cpuPerGB = append(t.cpuPerGB, (t.cpu()-cpu0)/(float64(size)/1e9))
+		t.cpuPerGB = append(t.cpuPerGB, (t.cpu()-cpu0)/(float64(o.size)/1e9))
 		t.mbps = append(t.mbps, r.Rate)
 	}
-	if t.echoAddr != "" {
+	if t.echoAddr != "" && o.wants("conns") {
 		t.cps = append(t.cps, run("conns", t.echoAddr).Rate)
+	}
+	if t.echoAddr != "" && o.wants("latency") {
 		r := run("latency", t.echoAddr)
 		t.p50 = append(t.p50, r.P50)
 		t.p99 = append(t.p99, r.P99)
 	}
-	if t.udpAddr != "" {
+	if t.udpAddr != "" && o.wants("udp") {
 		t.pps = append(t.pps, run("udp", t.udpAddr).Rate)
 	}
 }
