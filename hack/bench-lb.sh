@@ -4,9 +4,17 @@
 # the client, the proxies and the backends in three network namespaces that it creates: TCP
 # throughput (1 stream, 1 MiB writes), connections per second, request/response latency p50/p99,
 # UDP datagrams per second, and the proxies' CPU seconds per GB moved. Needs root.
-# Usage: hack/bench-lb.sh [lbbench flags, e.g. -reps 5 -bytes 4294967296]
+# With --baseline REF it also builds moat from git REF (e.g. main) and measures it in the same run,
+# as the paths base and base-us, so that a change is judged against the build before it.
+# Usage: hack/bench-lb.sh [--baseline REF] [lbbench flags, e.g. -reps 5 -bytes 4294967296
+#        -paths moat-us,haproxy -tests conns,latency]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+baseline_ref=""
+if [ "${1:-}" = "--baseline" ]; then
+  baseline_ref=$2
+  shift 2
+fi
 if [ "$(id -u)" != 0 ]; then
   echo "bench-lb.sh: needs root (network namespaces and nftables)" >&2
   exit 1
@@ -18,6 +26,14 @@ fi
 mkdir -p bin
 go build -o bin/moat ./cmd/moat
 go build -o bin/lbbench ./hack/lbbench
+baseline=()
+if [ -n "$baseline_ref" ]; then
+  src=$(mktemp -d)
+  git archive "$baseline_ref" | tar -x -C "$src"
+  (cd "$src" && go build -o "$OLDPWD/bin/moat-baseline" ./cmd/moat)
+  rm -rf "$src"
+  baseline=(-baseline bin/moat-baseline)
+fi
 
 # The lab (see hack/lbbench/lab.go): client ── proxies (a router, and moat lb's host) ── target.
 id=$$
@@ -53,4 +69,4 @@ if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
   pin=(taskset -c 0) cpus=1
 fi
 ip netns exec "$lb" "${pin[@]}" bin/lbbench -client-ns "$client" -target-ns "$target" -moat bin/moat \
-  -haproxy "$(command -v haproxy)" -nginx "$(command -v nginx)" -proxy-cpus "$cpus" "$@"
+  -haproxy "$(command -v haproxy)" -nginx "$(command -v nginx)" -proxy-cpus "$cpus" "${baseline[@]}" "$@"

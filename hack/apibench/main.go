@@ -150,13 +150,19 @@ func measureBinary(name, bin string, store storeKind, lbCPUs, fastPath, dir, bac
 			prof = filepath.Join(profile, store.String())
 		}
 		r := row{binary: name, size: z}
+		m.settle()
+		stopProf := m.startProfile(prof, "idle")
+		cpu0, t0 := m.cpu(), time.Now()
+		time.Sleep(4 * time.Second)
+		stopProf()
+		log.Printf("%s: at %v, idle, moat lb uses %.0f%% of a CPU (health checks, counters, timers)", name, z, 100*(m.cpu()-cpu0)/time.Since(t0).Seconds())
 		for _, n := range wc {
-			stopProf := m.startProfile(prof, fmt.Sprintf("writes-%d", n))
+			stopProf = m.startProfile(prof, fmt.Sprintf("writes-%d", n))
 			r.writes = append(r.writes, st.measure(n, duration, st.mutate))
 			stopProf()
 		}
 		for _, n := range rc {
-			stopProf := m.startProfile(prof, fmt.Sprintf("reads-%d", n))
+			stopProf = m.startProfile(prof, fmt.Sprintf("reads-%d", n))
 			r.reads = append(r.reads, st.measure(n, duration, st.describe))
 			stopProf()
 			stopProf = m.startProfile(prof, fmt.Sprintf("signed-%d", n))

@@ -86,6 +86,7 @@ func runIn(ns, test, addr string, o testOpts) result {
 type lab struct {
 	client, target             string // network namespaces
 	moat, haproxy, nginx, cpus string
+	baseline                   string   // a second moat binary, measured as the paths base and base-us
 	paths                      []string // the paths to measure; empty: all
 }
 
@@ -126,8 +127,13 @@ func benchLab(l lab, o testOpts, reps int) {
 			t.sinkAddr, t.echoAddr, t.udpAddr = hostPort(labTargetIP, sinkPort), hostPort(labTargetIP, echoPort), hostPort(labTargetIP, udpPort)
 			return func() {}
 		}},
-		{&target{name: "moat"}, func(t *target) func() { return l.startMoat(t, "kernel", dir, 10000) }},
-		{&target{name: "moat-us"}, func(t *target) func() { return l.startMoat(t, "off", dir, 10100) }},
+		{&target{name: "moat"}, func(t *target) func() { return l.startMoat(t, l.moat, "kernel", dir, 10000) }},
+		{&target{name: "moat-us"}, func(t *target) func() { return l.startMoat(t, l.moat, "off", dir, 10100) }},
+	}
+	if l.baseline != "" {
+		paths = append(paths,
+			path{&target{name: "base"}, func(t *target) func() { return l.startMoat(t, l.baseline, "kernel", dir, 10400) }},
+			path{&target{name: "base-us"}, func(t *target) func() { return l.startMoat(t, l.baseline, "off", dir, 10500) }})
 	}
 	if l.haproxy != "" {
 		paths = append(paths, path{&target{name: "haproxy"}, func(t *target) func() { return l.startHAProxy(t, dir, 10200) }})
@@ -163,7 +169,8 @@ func benchLab(l lab, o testOpts, reps int) {
 	for _, t := range ts {
 		byName[t.name] = t
 	}
-	for _, pair := range [][2]string{{"moat", "direct"}, {"moat-us", "direct"}, {"moat-us", "haproxy"}, {"moat-us", "nginx"}, {"moat", "nginx"}} {
+	for _, pair := range [][2]string{{"moat", "direct"}, {"moat-us", "direct"}, {"moat-us", "haproxy"}, {"moat-us", "nginx"}, {"moat", "nginx"},
+		{"moat", "base"}, {"moat-us", "base-us"}, {"base", "direct"}, {"base-us", "haproxy"}} {
 		if a, b := byName[pair[0]], byName[pair[1]]; a != nil && b != nil {
 			ratios(a, b)
 		}
@@ -173,13 +180,13 @@ func benchLab(l lab, o testOpts, reps int) {
 // startMoat starts moat lb with fastPath, a load balancer whose group admits the client among 60
 // rules, and listeners from port on for the TCP sink, the TCP echo and the UDP echo, and waits
 // until the target is healthy in all three groups.
-func (l lab) startMoat(t *target, fastPath, dir string, port int) (stop func()) {
+func (l lab) startMoat(t *target, bin, fastPath, dir string, port int) (stop func()) {
 	data, err := os.MkdirTemp(dir, t.name)
 	check(err)
 	inventory := filepath.Join(dir, "inventory.yaml")
 	check(os.WriteFile(inventory, []byte(labInventory), 0o600))
 	// taskset execs the program in place, so the pid is the proxy's own either way.
-	cmd := pinned(l.cpus, l.moat, "lb", "--data-dir", data, "--inventory", inventory, "--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
+	cmd := pinned(l.cpus, bin, "lb", "--data-dir", data, "--inventory", inventory, "--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
 		"--metrics-addr", "127.0.0.1:0", "--fast-path", fastPath)
 	logf, err := os.Create(filepath.Join(data, "log"))
 	check(err)

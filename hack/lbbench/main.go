@@ -37,6 +37,7 @@ var (
 
 func main() {
 	moat := flag.String("moat", "bin/moat", "the moat binary")
+	baseline := flag.String("baseline", "", "a second moat binary (e.g. built from main), measured in the same run as the paths base and base-us")
 	haproxy := flag.String("haproxy", "haproxy", "the haproxy binary (empty: skip HAProxy)")
 	nginx := flag.String("nginx", "nginx", "the nginx binary, with the stream module installed (empty: skip nginx)")
 	proxyCPU := flag.String("proxy-cpus", "", "CPU list to pin the proxies to with taskset (e.g. 1)")
@@ -75,7 +76,7 @@ func main() {
 	case *clientNS == "" || *targetNS == "":
 		log.Fatal("lbbench: -client-ns and -target-ns are needed (hack/bench-lb.sh makes them), or -firewall")
 	default:
-		benchLab(lab{client: *clientNS, target: *targetNS, moat: *moat, haproxy: *haproxy, nginx: *nginx, cpus: *proxyCPU, paths: list(*paths)}, opts, *reps)
+		benchLab(lab{client: *clientNS, target: *targetNS, moat: *moat, haproxy: *haproxy, nginx: *nginx, cpus: *proxyCPU, baseline: *baseline, paths: list(*paths)}, opts, *reps)
 	}
 }
 
@@ -126,6 +127,7 @@ type target struct {
 	mbps, cps, pps              []float64
 	p50, p99                    []time.Duration
 	cpuPerGB                    []float64
+	cpuPerConn                  []float64 // CPU seconds per connection of the connections test
 }
 
 // measure runs each test of o's that the path serves once, through run, and records the results.
@@ -137,7 +139,10 @@ func (t *target) measure(run func(test, addr string) result, o testOpts) {
 		t.mbps = append(t.mbps, r.Rate)
 	}
 	if t.echoAddr != "" && o.wants("conns") {
-		t.cps = append(t.cps, run("conns", t.echoAddr).Rate)
+		cpu0 := t.cpu()
+		r := run("conns", t.echoAddr)
+		t.cps = append(t.cps, r.Rate)
+		t.cpuPerConn = append(t.cpuPerConn, (t.cpu()-cpu0)/(r.Rate*o.duration.Seconds()))
 	}
 	if t.echoAddr != "" && o.wants("latency") {
 		r := run("latency", t.echoAddr)
@@ -181,15 +186,16 @@ func cell(format string, v float64) string {
 }
 
 func report(ts []*target) {
-	fmt.Printf("\n%-10s %14s %12s %10s %10s %10s %14s\n", "path", "throughput", "proxy cpu", "conn/s", "p50", "p99", "udp")
+	fmt.Printf("\n%-10s %14s %12s %10s %12s %10s %10s %14s\n", "path", "throughput", "proxy cpu", "conn/s", "cpu/conn", "p50", "p99", "udp")
 	us := func(d float64) string { return cell("%.0f µs", d/1e3) }
 	for _, t := range ts {
-		cpu := "-"
+		cpu, cpuConn := "-", "-"
 		if t.pid != 0 {
 			cpu = cell("%.2f s/GB", median(t.cpuPerGB))
+			cpuConn = cell("%.0f µs", median(t.cpuPerConn)*1e6)
 		}
-		fmt.Printf("%-10s %14s %12s %10s %10s %10s %14s\n", t.name, cell("%.0f MB/s", median(t.mbps)), cpu, cell("%.0f", median(t.cps)),
-			us(median(t.p50)), us(median(t.p99)), cell("%.0f dgram/s", median(t.pps)))
+		fmt.Printf("%-10s %14s %12s %10s %12s %10s %10s %14s\n", t.name, cell("%.0f MB/s", median(t.mbps)), cpu, cell("%.0f", median(t.cps)),
+			cpuConn, us(median(t.p50)), us(median(t.p99)), cell("%.0f dgram/s", median(t.pps)))
 	}
 	fmt.Println("(higher is better for throughput, conn/s and udp; lower for latency and cpu)")
 }
@@ -223,6 +229,7 @@ func ratios(a, b *target) {
 	add("udp", a.pps, b.pps)
 	if a.pid != 0 && b.pid != 0 {
 		add("cpu/GB", a.cpuPerGB, b.cpuPerGB)
+		add("cpu/conn", a.cpuPerConn, b.cpuPerConn)
 	}
 	fmt.Printf("%s/%s: %s\n", a.name, b.name, strings.Join(out, ", "))
 }

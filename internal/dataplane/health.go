@@ -193,7 +193,7 @@ func runCheck(ctx context.Context, p checkPlan) (r checkResult, measured bool) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.hc.Timeout)
 	defer cancel()
-	d := net.Dialer{Control: p.control}
+	d := net.Dialer{KeepAlive: -1, Control: p.control} // a check lives for one probe: no keepalives
 	d.SetMultipathTCP(false)
 	if p.src.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(p.src, 0))

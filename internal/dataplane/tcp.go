@@ -43,7 +43,9 @@ func (u *Userspace) listenTCP(key sockKey, r *route) (*tcpSocket, error) {
 	s.r.Store(r)
 	// The filter goes on before the socket listens, so no SYN is ever
 	// judged without it. MPTCP sockets refuse socket filters.
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+	// No TCP keepalives: an NLB sends none on either side (its idle timeout
+	// ends quiet flows), and each would cost system calls per connection.
+	lc := net.ListenConfig{KeepAlive: -1, Control: func(_, _ string, c syscall.RawConn) error {
 		return u.applyFilter(c, r.policy, key)
 	}}
 	lc.SetMultipathTCP(false)
@@ -206,7 +208,7 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 		}
 	}
 
-	d := net.Dialer{Timeout: s.u.connectTimeout, Control: s.u.controlUpstream}
+	d := net.Dialer{Timeout: s.u.connectTimeout, KeepAlive: -1, Control: s.u.controlUpstream}
 	d.SetMultipathTCP(false)
 	if src := r.upstreamSource(set.PreserveClientIP, client.Addr(), local.Addr(), t.addr.Addr()); src.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
@@ -360,18 +362,21 @@ func idleTick(idle time.Duration) time.Duration {
 // pipe copies src to dst until src ends (then half-closes dst), the flow
 // idles out, or an error ends the flow (then both sides are reset).
 //
-// It calls (*net.TCPConn).ReadFrom with an *io.LimitedReader over the
-// *net.TCPConn src, which the net package serves with splice(2): the payload
-// goes socket → pipe → socket inside the kernel. Nothing may wrap either
-// connection, or net falls back to a userspace copy. Between chunks the loop
-// counts bytes and moves the read deadline.
+// Small runs of data — requests and responses — are read as soon as src is
+// readable into a pooled buffer and written to dst (copyQueued): a read that
+// would wait, the wait, the read and the write, as any proxy makes.
 //
+// Bulk runs go through the kernel: once a read fills a whole buffer, more is
+// queued, and the loop switches to (*net.TCPConn).ReadFrom with an
+// *io.LimitedReader over the *net.TCPConn src, which the net package serves
+// with splice(2): the payload goes socket → pipe → socket inside the kernel.
+// Nothing may wrap either connection, or net falls back to a userspace copy.
 // Each chunk is limited to the bytes already queued on src, after waiting for
-// src to be readable: a splice that waits for data holds a pipe (two file
-// descriptors and its buffer), so an idle flow would cost six descriptors
-// instead of two — and the open-file limit, not memory, would bound how many
-// flows moat holds. Runs shorter than spliceMin are copied through a buffer
-// (see spliceMin).
+// src to be readable (awaitData): a splice that waits for data holds a pipe
+// (two file descriptors and its buffer), so an idle flow would cost six
+// descriptors instead of two — and the open-file limit, not memory, would
+// bound how many flows moat holds. When less than a buffer is queued, the
+// loop goes back to copying. No buffer or pipe is held while waiting.
 func (f *tcpFlow) pipe(dst, src *net.TCPConn, bytes prometheus.Counter) {
 	tick := idleTick(f.idle)
 	lr := &io.LimitedReader{R: src}
@@ -380,31 +385,33 @@ func (f *tcpFlow) pipe(dst, src *net.TCPConn, bytes prometheus.Counter) {
 		f.terminate()
 		return
 	}
+	var armed time.Time // the read deadline last set
+	bulk := false       // the last read filled a buffer: splice what is queued
 	for {
-		if err := src.SetReadDeadline(time.Now().Add(tick)); err != nil {
-			f.terminate()
-			return
-		}
-		queued, err := awaitData(rc)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if time.Since(time.Unix(0, f.last.Load())) >= f.idle {
-				f.terminate() // idle timeout: both sides get an RST, as on AWS
+		// The deadline wakes a quiet flow to check its idle timeout. Moving it on every chunk
+		// would update a runtime timer per chunk; moving it once half of it has passed keeps
+		// the wake-ups between tick/2 and tick apart.
+		if now := time.Now(); armed.Sub(now) < tick/2 {
+			armed = now.Add(tick)
+			if err := src.SetReadDeadline(armed); err != nil {
+				f.terminate()
 				return
 			}
-			continue
-		}
-		if err != nil {
-			f.terminate()
-			return
 		}
 		var n int64
-		if queued > 0 && queued < spliceMin {
-			n, err = copySmall(dst, src, queued)
+		if bulk {
+			var queued int
+			queued, err = awaitData(rc)
+			if err == nil && queued < spliceMin {
+				bulk = false // copyQueued reads it, or finds the end of stream or the error
+				continue
+			}
+			if err == nil {
+				lr.N = int64(min(queued, spliceChunk))
+				n, err = dst.ReadFrom(lr)
+			}
 		} else {
-			// Nothing queued yet readable means end of stream or an error: ReadFrom finds out
-			// which at once, without waiting.
-			lr.N = int64(min(max(queued, 1), spliceChunk))
-			n, err = dst.ReadFrom(lr)
+			n, bulk, err = copyQueued(dst, rc)
 		}
 		if n > 0 {
 			bytes.Add(float64(n))
@@ -416,7 +423,11 @@ func (f *tcpFlow) pipe(dst, src *net.TCPConn, bytes prometheus.Counter) {
 			return
 		case err == nil: // the queued bytes moved
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			// The deadline fired mid-chunk; the bytes already moved are counted above.
+			// A quiet tick, or the deadline fired mid-chunk (the bytes moved are counted above).
+			if n == 0 && time.Since(time.Unix(0, f.last.Load())) >= f.idle {
+				f.terminate() // idle timeout: both sides get an RST, as on AWS
+				return
+			}
 		default: // a reset, a write error, or terminate closed the connections
 			f.terminate()
 			return
@@ -424,26 +435,55 @@ func (f *tcpFlow) pipe(dst, src *net.TCPConn, bytes prometheus.Counter) {
 	}
 }
 
-// spliceMin is the smallest run of queued bytes worth a splice. Below it a plain read and write
-// through a pooled buffer costs the same two system calls and no pipe: small request/response
-// traffic then never takes pipes from the runtime's pool, whose size (two descriptors each, freed
-// only by the garbage collector) would otherwise bound how many flows fit in the open-file limit.
-// Bulk transfers queue far more than this and stay on the splice path.
+// spliceMin is the size of the copy buffers, and so the smallest run of queued bytes that is
+// spliced. Below it a plain read and write costs the same two system calls and no pipe: small
+// request/response traffic then never takes pipes from the runtime's pool, whose size (two
+// descriptors each, freed only by the garbage collector) would otherwise bound how many flows fit
+// in the open-file limit. Bulk transfers queue far more than this and go to the splice path.
 const spliceMin = 64 << 10
 
-var smallBuffers = sync.Pool{New: func() any { b := make([]byte, spliceMin); return &b }}
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, spliceMin); return &b }}
 
-// copySmall moves the queued bytes of src to dst through a pooled buffer.
-func copySmall(dst, src *net.TCPConn, queued int) (int64, error) {
-	buf := smallBuffers.Get().(*[]byte)
-	defer smallBuffers.Put(buf)
-	n, err := src.Read((*buf)[:queued])
-	if n > 0 {
-		if _, werr := dst.Write((*buf)[:n]); werr != nil {
-			return int64(n), werr
+// copyQueued waits until src (rc) is readable, reads what is queued, up to a buffer, and writes
+// it to dst. It takes a buffer only once there is something to read, so a waiting flow holds
+// none. full reports that the read filled the buffer: more is probably queued. n == 0 with no
+// error is the end of the stream; an error of src (a reset) is returned, not lost.
+func copyQueued(dst *net.TCPConn, rc syscall.RawConn) (n int64, full bool, err error) {
+	var (
+		buf   *[]byte
+		got   int
+		ioErr error
+	)
+	err = rc.Read(func(fd uintptr) bool {
+		buf = copyBuffers.Get().(*[]byte)
+		for {
+			got, ioErr = unix.Read(int(fd), *buf)
+			if ioErr != unix.EINTR {
+				break
+			}
+		}
+		if ioErr == unix.EAGAIN {
+			copyBuffers.Put(buf)
+			buf = nil
+			return false // wait until readable
+		}
+		return true
+	})
+	if buf != nil {
+		defer copyBuffers.Put(buf)
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	if ioErr != nil {
+		return 0, false, os.NewSyscallError("read", ioErr)
+	}
+	if got > 0 {
+		if _, err := dst.Write((*buf)[:got]); err != nil {
+			return int64(got), false, err
 		}
 	}
-	return int64(n), err
+	return int64(got), got == len(*buf), nil
 }
 
 // awaitData waits until the socket is readable and returns how many bytes are queued on it: 0
