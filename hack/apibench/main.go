@@ -168,7 +168,9 @@ func measureBinary(name, bin string, store storeKind, lbCPUs, fastPath, dir, bac
 			stopProf = m.startProfile(prof, fmt.Sprintf("signed-%d", n))
 			r.signedReads = append(r.signedReads, st.measure(n, duration, st.describeSigned))
 			stopProf()
+			stopProf = m.startProfile(prof, fmt.Sprintf("dns-%d", n))
 			r.dns = append(r.dns, st.measure(n, duration, st.resolve))
+			stopProf()
 		}
 		rows = append(rows, r)
 		log.Printf("%s: measured %v", name, z)
