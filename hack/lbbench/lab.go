@@ -25,6 +25,7 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
+	"github.com/ti-mo/conntrack"
 )
 
 // The lab that hack/bench-lb.sh builds: a client host, the proxies' host (where lbbench itself
@@ -146,7 +147,9 @@ func benchLab(l lab, o testOpts, reps int) {
 	}
 	// The paths take turns, round after round, and only one runs at a time: a busy machine then
 	// weighs on all alike, and no path's kernel state (moat's table turns on connection tracking
-	// for the whole namespace) is there while another is measured.
+	// for the whole namespace) is there while another is measured. The connection tracking
+	// entries a path leaves (tens of thousands, in TIME_WAIT for two minutes) are flushed too:
+	// left, they slowed the next path's connections by a third and its p99 latency tenfold.
 	for round := range reps {
 		for _, p := range paths {
 			stop := p.start(p.t)
@@ -156,6 +159,7 @@ func benchLab(l lab, o testOpts, reps int) {
 				log.Printf("%s: %s", p.t.name, flowCounts(p.t.metrics))
 			}
 			stop()
+			flushConntrack()
 		}
 		log.Printf("measured round %d of %d", round+1, reps)
 	}
@@ -374,4 +378,13 @@ stream {
 `, dir, labProxyIP, port, labTargetIP, udpPort)
 	t.udpAddr = net.JoinHostPort(labProxyIP, strconv.Itoa(port))
 	return l.startProxy(t, l.nginx, dir, cfg, "-p", dir, "-e", "stderr", "-c", "CFG")
+}
+
+// flushConntrack deletes the connection tracking entries of this network namespace (the
+// proxies' host).
+func flushConntrack() {
+	c, err := conntrack.Dial(nil)
+	check(err)
+	defer c.Close()
+	check(c.Flush())
 }
