@@ -210,10 +210,13 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 
 	d := net.Dialer{Timeout: s.u.connectTimeout, KeepAlive: -1, Control: s.u.controlUpstream}
 	d.SetMultipathTCP(false)
-	if src := r.upstreamSource(set.PreserveClientIP, client.Addr(), local.Addr(), t.addr.Addr()); src.IsValid() {
-		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+	// No source (the zero AddrPort) binds the wildcard address: the kernel chooses at connect.
+	var src netip.AddrPort
+	if a := r.upstreamSource(set.PreserveClientIP, client.Addr(), local.Addr(), t.addr.Addr()); a.IsValid() {
+		src = netip.AddrPortFrom(a, 0)
 	}
-	uc, err := d.DialContext(f.ctx, "tcp", t.addr.String())
+	// By address, not by name: no string to format and parse, no resolver.
+	up, err := d.DialTCP(f.ctx, "tcp", src, t.addr)
 	if err != nil {
 		if f.ctx.Err() == nil {
 			r.m.connectErrors.Inc()
@@ -222,7 +225,6 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 		reset(c)
 		return
 	}
-	up := uc.(*net.TCPConn)
 	if !f.setUpstream(up) {
 		return
 	}
@@ -385,6 +387,7 @@ func (f *tcpFlow) pipe(dst, src *net.TCPConn, bytes prometheus.Counter) {
 		f.terminate()
 		return
 	}
+	reader := newQueuedReader(rc)
 	var armed time.Time // the read deadline last set
 	bulk := false       // the last read filled a buffer: splice what is queued
 	for {
@@ -411,7 +414,7 @@ func (f *tcpFlow) pipe(dst, src *net.TCPConn, bytes prometheus.Counter) {
 				n, err = dst.ReadFrom(lr)
 			}
 		} else {
-			n, bulk, err = copyQueued(dst, rc)
+			n, bulk, err = reader.copyQueued(dst)
 		}
 		if n > 0 {
 			bytes.Add(float64(n))
@@ -444,46 +447,64 @@ const spliceMin = 64 << 10
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, spliceMin); return &b }}
 
-// copyQueued waits until src (rc) is readable, reads what is queued, up to a buffer, and writes
-// it to dst. It takes a buffer only once there is something to read, so a waiting flow holds
-// none. full reports that the read filled the buffer: more is probably queued. n == 0 with no
-// error is the end of the stream; an error of src (a reset) is returned, not lost.
-func copyQueued(dst *net.TCPConn, rc syscall.RawConn) (n int64, full bool, err error) {
-	var (
-		buf   *[]byte
-		got   int
-		ioErr error
-	)
-	err = rc.Read(func(fd uintptr) bool {
-		buf = copyBuffers.Get().(*[]byte)
-		for {
-			got, ioErr = unix.Read(int(fd), *buf)
-			if ioErr != unix.EINTR {
-				break
-			}
+// queuedReader reads what is queued on a socket into a pooled buffer (see copyQueued). It is
+// made once per copy loop: the callback it hands the runtime and the results it keeps then cost
+// no allocation per read.
+type queuedReader struct {
+	rc   syscall.RawConn
+	read func(fd uintptr) bool // r.readOnce, bound once
+	buf  *[]byte
+	got  int
+	err  error
+}
+
+func newQueuedReader(rc syscall.RawConn) *queuedReader {
+	r := &queuedReader{rc: rc}
+	r.read = r.readOnce
+	return r
+}
+
+// readOnce is rc.Read's callback: a read, or, when nothing is queued, no buffer kept and false
+// (wait until readable).
+func (r *queuedReader) readOnce(fd uintptr) bool {
+	r.buf = copyBuffers.Get().(*[]byte)
+	for {
+		r.got, r.err = unix.Read(int(fd), *r.buf)
+		if r.err != unix.EINTR {
+			break
 		}
-		if ioErr == unix.EAGAIN {
-			copyBuffers.Put(buf)
-			buf = nil
-			return false // wait until readable
-		}
-		return true
-	})
+	}
+	if r.err == unix.EAGAIN {
+		copyBuffers.Put(r.buf)
+		r.buf = nil
+		return false
+	}
+	return true
+}
+
+// copyQueued waits until the socket is readable, reads what is queued, up to a buffer, and
+// writes it to dst. It takes a buffer only once there is something to read, so a waiting flow
+// holds none. full reports that the read filled the buffer: more is probably queued. n == 0 with
+// no error is the end of the stream; an error of the socket (a reset) is returned, not lost.
+func (r *queuedReader) copyQueued(dst *net.TCPConn) (n int64, full bool, err error) {
+	r.buf, r.got, r.err = nil, 0, nil
+	err = r.rc.Read(r.read)
+	buf := r.buf
 	if buf != nil {
 		defer copyBuffers.Put(buf)
 	}
-	if err != nil {
+	switch {
+	case err != nil:
 		return 0, false, err
+	case r.err != nil:
+		return 0, false, os.NewSyscallError("read", r.err)
+	case r.got == 0:
+		return 0, false, nil
 	}
-	if ioErr != nil {
-		return 0, false, os.NewSyscallError("read", ioErr)
+	if _, err := dst.Write((*buf)[:r.got]); err != nil {
+		return int64(r.got), false, err
 	}
-	if got > 0 {
-		if _, err := dst.Write((*buf)[:got]); err != nil {
-			return int64(got), false, err
-		}
-	}
-	return int64(got), got == len(*buf), nil
+	return int64(r.got), r.got == len(*buf), nil
 }
 
 // awaitData waits until the socket is readable and returns how many bytes are queued on it: 0

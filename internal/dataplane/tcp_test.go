@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -401,4 +402,54 @@ func TestBindFailure(t *testing.T) {
 	if got := h.metric("moat_dataplane_new_flows_total", "listener", "ok"); got != 0 {
 		t.Errorf("series of the removed listener still exported: %v", got)
 	}
+}
+
+// BenchmarkProxyConnections measures connections through the userspace proxy as
+// hack/bench-lb.sh's connections test makes them: connect, one byte each way, a reset to close.
+// It reports the process's CPU per connection and, with -benchmem, allocations per connection
+// (the client's and the target's included: the same for every build, so builds compare).
+func BenchmarkProxyConnections(b *testing.B) {
+	n := newNet()
+	h := newHarness(b)
+	target := newServer(b, ap(n.inA(0), 0), func(_ *server, c *net.TCPConn) {
+		var buf [1]byte
+		if _, err := io.ReadFull(c, buf[:]); err == nil {
+			_, _ = c.Write(buf[:])
+		}
+		_, _ = io.Copy(io.Discard, c) // until the client's reset
+	})
+	hcPort := freePort(b, n.inA(0))
+	acceptServer(b, ap(n.inA(0), hcPort))
+	port := freePort(b, n.lbA())
+	h.apply(LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{{
+		ID: "l", Protocol: TCP, Port: port, TargetGroup: group("tg", hcPort, tgTarget("t", target.addr, "zone-a")),
+	}}})
+
+	run := func(b *testing.B, dst netip.AddrPort) {
+		b.ReportAllocs()
+		var before, after syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+		b.ResetTimer()
+		for range b.N {
+			c, err := dialFrom(client2, dst, 5*time.Second)
+			if err != nil {
+				b.Fatal(err)
+			}
+			buf := []byte{'x'}
+			if _, err := c.Write(buf); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				b.Fatal(err)
+			}
+			_ = c.SetLinger(0) // no TIME_WAIT: b.N connections from one address
+			c.Close()
+		}
+		b.StopTimer()
+		syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+		cpu := time.Duration(after.Utime.Nano() - before.Utime.Nano() + after.Stime.Nano() - before.Stime.Nano())
+		b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/conn")
+	}
+	b.Run("direct", func(b *testing.B) { run(b, target.addr) })
+	b.Run("proxy", func(b *testing.B) { run(b, ap(n.lbA(), port)) })
 }
