@@ -38,47 +38,54 @@ func newSignedReads(ctx context.Context, m *moat) *signedReads {
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256}}}
 }
 
+// awsService is an API's signing name and the version its query protocol requests carry.
+type awsService struct{ name, version string }
+
+var (
+	elbAPI = awsService{"elasticloadbalancing", "2015-12-01"}
+	ec2API = awsService{"ec2", "2016-11-15"}
+)
+
 // describeSigned is state.describe's call i for a random load balancer, as a signed HTTP request;
 // it fails unless moat lb answers 200 with a reply that names what was asked for.
 func (s *state) describeSigned(ctx context.Context, _, i int) error {
 	lb := s.lbs[rand.IntN(len(s.lbs))]
 	tg := s.tgs[lb.tgs[rand.IntN(len(lb.tgs))]]
-	const elb, ec2 = "elasticloadbalancing", "ec2"
 	var (
-		service, action string
-		params          = url.Values{}
-		want            string
+		service      awsService
+		action, want string
+		params       = url.Values{}
 	)
 	switch i % 7 {
 	case 0:
-		service, action, want = elb, "DescribeLoadBalancers", lb.arn
+		service, action, want = elbAPI, "DescribeLoadBalancers", lb.arn
 		params.Set("Names.member.1", lb.name)
 	case 1:
-		service, action, want = elb, "DescribeListeners", lb.arn
+		service, action, want = elbAPI, "DescribeListeners", lb.arn
 		params.Set("LoadBalancerArn", lb.arn)
 	case 2:
-		service, action, want = elb, "DescribeTargetGroups", tg.arn
+		service, action, want = elbAPI, "DescribeTargetGroups", tg.arn
 		params.Set("LoadBalancerArn", lb.arn)
 	case 3:
-		service, action, want = elb, "DescribeTargetHealth", "<TargetHealthDescriptions>"
+		service, action, want = elbAPI, "DescribeTargetHealth", "<TargetHealthDescriptions>"
 		params.Set("TargetGroupArn", tg.arn)
 	case 4:
-		service, action, want = elb, "DescribeTags", tg.arn
+		service, action, want = elbAPI, "DescribeTags", tg.arn
 		params.Set("ResourceArns.member.1", lb.arn)
 		params.Set("ResourceArns.member.2", tg.arn)
 	case 5:
-		service, action, want = ec2, "DescribeSecurityGroups", lb.frontSG
+		service, action, want = ec2API, "DescribeSecurityGroups", lb.frontSG
 		params.Set("GroupId.1", lb.frontSG)
 	case 6:
-		service, action, want = ec2, "DescribeSecurityGroups", lb.frontSG
+		service, action, want = ec2API, "DescribeSecurityGroups", lb.frontSG
 		for i, f := range [][2]string{{"vpc-id", s.m.vpc}, {"tag:elbv2.k8s.aws/cluster", cluster}, {"tag:service.k8s.aws/stack", "default/" + lb.name}} {
 			params.Set(fmt.Sprintf("Filter.%d.Name", i+1), f[0])
 			params.Set(fmt.Sprintf("Filter.%d.Value.1", i+1), f[1])
 		}
 	}
 	params.Set("Action", action)
-	params.Set("Version", map[string]string{elb: "2015-12-01", ec2: "2016-11-15"}[service])
-	body, err := s.signed.call(ctx, service, params.Encode())
+	params.Set("Version", service.version)
+	body, err := s.signed.call(ctx, service.name, params.Encode())
 	if err != nil {
 		return err
 	}

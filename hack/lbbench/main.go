@@ -61,6 +61,16 @@ func main() {
 		backendIP = *instanceIP
 	}
 	opts := testOpts{size: *size, duration: *duration, requests: *requests, tests: list(*tests)}
+	for _, p := range list(*paths) {
+		if !slices.Contains(pathNames, p) || strings.HasPrefix(p, "base") && *baseline == "" {
+			log.Fatalf("lbbench: -paths: no path %q (%s; base and base-us need -baseline)", p, strings.Join(pathNames, ", "))
+		}
+	}
+	for _, t := range opts.tests {
+		if !slices.Contains(testNames, t) {
+			log.Fatalf("lbbench: -tests: no test %q (%s)", t, strings.Join(testNames, ", "))
+		}
+	}
 	switch {
 	case *fw:
 		benchFirewall(opts, *reps, *clientNS)
@@ -86,6 +96,12 @@ type testOpts struct {
 	requests int
 	tests    []string // the tests to run; empty: all
 }
+
+// pathNames are the paths the lab can measure.
+var pathNames = []string{"direct", "moat", "moat-us", "base", "base-us", "haproxy", "nginx"}
+
+// testNames are the tests a path can run, in the order they run.
+var testNames = []string{"throughput", "conns", "latency", "udp"}
 
 func (o testOpts) wants(test string) bool { return len(o.tests) == 0 || slices.Contains(o.tests, test) }
 
