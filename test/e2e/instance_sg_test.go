@@ -102,8 +102,16 @@ func (w *sgWorld) enforceByLB(t *testing.T, ns, nsAddr, dir, mode string, args .
 	w.flowLog = filepath.Join(dir, "flows.jsonl")
 	w.p = startLBIn(t, []string{"ip", "netns", "exec", ns}, nsAddr, filepath.Join(dir, "lb"),
 		append(args, "--instance-sg-mode="+mode, "--flow-log", w.flowLog)...)
-	if out := w.p.stderr.String(); !strings.Contains(out, "instance security groups enforced") || !strings.Contains(out, "denied flows to instances go to the flow log") {
-		t.Fatalf("moat lb does not say it enforces instance groups and logs their denials:\n%s", out)
+	// Its stderr reaches the test through a pipe and a copying goroutine: the lines it wrote
+	// before it served may arrive a little after.
+	says := func() bool {
+		out := w.p.stderr.String()
+		return strings.Contains(out, "instance security groups enforced") && strings.Contains(out, "denied flows to instances go to the flow log")
+	}
+	for deadline := time.Now().Add(10 * time.Second); !says() && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	}
+	if !says() {
+		t.Fatalf("moat lb does not say it enforces instance groups and logs their denials:\n%s", w.p.stderr)
 	}
 	w.denied = func(t *testing.T) float64 { return metricValue(t, w.p, "moat_instance_sg_denied_flows_total") }
 }
