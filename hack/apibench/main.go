@@ -43,6 +43,7 @@ import (
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 	"github.com/miekg/dns"
 
+	"github.com/moatlb/moat/internal/awsclient"
 	"github.com/moatlb/moat/internal/etcdtest"
 )
 
@@ -322,7 +323,7 @@ func startMoat(name, bin, cpus, fastPath, data string, largest size, extra ...st
 		t.MaxIdleConns, t.MaxIdleConnsPerHost = 256, 256
 	})
 	cfg, err := config.LoadDefaultConfig(ctx, config.WithSharedCredentialsFiles([]string{eps.CredentialsFile}),
-		config.WithRegion("us-east-1"), config.WithHTTPClient(httpClient))
+		config.WithRegion("us-east-1"), config.WithHTTPClient(awsclient.HTTPClient(httpClient)))
 	check(err)
 	m := &moat{cmd: cmd, unregister: unregister, log: logf.Name(), dnsAddr: eps.DNS, pprof: pprofAddr,
 		endpoint: eps.API, creds: cfg.Credentials,

@@ -26,6 +26,8 @@ import (
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 	"github.com/ti-mo/conntrack"
+
+	"github.com/moatlb/moat/internal/awsclient"
 )
 
 // The lab that hack/bench-lb.sh builds: a client host, the proxies' host (where lbbench itself
@@ -210,6 +212,7 @@ func (l lab) startMoat(t *target, bin, fastPath, dir string, port int) (stop fun
 	ctx := context.Background()
 	cfg, err := config.LoadDefaultConfig(ctx, config.WithSharedCredentialsFiles([]string{eps.CredentialsFile}), config.WithRegion("us-east-1"))
 	check(err)
+	cfg.HTTPClient = awsclient.HTTPClient(cfg.HTTPClient)
 	e := ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(eps.API) })
 	lb := elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(eps.API) })
 

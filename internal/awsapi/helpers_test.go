@@ -23,8 +23,8 @@ import (
 
 	"github.com/moatlb/moat/internal/awsapi"
 	"github.com/moatlb/moat/internal/awsapi/sigv4"
+	"github.com/moatlb/moat/internal/awsclient"
 	"github.com/moatlb/moat/internal/cloud"
-	"github.com/moatlb/moat/internal/lbtest"
 	"github.com/moatlb/moat/internal/storetest"
 )
 
@@ -67,7 +67,8 @@ func newEnv(t testing.TB, opts ...func(*cloud.Config)) *env {
 	cfg := aws.Config{
 		Region:      "us-east-1",
 		Credentials: credentials.NewStaticCredentialsProvider(testAccessKey, testSecret, ""),
-		Retryer:     lbtest.RetryLocalCloseOnly,
+		Retryer:     func() aws.Retryer { return aws.NopRetryer{} },
+		HTTPClient:  awsclient.HTTPClient(nil),
 	}
 	return &env{
 		URL:     srv.URL,

@@ -22,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
+	"github.com/moatlb/moat/internal/awsclient"
 	"github.com/moatlb/moat/internal/firewall"
 )
 
@@ -298,6 +299,7 @@ func TestAPIConnectionFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.HTTPClient = awsclient.HTTPClient(cfg.HTTPClient)
 	client := ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(eps.API) })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -8,10 +8,8 @@ package lbtest
 
 import (
 	"context"
-	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -19,11 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
@@ -33,6 +28,7 @@ import (
 
 	"github.com/moatlb/moat/internal/awsapi"
 	"github.com/moatlb/moat/internal/awsapi/sigv4"
+	"github.com/moatlb/moat/internal/awsclient"
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/store"
 )
@@ -105,25 +101,6 @@ func WithMaxAttempts(n int) Option {
 	return func(o *options) { o.maxRetries = n }
 }
 
-// RetryLocalCloseOnly is a retryer for tests that must see every answer of the server on the
-// first attempt: it retries nothing but, once, a call whose connection the client's own
-// transport closed under it ("use of closed network connection", aws-sdk-go-v2 #1825 and #2737;
-// the SDK's standard retryer retries it too), a close on this side that a test of the server
-// has no use for.
-func RetryLocalCloseOnly() aws.Retryer {
-	return retry.NewStandard(func(o *retry.StandardOptions) {
-		o.MaxAttempts = 2
-		o.Retryables = []retry.IsErrorRetryable{retry.IsErrorRetryableFunc(func(err error) aws.Ternary {
-			if errors.Is(err, net.ErrClosed) {
-				return aws.TrueTernary
-			}
-			return aws.FalseTernary
-		})}
-		o.RateLimiter = ratelimit.None
-		o.Backoff = retry.BackoffDelayerFunc(func(int, error) (time.Duration, error) { return 0, nil })
-	})
-}
-
 // WithAWSConfig changes the aws.Config the clients are built from (e.g. to add APIOptions
 // middleware).
 func WithAWSConfig(f func(*aws.Config)) Option {
@@ -172,6 +149,7 @@ func Start(t testing.TB, opts ...Option) *Env {
 		Credentials:      credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, ""),
 		BaseEndpoint:     aws.String(srv.URL),
 		RetryMaxAttempts: o.maxRetries,
+		HTTPClient:       awsclient.HTTPClient(nil),
 	}
 	for _, f := range o.apiOptions {
 		f(&cfg)

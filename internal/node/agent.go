@@ -19,6 +19,7 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/moatlb/moat/internal/awsclient"
 	"github.com/moatlb/moat/internal/cloud"
 	"github.com/moatlb/moat/internal/firewall"
 	"github.com/moatlb/moat/internal/sgresolve"
@@ -241,6 +242,7 @@ func (a *agent) awsConfig(ctx context.Context) (aws.Config, error) {
 	if err != nil {
 		return cfg, fmt.Errorf("load the AWS configuration: %w", err)
 	}
+	cfg.HTTPClient = awsclient.HTTPClient(cfg.HTTPClient)
 	if a.cfg.Endpoint != "" {
 		cfg.BaseEndpoint = aws.String(a.cfg.Endpoint)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 
+	"github.com/moatlb/moat/internal/awsclient"
 	"github.com/moatlb/moat/internal/lb"
 )
 
@@ -41,6 +42,7 @@ func newAWSClients(ctx context.Context, eps lb.Endpoints) (*awsClients, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.HTTPClient = awsclient.HTTPClient(cfg.HTTPClient)
 	return &awsClients{
 		ec2:   ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(eps.API) }),
 		elbv2: elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(eps.API) }),

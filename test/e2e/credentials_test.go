@@ -21,7 +21,7 @@ import (
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 	"github.com/aws/smithy-go"
 
-	"github.com/moatlb/moat/internal/lbtest"
+	"github.com/moatlb/moat/internal/awsclient"
 )
 
 // TestReadOnlyProfileAddedWhileRunning adds a profile with `moat lb credentials add-read-only` to
@@ -65,10 +65,11 @@ func TestReadOnlyProfileAddedWhileRunning(t *testing.T) {
 	// The running moat lb takes the new key at the next request: no restart, no signal.
 	cfg, err := config.LoadDefaultConfig(ctx,
 		config.WithSharedCredentialsFiles([]string{p.Creds}), config.WithSharedConfigFiles([]string{}),
-		config.WithSharedConfigProfile("node"), config.WithRegion("us-east-1"), config.WithRetryer(lbtest.RetryLocalCloseOnly))
+		config.WithSharedConfigProfile("node"), config.WithRegion("us-east-1"), config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }))
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.HTTPClient = awsclient.HTTPClient(cfg.HTTPClient)
 	roEC2 := ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(p.API) })
 	roELB := elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(p.API) })
 	if _, err := roEC2.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{}); err != nil {

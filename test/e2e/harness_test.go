@@ -23,7 +23,7 @@ import (
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
-	"github.com/moatlb/moat/internal/lbtest"
+	"github.com/moatlb/moat/internal/awsclient"
 )
 
 var moatBin, echoBin string
@@ -161,12 +161,13 @@ func (p *lbProcess) config(t *testing.T) aws.Config {
 		config.WithSharedCredentialsFiles([]string{p.Creds}),
 		config.WithSharedConfigFiles([]string{}),
 		config.WithRegion("us-east-1"),
-		config.WithRetryer(lbtest.RetryLocalCloseOnly),
+		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
 		config.WithBaseEndpoint(p.API),
 	)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.HTTPClient = awsclient.HTTPClient(cfg.HTTPClient)
 	return cfg
 }
 

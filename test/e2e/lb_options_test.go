@@ -24,7 +24,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
-	"github.com/moatlb/moat/internal/lbtest"
+	"github.com/moatlb/moat/internal/awsclient"
 )
 
 // TestInventoryReloadOnHangup adds an instance to the inventory file of a running moat lb and
@@ -106,11 +106,12 @@ func TestAPIOverHTTPS(t *testing.T) {
 		t.Fatalf("API served at %s, want https", p.API)
 	}
 	cfg, err := config.LoadDefaultConfig(context.Background(), config.WithSharedCredentialsFiles([]string{p.Creds}), config.WithSharedConfigFiles([]string{}),
-		config.WithRegion("us-east-1"), config.WithRetryer(lbtest.RetryLocalCloseOnly),
+		config.WithRegion("us-east-1"), config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
 		config.WithCustomCABundle(bytes.NewReader(caBundle)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.HTTPClient = awsclient.HTTPClient(cfg.HTTPClient)
 	client := ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(p.API) })
 	if _, err := client.DescribeVpcs(context.Background(), &ec2.DescribeVpcsInput{}); err != nil {
 		t.Fatalf("over HTTPS: %v", err)

@@ -33,6 +33,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/moatlb/moat/internal/awsclient"
 )
 
 // upState is <state-dir>/up.json, written by a running moat up once everything is ready.
@@ -189,6 +191,7 @@ func (p *upProcess) aws() (*ec2.Client, *elbv2.Client) {
 	if err != nil {
 		p.t.Fatal(err)
 	}
+	cfg.HTTPClient = awsclient.HTTPClient(cfg.HTTPClient)
 	return ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(p.st.LB.API) }),
 		elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(p.st.LB.API) })
 }

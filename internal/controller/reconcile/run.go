@@ -24,6 +24,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/moatlb/moat/internal/awsclient"
 )
 
 // Run runs the controller the flags describe until ctx ends: it resolves the AWS configuration
@@ -150,6 +152,7 @@ func loadAWSConfig(ctx context.Context, f *Flags) (aws.Config, error) {
 	if err != nil {
 		return aws.Config{}, fmt.Errorf("load AWS configuration: %w", err)
 	}
+	cfg.HTTPClient = awsclient.HTTPClient(cfg.HTTPClient)
 	if cfg.Region == "" {
 		return aws.Config{}, errors.New("no AWS region: specify --aws-region (moat does not read the region from EC2 instance metadata)")
 	}
