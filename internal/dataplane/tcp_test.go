@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -452,4 +453,129 @@ func BenchmarkProxyConnections(b *testing.B) {
 	}
 	b.Run("direct", func(b *testing.B) { run(b, target.addr) })
 	b.Run("proxy", func(b *testing.B) { run(b, ap(n.lbA(), port)) })
+}
+
+// silentTarget listens on addr with an accept queue of one, and fills it: the SYNs that follow
+// are dropped, so a connect to it waits, as to a target behind a firewall that drops.
+func silentTarget(t *testing.T, addr netip.Addr) netip.AddrPort {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: addr.As4()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	silent := ap(addr, uint16(sa.(*unix.SockaddrInet4).Port))
+	for queued := 0; ; queued++ {
+		c, err := dialFrom(client3, silent, 300*time.Millisecond)
+		if err != nil {
+			return silent
+		}
+		t.Cleanup(func() { c.Close() })
+		if queued == 8 {
+			t.Fatalf("the accept queue of %s does not fill", silent)
+		}
+	}
+}
+
+// connectingFlows counts the TCP flows of the engine's sockets still connecting to their target.
+func (h *harness) connectingFlows() (connecting int) {
+	h.e.mu.Lock()
+	defer h.e.mu.Unlock()
+	for _, s := range h.e.sockets {
+		if ts, ok := s.(*tcpSocket); ok {
+			ts.mu.Lock()
+			for f := range ts.flows {
+				f.mu.Lock()
+				if f.up == nil {
+					connecting++
+				}
+				f.mu.Unlock()
+			}
+			ts.mu.Unlock()
+		}
+	}
+	return connecting
+}
+
+// TestConnectToSilentTarget: a connect to a target that never answers ends at the connect
+// timeout, with a reset to the client and a connect error counted; a listener deleted meanwhile
+// ends it at once.
+func TestConnectToSilentTarget(t *testing.T) {
+	if *kernelTests {
+		t.Skip("the kernel carries the SYN itself: the client's own connect waits, as for the target")
+	}
+	t.Parallel()
+	n := newNet()
+	hcPort := freePort(t, n.inA(0))
+	acceptServer(t, ap(n.inA(0), hcPort)) // health checks pass
+	silent := silentTarget(t, n.inA(0))
+	listener := func(port uint16) LoadBalancer {
+		return LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{{
+			ID: "l", Protocol: TCP, Port: port, TargetGroup: group("tg", hcPort, tgTarget("silent", silent, "zone-a")),
+		}}}
+	}
+	connectErrors := func(h *harness) float64 { return h.metric("moat_dataplane_target_connect_errors_total") }
+
+	t.Run("timeout", func(t *testing.T) {
+		const timeout = time.Second
+		h := newHarness(t, func(o *Options) { o.ConnectTimeout = timeout })
+		port := freePort(t, n.lbA())
+		h.apply(listener(port))
+		c, err := dialFrom(client2, ap(n.lbA(), port), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		cl := &client{c: c, r: bufio.NewReader(c)}
+		if err := cl.waitClosed(t, longWait); !isReset(err) {
+			t.Errorf("client: %v, want a reset", err)
+		}
+		if d := time.Since(start); d < timeout*9/10 {
+			t.Errorf("reset after %v, before the connect timeout of %v", d, timeout)
+		}
+		if got := connectErrors(h); got != 1 {
+			t.Errorf("connect errors = %v, want 1", got)
+		}
+	})
+
+	t.Run("listener deleted", func(t *testing.T) {
+		h := newHarness(t, func(o *Options) { o.ConnectTimeout = time.Hour })
+		port := freePort(t, n.lbA())
+		h.apply(listener(port))
+		c, err := dialFrom(client2, ap(n.lbA(), port), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, longWait, "the proxy to connect to the target", func() bool { return h.connectingFlows() == 1 })
+		h.apply(LoadBalancer{ID: "lb", Zones: n.zoneA()})
+		cl := &client{c: c, r: bufio.NewReader(c)}
+		if err := cl.waitClosed(t, longWait); !isReset(err) {
+			t.Errorf("client: %v, want a reset", err)
+		}
+		// The connect itself ended, long before the kernel would give up its SYNs (2 minutes): the
+		// engine's Close, which waits for every flow, returns.
+		closed := make(chan struct{})
+		go func() {
+			h.e.Close()
+			close(closed)
+		}()
+		select {
+		case <-closed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the engine's Close waits for the deleted listener's connect")
+		}
+		if got := connectErrors(h); got != 0 {
+			t.Errorf("connect errors = %v, want 0", got)
+		}
+	})
 }
