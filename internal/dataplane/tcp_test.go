@@ -459,7 +459,7 @@ func BenchmarkProxyConnections(b *testing.B) {
 // are dropped, so a connect to it waits, as to a target behind a firewall that drops.
 func silentTarget(t *testing.T, addr netip.Addr) netip.AddrPort {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
