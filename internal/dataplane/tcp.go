@@ -214,7 +214,13 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 		src = netip.AddrPortFrom(a, 0)
 	}
 	// By address, not by name: no string to format and parse, no resolver.
-	up, err := d.DialTCP(&connectContext{f: f, deadline: time.Now().Add(s.u.connectTimeout)}, "tcp", src, t.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), s.u.connectTimeout)
+	if !f.setCancelConnect(cancel) {
+		cancel()
+		return // terminated: both sides were reset
+	}
+	up, err := d.DialTCP(ctx, "tcp", src, t.addr)
+	cancel()
 	if err != nil {
 		if !f.isTerminated() {
 			r.m.connectErrors.Inc()
@@ -291,16 +297,25 @@ type tcpFlow struct {
 	mu         sync.Mutex
 	up         *net.TCPConn
 	terminated bool
-	// The connect's context (connectContext): its Done channel, made when asked for, and the
-	// function that context.AfterFunc registered, which terminate runs.
-	connectDone      chan struct{}
-	afterTerminating func()
+	// cancelConnect ends the connect to the target: terminate calls it. The connect's context
+	// is its own, not under the engine's: a tree of contexts cost 4% of the proxy's CPU per
+	// connection, and Close terminates every flow anyway.
+	cancelConnect context.CancelFunc
 }
 
 func (f *tcpFlow) isTerminated() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.terminated
+}
+
+// setCancelConnect installs the cancel of the connect about to start, unless the flow was
+// terminated already.
+func (f *tcpFlow) setCancelConnect(cancel context.CancelFunc) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.cancelConnect = cancel
+	return !f.terminated
 }
 
 func (f *tcpFlow) scope() (string, bool) { return f.route.zone, f.route.crossZone }
@@ -328,77 +343,14 @@ func (f *tcpFlow) terminate() {
 	}
 	f.terminated = true
 	up := f.up
-	if f.connectDone != nil {
-		close(f.connectDone)
-	}
-	after := f.afterTerminating
-	f.afterTerminating = nil
+	cancelConnect := f.cancelConnect
 	f.mu.Unlock()
-	if after != nil {
-		after() // outside f.mu: it asks the context for Err
+	if cancelConnect != nil {
+		cancelConnect()
 	}
 	reset(f.client)
 	if up != nil {
 		reset(up)
-	}
-}
-
-// connectContext is the context of a flow's connect: terminate cancels it, and its deadline is
-// the connect timeout. It is all of what net's connect asks of a context — Deadline (set on the
-// socket as its write deadline, which is what times the connect out), Done, Err, and the
-// AfterFunc method that context.AfterFunc calls instead of starting a goroutine — kept in the
-// flow. A context tree for the same (WithCancel for terminate, the Dialer's Timeout with its timer,
-// each registering its child) cost 4% of the proxy's CPU per connection. Done closes on
-// terminate only: past the deadline, the socket's deadline has already ended the connect.
-type connectContext struct {
-	f        *tcpFlow
-	deadline time.Time
-}
-
-func (c *connectContext) Deadline() (time.Time, bool) { return c.deadline, true }
-
-func (c *connectContext) Value(any) any { return nil }
-
-func (c *connectContext) Err() error {
-	switch {
-	case c.f.isTerminated():
-		return context.Canceled
-	case !time.Now().Before(c.deadline):
-		return context.DeadlineExceeded
-	}
-	return nil
-}
-
-func (c *connectContext) Done() <-chan struct{} {
-	f := c.f
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.connectDone == nil {
-		f.connectDone = make(chan struct{})
-		if f.terminated {
-			close(f.connectDone)
-		}
-	}
-	return f.connectDone
-}
-
-// AfterFunc arranges for fn to run once the flow is terminated; stop undoes that if fn has not
-// run. It runs fn in a goroutine when the flow already is: its caller holds a lock that fn takes.
-func (c *connectContext) AfterFunc(fn func()) (stop func() bool) {
-	f := c.f
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.terminated {
-		go fn()
-		return func() bool { return false }
-	}
-	f.afterTerminating = fn
-	return func() bool {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		registered := f.afterTerminating != nil
-		f.afterTerminating = nil
-		return registered
 	}
 }
 
