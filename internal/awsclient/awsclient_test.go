@@ -17,6 +17,7 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/moatlb/moat/internal/awsclient"
 	"github.com/moatlb/moat/internal/lbtest"
@@ -91,7 +92,7 @@ func (o *ordering) await(t <-chan struct{}) error {
 // wrap observes the close of each request body and delays reading the answer until the
 // transport has written the request, and, if that failed, closed the connection.
 func (o *ordering) wrap(c aws.HTTPClient) aws.HTTPClient {
-	return doFunc(func(req *http.Request) (*http.Response, error) {
+	return smithyhttp.ClientDoFunc(func(req *http.Request) (*http.Response, error) {
 		// In place: smithy-go closes the body of the request it passed.
 		req.Body = &closeSignal{ReadCloser: req.Body, o: o}
 		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
@@ -104,10 +105,6 @@ func (o *ordering) wrap(c aws.HTTPClient) aws.HTTPClient {
 		return resp, err
 	})
 }
-
-type doFunc func(*http.Request) (*http.Response, error)
-
-func (f doFunc) Do(req *http.Request) (*http.Response, error) { return f(req) }
 
 // closeSignal is the SDK's request body with its WriteTo, reporting Close.
 type closeSignal struct {

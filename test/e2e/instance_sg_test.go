@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/miekg/dns"
 	"io"
 	"os"
 	"os/exec"
@@ -15,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -103,16 +104,11 @@ func (w *sgWorld) enforceByLB(t *testing.T, ns, nsAddr, dir, mode string, args .
 	w.p = startLBIn(t, []string{"ip", "netns", "exec", ns}, nsAddr, filepath.Join(dir, "lb"),
 		append(args, "--instance-sg-mode="+mode, "--flow-log", w.flowLog)...)
 	// Its stderr reaches the test through a pipe and a copying goroutine: the lines it wrote
-	// before it served may arrive a little after.
-	says := func() bool {
+	// before it served may arrive a little after. (On failure the harness prints that stderr.)
+	waitFor(t, 10*time.Second, "moat lb to say it enforces instance groups and logs their denials", func() bool {
 		out := w.p.stderr.String()
 		return strings.Contains(out, "instance security groups enforced") && strings.Contains(out, "denied flows to instances go to the flow log")
-	}
-	for deadline := time.Now().Add(10 * time.Second); !says() && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-	}
-	if !says() {
-		t.Fatalf("moat lb does not say it enforces instance groups and logs their denials:\n%s", w.p.stderr)
-	}
+	})
 	w.denied = func(t *testing.T) float64 { return metricValue(t, w.p, "moat_instance_sg_denied_flows_total") }
 }
 
