@@ -26,8 +26,10 @@
 // flow picks from the healthy subset by rendezvous hashing of its 5-tuple (of
 // the client address alone with source-IP stickiness), or from all candidates
 // when none is healthy (failing open, per scope, as AWS does per zone). TCP
-// flows are spliced both ways in bounded chunks (see tcpFlow.pipe); UDP flows
-// get one connected upstream socket per client address and port.
+// flows are carried both ways by event loops on Linux (eventloop_linux.go),
+// and by two goroutines each elsewhere and for TLS (tcpFlow.pipe): small runs
+// of bytes through a buffer, bulk runs spliced in the kernel. UDP flows get
+// one connected upstream socket per client address and port.
 //
 // Idle timeouts count payload only: TCP keepalive probes, which reset an
 // NLB's idle timer, are invisible to a userspace proxy.

@@ -24,43 +24,73 @@ import (
 // the bytes (splice through a pipe); they never enter userspace.
 const spliceChunk = 1 << 20
 
-// tcpSocket is a listening TCP socket on one load balancer address and port.
+// tcpSocket is a listening TCP socket on one load balancer address and port. Its connections
+// are accepted and carried by the engine's event loops (see eventloop_linux.go), or, off Linux,
+// by a goroutine each (acceptLoop, handle); on Linux a TLS listener's connections too are handed
+// to a goroutine each.
 type tcpSocket struct {
 	u     *Userspace
 	key   sockKey
-	ln    *net.TCPListener
-	rc    syscall.RawConn
+	rc    syscall.RawConn // the listening socket's
 	r     atomic.Pointer[route]
 	drops *dropSource
+	// stopListening closes the listening socket: new connections are refused from its return.
+	stopListening func()
+	// filtered is set once a socket filter may have been attached: from then on every accepted
+	// connection may have inherited one, which must come off.
+	filtered atomic.Bool
 
 	mu     sync.Mutex
-	flows  map[*tcpFlow]struct{}
+	flows  map[flow]struct{}
 	closed bool
 }
 
 func (u *Userspace) listenTCP(key sockKey, r *route) (*tcpSocket, error) {
-	s := &tcpSocket{u: u, key: key, flows: map[*tcpFlow]struct{}{}}
+	s := &tcpSocket{u: u, key: key, flows: map[flow]struct{}{}}
 	s.r.Store(r)
-	// The filter goes on before the socket listens, so no SYN is ever
-	// judged without it. MPTCP sockets refuse socket filters.
-	// No TCP keepalives: an NLB sends none on either side (its idle timeout
-	// ends quiet flows), and each would cost system calls per connection.
-	lc := net.ListenConfig{KeepAlive: -1, Control: func(_, _ string, c syscall.RawConn) error {
-		return u.applyFilter(c, r.policy, key)
-	}}
-	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(u.ctx, key.listenNetwork(), key.addrPort().String())
-	if err != nil {
-		return nil, unwrapListenError(err)
+	// The filter goes on before the socket listens, so no SYN is ever judged without it.
+	attach := func(rc syscall.RawConn) error { return s.applyFilter(rc, r.policy) }
+	var err error
+	if u.loops != nil {
+		err = u.loops.listen(s, attach)
+	} else {
+		err = s.listenNet(attach)
 	}
-	s.ln = ln.(*net.TCPListener)
-	if s.rc, err = s.ln.SyscallConn(); err != nil {
-		ln.Close()
+	if err != nil {
 		return nil, err
 	}
 	s.drops = u.metrics.drops.track(s.rc, r)
-	u.wg.Go(s.acceptLoop)
 	return s, nil
+}
+
+// listenNet listens with the net package and accepts in a goroutine.
+func (s *tcpSocket) listenNet(attach func(syscall.RawConn) error) error {
+	// MPTCP sockets refuse socket filters. No TCP keepalives: an NLB sends none on either side
+	// (its idle timeout ends quiet flows), and each would cost system calls per connection.
+	lc := net.ListenConfig{KeepAlive: -1, Control: func(_, _ string, c syscall.RawConn) error {
+		return attach(c)
+	}}
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(s.u.ctx, s.key.listenNetwork(), s.key.addrPort().String())
+	if err != nil {
+		return unwrapListenError(err)
+	}
+	tl := ln.(*net.TCPListener)
+	if s.rc, err = tl.SyscallConn(); err != nil {
+		ln.Close()
+		return err
+	}
+	s.stopListening = func() { _ = ln.Close() }
+	s.u.wg.Go(func() { s.acceptLoop(tl) })
+	return nil
+}
+
+// applyFilter makes the listening socket's filter enforce p (see Userspace.applyFilter).
+func (s *tcpSocket) applyFilter(rc syscall.RawConn, p *secgroup.Policy) error {
+	if !p.Equal(secgroup.AllowAll()) {
+		s.filtered.Store(true) // before the filter exists, so no connection that inherits it is missed
+	}
+	return s.u.applyFilter(rc, p, s.key)
 }
 
 // unwrapListenError keeps the system error (EADDRINUSE, EACCES, …) and drops
@@ -84,7 +114,7 @@ func (s *tcpSocket) setRoute(r *route) {
 	old := s.r.Swap(r)
 	s.u.metrics.drops.relabel(s.drops, r)
 	if !r.policy.Equal(old.policy) {
-		if err := s.u.applyFilter(s.rc, r.policy, s.key); err != nil {
+		if err := s.applyFilter(s.rc, r.policy); err != nil {
 			s.u.log.Error("attach socket filter failed: denied clients are reset instead of dropped",
 				"address", s.key.addrPort(), "error", err)
 		}
@@ -94,22 +124,22 @@ func (s *tcpSocket) setRoute(r *route) {
 func (s *tcpSocket) close() {
 	s.mu.Lock()
 	s.closed = true
-	flows := make([]*tcpFlow, 0, len(s.flows))
+	flows := make([]flow, 0, len(s.flows))
 	for f := range s.flows {
 		flows = append(flows, f)
 	}
 	s.mu.Unlock()
 	s.u.metrics.drops.remove(s.drops)
-	s.ln.Close()
+	s.stopListening()
 	for _, f := range flows {
 		f.terminate()
 	}
 }
 
-func (s *tcpSocket) acceptLoop() {
+func (s *tcpSocket) acceptLoop(ln *net.TCPListener) {
 	var backoff time.Duration
 	for {
-		c, err := s.ln.AcceptTCP()
+		c, err := ln.AcceptTCP()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -164,19 +194,8 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 	r := s.r.Load()
 	client := addrPortOf(c.RemoteAddr())
 	local := addrPortOf(c.LocalAddr())
-	// Denials are counted and logged before the reset, so that whoever sees
-	// the reset can see the record of it.
-	t, set, denied := r.admit(s.u, client, local, syscall.IPPROTO_TCP)
-	if t == nil {
-		s.u.flowLog.denied(r, client, denied)
-		r.m.countDenied(denied)
-		reset(c)
-		return
-	}
-
-	if !r.flows.take() {
-		s.u.flowLog.denied(r, client, DenyFlowLimit)
-		r.m.deniedFlowLimit.Inc()
+	t, set, ok := r.admitTCP(s.u, client, local)
+	if !ok {
 		reset(c)
 		return
 	}
@@ -257,6 +276,25 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 	f.run(s.u)
 }
 
+// admitTCP decides a new TCP connection from client to local: the listener's groups, a target,
+// the listener's flow cap (taken; the caller releases it when the flow ends). A refused
+// connection is logged and counted here, before the caller resets it, so that whoever sees the
+// reset can see the record of it.
+func (r *route) admitTCP(u *Userspace, client, local netip.AddrPort) (*target, *tgSettings, bool) {
+	t, set, denied := r.admit(u, client, local, syscall.IPPROTO_TCP)
+	if t == nil {
+		u.flowLog.denied(r, client, denied)
+		r.m.countDenied(denied)
+		return nil, nil, false
+	}
+	if !r.flows.take() {
+		u.flowLog.denied(r, client, DenyFlowLimit)
+		r.m.deniedFlowLimit.Inc()
+		return nil, nil, false
+	}
+	return t, set, true
+}
+
 func addrPortOf(a net.Addr) netip.AddrPort {
 	if ta, ok := a.(*net.TCPAddr); ok {
 		ap := ta.AddrPort()
@@ -265,7 +303,7 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-func (s *tcpSocket) addFlow(f *tcpFlow) bool {
+func (s *tcpSocket) addFlow(f flow) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -275,7 +313,7 @@ func (s *tcpSocket) addFlow(f *tcpFlow) bool {
 	return true
 }
 
-func (s *tcpSocket) removeFlow(f *tcpFlow) {
+func (s *tcpSocket) removeFlow(f flow) {
 	s.mu.Lock()
 	delete(s.flows, f)
 	s.mu.Unlock()

@@ -68,6 +68,7 @@ type Userspace struct {
 	maxFlows        int // Options.MaxFlowsPerListener
 	onListenerError func(*ListenerError)
 	kernel          *kernel.Path // nil without the fast path
+	loops           *eventLoops  // carry the TCP flows; nil off Linux (see eventloop_linux.go)
 	// mark is the engine's mark (nftutil's layout: the fast path's ID, or a
 	// fresh one), on every socket it opens to a target.
 	mark uint32
@@ -199,6 +200,13 @@ func NewUserspace(opts Options) (*Userspace, error) {
 		u.mark = u.kernel.ID()
 	} else {
 		u.mark = nftutil.NewMarkID()
+	}
+	if u.loops, err = newEventLoops(u); err != nil {
+		if u.kernel != nil {
+			u.kernel.Close()
+		}
+		u.metrics.unregister(reg)
+		return nil, fmt.Errorf("event loops: %w", err)
 	}
 	return u, nil
 }
@@ -392,6 +400,9 @@ func (u *Userspace) Close() error {
 	}
 	u.groupsView.Store(nil)
 	u.cancel()
+	if u.loops != nil {
+		u.loops.stop() // after the sockets' closing posted their flows' ends
+	}
 	u.mu.Unlock()
 	if u.kernel != nil {
 		u.kernel.Close()
