@@ -152,8 +152,14 @@ func benchLab(l lab, o testOpts, reps int) {
 	// for the whole namespace) is there while another is measured. The connection tracking
 	// entries a path leaves (tens of thousands, in TIME_WAIT for two minutes) are flushed too:
 	// left, they slowed the next path's connections by a third and its p99 latency tenfold.
+	// Every other round runs them in reverse order: a machine that slows down or speeds up in the
+	// course of a round (a neighbour's load on a shared host) then favours no path.
 	for round := range reps {
-		for _, p := range paths {
+		order := slices.Clone(paths)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, p := range order {
 			stop := p.start(p.t)
 			current = p.t
 			p.t.measure(run, o)
