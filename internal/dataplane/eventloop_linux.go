@@ -8,8 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -248,7 +246,7 @@ func (l *eventLoop) run() {
 	// it, that the set became readable since the last look.
 	poll := func(fd uintptr) bool {
 		n, err = sysEpollPoll(int(fd), events)
-		return n > 0 || (err != nil && err != unix.EINTR)
+		return n > 0 || err != nil
 	}
 	for {
 		n, err = 0, nil
@@ -260,7 +258,7 @@ func (l *eventLoop) run() {
 				err = rerr
 			}
 		}
-		if err != nil && err != unix.EINTR {
+		if err != nil {
 			// Only a bad argument fails epoll_wait: nothing this loop can recover from.
 			l.u.log.Error("event loop wait failed: its flows are reset", "error", err)
 			break
@@ -411,14 +409,7 @@ func (l *eventLoop) accept(ll *loopListener) {
 	var fd int
 	var client netip.AddrPort
 	var err error
-	if ll.raw.Control(func(lfd uintptr) {
-		for {
-			fd, client, err = sysAccept4(int(lfd))
-			if err != unix.EINTR {
-				return
-			}
-		}
-	}) != nil {
+	if ll.raw.Control(func(lfd uintptr) { fd, client, err = sysAccept4(int(lfd)) }) != nil {
 		return // closed: its tcpSocket is gone
 	}
 	s := ll.sock
@@ -426,11 +417,9 @@ func (l *eventLoop) accept(ll *loopListener) {
 	case err == nil:
 		l.backoff = 0
 		l.open(s, fd, client)
-	case err == unix.EAGAIN || err == unix.ECONNABORTED || err == unix.EPROTO || err == unix.EPERM:
-		// Another loop took it, or the connection died in the queue (or a firewall refused it).
-	case err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOBUFS || err == unix.ENOMEM:
-		// Out of file descriptors or buffers: pause, as net/http does, rather than spin.
-		l.backoff = min(max(2*l.backoff, 5*time.Millisecond), time.Second)
+	case err == unix.EAGAIN || acceptDropped(err): // another loop took it, or it died in the queue
+	case acceptExhausted(err):
+		l.backoff = acceptBackoff(l.backoff)
 		s.u.log.Warn("accept failed, retrying", "address", s.key.addrPort(), "error", err, "delay", l.backoff)
 		l.unwatchListener(ll)
 		l.paused = append(l.paused, pausedListener{ll: ll, until: l.now + int64(l.backoff)})
@@ -445,15 +434,15 @@ func (l *eventLoop) accept(ll *loopListener) {
 
 // open starts the flow of a connection accepted on s: admission, then the connect to its target.
 func (l *eventLoop) open(s *tcpSocket, fd int, client netip.AddrPort) {
+	r := s.r.Load()
+	if r.tls != nil {
+		l.handOff(s, fd) // handle detaches the filter
+		return
+	}
 	if s.filtered.Load() {
 		// The connection inherited the listener's filter: remove it, or a later rule change
 		// would go on judging this established flow's segments.
 		_ = sysSetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DETACH_FILTER, 0)
-	}
-	r := s.r.Load()
-	if r.tls != nil {
-		l.handOff(s, fd)
-		return
 	}
 	local := s.key.addrPort()
 	t, set, ok := r.admitTCP(l.u, client, local)
@@ -718,7 +707,7 @@ func (d *direction) move(f *loopFlow) (more bool, err error) {
 // read reads what src has queued into the loop's buffer and writes it to dst, keeping what dst
 // does not take. A read that fills the buffer starts a bulk run.
 func (d *direction) read(l *eventLoop) (int, error) {
-	n, err := ignoringEINTR(func() (int, error) { return sysRead(d.src.fd, l.buf) })
+	n, err := sysRead(d.src.fd, l.buf)
 	switch {
 	case err == unix.EAGAIN:
 		d.src.readable = false
@@ -733,7 +722,7 @@ func (d *direction) read(l *eventLoop) (int, error) {
 	case !d.src.hup:
 		d.src.readable = false // a short read emptied the queue
 	}
-	w, err := ignoringEINTR(func() (int, error) { return sysWrite(d.dst.fd, l.buf[:n]) })
+	w, err := sysWrite(d.dst.fd, l.buf[:n])
 	if err != nil && err != unix.EAGAIN {
 		return n, err
 	}
@@ -747,7 +736,7 @@ func (d *direction) read(l *eventLoop) (int, error) {
 // spliceIn moves what src has queued into the direction's (empty) pipe. When src has nothing,
 // the bulk run is over and the pipe goes back to the loop: a waiting flow holds none.
 func (d *direction) spliceIn(l *eventLoop) (int, error) {
-	n, err := ignoringEINTR(func() (int, error) { return sysSplice(d.src.fd, d.pipe.w, spliceChunk) })
+	n, err := sysSplice(d.src.fd, d.pipe.w, spliceChunk)
 	switch {
 	case err == unix.EAGAIN:
 		d.src.readable = false
@@ -769,7 +758,7 @@ func (d *direction) spliceIn(l *eventLoop) (int, error) {
 // flush writes what the direction holds to dst, until dst is full.
 func (d *direction) flush(l *eventLoop) error {
 	for len(d.pending) > 0 {
-		w, err := ignoringEINTR(func() (int, error) { return sysWrite(d.dst.fd, d.pending) })
+		w, err := sysWrite(d.dst.fd, d.pending)
 		if err == unix.EAGAIN {
 			d.dst.writable = false
 			return nil
@@ -781,7 +770,7 @@ func (d *direction) flush(l *eventLoop) error {
 	}
 	d.pending = d.pending[:0]
 	for d.pipe != nil && d.pipe.held > 0 {
-		n, err := ignoringEINTR(func() (int, error) { return sysSplice(d.pipe.r, d.dst.fd, d.pipe.held) })
+		n, err := sysSplice(d.pipe.r, d.dst.fd, d.pipe.held)
 		if err == unix.EAGAIN {
 			d.dst.writable = false
 			return nil
@@ -792,15 +781,6 @@ func (d *direction) flush(l *eventLoop) error {
 		d.pipe.held -= int(n)
 	}
 	return nil
-}
-
-func ignoringEINTR(call func() (int, error)) (int, error) {
-	for {
-		n, err := call()
-		if err != unix.EINTR {
-			return n, err
-		}
-	}
 }
 
 // reset ends the flow with an RST to both sides: the target turned unhealthy, its draining
@@ -938,7 +918,8 @@ func listenRaw(key sockKey, attach func(syscall.RawConn) error) (*rawSocket, err
 		err = sysBind(fd, &sa)
 	}
 	if err == nil {
-		err = unix.Listen(fd, listenBacklog())
+		// The kernel takes the smaller of this and net.core.somaxconn, as the net package asks.
+		err = unix.Listen(fd, 1<<16-1)
 	}
 	if err != nil {
 		raw.close()
@@ -946,19 +927,6 @@ func listenRaw(key sockKey, attach func(syscall.RawConn) error) (*rawSocket, err
 	}
 	return raw, nil
 }
-
-// listenBacklog is the system's maximum (net.core.somaxconn), as the net package uses.
-var listenBacklog = sync.OnceValue(func() int {
-	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
-	if err != nil {
-		return unix.SOMAXCONN
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || n <= 0 {
-		return unix.SOMAXCONN
-	}
-	return min(n, 1<<16-1)
-})
 
 // socketError is a failed connect's error (SO_ERROR).
 func socketError(fd int) error {

@@ -11,7 +11,7 @@ import (
 )
 
 // The event loops' system calls, made without telling the runtime (syscall.RawSyscall): every
-// one is on a nonblocking descriptor and returns at once, but on a busy host a connect or write
+// one is on a nonblocking descriptor and returns at once (so never with EINTR), but on a busy host a connect or write
 // runs the network's softirq work inline, tens of microseconds, and a call the runtime knows of
 // lasting that long has sysmon take the processor away from the loop's thread and hand it back,
 // with context switches and sysmon's own wake-ups every 20 µs (a fifth of the CPU per

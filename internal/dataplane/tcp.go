@@ -144,10 +144,8 @@ func (s *tcpSocket) acceptLoop(ln *net.TCPListener) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			if isTemporaryAcceptError(err) {
-				// Out of file descriptors or buffers: wait and retry, as
-				// net/http does, rather than spin or give up.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			if acceptExhausted(err) || acceptDropped(err) {
+				backoff = acceptBackoff(backoff)
 				s.u.log.Warn("accept failed, retrying", "address", s.key.addrPort(), "error", err, "delay", backoff)
 				select {
 				case <-time.After(backoff):
@@ -164,9 +162,27 @@ func (s *tcpSocket) acceptLoop(ln *net.TCPListener) {
 	}
 }
 
-func isTemporaryAcceptError(err error) bool {
-	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
-		syscall.ECONNABORTED, syscall.EINTR, syscall.EPROTO, syscall.EPERM} {
+// acceptExhausted reports an accept that found the process or the system out of descriptors or
+// buffers: the listener pauses (acceptBackoff) and retries, as net/http does, rather than spin
+// or give up.
+func acceptExhausted(err error) bool {
+	return isErrno(err, syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM)
+}
+
+// acceptDropped reports an accept whose connection died in the queue, or that a signal or a
+// firewall interrupted: the listener goes on.
+func acceptDropped(err error) bool {
+	return isErrno(err, syscall.ECONNABORTED, syscall.EINTR, syscall.EPROTO, syscall.EPERM)
+}
+
+// acceptBackoff is the pause after an exhausted accept that followed a pause of last: doubling,
+// from 5 ms to 1 s.
+func acceptBackoff(last time.Duration) time.Duration {
+	return min(max(2*last, 5*time.Millisecond), time.Second)
+}
+
+func isErrno(err error, errnos ...syscall.Errno) bool {
+	for _, e := range errnos {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -186,7 +202,7 @@ func reset(c *net.TCPConn) {
 func (s *tcpSocket) handle(c *net.TCPConn) {
 	// The connection inherited the listener's filter: remove it, or a later
 	// rule change would go on judging this established flow's segments.
-	if rc, err := c.SyscallConn(); err == nil {
+	if rc, err := c.SyscallConn(); err == nil && s.filtered.Load() {
 		if err := secgroup.DetachFilter(rc); err != nil {
 			s.u.log.Debug("detach socket filter from connection", "error", err)
 		}
