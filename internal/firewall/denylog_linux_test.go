@@ -19,6 +19,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/ti-mo/conntrack"
 	"go4.org/netipx"
 	"golang.org/x/sys/unix"
 
@@ -341,4 +342,80 @@ func TestManyListenerAddresses(t *testing.T) {
 		t.Fatal("the listener log dropped a flow")
 	}
 	waitEntry(t, flows, "the last listener's denial", func(e flowlog.Entry) bool { return e.Listener == "listener-1999" })
+}
+
+// TestListenerLogTracksNoConnections: a table with listeners to log and no instance interface
+// leaves connection tracking off in the namespace (it costs every packet of the host), and so
+// logs a TCP flow by its first packet: an established flow of a client revoked since is not
+// logged, its next flow is. With an instance interface, flows are tracked.
+func TestListenerLogTracksNoConnections(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	flows := &lockedBuffer{}
+	f, err := New(Options{Table: "notrack", Registerer: prometheus.NewRegistry(), FlowLog: flows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	socket := listen(t, netip.AddrPortFrom(lbAddr, 8090))
+	listeners := func(admit ...netip.Addr) []Listener {
+		var ranges []netipx.IPRange
+		for _, a := range admit {
+			ranges = append(ranges, netipx.IPRangeFrom(a, a))
+		}
+		return []Listener{{LoadBalancer: "lb-1", ID: "listener-tcp", Addr: socket, Protocol: 6, Admit: ranges}}
+	}
+	ct, err := conntrack.Dial(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ct.Close()
+	tracked := func() int {
+		t.Helper()
+		entries, err := ct.Dump(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(entries)
+	}
+
+	apply(t, f, Program{Mode: Enforce, Listeners: listeners(client, outside)})
+	revoked, err := dialFrom(client, socket, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer revoked.Close()
+	if err := echo(revoked); err != nil {
+		t.Fatal(err)
+	}
+	if n := tracked(); n != 0 {
+		t.Fatalf("%d connections tracked with no instance interface", n)
+	}
+
+	apply(t, f, Program{Mode: Enforce, Listeners: listeners(outside)})
+	for range 20 {
+		if err := echo(revoked); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next, err := dialFrom(client, socket, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	waitEntry(t, flows, "the revoked client's next flow", func(e flowlog.Entry) bool { return e.Client == next.LocalAddr().String() })
+	for _, e := range flows.entries(t) {
+		if e.Client != next.LocalAddr().String() {
+			t.Errorf("logged %+v; only the flow from %s started after the revoke", e, next.LocalAddr())
+		}
+	}
+
+	apply(t, f, Program{Mode: Enforce, Interfaces: []Interface{node(true, true)}, Listeners: listeners(outside)})
+	if !admitted(t, client, socket) {
+		t.Fatal("the listener log dropped a flow")
+	}
+	if tracked() == 0 {
+		t.Error("no connection tracked with an instance interface")
+	}
 }

@@ -16,9 +16,10 @@ import (
 
 	"github.com/moatlb/moat/internal/flowlog"
 	"github.com/moatlb/moat/internal/nftutil"
+	"github.com/moatlb/moat/internal/secgroup"
 )
 
-// The table, ip moat_fw_<name>:
+// The table, ip moat_fw_<name>, when this host has instance interfaces:
 //
 //	chain input  (filter, hook input):  established/related → accept; [iif lo → accept;]
 //	                                    moat's flows → accept;
@@ -37,12 +38,17 @@ import (
 //
 // so every denial is counted, at most the shared log_rate is logged, and what
 // the limit holds back is counted in unlogged.
+// Without interfaces the table hooks nothing, or only the input chain for the listeners' log
+// (listenerLog), and nothing in it asks connection tracking.
 // The whole table is replaced in one transaction (add, delete, add), so the
 // kernel goes from one complete rule set to the next.
 
 // ctStateEstablishedRelated are conntrack's state bits for packets of a flow
 // it already knows.
 const ctStateEstablishedRelated = 0x2 | 0x4 // NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | (IP_CT_RELATED)
+
+// TCP header flags.
+const tcpSYN, tcpACK = 0x02, 0x10
 
 type nftConn struct {
 	name  string // the table's, without moat_fw_
@@ -100,55 +106,27 @@ func (c *nftConn) queue(ifaces []compiled, p *Program, logGroup int) (map[string
 		return nil, nil
 	}
 	c.nft.AddTable(t)
-	input := c.nft.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
-	output := c.nft.AddChain(&nftables.Chain{Name: "output", Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
-	accept := &expr.Verdict{Kind: expr.VerdictAccept}
-	established := []expr.Any{
-		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(ctStateEstablishedRelated), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-		accept,
+	hook := func(name string, hooknum *nftables.ChainHook) *nftables.Chain {
+		return c.nft.AddChain(&nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: hooknum, Priority: nftables.ChainPriorityFilter})
 	}
-	for _, ch := range []*nftables.Chain{input, output} {
-		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: established})
+	// The hooks, and the rules that ask connection tracking, are there only for instance
+	// interfaces on this host: a rule that reads a flow's state turns the connection tracker on
+	// for every packet of the namespace, which a host of load balancers alone should not pay.
+	var input, output *nftables.Chain
+	if len(ifaces) > 0 {
+		input, output = hook("input", nftables.ChainHookInput), hook("output", nftables.ChainHookOutput)
+		c.protectFlows(input, output, p.SkipLoopback)
 	}
-	if p.SkipLoopback {
-		// The loopback interface has index 1 in every network namespace.
-		for _, d := range []struct {
-			chain *nftables.Chain
-			key   expr.MetaKey
-		}{{input, expr.MetaKeyIIF}, {output, expr.MetaKeyOIF}} {
-			c.nft.AddRule(&nftables.Rule{Table: t, Chain: d.chain, Exprs: []expr.Any{
-				&expr.Meta{Key: d.key, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(1)},
-				accept,
-			}})
-		}
-	}
-	// moat lb's flows: the fast path marks them in conntrack; the userspace
-	// proxy marks its sockets (SO_MARK), which the flow's conntrack entry
-	// takes on its way out, for the input hook.
-	moatFlow := func(key expr.Any) []expr.Any {
-		return []expr.Any{key,
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 2, Len: 4,
-				Mask: binaryutil.NativeEndian.PutUint32(nftutil.MarkFlow), Xor: make([]byte, 4)},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 2, Data: make([]byte, 4)},
-		}
-	}
-	for _, ch := range []*nftables.Chain{input, output} {
-		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(moatFlow(&expr.Ct{Key: expr.CtKeyMARK, Register: 1}), accept)})
-	}
-	c.nft.AddRule(&nftables.Rule{Table: t, Chain: output, Exprs: append(moatFlow(&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}),
-		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true}, accept)})
 	if logGroup >= 0 {
 		c.nft.AddObj(&nftables.NamedObj{Table: t, Name: "log_rate", Type: nftables.ObjTypeLimit,
 			Obj: &expr.Limit{Type: expr.LimitTypePkts, Rate: logRate, Unit: expr.LimitTimeSecond, Burst: logBurst}})
 		c.nft.AddObj(&nftables.NamedObj{Table: t, Name: unloggedCounter, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
 	}
 	if logGroup >= 0 && len(p.Listeners) > 0 {
+		if input == nil {
+			input = hook("input", nftables.ChainHookInput)
+		}
 		if err := c.listenerLog(input, p.Listeners, logGroup); err != nil {
 			return nil, err
 		}
@@ -202,12 +180,57 @@ func (c *nftConn) queue(ifaces []compiled, p *Program, logGroup int) (map[string
 	return labels, nil
 }
 
+// protectFlows starts the hooks' chains for instance interfaces: the packets of known flows pass
+// (the groups are stateful), [the loopback's,] and moat lb's own flows.
+func (c *nftConn) protectFlows(input, output *nftables.Chain, skipLoopback bool) {
+	t := c.table
+	accept := &expr.Verdict{Kind: expr.VerdictAccept}
+	established := []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ctStateEstablishedRelated), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+		accept,
+	}
+	for _, ch := range []*nftables.Chain{input, output} {
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: established})
+	}
+	if skipLoopback {
+		// The loopback interface has index 1 in every network namespace.
+		for _, d := range []struct {
+			chain *nftables.Chain
+			key   expr.MetaKey
+		}{{input, expr.MetaKeyIIF}, {output, expr.MetaKeyOIF}} {
+			c.nft.AddRule(&nftables.Rule{Table: t, Chain: d.chain, Exprs: []expr.Any{
+				&expr.Meta{Key: d.key, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(1)},
+				accept,
+			}})
+		}
+	}
+	// moat lb's flows: the fast path marks them in conntrack; the userspace
+	// proxy marks its sockets (SO_MARK), which the flow's conntrack entry
+	// takes on its way out, for the input hook.
+	moatFlow := func(key expr.Any) []expr.Any {
+		return []expr.Any{key,
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 2, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(nftutil.MarkFlow), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 2, Data: make([]byte, 4)},
+		}
+	}
+	for _, ch := range []*nftables.Chain{input, output} {
+		c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(moatFlow(&expr.Ct{Key: expr.CtKeyMARK, Register: 1}), accept)})
+	}
+	c.nft.AddRule(&nftables.Rule{Table: t, Chain: output, Exprs: append(moatFlow(&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}),
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true}, accept)})
+}
+
 // listenerLog adds the chains that log the denied clients of moat lb's listener sockets (see
 // Listener), one per load balancer address, reached from the input chain:
 //
 //	ip daddr vmap { <address> : jump lb_<n> }
-//	chain lb_<n>: per socket: meta l4proto P th dport PORT ip saddr @admitted return;
-//	                          meta l4proto P th dport PORT limit name log_rate log group G prefix "moat <table> deny listener"
+//	chain lb_<n>: per socket: meta l4proto P th dport PORT [tcp flags & (syn|ack) == syn] ip saddr @admitted return;
+//	                          meta l4proto P th dport PORT [tcp flags & (syn|ack) == syn] limit name log_rate log group G prefix "moat <table> deny listener"
 //
 // They never drop and never accept: the data plane's socket decides, and the packet goes on to
 // the rest of the input chain (a load balancer address is no instance's).
@@ -233,6 +256,14 @@ func (c *nftConn) listenerLog(input *nftables.Chain, ls []Listener, logGroup int
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(l.Protocol)}},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(l.Addr.Port())},
+		}
+		if l.Protocol == secgroup.ProtocolTCP {
+			// A TCP flow's first packet: without connection tracking, this is what keeps an
+			// established flow of a client revoked since from being logged packet by packet.
+			socket = append(socket,
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpSYN | tcpACK}, Xor: []byte{0}},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{tcpSYN}})
 		}
 		if len(l.Admit) > 0 {
 			key := fmt.Sprint(l.Admit)
