@@ -239,39 +239,56 @@ func (l *eventLoop) notify() {
 
 func (l *eventLoop) run() {
 	events := make([]unix.EpollEvent, 256)
-	var n int
-	var err error
-	// poll takes what is ready without waiting; when nothing is, the runtime parks the loop
-	// until the epoll set is readable. It must look first: the runtime forgets, before calling
-	// it, that the set became readable since the last look.
-	poll := func(fd uintptr) bool {
-		n, err = sysEpollPoll(int(fd), events)
-		return n > 0 || err != nil
-	}
-	for {
-		n, err = 0, nil
-		if len(l.again) > 0 {
-			n, err = sysEpollPoll(l.epfd, events)
-		} else {
-			l.armDeadline()
-			if rerr := l.rc.Read(poll); rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
-				err = rerr
+	var failed error
+	stopped := false
+	// turn handles what the epoll set reports, batch after batch, inside the runtime's read of
+	// the set; returning false has the runtime park the loop until the set is readable or the
+	// deadline passes. A wake-up so costs the runtime's epoll_wait and the loop's, and no third
+	// to find the set empty. A turn must look first: the runtime forgets, before calling it,
+	// that the set became readable since the last look; an edge that comes during a turn it
+	// remembers, and the next park returns at once.
+	turn := func(fd uintptr) bool {
+		for {
+			n, err := sysEpollPoll(int(fd), events)
+			if err != nil {
+				failed = err
+				return true
+			}
+			l.now = time.Now().UnixNano()
+			// A full batch may have left events behind. A listener is level-triggered, and what
+			// it still queues after its one accept raises no new edge: look again before parking.
+			more := n == len(events)
+			for _, ev := range events[:n] {
+				more = more || ev.Pad < 0
+				l.dispatch(ev)
+			}
+			l.moveAgain()
+			if !l.runPosted() {
+				stopped = true
+				return true
+			}
+			l.expire()
+			if !more && len(l.again) == 0 {
+				l.armDeadline()
+				return false
 			}
 		}
-		if err != nil {
-			// Only a bad argument fails epoll_wait: nothing this loop can recover from.
-			l.u.log.Error("event loop wait failed: its flows are reset", "error", err)
-			break
+	}
+	for !stopped && failed == nil {
+		l.armDeadline()
+		if err := l.rc.Read(turn); errors.Is(err, os.ErrDeadlineExceeded) {
+			// Arm it again even if the time to wake is the same: the runtime fails every read
+			// after a deadline until it is set anew.
+			l.armed = -1
+			l.now = time.Now().UnixNano()
+			l.expire()
+		} else if err != nil {
+			failed = err
 		}
-		l.now = time.Now().UnixNano()
-		for _, ev := range events[:max(n, 0)] {
-			l.dispatch(ev)
-		}
-		l.moveAgain()
-		if !l.runPosted() {
-			break
-		}
-		l.expire()
+	}
+	if failed != nil {
+		// Only a bad argument fails epoll_wait: nothing this loop can recover from.
+		l.u.log.Error("event loop wait failed: its flows are reset", "error", failed)
 	}
 	l.shutdown()
 }
