@@ -63,10 +63,16 @@ ip -n "$lb" route add local 198.18.2.96/27 dev lo
 ip netns exec "$lb" sysctl -q -w net.ipv4.ip_forward=1
 
 # On a 2-core machine, pin the proxies to CPU 1 and the load (client and backends) to CPU 0, so
-# that the two do not steal each other's time.
+# that the two do not steal each other's time. The kernel's receive work is steered the same way
+# (RPS): each host's interfaces are processed on its own CPU. A veth delivers a packet in its
+# sender's context, so without steering the router's forwarding, and with it the kernel fast
+# path's connection tracking and NAT, ran on the load's CPU (costing the client conn/s the path
+# did not cost the proxies' host), while a proxy's own receive work ran there for free.
 pin=() cpus=""
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
   pin=(taskset -c 0) cpus=1
+  steer() { ip netns exec "$1" sh -c "echo $3 > /sys/class/net/$2/queues/rx-0/rps_cpus"; }
+  steer "$client" c0 1 && steer "$target" t0 1 && steer "$lb" c1 2 && steer "$lb" t1 2
 fi
 ip netns exec "$lb" "${pin[@]}" bin/lbbench -client-ns "$client" -target-ns "$target" -moat bin/moat \
   -haproxy "$(command -v haproxy)" -nginx "$(command -v nginx)" -proxy-cpus "$cpus" "${baseline[@]}" "$@"
