@@ -15,9 +15,9 @@ import (
 
 // benchFirewall measures direct connections from the client to the backends, which sit on an
 // instance's address, with the instance firewall off (no table, so no connection tracking
-// either), with its table but no instance in it (ct-only: the cost of tracking connections) and
-// enforcing, in turns (off, ct-only, enforce, off, …) so that a noisy machine weighs on all
-// alike. The instance's group is a full one: 59 rules that do not match the client, then the one
+// either), with its table protecting another instance only (ct-only: the cost of tracking
+// connections; a table that protects no instance hooks nothing) and enforcing, in turns (off,
+// ct-only, enforce, off, …) so that a noisy machine weighs on all alike. The instance's group is a full one: 59 rules that do not match the client, then the one
 // that does, as real rule sets are. The firewall judges a flow's first packet only; conntrack
 // carries the rest, so the figures should be close.
 //
@@ -42,13 +42,16 @@ func benchFirewall(o testOpts, reps int, clientNS string) {
 	instance := firewall.Interface{ID: "eni-bench", Instance: "i-bench", Addrs: []netip.Addr{netip.MustParseAddr(backendIP)},
 		Inbound:  rules,
 		Outbound: []secgroup.Rule{{Protocol: secgroup.ProtocolAll, Sources: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}}}
+	// Another instance on the host, at an address of TEST-NET-1: the table hooks and tracks
+	// connections, and judges none of the benchmark's.
+	other := firewall.Interface{ID: "eni-other", Instance: "i-other", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}
 	sink, echo := serveSink(), serveEcho()
 	modes := []struct {
 		t *target
 		p firewall.Program
 	}{
 		{&target{name: "sg-off", sinkAddr: sink, echoAddr: echo}, firewall.Program{Mode: firewall.Off}},
-		{&target{name: "ct-only", sinkAddr: sink, echoAddr: echo}, firewall.Program{Mode: firewall.Enforce}},
+		{&target{name: "ct-only", sinkAddr: sink, echoAddr: echo}, firewall.Program{Mode: firewall.Enforce, Interfaces: []firewall.Interface{other}}},
 		{&target{name: "sg-enforce", sinkAddr: sink, echoAddr: echo}, firewall.Program{Mode: firewall.Enforce, Interfaces: []firewall.Interface{instance}}},
 	}
 	for range reps {
