@@ -6,13 +6,13 @@ import (
 )
 
 // TestCountsEvery: counters are read every poll while reading them is cheap, spaced out to keep
-// the reads near 5% of the time when they take long, and never left unread past maxCountsEvery.
+// the reads near 1% of the time when they take long, and never left unread past maxCountsEvery.
 func TestCountsEvery(t *testing.T) {
 	for _, c := range []struct{ took, poll, want time.Duration }{
 		{time.Millisecond, time.Second, time.Second},
-		{50 * time.Millisecond, time.Second, time.Second},
-		{100 * time.Millisecond, time.Second, 2 * time.Second},
-		{200 * time.Millisecond, 20 * time.Millisecond, 4 * time.Second},
+		{10 * time.Millisecond, time.Second, time.Second},
+		{20 * time.Millisecond, time.Second, 2 * time.Second},
+		{40 * time.Millisecond, 20 * time.Millisecond, 4 * time.Second},
 		{time.Second, time.Second, maxCountsEvery},
 	} {
 		if got := countsEvery(c.took, c.poll); got != c.want {
