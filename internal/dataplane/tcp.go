@@ -144,7 +144,10 @@ func (s *tcpSocket) acceptLoop(ln *net.TCPListener) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			if acceptExhausted(err) || acceptDropped(err) {
+			if acceptDropped(err) {
+				continue // that connection is gone, the next may be fine: as the event loops do
+			}
+			if acceptExhausted(err) {
 				backoff = acceptBackoff(backoff)
 				s.u.log.Warn("accept failed, retrying", "address", s.key.addrPort(), "error", err, "delay", backoff)
 				select {
