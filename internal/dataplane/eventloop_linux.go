@@ -527,7 +527,7 @@ type loopFlow struct {
 	toTarget, toClient direction
 
 	connecting bool
-	active     bool  // connected, and counted in the active flows
+	active     bool  // connected, and counted in the active flows (until it begins to close)
 	deadline   int64 // of the connect, UnixNano
 	last       int64 // UnixNano of the last bytes moved either way
 	ended      bool
@@ -693,6 +693,7 @@ func (d *direction) move(f *loopFlow) (more bool, err error) {
 		if d.ended {
 			if !d.closed {
 				d.closed = true
+				f.closing()
 				sysShutdownWrite(d.dst.fd)
 			}
 			return false, nil
@@ -827,7 +828,15 @@ func (f *loopFlow) end(reset bool) {
 	f.sock.removeFlow(f)
 	f.tgt.removeFlow(f)
 	f.route.flows.release()
+	f.closing()
+}
+
+// closing counts the flow out of the active ones, once: at the first end of
+// stream either way, as the kernel fast path (and AWS, which counts flows in
+// SYN_SENT and ESTABLISHED) do, or at its end.
+func (f *loopFlow) closing() {
 	if f.active {
+		f.active = false
 		f.route.m.active.Dec()
 	}
 }

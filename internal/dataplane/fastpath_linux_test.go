@@ -13,6 +13,7 @@ import (
 	"github.com/ti-mo/conntrack"
 
 	"github.com/moatlb/moat/internal/dataplane/kernel/kerneltest"
+	"github.com/moatlb/moat/internal/nftutil"
 )
 
 func needKernel(t *testing.T) {
@@ -201,7 +202,7 @@ func kernelCarries(t testing.TB, e *Userspace, local netip.AddrPort, proto uint8
 		t.Fatal(err)
 	}
 	defer ct.Close()
-	flows, err := ct.DumpFilter(conntrack.NewFilter().Mark(e.kernel.ID()).MarkMask(kernelIDMask), nil)
+	flows, err := ct.DumpFilter(conntrack.NewFilter().Mark(e.kernel.ID()).MarkMask(nftutil.MarkIDMask), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,6 +214,3 @@ func kernelCarries(t testing.TB, e *Userspace, local netip.AddrPort, proto uint8
 	}
 	return false
 }
-
-// kernelIDMask selects a fast-path mark's path ID.
-const kernelIDMask = 0xfffff000

@@ -291,8 +291,17 @@ func (s *tcpSocket) handle(c *net.TCPConn) {
 	r.m.newFlows.Inc()
 	r.m.proxied.Inc()
 	r.m.active.Inc()
-	defer r.m.active.Dec()
+	defer f.closed()
 	f.run(s.u)
+}
+
+// closed counts the flow out of the active ones, once: at the first end of
+// stream either way, as the kernel fast path (and AWS, which counts flows in
+// SYN_SENT and ESTABLISHED) do, or at its end.
+func (f *tcpFlow) closed() {
+	if f.closing.CompareAndSwap(false, true) {
+		f.route.m.active.Dec()
+	}
 }
 
 // admitTCP decides a new TCP connection from client to local: the listener's groups, a target,
@@ -346,6 +355,9 @@ type tcpFlow struct {
 	idle   time.Duration
 
 	last atomic.Int64 // UnixNano of the last chunk moved either way
+	// closing is set once either side ended its stream or the flow ended:
+	// the flow is no longer active (see closed).
+	closing atomic.Bool
 
 	// clientTLS and upTLS are a TLS listener's sessions over client and up
 	// (upTLS for a TLS target group only); set before run, by handle.
@@ -503,6 +515,7 @@ func (f *tcpFlow) pipe(dst, src *net.TCPConn, bytes prometheus.Counter) {
 		}
 		switch {
 		case err == nil && n == 0: // src sent FIN
+			f.closed()
 			_ = dst.CloseWrite()
 			return
 		case err == nil: // the queued bytes moved

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -303,11 +304,21 @@ func TestTCPIdleTimeout(t *testing.T) {
 	if *kernelTests {
 		// Conntrack forgot the quiet flow; like AWS, the load balancer
 		// answers its next segment with a reset.
-		waitFor(t, longWait, "the quiet flow to expire", func() bool {
-			return h.metric("moat_dataplane_active_flows", "listener", "l") == 1
-		})
 		if err := quiet.echo("late"); !isReset(err) {
 			t.Errorf("idle flow's next write: got %v, want a reset", err)
+		}
+		// Conntrack reports an expired flow's end when it reaps the entry: at
+		// once when a segment finds it, as the late one did (its garbage
+		// collector may take a minute).
+		waitFor(t, longWait, "the quiet flow to leave the active ones", func() bool {
+			if err := busy.echo("tick"); err != nil { // it must not idle out meanwhile
+				t.Fatalf("busy flow: %v", err)
+			}
+			return h.metric("moat_dataplane_active_flows", "listener", "l") == 1
+		})
+		// Its end came as conntrack's event: the count did not walk the table.
+		if walks := h.metric("moat_dataplane_kernel_conntrack_walks_total"); walks != 0 {
+			t.Errorf("the fast path walked conntrack's table %v times to count its flows, want 0", walks)
 		}
 		if err := busy.echo("still"); err != nil {
 			t.Fatal(err)
@@ -325,6 +336,68 @@ func TestTCPIdleTimeout(t *testing.T) {
 	if err := busy.echo("still"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A flow that one side half-closed is no longer active, as AWS counts flows
+// (SYN_SENT and ESTABLISHED only), and goes on carrying the other side's
+// bytes, counted.
+func TestHalfClosedFlowIsNotActive(t *testing.T) {
+	t.Parallel()
+	n := newNet()
+	h := newHarness(t)
+	hcPort := freePort(t, n.inA(0))
+	acceptServer(t, ap(n.inA(0), hcPort))
+	sawEnd, reply := make(chan struct{}), make(chan struct{})
+	var replyOnce sync.Once
+	release := func() { replyOnce.Do(func() { close(reply) }) }
+	tgt := newServer(t, ap(n.inA(0), 0), func(_ *server, c *net.TCPConn) {
+		if _, err := io.WriteString(c, "a\n"); err != nil {
+			return
+		}
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			return
+		}
+		close(sawEnd)
+		<-reply
+		_, _ = io.WriteString(c, "after\n")
+	})
+	t.Cleanup(release) // before the server stops
+	port := freePort(t, n.lbA())
+	h.apply(LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{{
+		ID: "l", Protocol: TCP, Port: port, TargetGroup: group("tg", hcPort, tgTarget("a", tgt.addr, "zone-a")),
+	}}})
+	c, _ := connect(t, client2, ap(n.lbA(), port))
+	local := c.c.LocalAddr().(*net.TCPAddr).AddrPort()
+	if *kernelTests && !kernelCarries(t, h.e, local, syscall.IPPROTO_TCP) {
+		t.Fatal("the kernel does not carry the flow")
+	}
+	waitFor(t, longWait, "one active flow", func() bool {
+		return h.metric("moat_dataplane_active_flows", "listener", "l") == 1
+	})
+
+	if err := c.c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sawEnd:
+	case <-time.After(longWait):
+		t.Fatal("the target did not see the client's end of stream")
+	}
+	waitFor(t, longWait, "the half-closed flow to leave the active ones", func() bool {
+		return h.metric("moat_dataplane_active_flows", "listener", "l") == 0
+	})
+	if *kernelTests && !kernelCarries(t, h.e, local, syscall.IPPROTO_TCP) {
+		t.Fatal("the kernel no longer carries the half-closed flow")
+	}
+	before := h.metric("moat_dataplane_bytes_total", "listener", "l", "direction", "out")
+	release()
+	c.c.SetReadDeadline(time.Now().Add(longWait))
+	if line, err := c.r.ReadString('\n'); line != "after\n" || err != nil {
+		t.Fatalf("after the half-close, read %q, %v; want the target's \"after\"", line, err)
+	}
+	waitFor(t, longWait, "the bytes after the half-close to be counted", func() bool {
+		return h.metric("moat_dataplane_bytes_total", "listener", "l", "direction", "out") >= before+float64(len("after\n"))
+	})
 }
 
 func TestBindFailure(t *testing.T) {

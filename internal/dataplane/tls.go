@@ -181,6 +181,7 @@ func (f *tcpFlow) pipeTLS(dst, src tlsStream, bytes prometheus.Counter) {
 				return
 			}
 		case errors.Is(err, io.EOF): // close_notify, or a FIN at a record boundary
+			f.closed()
 			dst.closeWrite()
 			return
 		default:

@@ -13,16 +13,19 @@ import (
 //	            moat lb judged with the load balancer's groups as their source before they left
 //	            (moat node marks its own connections to moat lb's API so too: the firewall it
 //	            programs must never cut it off from the rules)
-//	bits 30-12  the ID of the data plane that forwarded it (random per process)
+//	bit 30      MarkClosing: the kernel fast path saw the flow's first FIN or RST; it is no
+//	            longer active (AWS counts only flows in SYN_SENT and ESTABLISHED as active)
+//	bits 29-12  the ID of the data plane that forwarded it (random per process)
 //	bits 11-0   the kernel fast path's socket slot; 0 for the userspace proxy and health checks
 const (
 	MarkFlow     = 1 << 31
+	MarkClosing  = 1 << 30
 	MarkSlotBits = 12
 	// MarkIDMask selects a mark's data plane ID (MarkFlow included).
-	MarkIDMask = ^uint32(1<<MarkSlotBits - 1)
+	MarkIDMask = ^uint32(1<<MarkSlotBits-1) &^ MarkClosing
 )
 
-// NewMarkID draws a data plane ID: MarkFlow and 19 random bits.
+// NewMarkID draws a data plane ID: MarkFlow and 18 random bits.
 func NewMarkID() uint32 {
 	for {
 		var b [4]byte

@@ -30,15 +30,15 @@ import (
 
 // TCP header flags.
 const (
+	tcpFIN = 0x01
 	tcpSYN = 0x02
+	tcpRST = 0x04
 	tcpACK = 0x10
 )
 
-// TCP conntrack states (enum tcp_conntrack) that no longer carry a flow.
-const (
-	ctTCPTimeWait = 7
-	ctTCPClose    = 8
-)
+// allCtEvents is every conntrack event type (enum ip_conntrack_events), the
+// mask a flow gets when conntrack's events are on.
+const allCtEvents = 0xffff
 
 // Base objects of the table. Every socket's slot adds its own chains
 // (admit_N, count_N) and counters (new_N, in_N, out_N) and elements in the
@@ -51,11 +51,13 @@ const (
 	mapSNAT     = "snat_to"  // ct mark → address, for sockets that hide the client
 )
 
-// Counter objects of a slot: new flows, bytes in (client to target), bytes out.
+// Counter objects of a slot: new flows, flows that began to close (TCP),
+// bytes in (client to target), bytes out.
 const (
-	counterNew = "new_"
-	counterIn  = "in_"
-	counterOut = "out_"
+	counterNew    = "new_"
+	counterClosed = "closed_"
+	counterIn     = "in_"
+	counterOut    = "out_"
 )
 
 // l3 is what the rules of one address family need: its nfproto, and where
@@ -97,11 +99,17 @@ type nftConn struct {
 	nft      *nftables.Conn
 	nl       *netlink.Conn // the library's socket, which owns the table
 	ct       *conntrack.Conn
+	ends     *flowEnds
 	table    *nftables.Table
 	counting *nftables.Set
 	maps     [families]familyMaps
 
 	timeouts map[timeoutKey]bool // ct timeout objects
+
+	// live is each slot's active flows (see flowEnds); stale says it must be
+	// read from conntrack first (a new connection, or lost events).
+	live  map[uint32]int
+	stale bool
 }
 
 var errTableExists = nftutil.ErrTableExists
@@ -110,7 +118,7 @@ var errTableExists = nftutil.ErrTableExists
 // creates the path's table with its base chains and maps, and returns the
 // connection.
 func dialNFT(id uint32, testDial func([]netlink.Message) ([]netlink.Message, error)) (conn, error) {
-	c := &nftConn{id: id, timeouts: map[timeoutKey]bool{},
+	c := &nftConn{id: id, timeouts: map[timeoutKey]bool{}, live: map[uint32]int{}, stale: true,
 		table: &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName(id)}}
 	capture := func(nl *netlink.Conn) error {
 		c.nl = nl
@@ -138,6 +146,11 @@ func dialNFT(id uint32, testDial func([]netlink.Message) ([]netlink.Message, err
 	if c.ct, err = conntrack.Dial(nil); err != nil {
 		c.nft.CloseLasting()
 		return nil, fmt.Errorf("conntrack: %w", err)
+	}
+	if c.ends, err = dialFlowEnds(id); err != nil {
+		c.ct.Close()
+		c.nft.CloseLasting()
+		return nil, err
 	}
 	return c, nil
 }
@@ -226,13 +239,16 @@ func (c *nftConn) queueBase() error {
 			)})
 		}
 	}
+	// A closing flow's mark has MarkClosing besides its slot's.
 	countByMark := []expr.Any{
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(^uint32(nftutil.MarkClosing)), Xor: make([]byte, 4)},
 		&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: c.counting.Name, SetID: c.counting.ID},
 	}
-	// ct mark vmap @counting
+	// ct mark & ~closing vmap @counting
 	c.nft.AddRule(&nftables.Rule{Table: t, Chain: acct, Exprs: countByMark})
-	// meta iiftype != loopback ct mark vmap @counting
+	// meta iiftype != loopback ct mark & ~closing vmap @counting
 	c.nft.AddRule(&nftables.Rule{Table: t, Chain: acctIn, Exprs: append([]expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFTYPE, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint16(unix.ARPHRD_LOOPBACK)},
@@ -298,7 +314,7 @@ func (c *nftConn) queue(ch change) error {
 			c.nft.FlushChain(count)
 			c.nft.DelChain(admit)
 			c.nft.DelChain(count)
-			for _, o := range c.counters(ch.slot) {
+			for _, o := range c.counters(ch.slot, ch.key.Proto) {
 				c.nft.DeleteObject(o)
 			}
 			return nil
@@ -306,10 +322,10 @@ func (c *nftConn) queue(ch change) error {
 	} else {
 		c.nft.AddChain(admit)
 		c.nft.AddChain(count)
-		for _, o := range c.counters(ch.slot) {
+		for _, o := range c.counters(ch.slot, ch.key.Proto) {
 			c.nft.AddObj(o)
 		}
-		c.countRules(count, name)
+		c.countRules(count, ch.key.Proto, name)
 		if err := c.nft.SetAddElements(c.counting, []nftables.SetElement{{Key: mark,
 			VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: count.Name}}}); err != nil {
 			return err
@@ -332,18 +348,44 @@ func (c *nftConn) queue(ch change) error {
 	return nil
 }
 
-func (c *nftConn) counters(slot uint32) []*nftables.NamedObj {
+// counters are a slot's counter objects; closed_N only for TCP.
+func (c *nftConn) counters(slot uint32, proto Proto) []*nftables.NamedObj {
+	prefixes := []string{counterNew, counterIn, counterOut}
+	if proto == TCP {
+		prefixes = append(prefixes, counterClosed)
+	}
 	var objs []*nftables.NamedObj
-	for _, prefix := range []string{counterNew, counterIn, counterOut} {
+	for _, prefix := range prefixes {
 		objs = append(objs, &nftables.NamedObj{Table: c.table, Name: prefix + strconv.Itoa(int(slot)),
 			Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
 	}
 	return objs
 }
 
-// countRules fill a slot's count chain: each packet of its flows counts
-// toward bytes in (original direction) or out (reply).
-func (c *nftConn) countRules(chain *nftables.Chain, slot string) {
+// countRules fill a slot's count chain: a TCP flow's first FIN or RST marks
+// it closing and counts it closed; each packet of its flows counts toward
+// bytes in (original direction) or out (reply).
+func (c *nftConn) countRules(chain *nftables.Chain, proto Proto, slot string) {
+	if proto == TCP {
+		closing := binaryutil.NativeEndian.PutUint32(nftutil.MarkClosing)
+		// meta l4proto tcp tcp flags & (fin|rst) != 0 ct mark & closing == 0
+		// ct mark set ct mark | closing counter name closed_N
+		// (an ICMP error of the flow has its mark too: the first test skips it)
+		c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpFIN | tcpRST}, Xor: []byte{0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0}},
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 2, Len: 4, Mask: closing, Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 2, Data: make([]byte, 4)},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(^uint32(nftutil.MarkClosing)), Xor: closing},
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+			&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counterClosed + slot},
+		}})
+	}
 	c.nft.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{
 		&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}}, // IP_CT_DIR_ORIGINAL
@@ -437,7 +479,11 @@ func (c *nftConn) admitRules(chain *nftables.Chain, ch change, mark []byte, slot
 		&expr.Immediate{Register: 1, Data: mark},
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
 		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counterNew + slot},
-		// The flow is not confirmed yet: its idle timeout can still be set.
+		// The flow is not confirmed yet: its idle timeout and its events can
+		// still be set. Its end must be reported (see flowEnds) even where
+		// conntrack's events are off (nf_conntrack_events 0).
+		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(allCtEvents)},
+		&expr.Ct{Key: expr.CtKeyEVENTMASK, Register: 1, SourceRegister: true},
 		&expr.Objref{Type: int(nftables.ObjTypeCtTimeout), Name: c.timeout(fam, ch.key.Proto, f.Idle)},
 	}
 	exprs = append(exprs, pick...)
@@ -530,13 +576,15 @@ type timeoutKey struct {
 }
 
 // counts reads and resets the table's counters in one dump of counter
-// objects, and counts the path's live flows in conntrack.
-func (c *nftConn) counts() (map[uint32]Counts, error) {
+// objects, and updates each slot's active flows with them and the ends that
+// conntrack reported since (see flowEnds).
+func (c *nftConn) counts() (slots map[uint32]Counts, walked bool, err error) {
 	counters, err := nftutil.ResetCounters(c.nl, c.table)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	out := map[uint32]Counts{}
+	closed := map[uint32]uint64{}
 	for name, v := range counters {
 		prefix, num, _ := strings.Cut(name, "_")
 		slot, err := strconv.ParseUint(num, 10, 32)
@@ -547,6 +595,8 @@ func (c *nftConn) counts() (map[uint32]Counts, error) {
 		switch prefix + "_" {
 		case counterNew:
 			got.NewFlows += v.Packets
+		case counterClosed:
+			closed[uint32(slot)] += v.Packets
 		case counterIn:
 			got.BytesIn += v.Bytes
 		case counterOut:
@@ -554,19 +604,50 @@ func (c *nftConn) counts() (map[uint32]Counts, error) {
 		}
 		out[uint32(slot)] = got
 	}
+	ended := map[uint32]int{}
+	lost, err := c.ends.drain(ended)
+	if err != nil {
+		return nil, false, err
+	}
+	walked = lost || c.stale
+	if walked {
+		// A flow that started after the counters' read is both in the
+		// table now and in the next read: the count is one too high for
+		// each, until it ends.
+		if err := c.recount(); err != nil {
+			return nil, true, err
+		}
+	} else {
+		for slot, got := range out {
+			c.live[slot] += int(got.NewFlows) - int(closed[slot]) - ended[slot]
+		}
+	}
+	for slot, n := range c.live {
+		got := out[slot]
+		// A flow that started after the counters' read and ended before
+		// the events' is counted ended first.
+		got.Active = max(n, 0)
+		out[slot] = got
+	}
+	return out, walked, nil
+}
+
+// recount reads each slot's active flows from conntrack, walking its whole
+// table: only when the counts are not known from the counters and events.
+func (c *nftConn) recount() error {
 	flows, err := c.ct.DumpFilter(conntrack.NewFilter().Mark(c.id).MarkMask(idMask), nil)
 	if err != nil {
-		return nil, fmt.Errorf("dump conntrack: %w", err)
+		return fmt.Errorf("dump conntrack: %w", err)
 	}
+	clear(c.live)
 	for _, f := range flows {
-		if f.ProtoInfo.TCP != nil && (f.ProtoInfo.TCP.State == ctTCPTimeWait || f.ProtoInfo.TCP.State == ctTCPClose) {
-			continue
+		if f.Mark&nftutil.MarkClosing == 0 {
+			c.live[f.Mark&slotMask]++
 		}
-		got := out[f.Mark&^idMask]
-		got.Active++
-		out[f.Mark&^idMask] = got
 	}
-	return out, nil
+	// Ends queued during the walk may be of flows it counted or not: both
+	// errors are one flow each, and so rare.
+	return c.discardEnds()
 }
 
 // endFlows deletes the conntrack entries of a slot's flows (to target, when
@@ -574,13 +655,29 @@ func (c *nftConn) counts() (map[uint32]Counts, error) {
 // side is then answered with a reset.
 func (c *nftConn) endFlows(slot uint32, target netip.AddrPort) error {
 	if slot == 0 {
-		return c.ct.FlushFilter(conntrack.NewFilter().Mark(c.id).MarkMask(idMask))
+		if err := c.ct.FlushFilter(conntrack.NewFilter().Mark(c.id).MarkMask(idMask)); err != nil {
+			return err
+		}
+		clear(c.live)
+		return c.discardEnds()
 	}
-	mark := c.id | slot
+	mark := conntrack.NewFilter().Mark(c.id | slot).MarkMask(^uint32(nftutil.MarkClosing))
 	if !target.IsValid() {
-		return c.ct.FlushFilter(conntrack.NewFilter().Mark(mark).MarkMask(^uint32(0)))
+		if err := c.ct.FlushFilter(mark); err != nil {
+			return err
+		}
+		// The slot may be given to another socket: the ends of its flows,
+		// queued now, must not count against that one.
+		ended := map[uint32]int{}
+		lost, err := c.ends.drain(ended)
+		for s, n := range ended {
+			c.live[s] -= n
+		}
+		delete(c.live, slot)
+		c.stale = c.stale || lost
+		return err
 	}
-	flows, err := c.ct.DumpFilter(conntrack.NewFilter().Mark(mark).MarkMask(^uint32(0)), nil)
+	flows, err := c.ct.DumpFilter(mark, nil)
 	if err != nil {
 		return fmt.Errorf("dump conntrack: %w", err)
 	}
@@ -595,12 +692,22 @@ func (c *nftConn) endFlows(slot uint32, target netip.AddrPort) error {
 	return nil
 }
 
+// discardEnds drops the queued ends: live counts the flows there are.
+func (c *nftConn) discardEnds() error {
+	lost, err := c.ends.drain(map[uint32]int{})
+	c.stale = lost || err != nil
+	return err
+}
+
 // close closes the sockets without taking the library's lock, which a
 // stuck call holds; the kernel drops the table with its owner.
 func (c *nftConn) close() {
 	c.nl.Close()
 	if c.ct != nil {
 		c.ct.Close()
+	}
+	if c.ends != nil {
+		c.ends.close()
 	}
 }
 

@@ -131,7 +131,9 @@ func (f *Forward) equal(g *Forward) bool {
 type Counts struct {
 	NewFlows          uint64
 	BytesIn, BytesOut uint64 // IP bytes, client to target and back
-	// Active is the number of its flows conntrack holds now.
+	// Active is the number of its flows that are open: admitted, and neither
+	// closing (a FIN or RST passed) nor ended in conntrack. AWS counts flows
+	// in SYN_SENT and ESTABLISHED as active.
 	Active int
 }
 
@@ -168,8 +170,9 @@ type conn interface {
 	// program applies the changes in one transaction (see batches); a
 	// failure leaves the connection unusable.
 	program(changes []change) error
-	// counts reads and resets every slot's counters and counts its flows.
-	counts() (map[uint32]Counts, error)
+	// counts reads and resets every slot's counters and counts its flows;
+	// walked reports that counting them walked conntrack's whole table.
+	counts() (slots map[uint32]Counts, walked bool, err error)
 	// endFlows ends the flows of a slot: all of them, or only those to
 	// target when it is valid.
 	endFlows(slot uint32, target netip.AddrPort) error
@@ -195,6 +198,7 @@ type change struct {
 const (
 	slotBits = nftutil.MarkSlotBits
 	maxSlots = 1<<slotBits - 1 // slot 0 is the userspace proxy's
+	slotMask = maxSlots
 	idMask   = nftutil.MarkIDMask
 )
 
@@ -235,11 +239,10 @@ type Path struct {
 const maxCountsEvery = 5 * time.Second
 
 // countsEvery is how long after a read of the counters that took took the next one comes: a
-// read costs in proportion to the sockets and flows (at thousands of listeners, a quarter of a
-// CPU read every second), and its dump of conntrack walks the host's whole table (in the lab's
-// connections test, with about 20,000 entries, reads every second cost moat lb 10-12 µs of CPU
-// per new connection, 7 µs at this pace). So a read takes at most about 1% of the time, and the
-// counts are never older than maxCountsEvery.
+// read costs in proportion to the sockets (at thousands of listeners, a quarter of a CPU read
+// every second), and one that must recount the flows walks conntrack's whole table (see
+// flowEnds). So a read takes at most about 1% of the time, and the counts are never older than
+// maxCountsEvery.
 func countsEvery(took, poll time.Duration) time.Duration {
 	return min(max(100*took, poll), maxCountsEvery)
 }
@@ -338,11 +341,11 @@ func TableName(id uint32) string {
 func (p *Path) Table() string { return TableName(p.id) }
 
 // ID is the path's conntrack mark prefix: a flow the path carries has a mark
-// whose high 20 bits are ID.
+// whose bits under nftutil.MarkIDMask are ID.
 func (p *Path) ID() uint32 { return p.id }
 
 // IsOwnMark reports whether a conntrack mark is one of this path's flows.
-func (p *Path) IsOwnMark(mark uint32) bool { return mark&idMask == p.id && mark != p.id }
+func (p *Path) IsOwnMark(mark uint32) bool { return mark&idMask == p.id && mark&slotMask != 0 }
 
 // Kick tells the worker that the desired state changed, and returns the
 // change's generation (see Applied).
@@ -635,17 +638,22 @@ func (p *Path) endFlows(n uint32, target netip.AddrPort) {
 // are leaving.
 func (p *Path) pollCounts(leaving ...*slot) {
 	var got map[uint32]Counts
+	var walked bool
 	err := p.call("read counters", func(c conn) error {
 		var err error
-		got, err = c.counts()
+		got, walked, err = c.counts()
 		return err
 	})
 	if err != nil {
+		// walked is the abandoned call's to write, if it overran.
 		if !errors.Is(err, errClosed) {
 			p.metrics.failures.Inc()
 			p.log.Error("could not read the kernel fast path's counters", "error", err)
 		}
 		return
+	}
+	if walked {
+		p.metrics.walks.Inc()
 	}
 	for _, s := range p.slots {
 		p.opts.Report(s.key, got[s.n])
@@ -741,6 +749,7 @@ func (p *Path) shutdown() {
 type pathMetrics struct {
 	reg        prometheus.Registerer
 	failures   prometheus.Counter
+	walks      prometheus.Counter
 	collectors []prometheus.Collector
 }
 
@@ -748,6 +757,8 @@ func newPathMetrics(reg prometheus.Registerer, p *Path) (*pathMetrics, error) {
 	m := &pathMetrics{reg: reg,
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_dataplane_kernel_failures_total",
 			Help: "Kernel calls of the fast path that failed or overran their deadline; each drops the fast path's rules until it reconnects."}),
+		walks: prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_dataplane_kernel_conntrack_walks_total",
+			Help: "Walks of the host's whole conntrack table to count the fast path's active flows, after a reconnection or lost conntrack events; each holds up packet processing on its CPU for a time that grows with the table's hash size."}),
 	}
 	m.collectors = []prometheus.Collector{m.failures,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moat_dataplane_kernel_unapplied_seconds",
@@ -763,6 +774,7 @@ func newPathMetrics(reg prometheus.Registerer, p *Path) (*pathMetrics, error) {
 				}
 				return 1
 			}),
+		m.walks,
 	}
 	for i, c := range m.collectors {
 		if err := reg.Register(c); err != nil {
