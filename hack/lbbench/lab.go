@@ -162,6 +162,7 @@ func benchLab(l lab, o testOpts, reps int) {
 		for _, p := range order {
 			stop := p.start(p.t)
 			current = p.t
+			time.Sleep(o.settle)
 			p.t.measure(run, o)
 			if p.t.metrics != "" {
 				log.Printf("%s: %s", p.t.name, flowCounts(p.t.metrics))

@@ -44,6 +44,7 @@ func main() {
 	size := flag.Int64("bytes", 2<<30, "bytes sent in the throughput test")
 	duration := flag.Duration("duration", 5*time.Second, "length of the connections-per-second and UDP tests")
 	requests := flag.Int("requests", 20000, "request/response round trips in the latency test")
+	settle := flag.Duration("settle", 2*time.Second, "how long each path runs before it is measured, so that a proxy's start-up work (its first health checks, its collector's first cycles) is not measured")
 	reps := flag.Int("reps", 3, "rounds: each path runs each test once per round; the median is reported (odd is best)")
 	clientNS := flag.String("client-ns", "", "network namespace of the client host (hack/bench-lb.sh makes it)")
 	targetNS := flag.String("target-ns", "", "network namespace of the target host (hack/bench-lb.sh makes it)")
@@ -60,7 +61,7 @@ func main() {
 	if *fw && *clientNS != "" {
 		backendIP = *instanceIP
 	}
-	opts := testOpts{size: *size, duration: *duration, requests: *requests, tests: list(*tests)}
+	opts := testOpts{size: *size, duration: *duration, requests: *requests, settle: *settle, tests: list(*tests)}
 	for _, p := range list(*paths) {
 		if !slices.Contains(pathNames, p) || strings.HasPrefix(p, "base") && *baseline == "" {
 			log.Fatalf("lbbench: -paths: no path %q (%s; base and base-us need -baseline)", p, strings.Join(pathNames, ", "))
@@ -94,6 +95,7 @@ type testOpts struct {
 	size     int64
 	duration time.Duration
 	requests int
+	settle   time.Duration // before a path's tests, after its start
 	tests    []string // the tests to run; empty: all
 }
 
