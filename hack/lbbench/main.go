@@ -96,7 +96,7 @@ type testOpts struct {
 	duration time.Duration
 	requests int
 	settle   time.Duration // before a path's tests, after its start
-	tests    []string // the tests to run; empty: all
+	tests    []string      // the tests to run; empty: all
 }
 
 // pathNames are the paths the lab can measure.
