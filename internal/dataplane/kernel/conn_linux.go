@@ -604,22 +604,19 @@ func (c *nftConn) counts() (slots map[uint32]Counts, walked bool, err error) {
 		}
 		out[uint32(slot)] = got
 	}
-	ended := map[uint32]int{}
-	lost, err := c.ends.drain(ended)
-	if err != nil {
+	for slot, got := range out {
+		c.live[slot] += int(got.NewFlows) - int(closed[slot])
+	}
+	if err := c.takeEnds(); err != nil {
 		return nil, false, err
 	}
-	walked = lost || c.stale
+	walked = c.stale
 	if walked {
 		// A flow that started after the counters' read is both in the
 		// table now and in the next read: the count is one too high for
 		// each, until it ends.
 		if err := c.recount(); err != nil {
 			return nil, true, err
-		}
-	} else {
-		for slot, got := range out {
-			c.live[slot] += int(got.NewFlows) - int(closed[slot]) - ended[slot]
 		}
 	}
 	for slot, n := range c.live {
@@ -668,13 +665,8 @@ func (c *nftConn) endFlows(slot uint32, target netip.AddrPort) error {
 		}
 		// The slot may be given to another socket: the ends of its flows,
 		// queued now, must not count against that one.
-		ended := map[uint32]int{}
-		lost, err := c.ends.drain(ended)
-		for s, n := range ended {
-			c.live[s] -= n
-		}
+		err := c.takeEnds()
 		delete(c.live, slot)
-		c.stale = c.stale || lost
 		return err
 	}
 	flows, err := c.ct.DumpFilter(mark, nil)
@@ -690,6 +682,17 @@ func (c *nftConn) endFlows(slot uint32, target netip.AddrPort) error {
 		}
 	}
 	return nil
+}
+
+// takeEnds takes the queued ends off live; lost ones make it stale.
+func (c *nftConn) takeEnds() error {
+	ended := map[uint32]int{}
+	lost, err := c.ends.drain(ended)
+	for slot, n := range ended {
+		c.live[slot] -= n
+	}
+	c.stale = c.stale || lost
+	return err
 }
 
 // discardEnds drops the queued ends: live counts the flows there are.
