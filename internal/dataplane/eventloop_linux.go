@@ -595,6 +595,7 @@ func dialNonblocking(target netip.AddrPort, src netip.Addr, mark uint32) (int, e
 		return -1, err
 	}
 	_ = sysSetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)) // see markSocket
+	_ = sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)    // see listenRaw
 	if src.IsValid() {
 		// The source port is chosen at connect time (see controlBindNoPort).
 		_ = sysSetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
@@ -924,8 +925,8 @@ func (s *rawSocket) close() {
 }
 
 // listenRaw opens a nonblocking listening socket on key's address, as the net package would
-// (SO_REUSEADDR, IPv6 only for an IPv6 address, the system's largest backlog), with attach run
-// on it before it listens.
+// (SO_REUSEADDR, TCP_NODELAY, IPv6 only for an IPv6 address, the system's largest backlog),
+// with attach run on it before it listens.
 func listenRaw(key sockKey, attach func(syscall.RawConn) error) (*rawSocket, error) {
 	family, sa := sockaddrFrom(key.addrPort())
 	fd, err := sysSocket(family)
@@ -934,6 +935,13 @@ func listenRaw(key sockKey, attach func(syscall.RawConn) error) (*rawSocket, err
 	}
 	raw := &rawSocket{fd: fd}
 	err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	if err == nil {
+		// Bytes are written as they arrive, as the net package and HAProxy have it: with Nagle's
+		// algorithm, the second part of a message written in two (a response's headers, then
+		// its body) waited for the peer's delayed acknowledgement of the first, 40 ms. Accepted
+		// connections inherit the option.
+		err = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
 	if err == nil && family == unix.AF_INET6 {
 		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
 	}

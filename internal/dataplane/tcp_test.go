@@ -400,6 +400,68 @@ func TestHalfClosedFlowIsNotActive(t *testing.T) {
 	})
 }
 
+// TestMessagesInPartsAreNotHeld: a message written in two parts (a request's or a response's
+// headers, then its body) passes on at once, each part as it comes, both ways. With Nagle's
+// algorithm on a proxy's socket, the second part waited for the peer's delayed acknowledgement
+// of the first: 40 ms or more, every exchange.
+func TestMessagesInPartsAreNotHeld(t *testing.T) {
+	t.Parallel()
+	const exchanges, partGap, ackDelay = 24, 2 * time.Millisecond, 40 * time.Millisecond
+	n := newNet()
+	h := newHarness(t)
+	hcPort := freePort(t, n.inA(0))
+	acceptServer(t, ap(n.inA(0), hcPort))
+	tgt := newServer(t, ap(n.inA(0), 0), func(_ *server, c *net.TCPConn) {
+		if _, err := io.WriteString(c, "a\n"); err != nil {
+			return
+		}
+		r := bufio.NewReader(c)
+		for {
+			if _, err := r.ReadString('\n'); err != nil {
+				return
+			}
+			if _, err := io.WriteString(c, "head"); err != nil {
+				return
+			}
+			time.Sleep(partGap) // so that the proxy reads, and writes, the parts apart
+			if _, err := io.WriteString(c, "body\n"); err != nil {
+				return
+			}
+		}
+	})
+	port := freePort(t, n.lbA())
+	h.apply(LoadBalancer{ID: "lb", Zones: n.zoneA(), Listeners: []Listener{{
+		ID: "l", Protocol: TCP, Port: port, TargetGroup: group("tg", hcPort, tgTarget("a", tgt.addr, "zone-a")),
+	}}})
+	c, _ := connect(t, client2, ap(n.lbA(), port))
+	if *kernelTests && !kernelCarries(t, h.e, c.c.LocalAddr().(*net.TCPAddr).AddrPort(), syscall.IPPROTO_TCP) {
+		t.Fatal("the kernel does not carry the flow")
+	}
+	held := 0
+	for range exchanges {
+		start := time.Now()
+		if _, err := io.WriteString(c.c, "get"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(partGap)
+		if _, err := io.WriteString(c.c, " /\n"); err != nil {
+			t.Fatal(err)
+		}
+		c.c.SetReadDeadline(time.Now().Add(longWait))
+		if line, err := c.r.ReadString('\n'); line != "headbody\n" || err != nil {
+			t.Fatalf("read %q, %v; want the target's \"headbody\"", line, err)
+		}
+		if time.Since(start) >= ackDelay {
+			held++
+		}
+	}
+	// A noisy machine may stall an exchange now and then; a held part stalls every one after
+	// the connection's first few (which the kernel acknowledges at once).
+	if held > exchanges/3 {
+		t.Fatalf("%d of %d exchanges took %v or more: a part was held for the peer's acknowledgement", held, exchanges, ackDelay)
+	}
+}
+
 func TestBindFailure(t *testing.T) {
 	t.Parallel()
 	n := newNet()
