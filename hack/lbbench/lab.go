@@ -20,23 +20,28 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
+	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
+	"github.com/vishvananda/netns"
 
 	"github.com/moatlb/moat/internal/awsclient"
 )
 
-// The lab that hack/bench-lb.sh builds: a client host, the proxies' host (where lbbench itself
-// runs) and a target host, in three network namespaces joined by veth pairs:
+// The labs that hack/bench-lb.sh builds, one for each path, alike: a client host, the proxies'
+// host and a target host, in three network namespaces joined by veth pairs:
 //
 //	client 198.18.0.2 ── veth ── proxies 198.18.0.1, 198.18.2.1 (load balancer addresses 198.18.{1,2}.96/27 routed locally, forwarding on) ── veth ── target 198.18.2.10
 //
 // The direct path is the client to the target through the proxies' host as a router, so that
-// every path crosses the same links.
+// every path crosses the same links. Each path has its own hosts, as on separate machines: all
+// run at once, and no path's kernel state (moat's table turns on connection tracking for its
+// host) touches another's.
 const (
 	labClientIP = "198.18.0.2"
 	labTargetIP = "198.18.2.10"
@@ -87,44 +92,25 @@ func runIn(ns, test, addr string, o testOpts) result {
 }
 
 type lab struct {
-	client, target             string // network namespaces
+	prefix                     string // of the labs' network namespaces (see ns)
 	moat, haproxy, nginx, cpus string
 	baseline                   string   // a second moat binary, measured as the paths base and base-us
 	paths                      []string // the paths to measure; empty: all
 }
 
-// benchLab measures every path one at a time (so that they do not compete for the CPUs), each
-// test run by lbbench in the client's namespace.
+// ns is the network namespace of path's client ("c"), proxies' host ("l") or target ("t").
+func (l lab) ns(path, host string) string { return l.prefix + path + "-" + host }
+
+// benchLab runs every path's proxy and backends, each in its own lab, for the whole run, and
+// measures them round after round. The tests that load the machine (throughput, connections,
+// UDP) take one path at a time, so that the paths do not compete for the CPUs; the latency test
+// takes turns between all the paths request by request, so that every path's round trips are
+// measured over the same moments of a noisy machine.
 func benchLab(l lab, o testOpts, reps int) {
 	dir, err := os.MkdirTemp("", "lbbench-")
 	check(err)
 	defer os.RemoveAll(dir)
-	self, err := os.Executable()
-	check(err)
-	backends := exec.Command("ip", "netns", "exec", l.target, self, "-serve", labTargetIP)
-	backends.Stderr = os.Stderr
-	backends.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	check(backends.Start())
-	defer func() { _ = backends.Process.Kill(); _ = backends.Wait() }()
-
-	// run runs a test from the client host; a failed one stops the benchmark, after what moat lb
-	// counted of its flows (refusals and target errors say why a connection was reset).
-	var current *target
-	run := func(test, addr string) result {
-		r, err := runInErr(l.client, test, addr, o)
-		if err != nil {
-			if current != nil && current.metrics != "" {
-				log.Printf("%s: %s", current.name, flowCounts(current.metrics))
-			}
-			log.Fatalf("lbbench: %s test of %s: %v", test, addr, err)
-		}
-		return r
-	}
 	hostPort := func(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
-	type path struct {
-		t     *target
-		start func(*target) (stop func())
-	}
 	paths := []path{
 		{&target{name: "direct"}, func(t *target) func() {
 			t.sinkAddr, t.echoAddr, t.udpAddr = hostPort(labTargetIP, sinkPort), hostPort(labTargetIP, echoPort), hostPort(labTargetIP, udpPort)
@@ -147,35 +133,61 @@ func benchLab(l lab, o testOpts, reps int) {
 	if len(l.paths) > 0 {
 		paths = slices.DeleteFunc(paths, func(p path) bool { return !slices.Contains(l.paths, p.t.name) })
 	}
-	// The paths take turns, round after round, and only one runs at a time: a busy machine then
-	// weighs on all alike, and no path's kernel state (moat's table turns on connection tracking
-	// for the whole namespace) is there while another is measured. The connection tracking
-	// entries a path leaves (tens of thousands, in TIME_WAIT for two minutes) are flushed too:
-	// left, they slowed the next path's connections by a third and its p99 latency tenfold.
-	// Every other round runs them in reverse order: a machine that slows down or speeds up in the
-	// course of a round (a neighbour's load on a shared host) then favours no path.
+	for _, p := range paths {
+		stop := l.startBackends(p.t.name)
+		defer stop()
+		stop = p.start(p.t)
+		defer stop()
+	}
+	// A proxy's start-up work (its first health checks, its collector's first cycles) is not
+	// what a user's long-lived load balancer does.
+	time.Sleep(o.settle)
+
+	// run runs a test from t's client host; a failed one stops the benchmark, after what moat lb
+	// counted of its flows (refusals and target errors say why a connection was reset).
+	run := func(t *target) func(test, addr string) result {
+		return func(test, addr string) result {
+			r, err := runInErr(l.ns(t.name, "c"), test, addr, o)
+			if err != nil {
+				if t.metrics != "" {
+					log.Printf("%s: %s", t.name, l.flowCounts(t))
+				}
+				log.Fatalf("lbbench: %s test of %s: %v", test, addr, err)
+			}
+			return r
+		}
+	}
+	// The paths take turns at each test, every other round in reverse order, so that a machine
+	// that slows down or speeds up in the course of a round (a neighbour's load on a shared host)
+	// favours no path. The connection tracking entries a test leaves on a path's host (tens of
+	// thousands, in TIME_WAIT for two minutes) are flushed after it: left, they slowed the next
+	// round's connections by a third and its p99 latency tenfold.
 	for round := range reps {
 		order := slices.Clone(paths)
 		if round%2 == 1 {
 			slices.Reverse(order)
 		}
-		for _, p := range order {
-			stop := p.start(p.t)
-			current = p.t
-			time.Sleep(o.settle)
-			p.t.measure(run, o)
-			if p.t.metrics != "" {
-				log.Printf("%s: %s", p.t.name, flowCounts(p.t.metrics))
+		for _, test := range testNames {
+			if test == "latency" {
+				if o.wants(test) {
+					l.latencyTurns(targets(order), o)
+				}
+				continue
 			}
-			stop()
-			flushConntrack()
+			for _, p := range order {
+				if p.t.measureTest(test, run(p.t), o) {
+					flushConntrack(l.ns(p.t.name, "l"))
+				}
+			}
+		}
+		for _, p := range paths {
+			if p.t.metrics != "" {
+				log.Printf("%s: %s", p.t.name, l.flowCounts(p.t))
+			}
 		}
 		log.Printf("measured round %d of %d", round+1, reps)
 	}
-	var ts []*target
-	for _, p := range paths {
-		ts = append(ts, p.t)
-	}
+	ts := targets(paths)
 	report(ts)
 	fmt.Println("\nmedian of the per-round ratios:")
 	byName := map[string]*target{}
@@ -190,6 +202,62 @@ func benchLab(l lab, o testOpts, reps int) {
 	}
 }
 
+// latencyTurns runs the latency test from one client process, which takes turns between the
+// echo addresses of ts, each from its path's client host, and records each path's percentiles.
+func (l lab) latencyTurns(ts []*target, o testOpts) {
+	var turns []string
+	var measured []*target
+	for _, t := range ts {
+		if t.echoAddr != "" {
+			turns = append(turns, l.ns(t.name, "c")+"="+t.echoAddr)
+			measured = append(measured, t)
+		}
+	}
+	if len(measured) == 0 {
+		return
+	}
+	self, err := os.Executable()
+	check(err)
+	cmd := exec.Command(self, "-turns", strings.Join(turns, ","), "-requests", strconv.Itoa(o.requests))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		log.Fatalf("lbbench: latency test: %v", err)
+	}
+	var rs []result
+	check(json.Unmarshal(out, &rs))
+	for i, t := range measured {
+		t.p50 = append(t.p50, rs[i].P50)
+		t.p99 = append(t.p99, rs[i].P99)
+		log.Printf("  %s latency: p50 %v, p99 %v", t.name, rs[i].P50, rs[i].P99)
+	}
+}
+
+// path is one of the lab's: its figures, and how to start its proxy.
+type path struct {
+	t     *target
+	start func(*target) (stop func())
+}
+
+func targets(paths []path) []*target {
+	ts := make([]*target, len(paths))
+	for i, p := range paths {
+		ts[i] = p.t
+	}
+	return ts
+}
+
+// startBackends serves the backends on path's target host until stopped.
+func (l lab) startBackends(path string) (stop func()) {
+	self, err := os.Executable()
+	check(err)
+	cmd := exec.Command("ip", "netns", "exec", l.ns(path, "t"), self, "-serve", labTargetIP)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	check(cmd.Start())
+	return func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+}
+
 // startMoat starts moat lb with fastPath, a load balancer whose group admits the client among 60
 // rules, and listeners from port on for the TCP sink, the TCP echo and the UDP echo, and waits
 // until the target is healthy in all three groups.
@@ -198,8 +266,8 @@ func (l lab) startMoat(t *target, bin, fastPath, dir string, port int) (stop fun
 	check(err)
 	inventory := filepath.Join(dir, "inventory.yaml")
 	check(os.WriteFile(inventory, []byte(labInventory), 0o600))
-	// taskset execs the program in place, so the pid is the proxy's own either way.
-	cmd := pinned(l.cpus, bin, "lb", "--data-dir", data, "--inventory", inventory, "--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
+	ns := l.ns(t.name, "l")
+	cmd := pinned(ns, l.cpus, bin, "lb", "--data-dir", data, "--inventory", inventory, "--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
 		"--metrics-addr", "127.0.0.1:0", "--fast-path", fastPath)
 	logf, err := os.Create(filepath.Join(data, "log"))
 	check(err)
@@ -219,7 +287,8 @@ func (l lab) startMoat(t *target, bin, fastPath, dir string, port int) (stop fun
 	ctx := context.Background()
 	cfg, err := config.LoadDefaultConfig(ctx, config.WithSharedCredentialsFiles([]string{eps.CredentialsFile}), config.WithRegion("us-east-1"))
 	check(err)
-	cfg.HTTPClient = awsclient.HTTPClient(cfg.HTTPClient)
+	// moat lb's API, DNS server and metrics listen on its host's loopback.
+	cfg.HTTPClient = awsclient.HTTPClient(awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) { tr.DialContext = dialerIn(ns) }))
 	e := ec2.NewFromConfig(cfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(eps.API) })
 	lb := elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(eps.API) })
 
@@ -251,7 +320,7 @@ func (l lab) startMoat(t *target, bin, fastPath, dir string, port int) (stop fun
 	// Zone b's address, as its zonal name answers at moat lb's DNS server (AWS describes an
 	// address only where the subnet mapping asked for one).
 	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "udp", eps.DNS)
+		return dialerIn(ns)(ctx, "udp", eps.DNS)
 	}}
 	addrs, err := resolver.LookupHost(ctx, "us-east-1b."+*nlb.DNSName)
 	check(err)
@@ -295,8 +364,10 @@ func (l lab) startMoat(t *target, bin, fastPath, dir string, port int) (stop fun
 
 // flowCounts is what moat lb's metrics say of the flows: how many it saw, and how many of those
 // its userspace proxy carried (on the kernel path, only the tests' readiness probes should be).
-func flowCounts(metrics string) string {
-	resp, err := http.Get(strings.TrimSuffix(metrics, "/") + "/metrics")
+func (l lab) flowCounts(t *target) string {
+	c := http.Client{Transport: &http.Transport{DialContext: dialerIn(l.ns(t.name, "l"))}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(strings.TrimSuffix(t.metrics, "/") + "/metrics")
 	check(err)
 	defer resp.Body.Close()
 	sums := map[string]float64{}
@@ -337,7 +408,7 @@ func (l lab) startProxy(t *target, bin, dir, cfg string, args ...string) (stop f
 	for i := range args {
 		args[i] = strings.ReplaceAll(args[i], "CFG", path)
 	}
-	cmd := pinned(l.cpus, bin, args...)
+	cmd := pinned(l.ns(t.name, "l"), l.cpus, bin, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	check(cmd.Start())
 	t.pid = cmd.Process.Pid
@@ -390,10 +461,12 @@ stream {
 	return l.startProxy(t, l.nginx, dir, cfg, "-p", dir, "-e", "stderr", "-c", "CFG")
 }
 
-// flushConntrack deletes the connection tracking entries of this network namespace (the
-// proxies' host).
-func flushConntrack() {
-	c, err := conntrack.Dial(nil)
+// flushConntrack deletes the connection tracking entries of network namespace ns.
+func flushConntrack(ns string) {
+	h, err := netns.GetFromName(ns)
+	check(err)
+	defer h.Close()
+	c, err := conntrack.Dial(&netlink.Config{NetNS: int(h)})
 	check(err)
 	defer c.Close()
 	check(c.Flush())

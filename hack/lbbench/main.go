@@ -11,15 +11,18 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log"
 	"math"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,6 +30,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 // The addresses of the firewall bench, on loopback; the lab's are in lab.go.
@@ -46,13 +51,14 @@ func main() {
 	requests := flag.Int("requests", 20000, "request/response round trips in the latency test")
 	settle := flag.Duration("settle", 2*time.Second, "how long each path runs before it is measured, so that a proxy's start-up work (its first health checks, its collector's first cycles) is not measured")
 	reps := flag.Int("reps", 3, "rounds: each path runs each test once per round; the median is reported (odd is best)")
-	clientNS := flag.String("client-ns", "", "network namespace of the client host (hack/bench-lb.sh makes it)")
-	targetNS := flag.String("target-ns", "", "network namespace of the target host (hack/bench-lb.sh makes it)")
+	labs := flag.String("labs", "", "prefix of the labs' network namespaces: <prefix><path>-c, -l and -t, each path's client, proxies' host and target (hack/bench-lb.sh makes them)")
+	clientNS := flag.String("client-ns", "", "with -firewall: network namespace of the client host (hack/bench-firewall.sh makes it)")
 	fw := flag.Bool("firewall", false, "measure the instance firewall: direct connections to an instance with enforcement off and on (root, in a network namespace of its own; with -client-ns, the client dials from there over a link, and the instance is -instance-ip)")
 	instanceIP := flag.String("instance-ip", backendIP, "with -firewall -client-ns: the instance's address, on the link to the client")
 	// The lab runs lbbench itself in the client's and the target's namespaces for these.
 	test := flag.String("test", "", "internal: run one client test (throughput, conns, latency, udp) against -addr and print its result")
 	addr := flag.String("addr", "", "internal: the address -test measures")
+	turns := flag.String("turns", "", "internal: run the latency test, taking turns between these NETNS=ADDR, and print their results")
 	serveAt := flag.String("serve", "", "internal: serve the backends on this IP until killed")
 	tests := flag.String("tests", "", "comma-separated tests to run (throughput, conns, latency, udp); empty: all")
 	paths := flag.String("paths", "", "comma-separated paths to measure (direct, moat, moat-us, haproxy, nginx); empty: all")
@@ -78,16 +84,24 @@ func main() {
 	case *test != "":
 		clientIP = labClientIP
 		check(json.NewEncoder(os.Stdout).Encode(runTest(*test, *addr, opts)))
+	case *turns != "":
+		clientIP = labClientIP
+		var to []hostAddr
+		for _, t := range list(*turns) {
+			ns, a, _ := strings.Cut(t, "=")
+			to = append(to, hostAddr{ns: ns, addr: a})
+		}
+		check(json.NewEncoder(os.Stdout).Encode(latencyTurns(to, *requests)))
 	case *serveAt != "":
 		backendIP = *serveAt
 		serve(strconv.Itoa(sinkPort), sink)
 		serve(strconv.Itoa(echoPort), echo)
 		serveUDPEcho(strconv.Itoa(udpPort))
 		select {}
-	case *clientNS == "" || *targetNS == "":
-		log.Fatal("lbbench: -client-ns and -target-ns are needed (hack/bench-lb.sh makes them), or -firewall")
+	case *labs == "":
+		log.Fatal("lbbench: -labs is needed (hack/bench-lb.sh makes them), or -firewall")
 	default:
-		benchLab(lab{client: *clientNS, target: *targetNS, moat: *moat, haproxy: *haproxy, nginx: *nginx, cpus: *proxyCPU, baseline: *baseline, paths: list(*paths)}, opts, *reps)
+		benchLab(lab{prefix: *labs, moat: *moat, haproxy: *haproxy, nginx: *nginx, cpus: *proxyCPU, baseline: *baseline, paths: list(*paths)}, opts, *reps)
 	}
 }
 
@@ -150,26 +164,38 @@ type target struct {
 
 // measure runs each test of o's that the path serves once, through run, and records the results.
 func (t *target) measure(run func(test, addr string) result, o testOpts) {
-	if t.sinkAddr != "" && o.wants("throughput") {
+	for _, test := range testNames {
+		t.measureTest(test, run, o)
+	}
+}
+
+// measureTest runs test through run, if o wants it and the path serves it, and records the
+// result; false if it did not run.
+func (t *target) measureTest(test string, run func(test, addr string) result, o testOpts) bool {
+	if !o.wants(test) {
+		return false
+	}
+	switch {
+	case test == "throughput" && t.sinkAddr != "":
 		cpu0 := t.cpu()
-		r := run("throughput", t.sinkAddr)
+		r := run(test, t.sinkAddr)
 		t.cpuPerGB = append(t.cpuPerGB, (t.cpu()-cpu0)/(float64(o.size)/1e9))
 		t.mbps = append(t.mbps, r.Rate)
-	}
-	if t.echoAddr != "" && o.wants("conns") {
+	case test == "conns" && t.echoAddr != "":
 		cpu0 := t.cpu()
-		r := run("conns", t.echoAddr)
+		r := run(test, t.echoAddr)
 		t.cps = append(t.cps, r.Rate)
 		t.cpuPerConn = append(t.cpuPerConn, (t.cpu()-cpu0)/(r.Rate*o.duration.Seconds()))
-	}
-	if t.echoAddr != "" && o.wants("latency") {
-		r := run("latency", t.echoAddr)
+	case test == "latency" && t.echoAddr != "":
+		r := run(test, t.echoAddr)
 		t.p50 = append(t.p50, r.P50)
 		t.p99 = append(t.p99, r.P99)
+	case test == "udp" && t.udpAddr != "":
+		t.pps = append(t.pps, run(test, t.udpAddr).Rate)
+	default:
+		return false
 	}
-	if t.udpAddr != "" && o.wants("udp") {
-		t.pps = append(t.pps, run("udp", t.udpAddr).Rate)
-	}
+	return true
 }
 
 // cpu is the CPU seconds the proxy process has used so far (0 for the direct path).
@@ -365,22 +391,48 @@ func connsPerSecond(addr string, d time.Duration) float64 {
 
 // latency measures round trips of 64 bytes on one connection.
 func latency(addr string, n int) (p50, p99 time.Duration) {
-	waitServing(addr)
-	c, err := dial(addr)
-	check(err)
-	defer c.Close()
-	msg := make([]byte, 64)
-	samples := make([]time.Duration, n)
-	for i := range n {
-		start := time.Now()
-		_, err := c.Write(msg)
-		check(err)
-		_, err = io.ReadFull(c, msg)
-		check(err)
-		samples[i] = time.Since(start)
+	r := latencyTurns([]hostAddr{{addr: addr}}, n)[0]
+	return r.P50, r.P99
+}
+
+// hostAddr is an address as reached from network namespace ns ("": this process's).
+type hostAddr struct{ ns, addr string }
+
+// latencyTurns measures n round trips of 64 bytes on one connection to each address, taking
+// turns between them in a new random order each time, so that all are measured over the same
+// moments of a noisy machine and none always follows the same other.
+func latencyTurns(to []hostAddr, n int) []result {
+	conns := make([]net.Conn, len(to))
+	for i, h := range to {
+		inNetns(h.ns, func() {
+			waitServing(h.addr)
+			c, err := dial(h.addr)
+			check(err)
+			conns[i] = c
+		})
+		defer conns[i].Close()
 	}
-	slices.Sort(samples)
-	return samples[n/2], samples[n*99/100]
+	msg := make([]byte, 64)
+	samples := make([][]time.Duration, len(to))
+	for i := range samples {
+		samples[i] = make([]time.Duration, n)
+	}
+	for k := range n {
+		for _, i := range rand.Perm(len(to)) {
+			start := time.Now()
+			_, err := conns[i].Write(msg)
+			check(err)
+			_, err = io.ReadFull(conns[i], msg)
+			check(err)
+			samples[i][k] = time.Since(start)
+		}
+	}
+	results := make([]result, len(to))
+	for i, s := range samples {
+		slices.Sort(s)
+		results[i] = result{P50: s[n/2], P99: s[n*99/100]}
+	}
+	return results
 }
 
 // udpRate is the datagrams per second echoed through addr to 4 flows (client sockets) of 64-byte
@@ -438,14 +490,49 @@ func udpRate(addr string, d time.Duration) float64 {
 
 // The proxies.
 
-func pinned(cpus string, name string, args ...string) *exec.Cmd {
+// pinned is the command that runs name with args in network namespace ns ("": this one), on
+// cpus (with taskset; "": any). Both ip netns exec and taskset exec the program in place, so the
+// command's pid is the program's own.
+func pinned(ns, cpus string, name string, args ...string) *exec.Cmd {
 	if cpus != "" {
 		args = append([]string{"-c", cpus, name}, args...)
 		name = "taskset"
 	}
+	if ns != "" {
+		args = append([]string{"netns", "exec", ns, name}, args...)
+		name = "ip"
+	}
 	cmd := exec.Command(name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
+}
+
+// inNetns runs fn on a thread in network namespace ns ("": this one), so that the sockets fn
+// opens live there.
+func inNetns(ns string, fn func()) {
+	if ns == "" {
+		fn()
+		return
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	home, err := netns.Get()
+	check(err)
+	defer home.Close()
+	there, err := netns.GetFromName(ns)
+	check(err)
+	defer there.Close()
+	check(netns.Set(there))
+	defer func() { check(netns.Set(home)) }() // or exit: the thread must not run on elsewhere
+	fn()
+}
+
+// dialerIn dials from network namespace ns, for HTTP clients and resolvers.
+func dialerIn(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		inNetns(ns, func() { c, err = (&net.Dialer{}).DialContext(ctx, network, addr) })
+		return c, err
+	}
 }
 
 func waitServing(addr string) {
