@@ -419,3 +419,38 @@ func TestListenerLogTracksNoConnections(t *testing.T) {
 		t.Error("no connection tracked with an instance interface")
 	}
 }
+
+// TestListenerLogJudgesFirstPackets: of a TCP flow, only the first packet is judged and logged. A
+// denied client's established flow (its socket took it: a group revoked since), segment after
+// segment, does not use up the log's rate, and the next denied client is logged still.
+func TestListenerLogJudgesFirstPackets(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	flows := &lockedBuffer{}
+	f, err := New(Options{Table: "lst", Registerer: prometheus.NewRegistry(), FlowLog: flows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	socket := listen(t, netip.AddrPortFrom(lbAddr, 8080))
+	apply(t, f, Program{Mode: Enforce, Listeners: []Listener{
+		{LoadBalancer: "lb-1", ID: "listener-tcp", Addr: socket, Protocol: 6}, // admits no one
+	}})
+	c, err := dialFrom(client, socket, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Far more segments than the log's burst (200), faster than its rate (100 a second).
+	for range 600 {
+		if err := echo(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Close()
+	next := netip.MustParseAddr("127.0.0.4")
+	if !admitted(t, next, socket) {
+		t.Fatal("the listener log dropped a flow")
+	}
+	waitEntry(t, flows, "the next client's denial", func(e flowlog.Entry) bool { return strings.HasPrefix(e.Client, next.String()+":") })
+}

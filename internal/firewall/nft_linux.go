@@ -16,7 +16,6 @@ import (
 
 	"github.com/moatlb/moat/internal/flowlog"
 	"github.com/moatlb/moat/internal/nftutil"
-	"github.com/moatlb/moat/internal/secgroup"
 )
 
 // The table, ip moat_fw_<name>, when this host has instance interfaces:
@@ -229,11 +228,15 @@ func (c *nftConn) protectFlows(input, output *nftables.Chain, skipLoopback bool)
 // Listener), one per load balancer address, reached from the input chain:
 //
 //	ip daddr vmap { <address> : jump lb_<n> }
-//	chain lb_<n>: per socket: meta l4proto P th dport PORT [tcp flags & (syn|ack) == syn] ip saddr @admitted return;
-//	                          meta l4proto P th dport PORT [tcp flags & (syn|ack) == syn] limit name log_rate log group G prefix "moat <table> deny listener"
+//	chain lb_<n>: meta l4proto tcp tcp flags & (syn|ack) != syn return;
+//	              per socket: meta l4proto P th dport PORT ip saddr @admitted return;
+//	                          meta l4proto P th dport PORT limit name log_rate log group G prefix "moat <table> deny listener"
 //
-// They never drop and never accept: the data plane's socket decides, and the packet goes on to
-// the rest of the input chain (a load balancer address is no instance's).
+// Only a TCP flow's first packet is judged: without connection tracking, this is what keeps an
+// established flow of a client revoked since from being logged segment by segment, and the
+// first rule is all an established flow's segments cost, however many listeners the address
+// has. They never drop and never accept: the data plane's socket decides, and the packet goes
+// on to the rest of the input chain (a load balancer address is no instance's).
 func (c *nftConn) listenerLog(input *nftables.Chain, ls []Listener, logGroup int) error {
 	t := c.table
 	byAddr := map[netip.Addr]*nftables.Chain{}
@@ -248,6 +251,14 @@ func (c *nftConn) listenerLog(input *nftables.Chain, ls []Listener, logGroup int
 		if ch == nil {
 			ch = c.nft.AddChain(&nftables.Chain{Name: "lb_" + strconv.Itoa(len(byAddr)), Table: t})
 			byAddr[l.Addr.Addr()] = ch
+			c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpSYN | tcpACK}, Xor: []byte{0}},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{tcpSYN}},
+				&expr.Verdict{Kind: expr.VerdictReturn},
+			}})
 			b := l.Addr.Addr().As4()
 			elems = append(elems, nftables.SetElement{Key: b[:], VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}})
 		}
@@ -256,14 +267,6 @@ func (c *nftConn) listenerLog(input *nftables.Chain, ls []Listener, logGroup int
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(l.Protocol)}},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(l.Addr.Port())},
-		}
-		if l.Protocol == secgroup.ProtocolTCP {
-			// A TCP flow's first packet: without connection tracking, this is what keeps an
-			// established flow of a client revoked since from being logged packet by packet.
-			socket = append(socket,
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpSYN | tcpACK}, Xor: []byte{0}},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{tcpSYN}})
 		}
 		if len(l.Admit) > 0 {
 			key := fmt.Sprint(l.Admit)
