@@ -1,13 +1,13 @@
 //go:build linux
 
 // Command lbbench measures moat lb's data plane side by side with a direct connection, HAProxy
-// (TCP mode) and nginx's stream module (UDP) in one run, against the same backends: throughput of
+// (TCP mode) and nginx's stream module (UDP) in one run, against alike backends: throughput of
 // one stream with large writes, connections per second, request/response latency (p50, p99) and
-// UDP datagrams per second, with the CPU seconds each proxy spent. The client, the proxies and
-// the backends sit in three network namespaces that hack/bench-lb.sh creates (see lab.go). With
-// -firewall it measures the instance firewall instead: direct connections with enforcement off
-// and on (hack/bench-firewall.sh). It is Linux's only: it reads /proc for CPU time and pins
-// processes with taskset.
+// UDP datagrams per second, with the CPU seconds each proxy spent. Each path's client, proxy and
+// backends sit in three network namespaces of their own that hack/bench-lb.sh creates (see
+// lab.go). With -firewall it measures the instance firewall instead: direct connections with
+// enforcement off and on (hack/bench-firewall.sh). It is Linux's only: it reads /proc for CPU
+// time and pins processes with taskset.
 package main
 
 import (
@@ -49,7 +49,7 @@ func main() {
 	size := flag.Int64("bytes", 2<<30, "bytes sent in the throughput test")
 	duration := flag.Duration("duration", 5*time.Second, "length of the connections-per-second and UDP tests")
 	requests := flag.Int("requests", 20000, "request/response round trips in the latency test")
-	settle := flag.Duration("settle", 2*time.Second, "how long each path runs before it is measured, so that a proxy's start-up work (its first health checks, its collector's first cycles) is not measured")
+	settle := flag.Duration("settle", 2*time.Second, "how long the paths run before they are measured, so that a proxy's start-up work (its first health checks, its collector's first cycles) is not measured")
 	reps := flag.Int("reps", 3, "rounds: each path runs each test once per round; the median is reported (odd is best)")
 	labs := flag.String("labs", "", "prefix of the labs' network namespaces: <prefix><path>-c, -l and -t, each path's client, proxies' host and target (hack/bench-lb.sh makes them)")
 	clientNS := flag.String("client-ns", "", "with -firewall: network namespace of the client host (hack/bench-firewall.sh makes it)")
