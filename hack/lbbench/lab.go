@@ -26,11 +26,10 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
-	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
-	"github.com/vishvananda/netns"
 
 	"github.com/moatlb/moat/internal/awsclient"
+	"github.com/moatlb/moat/internal/netnstest"
 )
 
 // The labs that hack/bench-lb.sh builds, one for each path, alike: a client host, the proxies'
@@ -463,11 +462,11 @@ stream {
 
 // flushConntrack deletes the connection tracking entries of network namespace ns.
 func flushConntrack(ns string) {
-	h, err := netns.GetFromName(ns)
-	check(err)
-	defer h.Close()
-	c, err := conntrack.Dial(&netlink.Config{NetNS: int(h)})
-	check(err)
+	var c *conntrack.Conn
+	check(netnstest.Do(ns, func() (err error) {
+		c, err = conntrack.Dial(nil) // the socket stays in ns
+		return err
+	}))
 	defer c.Close()
 	check(c.Flush())
 }

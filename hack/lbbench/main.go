@@ -22,7 +22,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,7 +30,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/moatlb/moat/internal/netnstest"
 )
 
 // The addresses of the firewall bench, on loopback; the lab's are in lab.go.
@@ -404,21 +403,25 @@ type hostAddr struct{ ns, addr string }
 func latencyTurns(to []hostAddr, n int) []result {
 	conns := make([]net.Conn, len(to))
 	for i, h := range to {
-		inNetns(h.ns, func() {
+		check(netnstest.Do(h.ns, func() (err error) {
 			waitServing(h.addr)
-			c, err := dial(h.addr)
-			check(err)
-			conns[i] = c
-		})
+			conns[i], err = dial(h.addr)
+			return err
+		}))
 		defer conns[i].Close()
 	}
 	msg := make([]byte, 64)
+	order := make([]int, len(to))
+	for i := range order {
+		order[i] = i
+	}
 	samples := make([][]time.Duration, len(to))
 	for i := range samples {
 		samples[i] = make([]time.Duration, n)
 	}
 	for k := range n {
-		for _, i := range rand.Perm(len(to)) {
+		rand.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+		for _, i := range order {
 			start := time.Now()
 			_, err := conns[i].Write(msg)
 			check(err)
@@ -507,30 +510,13 @@ func pinned(ns, cpus string, name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// inNetns runs fn on a thread in network namespace ns ("": this one), so that the sockets fn
-// opens live there.
-func inNetns(ns string, fn func()) {
-	if ns == "" {
-		fn()
-		return
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	home, err := netns.Get()
-	check(err)
-	defer home.Close()
-	there, err := netns.GetFromName(ns)
-	check(err)
-	defer there.Close()
-	check(netns.Set(there))
-	defer func() { check(netns.Set(home)) }() // or exit: the thread must not run on elsewhere
-	fn()
-}
-
 // dialerIn dials from network namespace ns, for HTTP clients and resolvers.
 func dialerIn(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-		inNetns(ns, func() { c, err = (&net.Dialer{}).DialContext(ctx, network, addr) })
+		err = netnstest.Do(ns, func() (err error) {
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
 		return c, err
 	}
 }

@@ -254,12 +254,7 @@ func TestListenerDenialsLogged(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	flows := &lockedBuffer{}
-	f, err := New(Options{Table: "lst", Registerer: prometheus.NewRegistry(), FlowLog: flows})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f, flows := newLogging(t, "lst")
 	tcpSocket := listen(t, netip.AddrPortFrom(lbAddr, 8080))
 	other := listen(t, netip.AddrPortFrom(lbAddr, 8081))
 	udpSocket := netip.AddrPortFrom(lbAddr, 8082)
@@ -317,12 +312,7 @@ func TestManyListenerAddresses(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	flows := &lockedBuffer{}
-	f, err := New(Options{Table: "many", Registerer: prometheus.NewRegistry(), FlowLog: flows})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f, flows := newLogging(t, "many")
 	admit := []netipx.IPRange{netipx.IPRangeFrom(netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.2"))}
 	var ls []Listener
 	var last netip.Addr
@@ -352,12 +342,7 @@ func TestListenerLogTracksNoConnections(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	flows := &lockedBuffer{}
-	f, err := New(Options{Table: "notrack", Registerer: prometheus.NewRegistry(), FlowLog: flows})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f, flows := newLogging(t, "notrack")
 	socket := listen(t, netip.AddrPortFrom(lbAddr, 8090))
 	listeners := func(admit ...netip.Addr) []Listener {
 		var ranges []netipx.IPRange
@@ -420,6 +405,18 @@ func TestListenerLogTracksNoConnections(t *testing.T) {
 	}
 }
 
+// newLogging is a firewall in table that writes its flow log to flows, closed with the test.
+func newLogging(t *testing.T, table string) (f *Firewall, flows *lockedBuffer) {
+	t.Helper()
+	flows = &lockedBuffer{}
+	f, err := New(Options{Table: table, Registerer: prometheus.NewRegistry(), FlowLog: flows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f, flows
+}
+
 // TestListenerLogJudgesFirstPackets: of a TCP flow, only the first packet is judged and logged. A
 // denied client's established flow (its socket took it: a group revoked since), segment after
 // segment, does not use up the log's rate, and the next denied client is logged still.
@@ -427,12 +424,7 @@ func TestListenerLogJudgesFirstPackets(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	flows := &lockedBuffer{}
-	f, err := New(Options{Table: "lst", Registerer: prometheus.NewRegistry(), FlowLog: flows})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f, flows := newLogging(t, "lst")
 	socket := listen(t, netip.AddrPortFrom(lbAddr, 8080))
 	apply(t, f, Program{Mode: Enforce, Listeners: []Listener{
 		{LoadBalancer: "lb-1", ID: "listener-tcp", Addr: socket, Protocol: 6}, // admits no one

@@ -9,8 +9,11 @@ import (
 	"hash/crc32"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // Enter runs the calling test again, alone, in a new network namespace with loopback up (the test
@@ -45,4 +48,38 @@ func Enter(t *testing.T, args ...string) bool {
 		t.Fatalf("the test failed in its network namespace: %v", err)
 	}
 	return false
+}
+
+// Do runs fn on a thread in network namespace ns (a name under /var/run/netns; "": fn runs as
+// is), so that the sockets fn opens live there. The thread returns to its own namespace before it serves other
+// goroutines, and never ends: the kernel kills a child started with Pdeathsig when the thread
+// that forked it ends, whichever goroutine that was.
+func Do(ns string, fn func() error) error {
+	if ns == "" {
+		return fn()
+	}
+	runtime.LockOSThread()
+	home, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer home.Close()
+	target, err := os.Open("/var/run/netns/" + ns)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	fnErr := fn()
+	if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err != nil {
+		// Stuck in ns, the thread must serve no one else: it stays locked until the program ends.
+		panic(fmt.Sprintf("return to the thread's own network namespace: %v", err))
+	}
+	runtime.UnlockOSThread()
+	return fnErr
 }

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
+	"github.com/moatlb/moat/internal/netnstest"
 	"github.com/moatlb/moat/internal/nftutil"
 )
 
@@ -250,40 +250,9 @@ func conntrackFlow(t *testing.T, ns string, proto uint8, src, dst netip.AddrPort
 
 // conntrackIn opens a conntrack netlink socket in namespace ns; the socket stays in ns.
 func conntrackIn(ns string) (c *conntrack.Conn, err error) {
-	err = inNetns(ns, func() error {
+	err = netnstest.Do(ns, func() error {
 		c, err = conntrack.Dial(nil)
 		return err
 	})
 	return c, err
-}
-
-// inNetns runs open, which opens sockets, on a thread in namespace ns. The thread returns to the
-// test's namespace before it serves other goroutines, and never ends: the kernel kills a child
-// started with Pdeathsig (dieWithTest) when the thread that forked it ends, whichever goroutine
-// that was, so a moat lb would die in the middle of a test.
-func inNetns(ns string, open func() error) error {
-	runtime.LockOSThread()
-	home, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer home.Close()
-	target, err := os.Open("/var/run/netns/" + ns)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	openErr := open()
-	if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err != nil {
-		// Stuck in ns, the thread must serve no one else: it stays locked and the test ends.
-		panic(fmt.Sprintf("return to the test's namespace: %v", err))
-	}
-	runtime.UnlockOSThread()
-	return openErr
 }
