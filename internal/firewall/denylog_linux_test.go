@@ -5,6 +5,7 @@ package firewall
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"github.com/moatlb/moat/internal/netnstest"
@@ -445,4 +446,63 @@ func TestListenerLogJudgesFirstPackets(t *testing.T) {
 		t.Fatal("the listener log dropped a flow")
 	}
 	waitEntry(t, flows, "the next client's denial", func(e flowlog.Entry) bool { return strings.HasPrefix(e.Client, next.String()+":") })
+}
+
+// TestListenerLogLetsNothingIn: the listener log's verdicts are its own. Its first rule accepts
+// a TCP segment that is no SYN; at an instance's address, such a segment from a client the
+// instance's groups deny is still judged by the instance's rules, and dropped.
+func TestListenerLogLetsNothingIn(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	f, _ := newLogging(t, "apart")
+	nodePort := listen(t, netip.AddrPortFrom(nodeA, 30080))
+	socket := listen(t, netip.AddrPortFrom(lbAddr, 8080))
+	apply(t, f, Program{Mode: Enforce, Interfaces: []Interface{node(true, true)},
+		Listeners: []Listener{{LoadBalancer: "lb-1", ID: "listener-tcp", Addr: socket, Protocol: 6}}})
+
+	// An acknowledgement out of nowhere: conntrack takes it for a new flow (the loose pickup of
+	// flows under way), which no rule of the instance admits from client.
+	raw, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_TCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(raw)
+	if err := unix.Bind(raw, &unix.SockaddrInet4{Addr: client.As4()}); err != nil {
+		t.Fatal(err)
+	}
+	segment := tcpSegment(netip.AddrPortFrom(client, 40000), nodePort, tcpACK)
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(f.denied.WithLabelValues("i-a", "inbound")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a segment that is no SYN, from a client the instance's groups deny, passed: the listener log admitted it")
+		}
+		if err := unix.Sendto(raw, segment, 0, &unix.SockaddrInet4{Addr: nodeA.As4()}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// tcpSegment is a TCP header without options or data, with its checksum, from src to dst.
+func tcpSegment(src, dst netip.AddrPort, flags byte) []byte {
+	h := make([]byte, 20)
+	binary.BigEndian.PutUint16(h[0:], src.Port())
+	binary.BigEndian.PutUint16(h[2:], dst.Port())
+	binary.BigEndian.PutUint32(h[4:], 1)
+	binary.BigEndian.PutUint32(h[8:], 1)
+	h[12] = 5 << 4
+	h[13] = flags
+	binary.BigEndian.PutUint16(h[14:], 65535)
+	s, d := src.Addr().As4(), dst.Addr().As4()
+	pseudo := append(append(append(s[:], d[:]...), 0, unix.IPPROTO_TCP, 0, byte(len(h))), h...)
+	var sum uint32
+	for i := 0; i < len(pseudo); i += 2 {
+		sum += uint32(pseudo[i])<<8 | uint32(pseudo[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(h[16:], ^uint16(sum))
+	return h
 }

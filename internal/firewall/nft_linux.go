@@ -37,8 +37,8 @@ import (
 //
 // so every denial is counted, at most the shared log_rate is logged, and what
 // the limit holds back is counted in unlogged.
-// Without interfaces the table hooks nothing, or only the input chain for the listeners' log
-// (listenerLog), and nothing in it asks connection tracking.
+// Without interfaces the table hooks nothing, or only the listeners' log (listenerLog, a base
+// chain of its own on the input hook), and nothing in it asks connection tracking.
 // The whole table is replaced in one transaction (add, delete, add), so the
 // kernel goes from one complete rule set to the next.
 
@@ -123,10 +123,7 @@ func (c *nftConn) queue(ifaces []compiled, p *Program, logGroup int) (map[string
 		c.nft.AddObj(&nftables.NamedObj{Table: t, Name: unloggedCounter, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
 	}
 	if logGroup >= 0 && len(p.Listeners) > 0 {
-		if input == nil {
-			input = hook("input", nftables.ChainHookInput)
-		}
-		if err := c.listenerLog(input, p.Listeners, logGroup); err != nil {
+		if err := c.listenerLog(hook("listeners", nftables.ChainHookInput), p.Listeners, logGroup); err != nil {
 			return nil, err
 		}
 	}
@@ -225,19 +222,22 @@ func (c *nftConn) protectFlows(input, output *nftables.Chain, skipLoopback bool)
 }
 
 // listenerLog adds the chains that log the denied clients of moat lb's listener sockets (see
-// Listener), one per load balancer address, reached from the input chain:
+// Listener): a base chain of their own on the input hook, and one chain per load balancer
+// address:
 //
-//	ip daddr vmap { <address> : jump lb_<n> }
-//	chain lb_<n>: meta l4proto tcp tcp flags & (syn|ack) != syn return;
-//	              per socket: meta l4proto P th dport PORT ip saddr @admitted return;
+//	chain listeners: meta l4proto tcp tcp flags & (syn|ack) != syn accept;
+//	                 ip daddr vmap { <address> : jump lb_<n> }
+//	chain lb_<n>: per socket: meta l4proto P th dport PORT ip saddr @admitted return;
 //	                          meta l4proto P th dport PORT limit name log_rate log group G prefix "moat <table> deny listener"
 //
 // Only a TCP flow's first packet is judged: without connection tracking, this is what keeps an
-// established flow of a client revoked since from being logged segment by segment, and the
-// first rule is all an established flow's segments cost, however many listeners the address
-// has. They never drop and never accept: the data plane's socket decides, and the packet goes
-// on to the rest of the input chain (a load balancer address is no instance's).
-func (c *nftConn) listenerLog(input *nftables.Chain, ls []Listener, logGroup int) error {
+// established flow of a client revoked since from being logged segment by segment. The first
+// rule is all the segments of established flows cost (their hook's evaluation is on the
+// userspace proxy's round trip: the address map and a jump before it cost as much again,
+// measured). The chains never drop: the data plane's socket decides. Being a base chain of its
+// own, the log's accepting leaves the packet to the instances' chain (input), whatever their
+// order: a verdict ends only its own base chain.
+func (c *nftConn) listenerLog(base *nftables.Chain, ls []Listener, logGroup int) error {
 	t := c.table
 	byAddr := map[netip.Addr]*nftables.Chain{}
 	// Listeners' admitted ranges go in named sets, one per distinct list: a load balancer's
@@ -251,14 +251,6 @@ func (c *nftConn) listenerLog(input *nftables.Chain, ls []Listener, logGroup int
 		if ch == nil {
 			ch = c.nft.AddChain(&nftables.Chain{Name: "lb_" + strconv.Itoa(len(byAddr)), Table: t})
 			byAddr[l.Addr.Addr()] = ch
-			c.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
-				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpSYN | tcpACK}, Xor: []byte{0}},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{tcpSYN}},
-				&expr.Verdict{Kind: expr.VerdictReturn},
-			}})
 			b := l.Addr.Addr().As4()
 			elems = append(elems, nftables.SetElement{Key: b[:], VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}})
 		}
@@ -293,7 +285,15 @@ func (c *nftConn) listenerLog(input *nftables.Chain, ls []Listener, logGroup int
 	if err := nftutil.AddSet(c.nft, vmap, elems); err != nil {
 		return err
 	}
-	c.nft.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: []expr.Any{
+	c.nft.AddRule(&nftables.Rule{Table: t, Chain: base, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpSYN | tcpACK}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{tcpSYN}},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}})
+	c.nft.AddRule(&nftables.Rule{Table: t, Chain: base, Exprs: []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
 		&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: vmap.Name, SetID: vmap.ID},
 	}})
