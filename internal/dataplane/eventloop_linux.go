@@ -31,10 +31,12 @@ import (
 // metrics. A TLS listener's connections are handed to the goroutine path (handle), since
 // crypto/tls needs a net.Conn.
 //
-// A loop is a goroutine parked in the runtime's poller on its epoll set (see eventLoop.file).
-// Only its own loop touches a flow; other goroutines post to the loop (terminate). Listening
-// sockets are shared by every loop (EPOLLEXCLUSIVE: a connection wakes one of them) and closed
-// by whoever closes the tcpSocket, under their rawSocket's lock, which the loops' accepts hold.
+// A loop is a goroutine that waits in epoll_wait on its set, a system call the runtime knows of
+// (see run): the kernel wakes the loop's own thread, and a wake-up costs that one call and the
+// reads and writes it allows. Only its own loop touches a flow; other goroutines post to the loop
+// (terminate). Listening sockets are shared by every loop (EPOLLEXCLUSIVE: a connection wakes one
+// of them) and closed by whoever closes the tcpSocket, under their rawSocket's lock, which the
+// loops' accepts hold.
 
 const (
 	// flowEvents are a flow socket's, edge-triggered and registered once for its life: no
@@ -68,18 +70,23 @@ type loopListener struct {
 
 func newEventLoops(u *Userspace) (*eventLoops, error) {
 	ls := &eventLoops{listeners: map[int32]*loopListener{}}
-	for range runtime.GOMAXPROCS(0) {
+	n := reserveLoopProcessors()
+	for range n {
 		l, err := newEventLoop(u, ls)
 		if err != nil {
 			for _, l := range ls.loops {
 				l.closeFDs()
 			}
+			releaseLoopProcessors(n)
 			return nil, err
 		}
 		ls.loops = append(ls.loops, l)
 	}
 	for _, l := range ls.loops {
-		u.wg.Go(l.run)
+		u.wg.Go(func() {
+			defer releaseLoopProcessors(1)
+			l.run()
+		})
 	}
 	return ls, nil
 }
@@ -137,12 +144,6 @@ type eventLoop struct {
 	u    *Userspace
 	set  *eventLoops
 	epfd int
-	// file and rc are the epoll set as the runtime's poller sees it: the loop goroutine parks
-	// there, as any goroutine waiting on a socket, instead of blocking its thread in epoll_wait
-	// (which had the runtime hand the thread's P off and take it back, three context switches
-	// per connection).
-	file *os.File
-	rc   syscall.RawConn
 	wake int // an eventfd: a post writes it when the loop may be waiting
 
 	mu       sync.Mutex
@@ -161,7 +162,6 @@ type eventLoop struct {
 	paused    []pausedListener
 	backoff   time.Duration // the last accept error's pause; 0 after an accept succeeds
 	nextSweep int64         // when the idle and connect timeouts are next checked
-	armed     int64         // the file's read deadline, UnixNano; 0: none
 }
 
 // sideSlot is a registered flow socket. Its epoll events carry the descriptor and seq, so that
@@ -186,28 +186,17 @@ func newEventLoop(u *Userspace, set *eventLoops) (*eventLoop, error) {
 		unix.Close(epfd)
 		return nil, os.NewSyscallError("eventfd", err)
 	}
-	if err := unix.SetNonblock(epfd, true); err != nil { // so that os.NewFile puts it in the poller
-		unix.Close(epfd)
-		unix.Close(wake)
-		return nil, os.NewSyscallError("fcntl", err)
-	}
-	l := &eventLoop{u: u, set: set, epfd: epfd, file: os.NewFile(uintptr(epfd), "epoll"), wake: wake,
-		flows: map[*loopFlow]struct{}{}, buf: make([]byte, spliceMin)}
-	rc, err := l.file.SyscallConn()
-	if err == nil {
-		l.rc = rc
-		err = os.NewSyscallError("epoll_ctl", unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}))
-	}
-	if err != nil {
+	l := &eventLoop{u: u, set: set, epfd: epfd, wake: wake, flows: map[*loopFlow]struct{}{}, buf: make([]byte, spliceMin)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
 		l.closeFDs()
-		return nil, err
+		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
 	return l, nil
 }
 
 func (l *eventLoop) closeFDs() {
 	unix.Close(l.wake)
-	_ = l.file.Close()
+	unix.Close(l.epfd)
 }
 
 // post has the loop run fn; false when the loop has stopped (and so reset every flow it had).
@@ -237,65 +226,52 @@ func (l *eventLoop) notify() {
 	}
 }
 
+// run waits for events and handles them until the loop stops. The wait is epoll_wait as a
+// system call the runtime knows of (entersyscall): the thread keeps its processor (P) while it
+// blocks, so loopProcessors gives the rest of the program as many again, and so, with a P idle,
+// sysmon leaves the loop's alone (it takes a P back from a system call only after 10 ms when
+// another is idle, after 20 µs when none is: the hand-off and the thread it starts cost three
+// context switches per connection, measured). Against the loop parking in the runtime's
+// poller on its epoll set, a wake-up saves the runtime's own epoll_wait, the nested set's poll,
+// the switch to the loop's goroutine and the poller's look before it sleeps again: 4% of the
+// round trip through the proxy, measured with hack/bench-lb.sh. The set must not be in the
+// runtime's poller too (a nonblocking os.File puts it there): every event would wake the
+// poller's thread as well, which cost 12% of the round trip.
 func (l *eventLoop) run() {
 	events := make([]unix.EpollEvent, 256)
 	var failed error
-	stopped := false
-	// turn handles what the epoll set reports, batch after batch, inside the runtime's read of
-	// the set; returning false has the runtime park the loop until the set is readable or the
-	// deadline passes. A wake-up so costs the runtime's epoll_wait and the loop's, and no third
-	// to find the set empty. A turn must look first: the runtime forgets, before calling it,
-	// that the set became readable since the last look; an edge that comes during a turn it
-	// remembers, and the next park returns at once.
-	turn := func(fd uintptr) bool {
-		for {
-			n, err := sysEpollPoll(int(fd), events)
-			if err != nil {
-				failed = err
-				return true
-			}
-			l.now = time.Now().UnixNano()
-			// A full batch may have left events behind. A listener is level-triggered, and what
-			// it still queues after its one accept raises no new edge: look again before parking.
-			more := n == len(events)
-			for _, ev := range events[:n] {
-				more = more || ev.Pad < 0
-				l.dispatch(ev)
-			}
-			l.moveAgain()
-			if !l.runPosted() {
-				stopped = true
-				return true
-			}
-			l.expire()
-			if !more && len(l.again) == 0 {
-				l.armDeadline()
-				return false
-			}
+	for {
+		n, err := unix.EpollWait(l.epfd, events, l.waitMillis())
+		if err == unix.EINTR {
+			continue
 		}
-	}
-	for !stopped && failed == nil {
-		l.armDeadline()
-		if err := l.rc.Read(turn); errors.Is(err, os.ErrDeadlineExceeded) {
-			// Arm it again even if the time to wake is the same: the runtime fails every read
-			// after a deadline until it is set anew.
-			l.armed = -1
-			l.now = time.Now().UnixNano()
-			l.expire()
-		} else if err != nil {
+		if err != nil {
+			// Only a bad argument fails epoll_wait: nothing this loop can recover from.
 			failed = err
+			break
 		}
+		l.now = time.Now().UnixNano()
+		for _, ev := range events[:n] {
+			l.dispatch(ev)
+		}
+		l.moveAgain()
+		if !l.runPosted() {
+			break
+		}
+		l.expire()
 	}
 	if failed != nil {
-		// Only a bad argument fails epoll_wait: nothing this loop can recover from.
 		l.u.log.Error("event loop wait failed: its flows are reset", "error", failed)
 	}
 	l.shutdown()
 }
 
-// armDeadline sets the read deadline on the epoll set's file, so that the loop wakes for the
-// next sweep or paused listener; none when there is nothing to time.
-func (l *eventLoop) armDeadline() {
+// waitMillis is how long the loop may wait: not at all with flows whose budget ran out, until
+// the next sweep or paused listener, or for ever (-1) with nothing to time.
+func (l *eventLoop) waitMillis() int {
+	if len(l.again) > 0 {
+		return 0
+	}
 	var next int64
 	if len(l.flows) > 0 {
 		next = l.nextSweep
@@ -305,15 +281,37 @@ func (l *eventLoop) armDeadline() {
 			next = p.until
 		}
 	}
-	if next == l.armed {
-		return
+	if next == 0 {
+		return -1
 	}
-	l.armed = next
-	deadline := time.Time{}
-	if next != 0 {
-		deadline = time.Unix(0, next)
+	return int(max(0, (next-time.Now().UnixNano()+int64(time.Millisecond)-1)/int64(time.Millisecond)))
+}
+
+// reserveLoopProcessors is the number of loops an engine runs, one per processor the program
+// had before any loop ran, and raises GOMAXPROCS by as many: a loop's thread holds its P while
+// it waits (see run). releaseLoopProcessors gives n back as loops end.
+func reserveLoopProcessors() int {
+	loopProcs.mu.Lock()
+	defer loopProcs.mu.Unlock()
+	if loopProcs.loops == 0 {
+		loopProcs.base = runtime.GOMAXPROCS(0)
 	}
-	_ = l.file.SetReadDeadline(deadline)
+	loopProcs.loops += loopProcs.base
+	runtime.GOMAXPROCS(loopProcs.base + loopProcs.loops)
+	return loopProcs.base
+}
+
+func releaseLoopProcessors(n int) {
+	loopProcs.mu.Lock()
+	defer loopProcs.mu.Unlock()
+	loopProcs.loops -= n
+	runtime.GOMAXPROCS(loopProcs.base + loopProcs.loops)
+}
+
+var loopProcs struct {
+	mu    sync.Mutex
+	base  int
+	loops int
 }
 
 func (l *eventLoop) dispatch(ev unix.EpollEvent) {

@@ -15,7 +15,8 @@ import (
 // runs the network's softirq work inline, tens of microseconds, and a call the runtime knows of
 // lasting that long has sysmon take the processor away from the loop's thread and hand it back,
 // with context switches and sysmon's own wake-ups every 20 µs (a fifth of the CPU per
-// connection, measured). The loop never waits in them: it parks in the runtime's poller.
+// connection, measured). The loop waits only in epoll_wait (eventLoop.run), a call the runtime
+// tracks.
 
 func errnoErr(e syscall.Errno) error {
 	if e == 0 {
