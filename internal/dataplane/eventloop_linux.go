@@ -31,9 +31,9 @@ import (
 // metrics. A TLS listener's connections are handed to the goroutine path (handle), since
 // crypto/tls needs a net.Conn.
 //
-// A loop is a goroutine that waits in epoll_wait on its set, a system call the runtime knows of
-// (see run): the kernel wakes the loop's own thread, and a wake-up costs that one call and the
-// reads and writes it allows. Only its own loop touches a flow; other goroutines post to the loop
+// A loop is a goroutine that waits in epoll_wait on its set, holding its processor (see run):
+// the kernel wakes the loop's own thread, and a wake-up costs that one call and the reads and
+// writes it allows. Only its own loop touches a flow; other goroutines post to the loop
 // (terminate). Listening sockets are shared by every loop (EPOLLEXCLUSIVE: a connection wakes one
 // of them) and closed by whoever closes the tcpSocket, under their rawSocket's lock, which the
 // loops' accepts hold.
@@ -226,22 +226,30 @@ func (l *eventLoop) notify() {
 	}
 }
 
-// run waits for events and handles them until the loop stops. The wait is epoll_wait as a
-// system call the runtime knows of (entersyscall): the thread keeps its processor (P) while it
-// blocks, so loopProcessors gives the rest of the program as many again, and so, with a P idle,
-// sysmon leaves the loop's alone (it takes a P back from a system call only after 10 ms when
-// another is idle, after 20 µs when none is: the hand-off and the thread it starts cost three
-// context switches per connection, measured). Against the loop parking in the runtime's
-// poller on its epoll set, a wake-up saves the runtime's own epoll_wait, the nested set's poll,
-// the switch to the loop's goroutine and the poller's look before it sleeps again: 4% of the
-// round trip through the proxy, measured with hack/bench-lb.sh. The set must not be in the
-// runtime's poller too (a nonblocking os.File puts it there): every event would wake the
-// poller's thread as well, which cost 12% of the round trip.
+// run waits for events and handles them until the loop stops. The wait is epoll_wait as a raw
+// system call: the kernel wakes the loop's own thread, which holds its processor (P) while it
+// waits, so reserveLoopProcessors gives the rest of the program as many again. Against the loop
+// parked in the runtime's poller on its epoll set, a wake-up saves the runtime's own
+// epoll_wait, the nested set's poll, the switch to the loop's goroutine and the poller's look
+// before it sleeps again: 4% of the round trip through the proxy (hack/bench-lb.sh). Measured,
+// the alternatives were worse:
+//   - a wait the runtime tracks (entersyscall) lets sysmon take an idle loop's P after 10 ms:
+//     the rest of the program then ran on more processors than the CPUs it had, and the UDP
+//     relay's goroutines lost 10% of their datagrams per second to the scheduler's spinning;
+//     without the spare processors, sysmon took the P back after 20 µs, three context switches
+//     per connection;
+//   - the set in the runtime's poller as well (a nonblocking os.File puts it there): every
+//     event woke the poller's thread too, 12% of the round trip.
+//
+// The runtime stops a loop as any running goroutine: its preemption signal ends the wait
+// (EINTR), and the next call's stack check parks the loop for the garbage collector or the
+// scheduler; it signals again every 100 µs until it does. maxWait bounds the wait where no
+// signal comes (GODEBUG=asyncpreemptoff=1).
 func (l *eventLoop) run() {
 	events := make([]unix.EpollEvent, 256)
 	var failed error
 	for {
-		n, err := unix.EpollWait(l.epfd, events, l.waitMillis())
+		n, err := sysEpollWait(l.epfd, events, l.waitMillis())
 		if err == unix.EINTR {
 			continue
 		}
@@ -267,7 +275,7 @@ func (l *eventLoop) run() {
 }
 
 // waitMillis is how long the loop may wait: not at all with flows whose budget ran out, until
-// the next sweep or paused listener, or for ever (-1) with nothing to time.
+// the next sweep or paused listener, and no longer than maxWait.
 func (l *eventLoop) waitMillis() int {
 	if len(l.again) > 0 {
 		return 0
@@ -281,11 +289,15 @@ func (l *eventLoop) waitMillis() int {
 			next = p.until
 		}
 	}
-	if next == 0 {
-		return -1
+	wait := maxWait
+	if next != 0 {
+		wait = min(wait, time.Duration(next-time.Now().UnixNano()))
 	}
-	return int(max(0, (next-time.Now().UnixNano()+int64(time.Millisecond)-1)/int64(time.Millisecond)))
+	return int(max(0, (wait+time.Millisecond-1)/time.Millisecond))
 }
+
+// maxWait is the longest a loop waits in epoll_wait with nothing to time (see run).
+const maxWait = 250 * time.Millisecond
 
 // reserveLoopProcessors is the number of loops an engine runs, one per processor the program
 // had before any loop ran, and raises GOMAXPROCS by as many: a loop's thread holds its P while

@@ -5,6 +5,7 @@ package dataplane
 import (
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -39,5 +40,23 @@ func TestLoopsHoldProcessorsOfTheirOwn(t *testing.T) {
 	second.Close()
 	if got := runtime.GOMAXPROCS(0); got != before {
 		t.Errorf("GOMAXPROCS %d after the engines closed, want %d", got, before)
+	}
+}
+
+// TestLoopsStopForTheCollector: a loop waiting in epoll_wait holds its processor, so a
+// collection stops the world only once the runtime's preemption signal ends the wait. With an
+// engine idle (its loops in their longest wait, maxWait), collections end long before that.
+func TestLoopsStopForTheCollector(t *testing.T) {
+	e, err := NewUserspace(Options{Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	for range 5 {
+		start := time.Now()
+		runtime.GC()
+		if took := time.Since(start); took >= maxWait {
+			t.Fatalf("a collection took %v with the loops waiting (at most %v each)", took, maxWait)
+		}
 	}
 }

@@ -10,13 +10,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The event loops' system calls, made without telling the runtime (syscall.RawSyscall): every
-// one is on a nonblocking descriptor and returns at once (so never with EINTR), but on a busy host a connect or write
-// runs the network's softirq work inline, tens of microseconds, and a call the runtime knows of
-// lasting that long has sysmon take the processor away from the loop's thread and hand it back,
-// with context switches and sysmon's own wake-ups every 20 µs (a fifth of the CPU per
-// connection, measured). The loop waits only in epoll_wait (eventLoop.run), a call the runtime
-// tracks.
+// The event loops' system calls, made without telling the runtime (syscall.RawSyscall). All but
+// the wait (sysEpollWait, see eventLoop.run) are on nonblocking descriptors and return at once
+// (so never with EINTR), but on a busy host a connect or write runs the network's softirq work
+// inline, tens of microseconds, and a call the runtime knows of lasting that long has sysmon
+// take the processor away from the loop's thread and hand it back, with context switches and
+// sysmon's own wake-ups every 20 µs (a fifth of the CPU per connection, measured).
 
 func errnoErr(e syscall.Errno) error {
 	if e == 0 {
@@ -130,8 +129,8 @@ func sysEpollAdd(epfd, fd int, ev *unix.EpollEvent) error {
 	return errnoErr(e)
 }
 
-// sysEpollPoll takes the ready events without waiting.
-func sysEpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
+// sysEpollWait waits up to msec (-1: for ever) for ready events.
+func sysEpollWait(epfd int, events []unix.EpollEvent, msec int) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), uintptr(msec), 0, 0)
 	return int(r), errnoErr(e)
 }
