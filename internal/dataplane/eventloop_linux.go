@@ -250,6 +250,7 @@ func (l *eventLoop) run() {
 	var failed error
 	for {
 		n, err := sysEpollWait(l.epfd, events, l.waitMillis())
+		l.now = time.Now().UnixNano() // after every wait: an interrupted one is timed anew from it
 		if err == unix.EINTR {
 			continue
 		}
@@ -258,7 +259,6 @@ func (l *eventLoop) run() {
 			failed = err
 			break
 		}
-		l.now = time.Now().UnixNano()
 		for _, ev := range events[:n] {
 			l.dispatch(ev)
 		}
@@ -291,7 +291,7 @@ func (l *eventLoop) waitMillis() int {
 	}
 	wait := maxWait
 	if next != 0 {
-		wait = min(wait, time.Duration(next-time.Now().UnixNano()))
+		wait = min(wait, time.Duration(next-l.now)) // now: the last wait's end, a turn's work ago
 	}
 	return int(max(0, (wait+time.Millisecond-1)/time.Millisecond))
 }
