@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures the instance firewall's cost: throughput (1 stream, 1 MiB writes), connections per
+# Measures the instance firewall's cost: throughput (1 stream, sendfile to splice), connections per
 # second and latency straight to an instance's address, with instance security groups off and
 # enforcing (a full group of 60 rules), side by side in one run; ct-only is the firewall's table
 # with no instance in it, which costs what connection tracking costs. The paths take turns, many

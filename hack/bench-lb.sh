@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Measures moat lb's data plane beside a direct connection, HAProxy (TCP mode) and nginx's stream
-# module (UDP; HAProxy 2.6 has none), in one run on this machine, each path with its client, its
-# proxy (or router) and its backends in three network namespaces that it creates: TCP
-# throughput (1 stream, 1 MiB writes), connections per second, request/response latency p50/p99,
-# UDP datagrams per second, and the proxies' CPU seconds per GB moved. Needs root.
+# Measures moat lb's data plane beside a direct connection, HAProxy (TCP mode: as configured by
+# default, and splicing) and nginx's stream module (UDP; HAProxy 2.6 has none), in one run on this
+# machine, each path with its client, its proxy (or router) and its backends in three network
+# namespaces that it creates: TCP throughput (1 stream, sent with sendfile and discarded with
+# splice, so that the load copies nothing), connections per second, request/response latency
+# p50/p99, UDP datagrams per second, and the proxies' CPU seconds per GB moved. Needs root.
 # With --baseline REF it also builds moat from git REF (e.g. main) and measures it in the same run,
 # as the paths base and base-us, so that a change is judged against the build before it.
 # Usage: hack/bench-lb.sh [--baseline REF] [lbbench flags, e.g. -reps 5 -bytes 4294967296
@@ -40,7 +41,7 @@ fi
 # run at once and the latency test takes turns between them request by request, while no path's
 # kernel state (moat's table turns on connection tracking for its host) touches another's.
 prefix=mbench$$-
-paths=(direct moat moat-us base base-us haproxy nginx)
+paths=(direct moat moat-us base base-us haproxy haproxy-splice nginx)
 cleanup() {
   for p in "${paths[@]}"; do
     for role in c l t; do ip netns del "$prefix$p-$role" 2>/dev/null || true; done

@@ -101,10 +101,11 @@ type lab struct {
 func (l lab) ns(path, host string) string { return l.prefix + path + "-" + host }
 
 // benchLab runs every path's proxy and backends, each in its own lab, for the whole run, and
-// measures them round after round. The tests that load the machine (throughput, connections,
-// UDP) take one path at a time, so that the paths do not compete for the CPUs; the latency test
-// takes turns between all the paths request by request, so that every path's round trips are
-// measured over the same moments of a noisy machine.
+// measures them round after round. The throughput, connections and latency tests take turns
+// between the paths, chunk by chunk of one stream each, a quarter second of connections at a
+// time, and request by request, so that every path is measured over the same moments of a noisy
+// machine (measured a path at a time, the same path's figures varied by a third between
+// rounds). The UDP test takes one path at a time.
 func benchLab(l lab, o testOpts, reps int) {
 	dir, err := os.MkdirTemp("", "lbbench-")
 	check(err)
@@ -124,7 +125,9 @@ func benchLab(l lab, o testOpts, reps int) {
 			path{&target{name: "base-us"}, func(t *target) func() { return l.startMoat(t, l.baseline, "off", dir, 10500) }})
 	}
 	if l.haproxy != "" {
-		paths = append(paths, path{&target{name: "haproxy"}, func(t *target) func() { return l.startHAProxy(t, dir, 10200) }})
+		paths = append(paths,
+			path{&target{name: "haproxy"}, func(t *target) func() { return l.startHAProxy(t, dir, 10200, false) }},
+			path{&target{name: "haproxy-splice"}, func(t *target) func() { return l.startHAProxy(t, dir, 10600, true) }})
 	}
 	if l.nginx != "" {
 		paths = append(paths, path{&target{name: "nginx"}, func(t *target) func() { return l.startNginx(t, dir, 10300) }})
@@ -156,27 +159,30 @@ func benchLab(l lab, o testOpts, reps int) {
 			return r
 		}
 	}
-	// The paths take turns at each test, every other round in reverse order, so that a machine
-	// that slows down or speeds up in the course of a round (a neighbour's load on a shared host)
-	// favours no path. The connection tracking entries a test leaves on a path's host (tens of
-	// thousands, in TIME_WAIT for two minutes) are flushed after it: left, they slowed the next
-	// round's connections by a third and its p99 latency tenfold.
+	// The UDP test takes one path at a time, every other round in reverse order, so that a
+	// machine that slows down or speeds up in the course of a round (a neighbour's load on a
+	// shared host) favours no path; the others take turns between the paths (see turns). The
+	// connection tracking entries a test leaves on a path's host (tens of thousands after the
+	// connections test, in TIME_WAIT for two minutes) are flushed after it: left, they slowed the
+	// next round's connections by a third and its p99 latency tenfold.
 	for round := range reps {
 		order := slices.Clone(paths)
 		if round%2 == 1 {
 			slices.Reverse(order)
 		}
 		for _, test := range testNames {
-			if test == "latency" {
-				if o.wants(test) {
-					l.latencyTurns(targets(order), o)
-				}
+			if !o.wants(test) {
 				continue
 			}
-			for _, p := range order {
-				if p.t.measureTest(test, run(p.t), o) {
-					flushConntrack(l.ns(p.t.name, "l"))
+			if test == "udp" {
+				for _, p := range order {
+					p.t.measureTest(test, run(p.t), o)
 				}
+			} else {
+				l.turns(test, targets(order), o)
+			}
+			for _, p := range order {
+				flushConntrack(l.ns(p.t.name, "l"))
 			}
 		}
 		for _, p := range paths {
@@ -193,22 +199,27 @@ func benchLab(l lab, o testOpts, reps int) {
 	for _, t := range ts {
 		byName[t.name] = t
 	}
-	for _, pair := range [][2]string{{"moat", "direct"}, {"moat-us", "direct"}, {"moat-us", "haproxy"}, {"moat-us", "nginx"}, {"moat", "nginx"},
-		{"moat", "base"}, {"moat-us", "base-us"}, {"base", "direct"}, {"base-us", "haproxy"}} {
+	for _, pair := range [][2]string{{"moat", "direct"}, {"moat-us", "direct"}, {"moat-us", "haproxy"}, {"moat-us", "haproxy-splice"},
+		{"moat-us", "nginx"}, {"moat", "nginx"}, {"moat", "base"}, {"moat-us", "base-us"}, {"base", "direct"}, {"base-us", "haproxy"}} {
 		if a, b := byName[pair[0]], byName[pair[1]]; a != nil && b != nil {
 			ratios(a, b)
 		}
 	}
 }
 
-// latencyTurns runs the latency test from one client process, which takes turns between the
-// echo addresses of ts, each from its path's client host, and records each path's percentiles.
-func (l lab) latencyTurns(ts []*target, o testOpts) {
+// turns runs test (latency, throughput or conns) from one client process, which takes turns
+// between the paths of ts that serve it, each from its path's client host, and records each
+// path's figures.
+func (l lab) turns(test string, ts []*target, o testOpts) {
+	addr := func(t *target) string { return t.echoAddr }
+	if test == "throughput" {
+		addr = func(t *target) string { return t.sinkAddr }
+	}
 	var turns []string
 	var measured []*target
 	for _, t := range ts {
-		if t.echoAddr != "" {
-			turns = append(turns, l.ns(t.name, "c")+"="+t.echoAddr)
+		if addr(t) != "" {
+			turns = append(turns, l.ns(t.name, "c")+"="+addr(t))
 			measured = append(measured, t)
 		}
 	}
@@ -217,18 +228,37 @@ func (l lab) latencyTurns(ts []*target, o testOpts) {
 	}
 	self, err := os.Executable()
 	check(err)
-	cmd := exec.Command(self, "-turns", strings.Join(turns, ","), "-requests", strconv.Itoa(o.requests))
+	cmd := exec.Command(self, "-turns", strings.Join(turns, ","), "-test", test,
+		"-requests", strconv.Itoa(o.requests), "-bytes", strconv.FormatInt(o.size, 10), "-duration", o.duration.String())
 	cmd.Stderr = os.Stderr
+	cpu0 := make([]float64, len(measured))
+	for i, t := range measured {
+		cpu0[i] = t.cpu()
+	}
 	out, err := cmd.Output()
 	if err != nil {
-		log.Fatalf("lbbench: latency test: %v", err)
+		log.Fatalf("lbbench: %s test: %v", test, err)
 	}
 	var rs []result
 	check(json.Unmarshal(out, &rs))
 	for i, t := range measured {
-		t.p50 = append(t.p50, rs[i].P50)
-		t.p99 = append(t.p99, rs[i].P99)
-		log.Printf("  %s latency: p50 %v, p99 %v", t.name, rs[i].P50, rs[i].P99)
+		switch test {
+		case "throughput":
+			// The other paths' proxies idle while t's takes its turns, so t's CPU time in the
+			// whole test is what it spent on its own chunks.
+			t.cpuPerGB = append(t.cpuPerGB, (t.cpu()-cpu0[i])/(float64(streamBytes(o.size))/1e9))
+			t.mbps = append(t.mbps, rs[i].Rate)
+			log.Printf("  %s throughput: %.0f MB/s", t.name, rs[i].Rate)
+		case "conns":
+			// As for throughput: the other paths' proxies idle during t's turns.
+			t.cps = append(t.cps, rs[i].Rate)
+			t.cpuPerConn = append(t.cpuPerConn, (t.cpu()-cpu0[i])/(rs[i].Rate*o.duration.Seconds()))
+			log.Printf("  %s conns: %.0f conn/s", t.name, rs[i].Rate)
+		case "latency":
+			t.p50 = append(t.p50, rs[i].P50)
+			t.p99 = append(t.p99, rs[i].P99)
+			log.Printf("  %s latency: p50 %v, p99 %v", t.name, rs[i].P50, rs[i].P99)
+		}
 	}
 }
 
@@ -414,13 +444,21 @@ func (l lab) startProxy(t *target, bin, dir, cfg string, args ...string) (stop f
 	return func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
 }
 
-// startHAProxy starts HAProxy in TCP mode (it has no UDP) on port (sink) and port+1 (echo).
-func (l lab) startHAProxy(t *target, dir string, port int) (stop func()) {
+// startHAProxy starts HAProxy in TCP mode (it has no UDP) on port (sink) and port+1 (echo): as
+// configured by default, which copies through its buffers, or, with splice, splicing both ways
+// as moat does (its splice-auto left this stream to the buffers).
+func (l lab) startHAProxy(t *target, dir string, port int, splice bool) (stop func()) {
+	global, defaults := "", ""
+	if splice {
+		// Each spliced flow holds a pipe (two descriptors): 400 pipes keep the open-file limit
+		// HAProxy derives from maxconn within the 20000 it may raise it to.
+		global, defaults = "  maxpipes 400\n", "  option splice-request\n  option splice-response\n"
+	}
 	cfg := fmt.Sprintf(`global
   maxconn 9000
-defaults
+%[7]sdefaults
   mode tcp
-  timeout connect 5s
+%[8]s  timeout connect 5s
   timeout client 350s
   timeout server 350s
 frontend sink
@@ -433,7 +471,7 @@ frontend echo
   default_backend echo
 backend echo
   server e %[3]s:%[6]d
-`, labProxyIP, port, labTargetIP, sinkPort, port+1, echoPort)
+`, labProxyIP, port, labTargetIP, sinkPort, port+1, echoPort, global, defaults)
 	t.sinkAddr, t.echoAddr = net.JoinHostPort(labProxyIP, strconv.Itoa(port)), net.JoinHostPort(labProxyIP, strconv.Itoa(port+1))
 	return l.startProxy(t, l.haproxy, dir, cfg, "-db", "-f", "CFG")
 }

@@ -1,9 +1,9 @@
 //go:build linux
 
 // Command lbbench measures moat lb's data plane side by side with a direct connection, HAProxy
-// (TCP mode) and nginx's stream module (UDP) in one run, against alike backends: throughput of
-// one stream with large writes, connections per second, request/response latency (p50, p99) and
-// UDP datagrams per second, with the CPU seconds each proxy spent. Each path's client, proxy and
+// (TCP mode, as configured by default and splicing) and nginx's stream module (UDP) in one run,
+// against alike backends: throughput of one stream, connections per second, request/response
+// latency (p50, p99) and UDP datagrams per second, with the CPU seconds each proxy spent. Each path's client, proxy and
 // backends sit in three network namespaces of their own that hack/bench-lb.sh creates (see
 // lab.go). With -firewall it measures the instance firewall instead: direct connections with
 // enforcement off and on (hack/bench-firewall.sh). It is Linux's only: it reads /proc for CPU
@@ -11,6 +11,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
@@ -29,6 +30,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/moatlb/moat/internal/netnstest"
 )
@@ -57,10 +60,11 @@ func main() {
 	// The lab runs lbbench itself in the client's and the target's namespaces for these.
 	test := flag.String("test", "", "internal: run one client test (throughput, conns, latency, udp) against -addr and print its result")
 	addr := flag.String("addr", "", "internal: the address -test measures")
-	turns := flag.String("turns", "", "internal: run the latency test, taking turns between these NETNS=ADDR, and print their results")
+	turns := flag.String("turns", "", "internal: run -test (latency, throughput or conns), taking turns between these NETNS=ADDR, and print their results")
 	serveAt := flag.String("serve", "", "internal: serve the backends on this IP until killed")
+	connWorkerAddr := flag.String("conn-worker", "", "internal: open connections to this address for each duration read from stdin (see connsTurns)")
 	tests := flag.String("tests", "", "comma-separated tests to run (throughput, conns, latency, udp); empty: all")
-	paths := flag.String("paths", "", "comma-separated paths to measure (direct, moat, moat-us, haproxy, nginx); empty: all")
+	paths := flag.String("paths", "", "comma-separated paths to measure ("+strings.Join(pathNames, ", ")+"; base and base-us need -baseline); empty: all")
 	flag.Parse()
 	log.SetFlags(0)
 	if *fw && *clientNS != "" {
@@ -80,9 +84,6 @@ func main() {
 	switch {
 	case *fw:
 		benchFirewall(opts, *reps, *clientNS)
-	case *test != "":
-		clientIP = labClientIP
-		check(json.NewEncoder(os.Stdout).Encode(runTest(*test, *addr, opts)))
 	case *turns != "":
 		clientIP = labClientIP
 		var to []hostAddr
@@ -90,7 +91,22 @@ func main() {
 			ns, a, _ := strings.Cut(t, "=")
 			to = append(to, hostAddr{ns: ns, addr: a})
 		}
-		check(json.NewEncoder(os.Stdout).Encode(latencyTurns(to, *requests)))
+		switch *test {
+		case "latency":
+			check(json.NewEncoder(os.Stdout).Encode(latencyTurns(to, *requests)))
+		case "throughput":
+			check(json.NewEncoder(os.Stdout).Encode(throughputTurns(to, *size)))
+		case "conns":
+			check(json.NewEncoder(os.Stdout).Encode(connsTurns(to, *duration)))
+		default:
+			log.Fatalf("lbbench: -turns: -test %q takes no turns", *test)
+		}
+	case *test != "":
+		clientIP = labClientIP
+		check(json.NewEncoder(os.Stdout).Encode(runTest(*test, *addr, opts)))
+	case *connWorkerAddr != "":
+		clientIP = labClientIP
+		connWorker(*connWorkerAddr)
 	case *serveAt != "":
 		backendIP = *serveAt
 		serve(strconv.Itoa(sinkPort), sink)
@@ -113,7 +129,7 @@ type testOpts struct {
 }
 
 // pathNames are the paths the lab can measure.
-var pathNames = []string{"direct", "moat", "moat-us", "base", "base-us", "haproxy", "nginx"}
+var pathNames = []string{"direct", "moat", "moat-us", "base", "base-us", "haproxy", "haproxy-splice", "nginx"}
 
 // testNames are the tests a path can run, in the order they run.
 var testNames = []string{"throughput", "conns", "latency", "udp"}
@@ -178,7 +194,7 @@ func (t *target) measureTest(test string, run func(test, addr string) result, o 
 	case test == "throughput" && t.sinkAddr != "":
 		cpu0 := t.cpu()
 		r := run(test, t.sinkAddr)
-		t.cpuPerGB = append(t.cpuPerGB, (t.cpu()-cpu0)/(float64(o.size)/1e9))
+		t.cpuPerGB = append(t.cpuPerGB, (t.cpu()-cpu0)/(float64(streamBytes(o.size))/1e9))
 		t.mbps = append(t.mbps, r.Rate)
 	case test == "conns" && t.echoAddr != "":
 		cpu0 := t.cpu()
@@ -229,7 +245,7 @@ func cell(format string, v float64) string {
 }
 
 func report(ts []*target) {
-	fmt.Printf("\n%-10s %14s %12s %10s %12s %10s %10s %14s\n", "path", "throughput", "proxy cpu", "conn/s", "cpu/conn", "p50", "p99", "udp")
+	fmt.Printf("\n%-15s %14s %12s %10s %12s %10s %10s %14s\n", "path", "throughput", "proxy cpu", "conn/s", "cpu/conn", "p50", "p99", "udp")
 	us := func(d float64) string { return cell("%.0f µs", d/1e3) }
 	for _, t := range ts {
 		cpu, cpuConn := "-", "-"
@@ -237,7 +253,7 @@ func report(ts []*target) {
 			cpu = cell("%.2f s/GB", median(t.cpuPerGB))
 			cpuConn = cell("%.0f µs", median(t.cpuPerConn)*1e6)
 		}
-		fmt.Printf("%-10s %14s %12s %10s %12s %10s %10s %14s\n", t.name, cell("%.0f MB/s", median(t.mbps)), cpu, cell("%.0f", median(t.cps)),
+		fmt.Printf("%-15s %14s %12s %10s %12s %10s %10s %14s\n", t.name, cell("%.0f MB/s", median(t.mbps)), cpu, cell("%.0f", median(t.cps)),
 			cpuConn, us(median(t.p50)), us(median(t.p99)), cell("%.0f dgram/s", median(t.pps)))
 	}
 	fmt.Println("(higher is better for throughput, conn/s and udp; lower for latency and cpu)")
@@ -284,7 +300,29 @@ func serveSink() string {
 	return serve("0", sink)
 }
 
-func sink(c net.Conn) { _, _ = io.Copy(io.Discard, c) }
+// streamChunk is what the throughput test sends at a time: the sink acknowledges each with a
+// byte, so that the client can time chunks that take turns between paths.
+const streamChunk = 256 << 20
+
+// sink discards what c receives without copying it (splice moves the received pages to
+// /dev/null) and acknowledges every streamChunk bytes. The load shares a CPU on this machine:
+// a sink that copied, 8 KiB a read, bounded every path's stream with its own CPU, so that the
+// test measured the load and not the proxies (with the client and the server on other machines,
+// as users have them, the proxies' host bounds it).
+func sink(c net.Conn) {
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	check(err)
+	defer null.Close()
+	for {
+		n, _ := null.ReadFrom(io.LimitReader(c, streamChunk)) // splices from a TCP connection
+		if n < streamChunk {
+			return
+		}
+		if _, err := c.Write([]byte{1}); err != nil {
+			return
+		}
+	}
+}
 
 func serveEcho() string {
 	return serve("0", echo)
@@ -343,49 +381,169 @@ func dial(addr string) (net.Conn, error) {
 	return d.Dial("tcp", addr)
 }
 
-// throughput sends size bytes over one connection with 1 MiB writes and returns MB/s.
+// throughput streams size bytes (see throughputTurns) over one connection and returns MB/s.
 func throughput(addr string, size int64) float64 {
-	waitServing(addr)
-	c, err := dial(addr)
-	check(err)
-	defer c.Close()
-	buf := make([]byte, 1<<20)
-	start := time.Now()
-	for sent := int64(0); sent < size; sent += int64(len(buf)) {
-		_, err := c.Write(buf)
-		check(err)
-	}
-	check(c.(*net.TCPConn).CloseWrite())
-	_, _ = c.Read(buf[:1]) // wait for the far end to finish reading and close
-	return float64(size) / 1e6 / time.Since(start).Seconds()
+	return throughputTurns([]hostAddr{{addr: addr}}, size)[0].Rate
 }
 
-// connsPerSecond opens connections from 8 workers, each doing a 1-byte exchange then closing.
+// streamBytes is what the throughput test sends for size: whole chunks, at least one.
+func streamBytes(size int64) int64 {
+	return max(1, (size+streamChunk-1)/streamChunk) * streamChunk
+}
+
+// throughputTurns streams streamBytes(size) over one connection to each address, a chunk at a
+// time, taking turns between them in a new random order each time, so that all are measured
+// over the same moments of a noisy machine; each chunk is timed from its first byte sent to the
+// sink's acknowledgement. The bytes go 1 MiB at a time from memory with sendfile: no copy, as
+// the sink makes none (see sink).
+func throughputTurns(to []hostAddr, size int64) []result {
+	const write = 1 << 20
+	fd, err := unix.MemfdCreate("lbbench-stream", 0)
+	check(err)
+	data := os.NewFile(uintptr(fd), "lbbench-stream")
+	defer data.Close()
+	_, err = data.Write(make([]byte, write))
+	check(err)
+	conns := dialTurns(to)
+	defer closeAll(conns)
+	elapsed := make([]time.Duration, len(to))
+	ack := make([]byte, 1)
+	for _, order := range turnOrders(len(to), int(streamBytes(size)/streamChunk)) {
+		for _, i := range order {
+			c := conns[i].(*net.TCPConn)
+			start := time.Now()
+			for range streamChunk / write {
+				_, err := data.Seek(0, io.SeekStart)
+				check(err)
+				n, err := c.ReadFrom(data) // sendfile
+				check(err)
+				if n != write {
+					log.Fatalf("lbbench: sent %d bytes of %d", n, write)
+				}
+			}
+			_, err := io.ReadFull(c, ack)
+			check(err)
+			elapsed[i] += time.Since(start)
+		}
+	}
+	results := make([]result, len(to))
+	for i, c := range conns {
+		check(c.(*net.TCPConn).CloseWrite())
+		results[i] = result{Rate: float64(streamBytes(size)) / 1e6 / elapsed[i].Seconds()}
+	}
+	return results
+}
+
+// connsPerSecond opens connections to addr for d (see connections) and returns the rate.
 func connsPerSecond(addr string, d time.Duration) float64 {
 	waitServing(addr)
+	start := time.Now()
+	n := connections(addr, d)
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// connections opens connections to addr for d from 8 workers, each doing a 1-byte exchange then
+// closing with a reset, and returns how many exchanges went well.
+func connections(addr string, d time.Duration) int64 {
 	var n atomic.Int64
-	deadline := time.Now().Add(d)
+	until := time.Now().Add(d)
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
 			b := []byte{'x'}
-			for time.Now().Before(deadline) {
-				c, err := dial(addr)
-				if err != nil {
-					continue
+			for time.Now().Before(until) {
+				if exchange(addr, b) {
+					n.Add(1)
 				}
-				if _, err := c.Write(b); err == nil {
-					if _, err := io.ReadFull(c, b); err == nil {
-						n.Add(1)
-					}
-				}
-				_ = c.(*net.TCPConn).SetLinger(0)
-				c.Close()
 			}
 		})
 	}
 	wg.Wait()
-	return float64(n.Load()) / d.Seconds()
+	return n.Load()
+}
+
+// connsTurns opens connections to each address for d in all, taking turns of connTurn each, in
+// a new random order each time, so that all are measured over the same moments of a noisy
+// machine. Each address is dialled by a process of its own in its network namespace (see
+// connWorker): goroutines on threads locked into namespaces pay a thread switch for every wait.
+func connsTurns(to []hostAddr, d time.Duration) []result {
+	self, err := os.Executable()
+	check(err)
+	type worker struct {
+		cmd *exec.Cmd
+		in  io.WriteCloser
+		out *bufio.Scanner
+	}
+	workers := make([]worker, len(to))
+	for i, h := range to {
+		cmd := exec.Command(self, "-conn-worker", h.addr)
+		if h.ns != "" {
+			cmd = exec.Command("ip", "netns", "exec", h.ns, self, "-conn-worker", h.addr)
+		}
+		cmd.Stderr = os.Stderr
+		in, err := cmd.StdinPipe()
+		check(err)
+		out, err := cmd.StdoutPipe()
+		check(err)
+		check(cmd.Start())
+		workers[i] = worker{cmd, in, bufio.NewScanner(out)}
+	}
+	counts := make([]int64, len(to))
+	elapsed := make([]time.Duration, len(to))
+	for _, order := range turnOrders(len(to), max(1, int(d/connTurn))) {
+		for _, i := range order {
+			w := workers[i]
+			start := time.Now()
+			_, err := fmt.Fprintln(w.in, connTurn)
+			check(err)
+			if !w.out.Scan() {
+				log.Fatalf("lbbench: the connections worker of %s stopped: %v", to[i].addr, w.out.Err())
+			}
+			elapsed[i] += time.Since(start)
+			n, err := strconv.ParseInt(w.out.Text(), 10, 64)
+			check(err)
+			counts[i] += n
+		}
+	}
+	results := make([]result, len(to))
+	for i, w := range workers {
+		check(w.in.Close())
+		check(w.cmd.Wait())
+		results[i] = result{Rate: float64(counts[i]) / elapsed[i].Seconds()}
+	}
+	return results
+}
+
+// connWorker serves connsTurns: for each duration read from stdin it opens connections to addr
+// for that long and prints how many exchanges went well.
+func connWorker(addr string) {
+	waitServing(addr)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		d, err := time.ParseDuration(in.Text())
+		check(err)
+		fmt.Println(connections(addr, d))
+	}
+	check(in.Err())
+}
+
+// connTurn is how long the connections test stays with one address at a time.
+const connTurn = 250 * time.Millisecond
+
+// exchange connects to addr, sends b, reads its echo and closes with a reset; whether all went
+// well.
+func exchange(addr string, b []byte) bool {
+	c, err := dial(addr)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.(*net.TCPConn).SetLinger(0)
+	if _, err := c.Write(b); err != nil {
+		return false
+	}
+	_, err = io.ReadFull(c, b)
+	return err == nil
 }
 
 // latency measures round trips of 64 bytes on one connection.
@@ -401,33 +559,21 @@ type hostAddr struct{ ns, addr string }
 // turns between them in a new random order each time, so that all are measured over the same
 // moments of a noisy machine and none always follows the same other.
 func latencyTurns(to []hostAddr, n int) []result {
-	conns := make([]net.Conn, len(to))
-	for i, h := range to {
-		check(netnstest.Do(h.ns, func() (err error) {
-			waitServing(h.addr)
-			conns[i], err = dial(h.addr)
-			return err
-		}))
-		defer conns[i].Close()
-	}
+	conns := dialTurns(to)
+	defer closeAll(conns)
 	msg := make([]byte, 64)
-	order := make([]int, len(to))
-	for i := range order {
-		order[i] = i
-	}
 	samples := make([][]time.Duration, len(to))
 	for i := range samples {
-		samples[i] = make([]time.Duration, n)
+		samples[i] = make([]time.Duration, 0, n)
 	}
-	for k := range n {
-		rand.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+	for _, order := range turnOrders(len(to), n) {
 		for _, i := range order {
 			start := time.Now()
 			_, err := conns[i].Write(msg)
 			check(err)
 			_, err = io.ReadFull(conns[i], msg)
 			check(err)
-			samples[i][k] = time.Since(start)
+			samples[i] = append(samples[i], time.Since(start))
 		}
 	}
 	results := make([]result, len(to))
@@ -436,6 +582,35 @@ func latencyTurns(to []hostAddr, n int) []result {
 		results[i] = result{P50: s[n/2], P99: s[n*99/100]}
 	}
 	return results
+}
+
+// dialTurns connects to each address, from its network namespace, once it answers.
+func dialTurns(to []hostAddr) []net.Conn {
+	conns := make([]net.Conn, len(to))
+	for i, h := range to {
+		check(netnstest.Do(h.ns, func() (err error) {
+			waitServing(h.addr)
+			conns[i], err = dial(h.addr)
+			return err
+		}))
+	}
+	return conns
+}
+
+func closeAll(conns []net.Conn) {
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// turnOrders is n turns between as many paths, each in a new random order, so that none always
+// follows the same other.
+func turnOrders(paths, n int) [][]int {
+	orders := make([][]int, n)
+	for k := range orders {
+		orders[k] = rand.Perm(paths)
+	}
+	return orders
 }
 
 // udpRate is the datagrams per second echoed through addr to 4 flows (client sockets) of 64-byte
