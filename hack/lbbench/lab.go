@@ -211,15 +211,11 @@ func benchLab(l lab, o testOpts, reps int) {
 // between the paths of ts that serve it, each from its path's client host, and records each
 // path's figures.
 func (l lab) turns(test string, ts []*target, o testOpts) {
-	addr := func(t *target) string { return t.echoAddr }
-	if test == "throughput" {
-		addr = func(t *target) string { return t.sinkAddr }
-	}
 	var turns []string
 	var measured []*target
 	for _, t := range ts {
-		if addr(t) != "" {
-			turns = append(turns, l.ns(t.name, "c")+"="+addr(t))
+		if addr := t.addr(test); addr != "" {
+			turns = append(turns, l.ns(t.name, "c")+"="+addr)
 			measured = append(measured, t)
 		}
 	}
@@ -241,24 +237,11 @@ func (l lab) turns(test string, ts []*target, o testOpts) {
 	}
 	var rs []result
 	check(json.Unmarshal(out, &rs))
+	// The other paths' proxies idle during t's turns, so t's CPU time in the whole test is what
+	// it spent on its own turns.
 	for i, t := range measured {
-		switch test {
-		case "throughput":
-			// The other paths' proxies idle while t's takes its turns, so t's CPU time in the
-			// whole test is what it spent on its own chunks.
-			t.cpuPerGB = append(t.cpuPerGB, (t.cpu()-cpu0[i])/(float64(streamBytes(o.size))/1e9))
-			t.mbps = append(t.mbps, rs[i].Rate)
-			log.Printf("  %s throughput: %.0f MB/s", t.name, rs[i].Rate)
-		case "conns":
-			// As for throughput: the other paths' proxies idle during t's turns.
-			t.cps = append(t.cps, rs[i].Rate)
-			t.cpuPerConn = append(t.cpuPerConn, (t.cpu()-cpu0[i])/(rs[i].Rate*o.duration.Seconds()))
-			log.Printf("  %s conns: %.0f conn/s", t.name, rs[i].Rate)
-		case "latency":
-			t.p50 = append(t.p50, rs[i].P50)
-			t.p99 = append(t.p99, rs[i].P99)
-			log.Printf("  %s latency: p50 %v, p99 %v", t.name, rs[i].P50, rs[i].P99)
-		}
+		t.record(test, rs[i], t.cpu()-cpu0[i], o)
+		log.Printf("  %s %s: %s", t.name, test, rs[i].format(test))
 	}
 }
 

@@ -150,6 +150,19 @@ type result struct {
 	P50, P99 time.Duration `json:",omitempty"`
 }
 
+// format is r as test's figures, for the log.
+func (r result) format(test string) string {
+	switch test {
+	case "throughput":
+		return fmt.Sprintf("%.0f MB/s", r.Rate)
+	case "conns":
+		return fmt.Sprintf("%.0f conn/s", r.Rate)
+	case "udp":
+		return fmt.Sprintf("%.0f dgram/s", r.Rate)
+	}
+	return fmt.Sprintf("p50 %v, p99 %v", r.P50, r.P99)
+}
+
 func runTest(test, addr string, o testOpts) result {
 	switch test {
 	case "throughput":
@@ -185,32 +198,43 @@ func (t *target) measure(run func(test, addr string) result, o testOpts) {
 }
 
 // measureTest runs test through run, if o wants it and the path serves it, and records the
-// result; false if it did not run.
-func (t *target) measureTest(test string, run func(test, addr string) result, o testOpts) bool {
-	if !o.wants(test) {
-		return false
+// result.
+func (t *target) measureTest(test string, run func(test, addr string) result, o testOpts) {
+	if addr := t.addr(test); o.wants(test) && addr != "" {
+		cpu0 := t.cpu()
+		r := run(test, addr)
+		t.record(test, r, t.cpu()-cpu0, o)
 	}
-	switch {
-	case test == "throughput" && t.sinkAddr != "":
-		cpu0 := t.cpu()
-		r := run(test, t.sinkAddr)
-		t.cpuPerGB = append(t.cpuPerGB, (t.cpu()-cpu0)/(float64(streamBytes(o.size))/1e9))
+}
+
+// addr is the address that serves test on t's path ("": none).
+func (t *target) addr(test string) string {
+	switch test {
+	case "throughput":
+		return t.sinkAddr
+	case "conns", "latency":
+		return t.echoAddr
+	case "udp":
+		return t.udpAddr
+	}
+	return ""
+}
+
+// record keeps a test's result, with the CPU seconds t's proxy spent during it.
+func (t *target) record(test string, r result, cpu float64, o testOpts) {
+	switch test {
+	case "throughput":
 		t.mbps = append(t.mbps, r.Rate)
-	case test == "conns" && t.echoAddr != "":
-		cpu0 := t.cpu()
-		r := run(test, t.echoAddr)
+		t.cpuPerGB = append(t.cpuPerGB, cpu/(float64(streamBytes(o.size))/1e9))
+	case "conns":
 		t.cps = append(t.cps, r.Rate)
-		t.cpuPerConn = append(t.cpuPerConn, (t.cpu()-cpu0)/(r.Rate*o.duration.Seconds()))
-	case test == "latency" && t.echoAddr != "":
-		r := run(test, t.echoAddr)
+		t.cpuPerConn = append(t.cpuPerConn, cpu/(r.Rate*o.duration.Seconds()))
+	case "latency":
 		t.p50 = append(t.p50, r.P50)
 		t.p99 = append(t.p99, r.P99)
-	case test == "udp" && t.udpAddr != "":
-		t.pps = append(t.pps, run(test, t.udpAddr).Rate)
-	default:
-		return false
+	case "udp":
+		t.pps = append(t.pps, r.Rate)
 	}
-	return true
 }
 
 // cpu is the CPU seconds the proxy process has used so far (0 for the direct path).
